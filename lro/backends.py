@@ -1,0 +1,67 @@
+"""Composition root for the backends: build the store and queue that the
+settings name. The only place that knows every adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lro.clock import Clock, SystemClock
+from lro.queue import TaskQueue
+from lro.settings import BackendSettings
+from lro.store import OperationStore
+
+STORES = ("sqlite", "firestore")
+QUEUES = ("sqlite", "pubsub")
+
+
+@dataclass
+class Backends:
+    store: OperationStore
+    queue: TaskQueue
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.queue.start()
+
+    async def close(self) -> None:
+        await self.queue.close()
+        await self.store.close()
+
+
+def build_backends(settings: BackendSettings, clock: Clock | None = None) -> Backends:
+    clock = clock or SystemClock()
+    if settings.store not in STORES:
+        raise ValueError(f"unknown store {settings.store!r}; choose one of {', '.join(STORES)}")
+    if settings.queue not in QUEUES:
+        raise ValueError(f"unknown queue {settings.queue!r}; choose one of {', '.join(QUEUES)}")
+    sqlite_backend = None
+    if "sqlite" in (settings.store, settings.queue):
+        from lro.sqlite.backend import SqliteBackend
+
+        sqlite_backend = SqliteBackend(settings.sqlite_path)
+    store: OperationStore
+    if settings.store == "sqlite":
+        from lro.sqlite.store import SqliteOperationStore
+
+        assert sqlite_backend is not None
+        store = SqliteOperationStore(sqlite_backend)
+    else:
+        from lro.google.firestore_store import FirestoreOperationStore
+
+        store = FirestoreOperationStore.from_settings(settings)
+    queue: TaskQueue
+    if settings.queue == "sqlite":
+        from lro.sqlite.queue import SqliteTaskQueue
+
+        assert sqlite_backend is not None
+        queue = SqliteTaskQueue(
+            sqlite_backend,
+            visibility_timeout=settings.visibility_timeout,
+            max_deliveries=settings.max_deliveries,
+            clock=clock,
+        )
+    else:
+        from lro.google.pubsub_queue import PubSubTaskQueue
+
+        queue = PubSubTaskQueue.from_settings(settings)
+    return Backends(store, queue)

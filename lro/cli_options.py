@@ -1,0 +1,152 @@
+"""Click options shared by `python -m server` and `python -m worker`: every
+flag also reads an environment variable, and --help shows which."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from lro.settings import DEFAULT_TASK_MODULES, BackendSettings
+
+F = TypeVar("F", bound=Callable[..., Any])
+_D = BackendSettings()
+
+
+def backend_options(fn: F) -> F:
+    options = [
+        click.option(
+            "--store",
+            type=click.Choice(["sqlite", "firestore"]),
+            default=_D.store,
+            envvar="LONGRUN_STORE",
+            show_envvar=True,
+            show_default=True,
+            help="Operation store.",
+        ),
+        click.option(
+            "--queue",
+            type=click.Choice(["sqlite", "pubsub"]),
+            default=_D.queue,
+            envvar="LONGRUN_QUEUE",
+            show_envvar=True,
+            show_default=True,
+            help="Task queue.",
+        ),
+        click.option(
+            "--sqlite-path",
+            type=click.Path(path_type=Path),
+            default=_D.sqlite_path,
+            envvar="LONGRUN_SQLITE_PATH",
+            show_envvar=True,
+            show_default=True,
+            help="Database file of the embedded backends.",
+        ),
+        click.option(
+            "--project",
+            default=_D.project,
+            envvar="GOOGLE_CLOUD_PROJECT",
+            show_envvar=True,
+            show_default=True,
+            help="Google Cloud project id.",
+        ),
+        click.option(
+            "--firestore-database",
+            default=_D.firestore_database,
+            envvar="LONGRUN_FIRESTORE_DATABASE",
+            show_envvar=True,
+            show_default=True,
+        ),
+        click.option(
+            "--firestore-collection",
+            default=_D.firestore_collection,
+            envvar="LONGRUN_FIRESTORE_COLLECTION",
+            show_envvar=True,
+            show_default=True,
+        ),
+        click.option(
+            "--pubsub-topic",
+            default=_D.pubsub_topic,
+            envvar="LONGRUN_PUBSUB_TOPIC",
+            show_envvar=True,
+            show_default=True,
+        ),
+        click.option(
+            "--pubsub-subscription",
+            default=_D.pubsub_subscription,
+            envvar="LONGRUN_PUBSUB_SUBSCRIPTION",
+            show_envvar=True,
+            show_default=True,
+        ),
+        click.option(
+            "--pubsub-dead-letter-topic",
+            default=_D.pubsub_dead_letter_topic,
+            envvar="LONGRUN_PUBSUB_DEAD_LETTER_TOPIC",
+            show_envvar=True,
+            show_default=True,
+        ),
+        click.option(
+            "--max-deliveries",
+            type=int,
+            default=_D.max_deliveries,
+            envvar="LONGRUN_MAX_DELIVERIES",
+            show_envvar=True,
+            show_default=True,
+            help="Deliveries of one message before it is dead-lettered.",
+        ),
+        click.option(
+            "--visibility-timeout",
+            type=float,
+            default=_D.visibility_timeout,
+            envvar="LONGRUN_VISIBILITY_TIMEOUT",
+            show_envvar=True,
+            show_default=True,
+            help="Seconds a received message stays leased (extended while running).",
+        ),
+        click.option(
+            "--task-module",
+            "task_modules",
+            multiple=True,
+            default=DEFAULT_TASK_MODULES,
+            envvar="LONGRUN_TASK_MODULES",
+            show_envvar=True,
+            show_default=True,
+            help="Module holding `tasks = TaskSet()`; repeat for several (env: space-separated).",
+        ),
+        click.option(
+            "--log-level",
+            default="INFO",
+            envvar="LONGRUN_LOG_LEVEL",
+            show_envvar=True,
+            show_default=True,
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def backend_settings(kw: dict[str, Any]) -> BackendSettings:
+    return BackendSettings(
+        store=kw.pop("store"),
+        queue=kw.pop("queue"),
+        sqlite_path=kw.pop("sqlite_path"),
+        project=kw.pop("project"),
+        firestore_database=kw.pop("firestore_database"),
+        firestore_collection=kw.pop("firestore_collection"),
+        pubsub_topic=kw.pop("pubsub_topic"),
+        pubsub_subscription=kw.pop("pubsub_subscription"),
+        pubsub_dead_letter_topic=kw.pop("pubsub_dead_letter_topic"),
+        max_deliveries=kw.pop("max_deliveries"),
+        visibility_timeout=kw.pop("visibility_timeout"),
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )

@@ -1,0 +1,64 @@
+"""Settings: frozen dataclasses read from flags and LONGRUN_* environment
+variables (the CLIs show both in --help). Secrets never appear in repr."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_TASK_MODULES = ("worker.builtin_tasks",)
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    store: str = "sqlite"  # sqlite | firestore
+    queue: str = "sqlite"  # sqlite | pubsub
+    sqlite_path: Path = Path("data/longrun.db")
+    project: str = "longrun-dev"
+    firestore_database: str = "(default)"
+    firestore_collection: str = "operations"
+    pubsub_topic: str = "longrun-tasks"
+    pubsub_subscription: str = "longrun-workers"
+    pubsub_dead_letter_topic: str = "longrun-dead-letters"
+    max_deliveries: int = 10
+    #: Seconds a received message stays invisible to other consumers (the
+    #: queue lease); workers extend it while a task runs.
+    visibility_timeout: float = 30.0
+
+    @staticmethod
+    def from_env(env: dict[str, str] | None = None) -> BackendSettings:
+        e = dict(os.environ if env is None else env)
+        d = BackendSettings()
+        return BackendSettings(
+            store=e.get("LONGRUN_STORE", d.store),
+            queue=e.get("LONGRUN_QUEUE", d.queue),
+            sqlite_path=Path(e.get("LONGRUN_SQLITE_PATH", str(d.sqlite_path))),
+            project=e.get("GOOGLE_CLOUD_PROJECT", d.project),
+            firestore_database=e.get("LONGRUN_FIRESTORE_DATABASE", d.firestore_database),
+            firestore_collection=e.get("LONGRUN_FIRESTORE_COLLECTION", d.firestore_collection),
+            pubsub_topic=e.get("LONGRUN_PUBSUB_TOPIC", d.pubsub_topic),
+            pubsub_subscription=e.get("LONGRUN_PUBSUB_SUBSCRIPTION", d.pubsub_subscription),
+            pubsub_dead_letter_topic=e.get(
+                "LONGRUN_PUBSUB_DEAD_LETTER_TOPIC", d.pubsub_dead_letter_topic
+            ),
+            max_deliveries=int(e.get("LONGRUN_MAX_DELIVERIES", d.max_deliveries)),
+            visibility_timeout=float(e.get("LONGRUN_VISIBILITY_TIMEOUT", d.visibility_timeout)),
+        )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    address: str = "localhost:50051"
+    #: Seconds after which a stored but unclaimed operation is published again.
+    redispatch_after: float = 30.0
+    #: How often the sweeper looks for undispatched work and expired leases.
+    sweep_interval: float = 1.0
+    #: How long finished operations are kept (AIP-151 suggests 30 days).
+    retention: float = 30 * 86400.0
+    #: Longest WaitOperation when the caller gives no timeout and no deadline.
+    max_wait: float = 600.0
+    task_modules: tuple[str, ...] = DEFAULT_TASK_MODULES
+    page_token_secret: bytes = field(default=b"", repr=False)
+    grace: float = 5.0
+    max_concurrent_rpcs: int = 100_000

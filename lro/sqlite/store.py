@@ -1,0 +1,219 @@
+"""SQLite operation store (see lro.store for the guarantees)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import fields
+from datetime import datetime
+from typing import Any
+
+from google.rpc import status_pb2
+
+from lro.clock import from_micros, to_micros
+from lro.errors import AlreadyExists
+from lro.model import OperationRecord, State
+from lro.names import operation_name
+from lro.sqlite.backend import SqliteBackend
+from lro.store import (
+    CreateResult,
+    Cursor,
+    ListPage,
+    OperationStore,
+    RecordFilter,
+    check_duplicate,
+)
+from lro.watch import WatchHub
+
+_TIME_FIELDS = {
+    "create_time": "create_us",
+    "update_time": "update_us",
+    "start_time": "start_us",
+    "end_time": "end_us",
+    "lease_expire_time": "lease_expire_us",
+    "dispatch_due_time": "dispatch_due_us",
+    "run_after": "run_after_us",
+    "expire_time": "expire_us",
+}
+_FIELDS = [f.name for f in fields(OperationRecord)]
+COLUMNS = [_TIME_FIELDS.get(n, n) for n in _FIELDS] + ["done", "error_code"]
+_SELECT = f"SELECT {', '.join(COLUMNS[: len(_FIELDS)])} FROM operations"
+
+
+def to_row(rec: OperationRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name in _FIELDS:
+        value = getattr(rec, name)
+        if name in _TIME_FIELDS:
+            row[_TIME_FIELDS[name]] = None if value is None else to_micros(value)
+        elif name == "labels":
+            row["labels"] = json.dumps(dict(value), sort_keys=True)
+        elif name in ("state", "cancel_requested"):
+            row[name] = int(value)
+        else:
+            row[name] = value
+    row["done"] = int(rec.done)
+    row["error_code"] = (
+        status_pb2.Status.FromString(rec.error).code if rec.done and rec.error else None
+    )
+    return row
+
+
+def from_row(row: sqlite3.Row | tuple[Any, ...]) -> OperationRecord:
+    values: dict[str, Any] = {}
+    for name, value in zip(_FIELDS, row, strict=False):
+        if name in _TIME_FIELDS:
+            values[name] = None if value is None else from_micros(value)
+        elif name == "labels":
+            values[name] = json.loads(value)
+        elif name == "state":
+            values[name] = State(value)
+        elif name == "cancel_requested":
+            values[name] = bool(value)
+        else:
+            values[name] = value
+    return OperationRecord(**values)
+
+
+_INSERT = (
+    f"INSERT INTO operations ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
+)
+_UPDATE = (
+    "UPDATE operations SET "
+    + ", ".join(f"{c} = :{c}" for c in COLUMNS if c != "id")
+    + " WHERE id = :id AND version = :expected_version"
+)
+
+
+class SqliteOperationStore(OperationStore):
+    def __init__(self, backend: SqliteBackend, hub: WatchHub | None = None) -> None:
+        super().__init__(hub or WatchHub())
+        self.backend = backend
+        backend.on_operation_changed(self.hub.notify)
+        backend.on_missed(self.hub.notify_all)
+
+    async def start(self) -> None:
+        await self.backend.start()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def on_written(self, name: str) -> None:
+        self.hub.notify(name)
+        self.backend.operation_written(name)
+
+    async def _read(self, op_id: str) -> OperationRecord | None:
+        row = await self.backend.db.call(
+            lambda c: c.execute(f"{_SELECT} WHERE id = ?", (op_id,)).fetchone()
+        )
+        return None if row is None else from_row(row)
+
+    async def _insert(self, rec: OperationRecord) -> CreateResult:
+        row = to_row(rec)
+
+        def insert(conn: sqlite3.Connection) -> OperationRecord | None:
+            try:
+                conn.execute(_INSERT, row)
+                return None
+            except sqlite3.IntegrityError as exc:
+                if rec.request_id is not None and "request_id" in str(exc):
+                    found = conn.execute(
+                        f"{_SELECT} WHERE request_id = ?", (rec.request_id,)
+                    ).fetchone()
+                    if found is not None:
+                        return from_row(found)
+                raise AlreadyExists(
+                    f"operation {rec.name!r} already exists", metadata={"name": rec.name}
+                ) from exc
+
+        existing = await self.backend.db.call(insert)
+        if existing is not None:
+            return check_duplicate(existing, rec)
+        await self.on_written(rec.name)
+        return CreateResult(rec, created=True)
+
+    async def _replace_if_version(self, rec: OperationRecord, expected_version: int) -> bool:
+        params = to_row(rec) | {"expected_version": expected_version}
+        count = await self.backend.db.call(lambda c: c.execute(_UPDATE, params).rowcount)
+        return bool(count == 1)
+
+    async def _delete(self, op_id: str) -> bool:
+        count = await self.backend.db.call(
+            lambda c: c.execute("DELETE FROM operations WHERE id = ?", (op_id,)).rowcount
+        )
+        return bool(count == 1)
+
+    async def list(
+        self, *, page_size: int, after: Cursor | None, flt: RecordFilter | None = None
+    ) -> ListPage:
+        where: list[str] = []
+        params: list[object] = []
+        exact = True
+        to_sql = getattr(flt, "to_sql", None)
+        if flt is not None:
+            if to_sql is not None:
+                sql = to_sql()
+                if sql.where:
+                    where.append(f"({sql.where})")
+                    params.extend(sql.params)
+                exact = bool(sql.exact)
+            else:
+                exact = False
+        batch = page_size if exact else max(page_size * 2, 100)
+        records: list[OperationRecord] = []
+        cursor = after
+        while True:
+            clauses = list(where)
+            args = list(params)
+            if cursor is not None:
+                clauses.append("(create_us < ? OR (create_us = ? AND id < ?))")
+                us = to_micros(cursor.create_time)
+                args.extend([us, us, cursor.id])
+            query = (
+                _SELECT
+                + (" WHERE " + " AND ".join(clauses) if clauses else "")
+                + " ORDER BY create_us DESC, id DESC LIMIT ?"
+            )
+            args.append(batch + 1)
+            rows = await self.backend.db.call(lambda c, q=query, a=args: c.execute(q, a).fetchall())
+            scanned = [from_row(r) for r in rows[:batch]]
+            for rec in scanned:
+                if exact or (flt is not None and flt.matches(rec)):
+                    records.append(rec)
+                    if len(records) == page_size:
+                        more = rec is not scanned[-1] or len(rows) > batch
+                        return ListPage(records, Cursor.after(rec) if more else None)
+            if len(rows) <= batch:
+                return ListPage(records, None)
+            cursor = Cursor.after(scanned[-1])
+
+    async def due_for_dispatch(self, now: datetime, limit: int) -> list[OperationRecord]:
+        us = to_micros(now)
+        rows = await self.backend.db.call(
+            lambda c: c.execute(
+                f"{_SELECT} WHERE (dispatch_due_us <= ? AND state = ?) "
+                f"OR (lease_expire_us <= ? AND state = ?) LIMIT ?",
+                (us, int(State.QUEUED), us, int(State.RUNNING), limit),
+            ).fetchall()
+        )
+        return [from_row(r) for r in rows]
+
+    async def delete_expired(self, now: datetime, limit: int) -> int:
+        us = to_micros(now)
+
+        def purge(conn: sqlite3.Connection) -> list[str]:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM operations WHERE expire_us <= ? LIMIT ?", (us, limit)
+                )
+            ]
+            conn.executemany(
+                "DELETE FROM operations WHERE id = ? AND expire_us <= ?", [(i, us) for i in ids]
+            )
+            return ids
+
+        ids = await self.backend.db.call(purge)
+        for op_id in ids:
+            await self.on_written(operation_name(op_id))
+        return len(ids)

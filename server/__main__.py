@@ -1,0 +1,127 @@
+"""`python -m server`: the Operations + Jobs gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import click
+
+from lro.backends import build_backends
+from lro.cli_options import backend_options, backend_settings, setup_logging
+from lro.settings import ServerSettings
+from lro.tasks import load_tasks
+from server.app import create_server
+
+log = logging.getLogger("longrun.server")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--address",
+    default="localhost:50051",
+    envvar="LONGRUN_ADDRESS",
+    show_envvar=True,
+    show_default=True,
+    help="host:port to listen on (port 0: any).",
+)
+@click.option(
+    "--retention",
+    type=float,
+    default=30 * 86400.0,
+    envvar="LONGRUN_RETENTION",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds finished operations are kept before they expire.",
+)
+@click.option(
+    "--redispatch-after",
+    type=float,
+    default=30.0,
+    envvar="LONGRUN_REDISPATCH_AFTER",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds before a stored, unclaimed operation is published again.",
+)
+@click.option(
+    "--sweep-interval",
+    type=float,
+    default=1.0,
+    envvar="LONGRUN_SWEEP_INTERVAL",
+    show_envvar=True,
+    show_default=True,
+)
+@click.option(
+    "--page-token-secret",
+    default="",
+    envvar="LONGRUN_PAGE_TOKEN_SECRET",
+    show_envvar=True,
+    help="Key that signs page tokens (default: random per process; "
+    "set it when several servers share a store).",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=5.0,
+    envvar="LONGRUN_GRACE",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds in-flight RPCs get on SIGTERM.",
+)
+@click.option(
+    "--port-file",
+    type=click.Path(),
+    default=None,
+    help="Write the bound port here once serving (for tests and scripts).",
+)
+@backend_options
+def main(**kw: Any) -> None:
+    """Serve google.longrunning.Operations and longrun.v1.Jobs."""
+    setup_logging(kw.pop("log_level"))
+    backends = backend_settings(kw)
+    settings = ServerSettings(
+        address=kw["address"],
+        retention=kw["retention"],
+        redispatch_after=kw["redispatch_after"],
+        sweep_interval=kw["sweep_interval"],
+        page_token_secret=kw["page_token_secret"].encode(),
+        grace=kw["grace"],
+        task_modules=tuple(kw["task_modules"]),
+    )
+    asyncio.run(serve(settings, backends, kw["port_file"]))
+
+
+async def serve(settings: ServerSettings, backend_cfg: Any, port_file: str | None) -> None:
+    registry = load_tasks(settings.task_modules)
+    backends = build_backends(backend_cfg)
+    await backends.start()
+    server, port, dispatcher = await create_server(
+        store=backends.store, queue=backends.queue, registry=registry, settings=settings
+    )
+    await server.start()
+    dispatcher.start()
+    log.info(
+        "serving on port %d (store=%s, queue=%s, tasks=%s)",
+        port,
+        backend_cfg.store,
+        backend_cfg.queue,
+        ",".join(registry.names),
+    )
+    if port_file:
+        with open(port_file, "w") as fh:
+            fh.write(str(port))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping (grace %.1fs)", settings.grace)
+    await dispatcher.stop()
+    await server.stop(settings.grace)
+    await backends.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Getting stored operations onto the queue, and keeping them from getting stuck.
+
+`dispatch` publishes right after an operation is stored, then marks it
+dispatched. The sweeper catches everything that path can miss: a crash or a
+failed publish between store and publish (QUEUED past `dispatch_due_time`),
+a worker that died holding a lease (RUNNING past `lease_expire_time`), and a
+retry whose backoff ended. It also deletes expired finished operations in
+batches (the emulator has no TTL; production may add a Firestore TTL policy on
+`expire_time` too). Publishing twice is harmless: claims are guarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+from lro import transitions
+from lro.clock import Clock
+from lro.errors import LongrunError, NotFound
+from lro.model import OperationRecord, State
+from lro.queue import TaskMessage, TaskQueue
+from lro.store import OperationStore
+
+log = logging.getLogger("longrun.dispatcher")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: OperationStore,
+        queue: TaskQueue,
+        *,
+        clock: Clock,
+        redispatch_after: timedelta,
+        retention: timedelta,
+        sweep_interval: float,
+        batch: int = 200,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.clock = clock
+        self.redispatch_after = redispatch_after
+        self.retention = retention
+        self.sweep_interval = sweep_interval
+        self.batch = batch
+        self._task: asyncio.Task[None] | None = None
+
+    async def dispatch(self, rec: OperationRecord) -> None:
+        """Publish the task message for `rec` and mark it dispatched. A failure
+        is logged, not raised: the sweeper publishes it later."""
+        try:
+            await self.queue.publish(TaskMessage(rec.name, rec.task, rec.attempt))
+            await self.store.update(
+                rec.name,
+                lambda r: transitions.mark_dispatched(
+                    r, now=self.clock.now(), redispatch_after=self.redispatch_after
+                ),
+            )
+        except NotFound:
+            pass
+        except LongrunError as exc:
+            log.warning("dispatch of %s deferred to the sweeper: %s", rec.name, exc)
+
+    async def sweep_once(self) -> int:
+        """One pass; returns how many operations it acted on."""
+        now = self.clock.now()
+        acted = 0
+        for rec in await self.store.due_for_dispatch(now, self.batch):
+            acted += 1
+            if rec.state is State.RUNNING:
+                try:
+                    rec = await self.store.update(
+                        rec.name, lambda r: transitions.expire_lease(r, now, self.retention)
+                    )
+                except (transitions.Rejected, NotFound):
+                    continue
+                if rec.done:
+                    continue
+            await self.dispatch(rec)
+        acted += await self.store.delete_expired(now, self.batch)
+        return acted
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="sweeper")
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                acted = await self.sweep_once()
+            except Exception:
+                log.exception("sweep failed; trying again")
+                acted = 0
+            if acted < self.batch:
+                await asyncio.sleep(self.sweep_interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

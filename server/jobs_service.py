@@ -1,0 +1,69 @@
+"""longrun.v1.Jobs: create an operation, store it, hand it to the queue."""
+
+from __future__ import annotations
+
+import grpc
+from google.longrunning import operations_pb2
+from google.protobuf.json_format import MessageToDict
+
+from longrun.v1 import jobs_pb2, jobs_pb2_grpc
+from lro.clock import Clock, IdGenerator
+from lro.model import OperationRecord, State
+from lro.store import OperationStore, request_fingerprint
+from lro.tasks import TaskRegistry
+from lro.validation import check_labels, check_params_size, check_request_id
+from server.dispatcher import Dispatcher
+from server.status import rpc_errors
+
+
+class JobsService(jobs_pb2_grpc.JobsServicer):
+    def __init__(
+        self,
+        store: OperationStore,
+        dispatcher: Dispatcher,
+        registry: TaskRegistry,
+        *,
+        clock: Clock,
+        ids: IdGenerator,
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.registry = registry
+        self.clock = clock
+        self.ids = ids
+
+    @rpc_errors
+    async def CreateJob(
+        self, request: jobs_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
+        rec = self.new_record(request)
+        result = await self.store.create(rec)
+        if result.created:
+            await self.dispatcher.dispatch(result.record)
+        return result.record.to_operation()
+
+    def new_record(self, request: jobs_pb2.CreateJobRequest) -> OperationRecord:
+        """Validate the request (INVALID_ARGUMENT saying what is wrong) and build
+        the record; nothing is stored here."""
+        params_bytes = request.params.SerializeToString(deterministic=True)
+        check_params_size(params_bytes)
+        labels = dict(request.labels)
+        check_labels(labels)
+        request_id = check_request_id(request.request_id)
+        spec = self.registry.validate(request.task, MessageToDict(request.params))
+        now = self.clock.now()
+        return OperationRecord(
+            id=self.ids(),
+            task=request.task,
+            params=params_bytes,
+            state=State.QUEUED,
+            create_time=now,
+            update_time=now,
+            labels=labels,
+            max_attempts=spec.retry.max_attempts,
+            request_id=request_id,
+            request_hash=(
+                request_fingerprint(request.task, params_bytes, labels) if request_id else None
+            ),
+            dispatch_due_time=now,
+        )

@@ -1,0 +1,108 @@
+"""`python -m worker`: pull task messages and run them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import click
+
+from lro.backends import build_backends
+from lro.cli_options import backend_options, backend_settings, setup_logging
+from lro.settings import BackendSettings
+from lro.tasks import load_tasks
+from worker.runtime import Worker, WorkerSettings
+
+log = logging.getLogger("longrun.worker")
+_W = WorkerSettings()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--concurrency",
+    type=int,
+    default=_W.concurrency,
+    envvar="LONGRUN_CONCURRENCY",
+    show_envvar=True,
+    show_default=True,
+    help="Tasks run at once.",
+)
+@click.option(
+    "--lease",
+    type=float,
+    default=_W.lease,
+    envvar="LONGRUN_LEASE",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds a claim lasts without a heartbeat.",
+)
+@click.option(
+    "--heartbeat",
+    type=float,
+    default=_W.heartbeat,
+    envvar="LONGRUN_HEARTBEAT",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds between lease renewals.",
+)
+@click.option(
+    "--shutdown-grace",
+    type=float,
+    default=_W.shutdown_grace,
+    envvar="LONGRUN_SHUTDOWN_GRACE",
+    show_envvar=True,
+    show_default=True,
+    help="On SIGTERM, seconds in-flight tasks may finish before their leases are released.",
+)
+@click.option(
+    "--retention",
+    type=float,
+    default=_W.retention,
+    envvar="LONGRUN_RETENTION",
+    show_envvar=True,
+    show_default=True,
+)
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty (tests, batch jobs).")
+@backend_options
+def main(**kw: Any) -> None:
+    """Run tasks from the queue and record their outcomes."""
+    setup_logging(kw.pop("log_level"))
+    backends = backend_settings(kw)
+    settings = WorkerSettings(
+        concurrency=kw["concurrency"],
+        lease=kw["lease"],
+        heartbeat=kw["heartbeat"],
+        shutdown_grace=kw["shutdown_grace"],
+        retention=kw["retention"],
+    )
+    asyncio.run(work(settings, backends, tuple(kw["task_modules"]), kw["burst"]))
+
+
+async def work(
+    settings: WorkerSettings, backend_cfg: BackendSettings, modules: tuple[str, ...], burst: bool
+) -> None:
+    registry = load_tasks(modules)
+    backends = build_backends(backend_cfg)
+    await backends.start()
+    worker = Worker(
+        store=backends.store, queue=backends.queue, registry=registry, settings=settings
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    log.info(
+        "worker %s: tasks %s, concurrency %d",
+        worker.id,
+        ",".join(registry.names),
+        settings.concurrency,
+    )
+    try:
+        await worker.run(burst=burst)
+    finally:
+        await backends.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,387 @@
+"""The worker: receives task messages, claims operations under a lease, runs
+their handlers, and records the outcome with fenced writes.
+
+Per delivery (at-least-once; every step is safe to repeat):
+1. claim: QUEUED -> RUNNING (attempt + 1, lease). Already done or deleted ->
+   ack; held by a live lease or not yet due -> nack with a delay (deferred).
+2. run the handler while a heartbeat renews the lease and the queue lease,
+   and a watch on the operation turns a cancel request into the context's
+   cancellation signal.
+3. write the outcome (fenced to this attempt), then ack. A crash before the
+   write leaves the message unacked and the lease expiring: another worker
+   takes over. A crash after the write and before the ack redelivers a
+   message whose claim finds the operation done: acked, nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2
+
+from lro import transitions
+from lro.clock import Clock, SystemClock
+from lro.errors import LongrunError, NotFound
+from lro.model import OperationRecord, State
+from lro.packing import error_status, pack_result, struct_to_dict
+from lro.queue import Delivery, TaskQueue
+from lro.store import OperationStore
+from lro.tasks import TaskRegistry, TaskSpec
+from worker.context import RunContext
+
+log = logging.getLogger("longrun.worker")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    concurrency: int = 4
+    #: How long a claim holds an operation without a heartbeat.
+    lease: float = 10.0
+    #: How often the lease is renewed (must be well under `lease`).
+    heartbeat: float = 3.0
+    #: How long finished operations are kept (AIP-151: 30 days).
+    retention: float = 30 * 86400.0
+    #: On shutdown, how long in-flight tasks may run before their leases are released.
+    shutdown_grace: float = 10.0
+    #: How long one receive call waits for messages.
+    receive_timeout: float = 5.0
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        store: OperationStore,
+        queue: TaskQueue,
+        registry: TaskRegistry,
+        settings: WorkerSettings | None = None,
+        clock: Clock | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.registry = registry
+        self.settings = settings or WorkerSettings()
+        self.clock = clock or SystemClock()
+        self.id = worker_id or default_worker_id()
+        self._stopping = asyncio.Event()
+        self._inflight: dict[asyncio.Task[None], Delivery] = {}
+        self._slots = asyncio.Semaphore(self.settings.concurrency)
+        self.completed = 0
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.lease)
+
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(seconds=self.settings.retention)
+
+    def stop(self) -> None:
+        """Stop receiving; `run` then drains in-flight work and returns."""
+        self._stopping.set()
+
+    async def run(self, *, burst: bool = False) -> None:
+        """Receive and run tasks until `stop()` (or, with `burst`, until the
+        queue is empty and nothing is in flight)."""
+        log.info("worker started", extra={"action": "worker_start", "worker": self.id})
+        try:
+            while not self._stopping.is_set():
+                free = await self._acquire_slots()
+                receive = asyncio.ensure_future(
+                    self.queue.receive(free, self.settings.receive_timeout)
+                )
+                stop = asyncio.ensure_future(self._stopping.wait())
+                done, _ = await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                deliveries: list[Delivery] = []
+                if receive in done:
+                    deliveries = receive.result()
+                else:
+                    receive.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        deliveries = await receive
+                for _ in range(free - len(deliveries)):
+                    self._slots.release()
+                for delivery in deliveries:
+                    task = asyncio.create_task(self._handle_and_release(delivery))
+                    self._inflight[task] = delivery
+                    task.add_done_callback(self._inflight.pop)
+                if burst and not deliveries and not self._inflight:
+                    break
+        finally:
+            await self._drain()
+            log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
+
+    async def _acquire_slots(self) -> int:
+        await self._slots.acquire()
+        free = 1
+        while free < self.settings.concurrency and not self._slots.locked():
+            await self._slots.acquire()
+            free += 1
+        return free
+
+    async def _drain(self) -> None:
+        if not self._inflight:
+            return
+        pending = set(self._inflight)
+        _, still = await asyncio.wait(pending, timeout=self.settings.shutdown_grace)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.wait(still)
+
+    async def _handle_and_release(self, delivery: Delivery) -> None:
+        try:
+            await self.handle(delivery)
+        except Exception:
+            log.exception("delivery failed; it will be redelivered", extra={"action": "handle"})
+            with contextlib.suppress(Exception):
+                await delivery.nack(1.0)
+        finally:
+            self._slots.release()
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Process one delivery from claim to ack (see the module docstring)."""
+        name = delivery.message.operation
+        try:
+            spec: TaskSpec | None = self.registry.get(delivery.message.task)
+        except LongrunError:
+            spec = None
+        try:
+            rec = await self.store.update(
+                name,
+                lambda r: transitions.claim(
+                    r,
+                    worker=self.id,
+                    now=self.clock.now(),
+                    lease=self.lease,
+                    retention=self.retention,
+                ),
+            )
+        except (NotFound, transitions.AlreadyDone):
+            await delivery.ack()
+            return
+        except (transitions.LeaseHeld, transitions.NotDue) as exc:
+            delay = (exc.until - self.clock.now()).total_seconds()
+            await delivery.nack(max(delay, 0.05))
+            return
+        if rec.done:  # the claim ended it (lease expired with no attempts left, or cancelled)
+            await self._ack_or_dead_letter(delivery, rec)
+            return
+        if spec is None:
+            err = error_status(
+                LookupError(f"no task named {delivery.message.task!r} on worker {self.id}"),
+                code=code_pb2.UNIMPLEMENTED,
+                attempt=rec.attempt,
+                max_attempts=rec.max_attempts,
+            )
+            await self._finish(delivery, rec, error=err)
+            return
+        await self._run(delivery, rec, spec)
+
+    async def _run(self, delivery: Delivery, rec: OperationRecord, spec: TaskSpec) -> None:
+        ctx = RunContext(
+            operation=rec.name,
+            params=struct_to_dict(struct_pb2.Struct.FromString(rec.params)),
+            attempt=rec.attempt,
+            progress_sink=lambda p, m: self._progress(rec, p, m),
+        )
+        handler = asyncio.ensure_future(_call(spec, ctx))
+        guard = asyncio.create_task(self._guard(delivery, rec, ctx))
+        try:
+            outcome = await self._await_handler(handler, ctx, spec)
+        except asyncio.CancelledError:
+            # Worker shutdown past its grace: give the operation back at once.
+            handler.cancel()
+            await self._release(delivery, rec)
+            raise
+        finally:
+            guard.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await guard
+        result, exc = outcome
+        if ctx.cancelled:
+            err = transitions.cancelled_error(rec.attempt)
+            await self._finish(delivery, rec, error=err)
+        elif exc is None:
+            try:
+                packed = pack_result(result)
+            except TypeError as type_error:
+                err = error_status(type_error, attempt=rec.attempt, max_attempts=rec.max_attempts)
+                await self._finish(delivery, rec, error=err)
+                return
+            await self._finish(delivery, rec, response=packed)
+        elif spec.retry.is_retryable(exc) and rec.attempt < rec.max_attempts:
+            await self._retry(delivery, rec, spec, exc)
+        else:
+            code = code_pb2.UNKNOWN
+            err = error_status(exc, code=code, attempt=rec.attempt, max_attempts=rec.max_attempts)
+            await self._finish(delivery, rec, error=err)
+
+    async def _await_handler(
+        self, handler: asyncio.Future[Any], ctx: RunContext, spec: TaskSpec
+    ) -> tuple[Any, BaseException | None]:
+        """Wait for the handler; once cancelled, give it `cancel_grace` seconds."""
+        cancelled = asyncio.ensure_future(ctx.wait_cancelled())
+        try:
+            await asyncio.wait({handler, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            if not handler.done():
+                await asyncio.wait({handler}, timeout=spec.cancel_grace)
+            if not handler.done():
+                log.warning(
+                    "handler ignored cancellation; abandoned",
+                    extra={"action": "abandon", "operation": ctx.operation},
+                )
+                handler.cancel()
+                return None, asyncio.CancelledError()
+        finally:
+            cancelled.cancel()
+        if handler.cancelled():
+            return None, asyncio.CancelledError()
+        exc = handler.exception()
+        return (None, exc) if exc is not None else (handler.result(), None)
+
+    async def _guard(self, delivery: Delivery, rec: OperationRecord, ctx: RunContext) -> None:
+        """Heartbeat the lease and turn a cancel request into ctx cancellation."""
+        name, attempt = rec.name, rec.attempt
+        interval = self.settings.heartbeat
+        async with self.store.watch(name) as watch:
+            loop = asyncio.get_running_loop()
+            next_beat = loop.time() + interval
+            while True:
+                try:
+                    current = await self.store.get(name)
+                except NotFound:
+                    ctx.cancel()
+                    return
+                if current.cancel_requested or current.attempt != attempt or current.done:
+                    ctx.cancel()
+                    return
+                if loop.time() >= next_beat:
+                    try:
+                        await self.store.update(
+                            name,
+                            lambda r: transitions.renew(
+                                r,
+                                worker=self.id,
+                                attempt=attempt,
+                                now=self.clock.now(),
+                                lease=self.lease,
+                            ),
+                        )
+                        await delivery.extend(self.settings.lease * 3)
+                    except (transitions.Rejected, NotFound):
+                        ctx.cancel()
+                        return
+                    next_beat = loop.time() + interval
+                await watch.changed(max(next_beat - loop.time(), 0.0))
+
+    async def _progress(self, rec: OperationRecord, percent: int, message: str) -> None:
+        try:
+            await self.store.update(
+                rec.name,
+                lambda r: transitions.renew(
+                    r,
+                    worker=self.id,
+                    attempt=rec.attempt,
+                    now=self.clock.now(),
+                    lease=self.lease,
+                    progress=(percent, message),
+                ),
+            )
+        except (transitions.Rejected, NotFound):
+            pass  # the guard notices and cancels the context
+
+    async def _finish(
+        self,
+        delivery: Delivery,
+        rec: OperationRecord,
+        *,
+        response: bytes | None = None,
+        error: bytes | None = None,
+    ) -> None:
+        try:
+            final = await self.store.update(
+                rec.name,
+                lambda r: transitions.finish(
+                    r,
+                    worker=self.id,
+                    attempt=rec.attempt,
+                    now=self.clock.now(),
+                    retention=self.retention,
+                    response=response,
+                    error=error,
+                ),
+            )
+        except (transitions.Rejected, NotFound) as exc:
+            log.info(
+                "outcome dropped: %s",
+                exc,
+                extra={"action": "finish_fenced", "operation": rec.name},
+            )
+            await delivery.ack()
+            return
+        self.completed += 1
+        await self._ack_or_dead_letter(delivery, final)
+
+    async def _ack_or_dead_letter(self, delivery: Delivery, rec: OperationRecord) -> None:
+        if rec.state is State.FAILED and rec.attempt >= rec.max_attempts:
+            await delivery.dead_letter(f"{rec.name} failed after {rec.attempt} attempts")
+        else:
+            await delivery.ack()
+
+    async def _retry(
+        self, delivery: Delivery, rec: OperationRecord, spec: TaskSpec, exc: BaseException
+    ) -> None:
+        delay = spec.retry.backoff(rec.attempt)
+        err = error_status(exc, attempt=rec.attempt, max_attempts=rec.max_attempts)
+        try:
+            await self.store.update(
+                rec.name,
+                lambda r: transitions.retry(
+                    r,
+                    worker=self.id,
+                    attempt=rec.attempt,
+                    now=self.clock.now(),
+                    delay=delay,
+                    error=err,
+                ),
+            )
+        except (transitions.Rejected, NotFound):
+            await delivery.ack()
+            return
+        await delivery.nack(delay.total_seconds())
+
+    async def _release(self, delivery: Delivery, rec: OperationRecord) -> None:
+        with contextlib.suppress(transitions.Rejected, NotFound):
+            await self.store.update(
+                rec.name,
+                lambda r: transitions.release(
+                    r, worker=self.id, attempt=rec.attempt, now=self.clock.now()
+                ),
+            )
+        await delivery.nack(0)
+
+
+async def _call(spec: TaskSpec, ctx: RunContext) -> Any:
+    if asyncio.iscoroutinefunction(spec.handler):
+        return await spec.handler(ctx)
+    result = await asyncio.to_thread(spec.handler, ctx)
+    if isinstance(result, Awaitable):
+        return await result
+    return result
