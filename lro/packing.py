@@ -7,7 +7,7 @@ import traceback
 from typing import Any
 
 from google.protobuf import any_pb2, struct_pb2
-from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -26,7 +26,8 @@ def pack_result(value: Any) -> bytes:
         except (ValueError, TypeError) as exc:
             raise TypeError(f"task result is not JSON-like: {exc}") from exc
     elif value is None or isinstance(value, (list, tuple, str, int, float, bool)):
-        message = ParseDict(value, struct_pb2.Value())
+        message = struct_pb2.Value()
+        message.MergeFrom(_to_value(value))
     else:
         raise TypeError(
             f"task returned {type(value).__name__}; return a protobuf message, a dict, "
@@ -58,8 +59,15 @@ def error_status(
     status = status_pb2.Status(code=code, message=f"{type(exc).__name__}: {exc}"[:2000])
     for detail in (info, debug):
         status.details.add().Pack(detail)
-    return status.SerializeToString()
+    data: bytes = status.SerializeToString()
+    return data
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return MessageToDict(struct)
+
+
+def _to_value(value: Any) -> struct_pb2.Value:
+    holder = struct_pb2.Struct()
+    holder.update({"v": value})
+    return holder.fields["v"]

@@ -158,7 +158,7 @@ class OperationStore(abc.ABC):
         none appears twice and none present for the whole walk is skipped."""
 
     @abc.abstractmethod
-    async def due_for_dispatch(self, now: datetime, limit: int) -> list[OperationRecord]:
+    async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
         """QUEUED records whose `dispatch_due_time` has passed, and RUNNING
         records whose lease has expired: the sweeper's work list."""
 

@@ -61,7 +61,7 @@ class RetryPolicy:
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, PermanentError):
             return False
-        return isinstance(exc, TransientError) or isinstance(exc, self.retry_on)
+        return isinstance(exc, (TransientError, *self.retry_on))
 
 
 class TaskContext(Protocol):

@@ -52,7 +52,8 @@ class LeaseLost(Rejected):
 
 
 def status_bytes(code: int, message: str) -> bytes:
-    return status_pb2.Status(code=code, message=message).SerializeToString()
+    data: bytes = status_pb2.Status(code=code, message=message).SerializeToString()
+    return data
 
 
 def _finished(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 import click
@@ -110,8 +111,7 @@ async def serve(settings: ServerSettings, backend_cfg: Any, port_file: str | Non
         ",".join(registry.names),
     )
     if port_file:
-        with open(port_file, "w") as fh:
-            fh.write(str(port))
+        Path(port_file).write_text(str(port))  # noqa: ASYNC240
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -292,7 +292,8 @@ class Worker:
                 await watch.changed(max(next_beat - loop.time(), 0.0))
 
     async def _progress(self, rec: OperationRecord, percent: int, message: str) -> None:
-        try:
+        # A rejected write means the lease is gone: the guard notices and cancels.
+        with contextlib.suppress(transitions.Rejected, NotFound):
             await self.store.update(
                 rec.name,
                 lambda r: transitions.renew(
@@ -304,8 +305,6 @@ class Worker:
                     progress=(percent, message),
                 ),
             )
-        except (transitions.Rejected, NotFound):
-            pass  # the guard notices and cancels the context
 
     async def _finish(
         self,

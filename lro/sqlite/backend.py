@@ -53,8 +53,8 @@ class SqliteBackend:
             for fn in self._on_op:
                 fn(name)
         elif kind == QUEUE_CHANGED:
-            for fn in self._on_queue:
-                fn()
+            for wake in self._on_queue:
+                wake()
 
     async def start(self) -> None:
         self._users += 1

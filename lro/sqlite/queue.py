@@ -63,7 +63,8 @@ def _move_to_dead(
     conn.execute(
         "INSERT OR REPLACE INTO dead_letters "
         "(seq, operation, task, attempt, deliveries, reason, dead_us) "
-        f"SELECT seq, operation, task, attempt, deliveries, ?, ? FROM tasks WHERE seq = ? AND {guard}",
+        "SELECT seq, operation, task, attempt, deliveries, ?, ? FROM tasks "
+        f"WHERE seq = ? AND {guard}",
         (reason, now_us, *args),
     )
     conn.execute(f"DELETE FROM tasks WHERE seq = ? AND {guard}", args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 import sqlite3
 from dataclasses import fields
 from datetime import datetime
@@ -175,7 +176,7 @@ class SqliteOperationStore(OperationStore):
                 + " ORDER BY create_us DESC, id DESC LIMIT ?"
             )
             args.append(batch + 1)
-            rows = await self.backend.db.call(lambda c, q=query, a=args: c.execute(q, a).fetchall())
+            rows = await self._fetch(query, args)
             scanned = [from_row(r) for r in rows[:batch]]
             for rec in scanned:
                 if exact or (flt is not None and flt.matches(rec)):
@@ -187,7 +188,13 @@ class SqliteOperationStore(OperationStore):
                 return ListPage(records, None)
             cursor = Cursor.after(scanned[-1])
 
-    async def due_for_dispatch(self, now: datetime, limit: int) -> list[OperationRecord]:
+    async def _fetch(self, query: str, args: Sequence[object]) -> Sequence[tuple[Any, ...]]:
+        rows: Sequence[tuple[Any, ...]] = await self.backend.db.call(
+            lambda c: c.execute(query, args).fetchall()
+        )
+        return rows
+
+    async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
         us = to_micros(now)
         rows = await self.backend.db.call(
             lambda c: c.execute(
