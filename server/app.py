@@ -7,12 +7,12 @@ import secrets
 from datetime import timedelta
 
 import grpc
-from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.longrunning import operations_pb2
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from longrun.v1 import jobs_pb2, jobs_pb2_grpc
+from longrun.v1 import jobs_pb2
 from lro.clock import Clock, IdGenerator, SystemClock, uuid_ids
 from lro.queue import TaskQueue
 from lro.settings import ServerSettings
@@ -21,6 +21,7 @@ from lro.tasks import TaskRegistry
 from server.dispatcher import Dispatcher
 from server.jobs_service import JobsService
 from server.operations_service import OperationsService
+from server.status import service_handler
 
 # Raise grpc's pending-request limits so thousands of concurrent
 # WaitOperation calls are held, not rejected.
@@ -58,18 +59,19 @@ async def create_server(
     server = grpc.aio.server(
         options=SERVER_OPTIONS, maximum_concurrent_rpcs=settings.max_concurrent_rpcs
     )
-    operations_pb2_grpc.add_OperationsServicer_to_server(
-        OperationsService(
-            store,
-            clock=clock,
-            tokens=PageTokens(settings.page_token_secret or secrets.token_bytes(32)),
-            retention=retention,
-            max_wait=settings.max_wait,
-        ),
-        server,
+    operations = OperationsService(
+        store,
+        clock=clock,
+        tokens=PageTokens(settings.page_token_secret or secrets.token_bytes(32)),
+        retention=retention,
+        max_wait=settings.max_wait,
     )
-    jobs_pb2_grpc.add_JobsServicer_to_server(
-        JobsService(store, dispatcher, registry, clock=clock, ids=ids), server
+    jobs = JobsService(store, dispatcher, registry, clock=clock, ids=ids)
+    server.add_generic_rpc_handlers(
+        (
+            service_handler(operations_pb2.DESCRIPTOR.services_by_name["Operations"], operations),
+            service_handler(jobs_pb2.DESCRIPTOR.services_by_name["Jobs"], jobs),
+        )
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

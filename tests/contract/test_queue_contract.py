@@ -1,0 +1,98 @@
+"""The TaskQueue contract: every adapter must pass all of it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from lro.queue import Delivery, TaskMessage, TaskQueue
+
+
+async def _receive_one(queue: TaskQueue, timeout: float = 15.0) -> Delivery:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = await queue.receive(1, deadline - time.monotonic())
+        if got:
+            assert len(got) == 1
+            return got[0]
+    raise AssertionError(f"no message within {timeout}s")
+
+
+async def test_publish_then_receive_carries_the_message(queue: TaskQueue) -> None:
+    msg = TaskMessage("operations/abc", "noop", 2)
+    await queue.publish(msg)
+    delivery = await _receive_one(queue)
+    assert delivery.message == msg
+    assert delivery.delivery_attempt >= 1
+    await delivery.ack()
+
+
+async def test_acked_message_is_not_delivered_again(queue: TaskQueue) -> None:
+    await queue.publish(TaskMessage("operations/acked", "noop"))
+    delivery = await _receive_one(queue)
+    await delivery.ack()
+    visibility: float = queue.contract_visibility  # type: ignore[attr-defined]
+    assert await queue.receive(1, visibility + 1.0) == []
+
+
+async def test_idle_receive_returns_empty_after_timeout(queue: TaskQueue) -> None:
+    started = time.monotonic()
+    assert await queue.receive(5, 0.3) == []
+    assert time.monotonic() - started >= 0.25
+
+
+async def test_publish_wakes_a_waiting_receive_promptly(queue: TaskQueue) -> None:
+    receiving = asyncio.create_task(queue.receive(1, 20.0))
+    await asyncio.sleep(0.2)  # let the receive start waiting (it is what we measure against)
+    published = time.monotonic()
+    await queue.publish(TaskMessage("operations/wake", "noop"))
+    got = await receiving
+    assert got and got[0].message.operation == "operations/wake"
+    assert time.monotonic() - published < 2.0
+    await got[0].ack()
+
+
+async def test_nacked_message_is_redelivered(queue: TaskQueue) -> None:
+    await queue.publish(TaskMessage("operations/nack", "noop"))
+    first = await _receive_one(queue)
+    await first.nack(0)
+    second = await _receive_one(queue)
+    assert second.message == first.message
+    assert second.delivery_attempt >= first.delivery_attempt
+    await second.ack()
+
+
+async def test_unacked_message_is_redelivered_after_its_lease(queue: TaskQueue) -> None:
+    visibility: float = queue.contract_visibility  # type: ignore[attr-defined]
+    await queue.publish(TaskMessage("operations/lost", "noop"))
+    first = await _receive_one(queue)
+    taken = time.monotonic()
+    second = await _receive_one(queue, timeout=visibility * 3 + 10)
+    assert second.message == first.message
+    assert time.monotonic() - taken >= visibility * 0.5
+    await second.ack()
+
+
+async def test_dead_lettered_message_is_kept_and_not_redelivered(queue: TaskQueue) -> None:
+    await queue.publish(TaskMessage("operations/dead", "noop", 3))
+    delivery = await _receive_one(queue)
+    await delivery.dead_letter("failed after 3 attempts")
+    deadline = time.monotonic() + 15
+    dead: list[tuple[TaskMessage, str]] = []
+    while time.monotonic() < deadline and not dead:
+        dead = [d for d in await queue.dead_letters() if d[0].operation == "operations/dead"]
+    assert dead and dead[0][0] == TaskMessage("operations/dead", "noop", 3)
+    visibility: float = queue.contract_visibility  # type: ignore[attr-defined]
+    assert await queue.receive(1, visibility + 1.0) == []
+
+
+async def test_many_messages_each_delivered(queue: TaskQueue) -> None:
+    sent = {f"operations/m{i}" for i in range(30)}
+    await asyncio.gather(*(queue.publish(TaskMessage(n, "noop")) for n in sent))
+    seen: set[str] = set()
+    deadline = time.monotonic() + 20
+    while seen != sent and time.monotonic() < deadline:
+        for d in await queue.receive(10, 1.0):
+            seen.add(d.message.operation)
+            await d.ack()
+    assert seen == sent
