@@ -30,6 +30,10 @@ class Rejected(Exception):
 class AlreadyDone(Rejected):
     """The operation is finished; nothing more can happen to it."""
 
+    def __init__(self, message: str, record: OperationRecord | None = None) -> None:
+        super().__init__(message)
+        self.record = record
+
 
 class LeaseHeld(Rejected):
     """Another attempt holds an unexpired lease (a redelivered duplicate): defer."""
@@ -130,7 +134,7 @@ def claim(
         if rec.done:
             return rec
     if rec.done:
-        raise AlreadyDone(rec.name)
+        raise AlreadyDone(rec.name, rec)
     if rec.run_after is not None and rec.run_after > now:
         raise NotDue(rec.run_after)
     return replace(

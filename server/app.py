@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from longrun.v1 import jobs_pb2
 from lro.clock import Clock, IdGenerator, SystemClock, uuid_ids
+from lro.failpoints import Failpoints
 from lro.queue import TaskQueue
 from lro.settings import ServerSettings
 from lro.store import OperationStore, PageTokens
@@ -66,7 +67,9 @@ async def create_server(
         retention=retention,
         max_wait=settings.max_wait,
     )
-    jobs = JobsService(store, dispatcher, registry, clock=clock, ids=ids)
+    jobs = JobsService(
+        store, dispatcher, registry, clock=clock, ids=ids, failpoints=Failpoints.from_env()
+    )
     server.add_generic_rpc_handlers(
         (
             service_handler(operations_pb2.DESCRIPTOR.services_by_name["Operations"], operations),

@@ -8,6 +8,7 @@ from google.protobuf.json_format import MessageToDict
 
 from longrun.v1 import jobs_pb2, jobs_pb2_grpc
 from lro.clock import Clock, IdGenerator
+from lro.failpoints import Failpoints
 from lro.model import OperationRecord, State
 from lro.store import OperationStore, request_fingerprint
 from lro.tasks import TaskRegistry
@@ -25,12 +26,14 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         *,
         clock: Clock,
         ids: IdGenerator,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.registry = registry
         self.clock = clock
         self.ids = ids
+        self.failpoints = failpoints or Failpoints()
 
     @rpc_errors
     async def CreateJob(
@@ -38,6 +41,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
     ) -> operations_pb2.Operation:
         rec = self.new_record(request)
         result = await self.store.create(rec)
+        self.failpoints.hit("after_store")
         if result.created:
             await self.dispatcher.dispatch(result.record)
         return result.record.to_operation()

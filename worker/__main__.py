@@ -11,6 +11,7 @@ import click
 
 from lro.backends import build_backends
 from lro.cli_options import backend_options, backend_settings, setup_logging
+from lro.failpoints import Failpoints
 from lro.settings import BackendSettings
 from lro.tasks import load_tasks
 from worker.runtime import Worker, WorkerSettings
@@ -87,7 +88,11 @@ async def work(
     backends = build_backends(backend_cfg)
     await backends.start()
     worker = Worker(
-        store=backends.store, queue=backends.queue, registry=registry, settings=settings
+        store=backends.store,
+        queue=backends.queue,
+        registry=registry,
+        settings=settings,
+        failpoints=Failpoints.from_env(),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -32,6 +32,7 @@ from google.rpc import code_pb2
 from lro import transitions
 from lro.clock import Clock, SystemClock
 from lro.errors import LongrunError, NotFound
+from lro.failpoints import Failpoints
 from lro.model import OperationRecord, State
 from lro.packing import error_status, pack_result, struct_to_dict
 from lro.queue import Delivery, TaskQueue
@@ -71,6 +72,7 @@ class Worker:
         settings: WorkerSettings | None = None,
         clock: Clock | None = None,
         worker_id: str | None = None,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -78,6 +80,7 @@ class Worker:
         self.settings = settings or WorkerSettings()
         self.clock = clock or SystemClock()
         self.id = worker_id or default_worker_id()
+        self.failpoints = failpoints or Failpoints()
         self._stopping = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Delivery] = {}
         self._slots = asyncio.Semaphore(self.settings.concurrency)
@@ -173,8 +176,16 @@ class Worker:
                     retention=self.retention,
                 ),
             )
-        except (NotFound, transitions.AlreadyDone):
+        except NotFound:
             await delivery.ack()
+            return
+        except transitions.AlreadyDone as done:
+            # Finished elsewhere (e.g. the sweeper failed it after its last lost
+            # attempt): this message still ends in the dead-letter queue if so.
+            if done.record is not None:
+                await self._ack_or_dead_letter(delivery, done.record)
+            else:
+                await delivery.ack()
             return
         except (transitions.LeaseHeld, transitions.NotDue) as exc:
             delay = (exc.until - self.clock.now()).total_seconds()
@@ -336,6 +347,14 @@ class Worker:
             await delivery.ack()
             return
         self.completed += 1
+        log.info(
+            "finished %s attempt %d: %s",
+            final.name,
+            final.attempt,
+            final.state.name,
+            extra={"action": "finish", "operation": final.name, "attempt": final.attempt},
+        )
+        self.failpoints.hit("before_ack")
         await self._ack_or_dead_letter(delivery, final)
 
     async def _ack_or_dead_letter(self, delivery: Delivery, rec: OperationRecord) -> None:

@@ -46,7 +46,9 @@ def bind(text: str, member: Token, comparator: Token, arg: Token) -> Expr:
             return Present(label_field(_label_key(text, arg)))
         if field.kind is Kind.MESSAGE:
             raise filter_error(
-                text, arg.column, f"'{field.path}:' takes only '*'",
+                text,
+                arg.column,
+                f"'{field.path}:' takes only '*'",
                 f"use {field.path}:* to test for an error, or error.code",
             )
         op = Op.EQ
@@ -54,17 +56,22 @@ def bind(text: str, member: Token, comparator: Token, arg: Token) -> Expr:
         op = Op(comparator.text)
     if field.kind is Kind.MAP:
         raise filter_error(
-            text, member.column, f"{field.path} is a map and cannot be compared",
+            text,
+            member.column,
+            f"{field.path} is a map and cannot be compared",
             f"use {field.path}.<key> = value, {field.path}:<key> or {field.path}.<key>:*",
         )
     if field.kind is Kind.MESSAGE:
         raise filter_error(
-            text, member.column, f"{field.path} is a message and cannot be compared",
+            text,
+            member.column,
+            f"{field.path} is a message and cannot be compared",
             f"use {field.path}:* or {field.path}.code",
         )
     if op not in (Op.EQ, Op.NE) and field.kind not in _ORDERED:
         raise filter_error(
-            text, comparator.column,
+            text,
+            comparator.column,
             f"operator '{op.value}' does not apply to {field.path} ({field.kind.value})",
             "use =, != or :",
         )
@@ -74,7 +81,9 @@ def bind(text: str, member: Token, comparator: Token, arg: Token) -> Expr:
 def resolve_field(text: str, member: Token) -> Field:
     if member.kind is Tok.STRING:
         raise filter_error(
-            text, member.column, f"field name {member.text} is quoted",
+            text,
+            member.column,
+            f"field name {member.text} is quoted",
             "write field names without quotes",
         )
     path = member.text
@@ -86,7 +95,9 @@ def resolve_field(text: str, member: Token) -> Field:
             key = path[len(prefix) :]
             if not LABEL_KEY.fullmatch(key):
                 raise filter_error(
-                    text, member.column + len(prefix), f"invalid label key {key!r}",
+                    text,
+                    member.column + len(prefix),
+                    f"invalid label key {key!r}",
                     "label keys are 1-63 letters, digits, '_' or '-'",
                 )
             return label_field(key)
@@ -99,7 +110,9 @@ def _label_key(text: str, arg: Token) -> str:
     key = "*".join(arg.parts)
     if len(arg.parts) != 1 or not LABEL_KEY.fullmatch(key):
         raise filter_error(
-            text, arg.column, f"invalid label key {arg.text}",
+            text,
+            arg.column,
+            f"invalid label key {arg.text}",
             "labels:<key> takes a key of 1-63 letters, digits, '_' or '-' (no wildcards)",
         )
     return key
@@ -110,13 +123,16 @@ def _value(text: str, field: Field, op: Op, arg: Token) -> Value:
         pattern = Pattern.of(arg.parts)
         if pattern.has_wildcard and op not in (Op.EQ, Op.NE):
             raise filter_error(
-                text, arg.column, f"wildcard in {arg.text} with '{op.value}'",
+                text,
+                arg.column,
+                f"wildcard in {arg.text} with '{op.value}'",
                 "wildcards work with =, != and :; in a quoted string \\* is a literal star",
             )
         return pattern
     if len(arg.parts) > 1:
         raise filter_error(
-            text, arg.column,
+            text,
+            arg.column,
             f"{field.path} is {field.kind.value}, so {arg.text} cannot be a wildcard",
             "wildcards apply to strings only",
         )
@@ -141,7 +157,9 @@ def _value(text: str, field: Field, op: Op, arg: Token) -> Value:
 
 
 def _wrong_type(text: str, field: Field, arg: Token, hint: str) -> Exception:
-    return filter_error(text, arg.column, f"{field.path} is {field.kind.value}, got {arg.text}", hint)
+    return filter_error(
+        text, arg.column, f"{field.path} is {field.kind.value}, got {arg.text}", hint
+    )
 
 
 def _number(text: str, field: Field, arg: Token) -> int | float:
@@ -174,7 +192,12 @@ def _timestamp(text: str, field: Field, arg: Token) -> Timestamp:
             offset = timedelta(hours=int(m["oh"]), minutes=int(m["om"]))
             tz = timezone(-offset if m["sign"] == "-" else offset)
         when = datetime(
-            int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"]),
+            int(m["y"]),
+            int(m["mo"]),
+            int(m["d"]),
+            int(m["h"]),
+            int(m["mi"]),
+            int(m["s"]),
             tzinfo=tz,
         )
         when.astimezone(UTC)  # OverflowError outside years 1-9999 in UTC

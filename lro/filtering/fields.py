@@ -62,9 +62,7 @@ _TABLE = (
 FIELDS: dict[str, Field] = {f.path: f for f in _TABLE}
 FIELDS["metadata.labels"] = FIELDS["labels"]
 
-KNOWN_FIELDS = ", ".join(
-    [f.path for f in _TABLE] + ["labels.<key>", "metadata.labels.<key>"]
-)
+KNOWN_FIELDS = ", ".join([f.path for f in _TABLE] + ["labels.<key>", "metadata.labels.<key>"])
 
 
 def label_field(key: str) -> Field:

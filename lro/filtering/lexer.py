@@ -144,16 +144,18 @@ def _string(text: str, start: int) -> Token:
                 code = int(text[i + 2 : i + 6], 16)
                 if code == 0 or 0xD800 <= code <= 0xDFFF:
                     raise filter_error(
-                        text, i + 1, f"escape '\\u{text[i + 2 : i + 6]}' is not allowed",
+                        text,
+                        i + 1,
+                        f"escape '\\u{text[i + 2 : i + 6]}' is not allowed",
                         "NUL and surrogates cannot appear in a filter",
                     )
                 buf.append(chr(code))
                 i += 6
             else:
                 raise filter_error(
-                    text, i + 1, f"unknown escape '\\{e}' in a string",
+                    text,
+                    i + 1,
+                    f"unknown escape '\\{e}' in a string",
                     "use \\\\ \\\" \\' \\* \\n \\t \\r or \\uXXXX",
                 )
-    raise filter_error(
-        text, start + 1, "unterminated string", f"close it with {quote}"
-    )
+    raise filter_error(text, start + 1, "unterminated string", f"close it with {quote}")

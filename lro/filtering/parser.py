@@ -20,7 +20,8 @@ def parse(text: str) -> Expr:
     """The checked tree of a non-blank filter; InvalidArgument if it is not one."""
     if len(text) > MAX_LENGTH:
         raise filter_error(
-            text, MAX_LENGTH + 1,
+            text,
+            MAX_LENGTH + 1,
             f"filter is {len(text)} characters long, over the limit of {MAX_LENGTH}",
         )
     return _Parser(text).parse()
@@ -88,7 +89,9 @@ class _Parser:
             elif self.peek().kind is Tok.LPAREN and self.peek().start == token.end:
                 return Not(self.simple(after=token))
             raise filter_error(
-                self.text, token.column, "'-' must be followed directly by a restriction or '('",
+                self.text,
+                token.column,
+                "'-' must be followed directly by a restriction or '('",
                 "write -field:value, -(...) or NOT ...",
             )
         return self.simple(after=None)
@@ -102,7 +105,8 @@ class _Parser:
             return self.restriction()
         if after is not None:
             raise filter_error(
-                self.text, token.column,
+                self.text,
+                token.column,
                 f"expected a restriction or '(' after {after.text}, found {token.describe()}",
             )
         raise self.unexpected(token)
@@ -120,7 +124,8 @@ class _Parser:
         closing = self.peek()
         if closing.kind is not Tok.RPAREN:
             raise filter_error(
-                self.text, closing.column,
+                self.text,
+                closing.column,
                 f"expected ')' to close the '(' at column {opening.column}, "
                 f"found {closing.describe()}",
             )
@@ -133,13 +138,13 @@ class _Parser:
         member = self.advance()
         self.terms += 1
         if self.terms > MAX_TERMS:
-            raise filter_error(
-                self.text, member.column, f"more than {MAX_TERMS} restrictions"
-            )
+            raise filter_error(self.text, member.column, f"more than {MAX_TERMS} restrictions")
         comparator = self.peek()
         if comparator.kind is not Tok.CMP:
             raise filter_error(
-                self.text, member.column, f"{member.text} is not a restriction",
+                self.text,
+                member.column,
+                f"{member.text} is not a restriction",
                 "write field comparator value, e.g. done = true "
                 "(free-text search is not supported; AND, OR and NOT are upper case)",
             )
@@ -147,7 +152,8 @@ class _Parser:
         arg = self.peek()
         if arg.kind not in _VALUE:
             raise filter_error(
-                self.text, arg.column,
+                self.text,
+                arg.column,
                 f"expected a value after '{comparator.text}', found {arg.describe()}",
             )
         self.advance()

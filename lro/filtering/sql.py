@@ -1,8 +1,11 @@
 """Translation to a SQLite WHERE clause over the `operations` table.
 
 Every node becomes an SQL expression that is 1 or 0 where SQL can decide,
-and NULL ("unknown") where it cannot: a field with no column, or a text
-value holding a NUL character (SQLite's GLOB and json_extract stop at NUL).
+and NULL ("unknown") where it cannot: a field with no column
+(`error.message`), or a value holding a NUL character where SQLite would see
+only the text before it (GLOB with an inner or leading wildcard; label
+values, which json_extract cuts at NUL). Equality and order on columns, and
+prefix wildcards (`abc*`), are exact for every value.
 SQL's three-valued AND / OR / NOT then keep "unknown" exactly where the
 answer depends on it, so NOT is safe too. Rows where the filter is unknown are
 admitted (`... IS NOT 0`) and `exact` is False: the caller re-checks them with
@@ -19,8 +22,8 @@ from dataclasses import dataclass
 
 from lro.filtering.ast import And, Compare, Expr, Not, Op, Or, Pattern, Present, Timestamp
 from lro.filtering.fields import Field, Kind
-from lro.names import COLLECTION
 from lro.model import State
+from lro.names import COLLECTION
 
 _PREFIX = COLLECTION + "/"
 _FULL_NAME = f"('{_PREFIX}' || id)"
@@ -196,11 +199,14 @@ def _text(column: str, op: Op, pattern: Pattern) -> _Sql:
         return _Sql(f"{column} {_SQL_OPS[op]} ?", (pattern.literal,))
     if pattern.matches_all:
         return TRUE if op is Op.EQ else FALSE
-    glob = _Sql(
-        f"CASE WHEN instr({column}, char(0)) > 0 THEN NULL ELSE {column} GLOB ? END",
-        (_glob(pattern),),
-        nullable=True,
-    )
+    if _is_prefix(pattern):
+        glob = _Sql(f"{column} GLOB ?", (_glob(pattern),))
+    else:
+        glob = _Sql(
+            f"CASE WHEN instr({column}, char(0)) > 0 THEN NULL ELSE {column} GLOB ? END",
+            (_glob(pattern),),
+            nullable=True,
+        )
     return glob if op is Op.EQ else _not(glob)
 
 
@@ -227,11 +233,19 @@ def _label(field: Field, op: Op, pattern: Pattern) -> _Sql:
         if op is Op.NE:
             test = f"NOT ({test})"
         params = (path, _glob(pattern))
+    if _is_prefix(pattern):
+        return _Sql(f"IFNULL({test}, 0)", params)
     return _Sql(
         f"CASE WHEN {_LABELS_HAVE_NUL} THEN NULL ELSE IFNULL({test}, 0) END",
         params,
         nullable=True,
     )
+
+
+def _is_prefix(pattern: Pattern) -> bool:
+    """`abc*`: GLOB decides it exactly even on a value that SQLite cuts at
+    its first NUL, since the prefix holds no NUL."""
+    return len(pattern.parts) == 2 and not pattern.parts[1]
 
 
 def _label_path(field: Field) -> str:

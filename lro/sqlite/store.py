@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
 from typing import Any

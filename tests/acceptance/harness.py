@@ -94,10 +94,8 @@ class Service:
         )
         wait_for(
             lambda: (
-                port_file.exists()
-                and port_file.read_text() != ""
-                or self.server is not None
-                and self.server.poll() is not None
+                (port_file.exists() and port_file.read_text() != "")
+                or (self.server is not None and self.server.poll() is not None)
             ),
             60,
             "the server to listen",

@@ -6,7 +6,6 @@ import json
 import time
 
 import grpc
-
 import pytest
 
 from tests.acceptance.harness import Service, wait_for
