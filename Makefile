@@ -56,7 +56,7 @@ bench: install ## benchmarks with baselines (not part of make test)
 	$(PY) -m bench
 
 chaos: install ## bounded fault run: kill workers and the server while jobs flow
-	$(PY) -m scripts.emulators run -- $(PY) -m bench.chaos
+	PYTHONPATH=. $(PY) -m scripts.emulators run -- $(PY) -m bench.chaos
 
 docker: ## build the image (needs a Docker engine)
 	docker build -t longrun .
