@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from lro import transitions
 from lro.clock import Clock
@@ -47,11 +47,20 @@ class Dispatcher:
         self.batch = batch
         self._task: asyncio.Task[None] | None = None
 
-    async def dispatch(self, rec: OperationRecord) -> None:
-        """Publish the task message for `rec` and mark it dispatched. A failure
-        is logged, not raised: the sweeper publishes it later."""
+    def first_dispatch_due(self, created: datetime) -> datetime:
+        """A new operation is stored as dispatched-by-then: the publish right
+        after the store needs no second write, and if that publish never
+        happens (crash, failed publish) the sweeper does it at this time."""
+        return created + self.redispatch_after
+
+    async def dispatch(self, rec: OperationRecord, *, mark: bool = True) -> None:
+        """Publish the task message for `rec` and (with `mark`) move its
+        `dispatch_due_time` on. A failure is logged, not raised: the sweeper
+        publishes it later."""
         try:
             await self.queue.publish(TaskMessage(rec.name, rec.task, rec.attempt))
+            if not mark:
+                return
             await self.store.update(
                 rec.name,
                 lambda r: transitions.mark_dispatched(

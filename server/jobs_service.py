@@ -43,7 +43,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         result = await self.store.create(rec)
         self.failpoints.hit("after_store")
         if result.created:
-            await self.dispatcher.dispatch(result.record)
+            await self.dispatcher.dispatch(result.record, mark=False)
         return result.record.to_operation()
 
     def new_record(self, request: jobs_pb2.CreateJobRequest) -> OperationRecord:
@@ -69,5 +69,5 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             request_hash=(
                 request_fingerprint(request.task, params_bytes, labels) if request_id else None
             ),
-            dispatch_due_time=now,
+            dispatch_due_time=self.dispatcher.first_dispatch_due(now),
         )

@@ -42,6 +42,9 @@ from worker.context import RunContext
 
 log = logging.getLogger("longrun.worker")
 
+#: Seconds a handler runs before its guard (heartbeat + cancel watch) starts.
+GUARD_DELAY = 0.05
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -213,8 +216,14 @@ class Worker:
             progress_sink=lambda p, m: self._progress(rec, p, m),
         )
         handler = asyncio.ensure_future(_call(spec, ctx))
-        guard = asyncio.create_task(self._guard(delivery, rec, ctx))
+        guard: asyncio.Task[None] | None = None
         try:
+            # Most tasks of a busy queue are short: start the guard (a watch and a
+            # read) only for those still running after a moment. Its first read
+            # sees any cancel that came before it started.
+            await asyncio.wait({handler}, timeout=GUARD_DELAY)
+            if not handler.done():
+                guard = asyncio.create_task(self._guard(delivery, rec, ctx))
             outcome = await self._await_handler(handler, ctx, spec)
         except asyncio.CancelledError:
             # Worker shutdown past its grace: give the operation back at once.
@@ -222,9 +231,10 @@ class Worker:
             await self._release(delivery, rec)
             raise
         finally:
-            guard.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await guard
+            if guard is not None:
+                guard.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await guard
         result, exc = outcome
         if ctx.cancelled:
             err = transitions.cancelled_error(rec.attempt)

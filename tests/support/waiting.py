@@ -12,7 +12,7 @@ T = TypeVar("T")
 
 @overload
 async def wait_until(
-    predicate: Callable[[], Awaitable[T]],
+    predicate: Callable[[], Awaitable[T | None]],
     *,
     timeout: float = ...,
     interval: float = ...,
@@ -22,7 +22,7 @@ async def wait_until(
 
 @overload
 async def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     *,
     timeout: float = ...,
     interval: float = ...,
@@ -37,9 +37,11 @@ async def wait_until(
     interval: float = 0.01,
     description: str | None = None,
 ) -> object:
-    """Poll `predicate` (sync or async) until it returns something truthy, and
-    return that value. Raises AssertionError naming the condition and its last
-    value after `timeout` seconds. Exceptions from the predicate propagate."""
+    """Poll `predicate` (sync or async) every `interval` seconds until it
+    returns something truthy, and return that value (so a predicate returning
+    `Record | None` yields a `Record`). After `timeout` seconds, raise
+    AssertionError naming the condition (`description`, else the predicate)
+    and its last value. Exceptions from the predicate propagate."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
