@@ -142,3 +142,39 @@ def _dead_letters(svc: Service) -> set[str]:
         check=True,
     )
     return set(out.stdout.split())
+
+
+def test_sigterm_lets_short_tasks_finish(faulty: Service) -> None:
+    faulty.start_server()
+    worker = faulty.start_worker("--shutdown-grace", "20")
+    name = faulty.call(CREATE, {"task": "record", "params": {"seconds": 1.5}})["name"]
+    wait_for(
+        lambda: _state(faulty, name)["metadata"]["state"] == "RUNNING",  # type: ignore[index]
+        30,
+        "the task to run",
+    )
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    done = _state(faulty, name)
+    assert done["metadata"]["state"] == "SUCCEEDED"  # type: ignore[index]
+    assert done["metadata"]["attempt"] == 1  # type: ignore[index]
+
+
+def test_sigterm_releases_long_tasks_to_another_worker_at_once(faulty: Service) -> None:
+    faulty.start_server()
+    # A long lease: without the release, a takeover would wait a minute.
+    first = faulty.start_worker("--shutdown-grace", "0.5", "--lease", "60")
+    name = faulty.call(CREATE, {"task": "record", "params": {"seconds": 3}})["name"]
+    wait_for(
+        lambda: _state(faulty, name)["metadata"]["state"] == "RUNNING",  # type: ignore[index]
+        30,
+        "the task to run",
+    )
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    released = _state(faulty, name)
+    assert released["metadata"]["state"] == "QUEUED"  # type: ignore[index]
+    faulty.start_worker()
+    done = faulty.call(f"{OPS}/WaitOperation", {"name": name, "timeout": "30s"})
+    assert done["metadata"]["state"] == "SUCCEEDED"
+    assert done["metadata"]["attempt"] == 2
