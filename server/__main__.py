@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from grpc_health.v1 import health
 
 from lro.backends import build_backends
 from lro.cli_options import backend_options, backend_settings, setup_logging
@@ -98,8 +99,13 @@ async def serve(settings: ServerSettings, backend_cfg: Any, port_file: str | Non
     registry = load_tasks(settings.task_modules)
     backends = build_backends(backend_cfg)
     await backends.start()
+    health_servicer = health.aio.HealthServicer()
     server, port, dispatcher = await create_server(
-        store=backends.store, queue=backends.queue, registry=registry, settings=settings
+        store=backends.store,
+        queue=backends.queue,
+        registry=registry,
+        settings=settings,
+        health_servicer=health_servicer,
     )
     await server.start()
     dispatcher.start()
@@ -118,6 +124,7 @@ async def serve(settings: ServerSettings, backend_cfg: Any, port_file: str | Non
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping (grace %.1fs)", settings.grace)
+    await health_servicer.enter_graceful_shutdown()
     await dispatcher.stop()
     await server.stop(settings.grace)
     await backends.close()

@@ -44,7 +44,7 @@ async def create_server(
     settings: ServerSettings,
     clock: Clock | None = None,
     ids: IdGenerator = uuid_ids,
-    extra_services: list[object] | None = None,
+    health_servicer: health.aio.HealthServicer | None = None,
 ) -> tuple[grpc.aio.Server, int, Dispatcher]:
     """Build and bind the server (not started). Returns (server, bound port, dispatcher)."""
     clock = clock or SystemClock()
@@ -76,7 +76,7 @@ async def create_server(
             service_handler(jobs_pb2.DESCRIPTOR.services_by_name["Jobs"], jobs),
         )
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in ("", "google.longrunning.Operations", "longrun.v1.Jobs"):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
