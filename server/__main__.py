@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,13 @@ from lro.cli_options import backend_options, backend_settings, setup_logging
 from lro.settings import ServerSettings
 from lro.tasks import load_tasks
 from server.app import create_server
+from server.rest import (
+    RestGateway,
+    build_routes,
+    loopback_target,
+    served_services,
+    split_host_port,
+)
 
 log = logging.getLogger("longrun.server")
 
@@ -78,6 +86,22 @@ log = logging.getLogger("longrun.server")
     default=None,
     help="Write the bound port here once serving (for tests and scripts).",
 )
+@click.option(
+    "--http-address",
+    default="",
+    envvar="LONGRUN_HTTP_ADDRESS",
+    show_envvar=True,
+    help="HOST:PORT for the HTTP/JSON gateway, e.g. localhost:8080 (port 0: any; "
+    "default: off). See docs/rest.md.",
+)
+@click.option(
+    "--http-port-file",
+    type=click.Path(),
+    default=None,
+    envvar="LONGRUN_HTTP_PORT_FILE",
+    show_envvar=True,
+    help="Write the bound HTTP port here once serving (written before --port-file).",
+)
 @backend_options
 def main(**kw: Any) -> None:
     """Serve google.longrunning.Operations and longrun.v1.Jobs."""
@@ -92,10 +116,31 @@ def main(**kw: Any) -> None:
         grace=kw["grace"],
         task_modules=tuple(kw["task_modules"]),
     )
-    asyncio.run(serve(settings, backends, kw["port_file"]))
+    http = None
+    if kw["http_address"]:
+        try:
+            host, http_port = split_host_port(kw["http_address"])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--http-address") from exc
+        http = HttpListener(host, http_port, kw["http_port_file"])
+    asyncio.run(serve(settings, backends, kw["port_file"], http))
 
 
-async def serve(settings: ServerSettings, backend_cfg: Any, port_file: str | None) -> None:
+@dataclass(frozen=True)
+class HttpListener:
+    """Where the HTTP/JSON gateway listens (server/rest.py)."""
+
+    host: str | None
+    port: int
+    port_file: str | None = None
+
+
+async def serve(
+    settings: ServerSettings,
+    backend_cfg: Any,
+    port_file: str | None,
+    http: HttpListener | None = None,
+) -> None:
     registry = load_tasks(settings.task_modules)
     backends = build_backends(backend_cfg)
     await backends.start()
@@ -107,6 +152,21 @@ async def serve(settings: ServerSettings, backend_cfg: Any, port_file: str | Non
         settings=settings,
         health_servicer=health_servicer,
     )
+    gateway = None
+    if http is not None:
+        # Listen for HTTP before the gRPC server starts, so a busy port fails cleanly.
+        gateway = RestGateway(
+            loopback_target(settings.address, port),
+            build_routes(served_services()),
+            max_wait=settings.max_wait,
+            grace=settings.grace,
+        )
+        try:
+            http_port = await gateway.start(http.host, http.port)
+        except OSError as exc:
+            await gateway.stop()
+            await backends.close()
+            raise SystemExit(f"cannot listen for HTTP on {http.host}:{http.port}: {exc}") from exc
     await server.start()
     dispatcher.start()
     log.info(
@@ -116,6 +176,8 @@ async def serve(settings: ServerSettings, backend_cfg: Any, port_file: str | Non
         backend_cfg.queue,
         ",".join(registry.names),
     )
+    if http is not None and http.port_file:
+        Path(http.port_file).write_text(str(http_port))  # noqa: ASYNC240
     if port_file:
         Path(port_file).write_text(str(port))  # noqa: ASYNC240
     stop = asyncio.Event()
@@ -126,7 +188,11 @@ async def serve(settings: ServerSettings, backend_cfg: Any, port_file: str | Non
     log.info("stopping (grace %.1fs)", settings.grace)
     await health_servicer.enter_graceful_shutdown()
     await dispatcher.stop()
-    await server.stop(settings.grace)
+    if gateway is not None:
+        # Together, so HTTP requests in flight get their answers within the grace.
+        await asyncio.gather(gateway.stop(), server.stop(settings.grace))
+    else:
+        await server.stop(settings.grace)
     await backends.close()
 
 
