@@ -1,4 +1,7 @@
-"""`python -m worker`: pull task messages and run them."""
+"""`python -m worker`: pull task messages and run them.
+
+`python -m worker --push`: serve a Pub/Sub push endpoint instead (see
+worker.push and docs/push.md)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from lro.cli_options import backend_options, backend_settings, setup_logging
 from lro.failpoints import Failpoints
 from lro.settings import BackendSettings
 from lro.tasks import load_tasks
+from worker.push_cli import push_config, push_options, serve_push
 from worker.runtime import Worker, WorkerSettings
 
 log = logging.getLogger("longrun.worker")
@@ -67,10 +71,12 @@ _W = WorkerSettings()
 )
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty (tests, batch jobs).")
 @backend_options
+@push_options
 def main(**kw: Any) -> None:
     """Run tasks from the queue and record their outcomes."""
     setup_logging(kw.pop("log_level"))
     backends = backend_settings(kw)
+    push = push_config(kw)
     settings = WorkerSettings(
         concurrency=kw["concurrency"],
         lease=kw["lease"],
@@ -78,6 +84,11 @@ def main(**kw: Any) -> None:
         shutdown_grace=kw["shutdown_grace"],
         retention=kw["retention"],
     )
+    if push is not None:
+        if kw["burst"]:
+            raise click.UsageError("--burst does not apply to --push")
+        asyncio.run(serve_push(settings, backends, tuple(kw["task_modules"]), push))
+        return
     asyncio.run(work(settings, backends, tuple(kw["task_modules"]), kw["burst"]))
 
 

@@ -1,0 +1,136 @@
+"""The push worker end to end on the Pub/Sub emulator: the real server
+publishes, the emulator pushes to `python -m worker --push`, the operation
+finishes. The emulator sends no Authorization header, so the worker runs with
+`--push-auth none` here; authentication is covered by
+tests/integration/test_push_endpoint.py with locally signed tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.acceptance.harness import Service, backend_env, wait_for
+
+pytestmark = pytest.mark.google
+
+OPS = "google.longrunning.Operations"
+CREATE = "longrun.v1.Jobs/CreateJob"
+
+
+def _require_emulators() -> None:
+    try:
+        from tests.contract.google_backends import require_emulators
+    except ImportError as exc:  # the Google test helpers are not there yet
+        pytest.skip(f"tests.contract.google_backends.require_emulators missing: {exc}")
+    require_emulators()
+
+
+@pytest.fixture
+def pushed(tmp_path: Path) -> Iterator[tuple[Service, Any]]:
+    """Server + push worker on Firestore and Pub/Sub (emulators), wired through
+    a push subscription created before the server starts, as in docs/push.md.
+    Yields the service and a subscriber client."""
+    _require_emulators()
+    from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
+
+    env = backend_env("google", tmp_path)
+    project = env["GOOGLE_CLOUD_PROJECT"]
+    svc = Service(tmp_path, env)
+    publisher = PublisherClient()
+    subscriber = SubscriberClient()
+    try:
+        port_file = tmp_path / "push-port"
+        worker = svc._spawn(
+            [
+                "-m",
+                "worker",
+                "--push",
+                "--push-auth",
+                "none",
+                "--http-address",
+                "127.0.0.1:0",
+                "--push-port-file",
+                str(port_file),
+                "--lease",
+                "3",
+                "--heartbeat",
+                "0.5",
+            ],
+            "push-worker.log",
+        )
+        svc.workers.append(worker)
+        wait_for(
+            lambda: (
+                (port_file.exists() and port_file.read_text() != "") or worker.poll() is not None
+            ),
+            60,
+            "the push worker to listen",
+        )
+        assert worker.poll() is None, svc.logs()
+        port = int(port_file.read_text())
+
+        topic = f"projects/{project}/topics/longrun-tasks"
+        dead_topic = f"projects/{project}/topics/longrun-dead-letters"
+        for name in (topic, dead_topic):
+            publisher.create_topic(name=name)
+        # Named like the queue's subscription, with its settings: the server's
+        # start then finds it and leaves it a push subscription.
+        subscriber.create_subscription(
+            request={
+                "name": f"projects/{project}/subscriptions/longrun-workers",
+                "topic": topic,
+                "ack_deadline_seconds": 10,
+                "push_config": {"push_endpoint": f"http://127.0.0.1:{port}/push"},
+                "dead_letter_policy": {
+                    "dead_letter_topic": dead_topic,
+                    "max_delivery_attempts": 10,
+                },
+            }
+        )
+        svc.start_server()
+        yield svc, subscriber
+    except BaseException:
+        print(svc.logs())
+        raise
+    finally:
+        svc.stop()
+        subscriber.close()
+        publisher.transport.close()
+
+
+def test_jobs_run_retry_and_dead_letter_through_the_push_endpoint(
+    pushed: tuple[Service, Any],
+) -> None:
+    svc, subscriber = pushed
+    ok = svc.call(CREATE, {"task": "sleep", "params": {"worktime": 0.2}})
+    flaky = svc.call(CREATE, {"task": "fail", "params": {"message": "flaky"}})
+
+    done = svc.call(f"{OPS}/WaitOperation", {"name": ok["name"], "timeout": "60s"})
+    assert done["done"] is True, done
+    assert done["metadata"]["state"] == "SUCCEEDED", done
+    assert done["response"]["value"] == {"slept_seconds": 0.2}
+    assert done["metadata"]["attempt"] == 1
+
+    failed = svc.call(f"{OPS}/WaitOperation", {"name": flaky["name"], "timeout": "60s"})
+    assert failed["metadata"]["state"] == "FAILED", failed
+    assert failed["metadata"]["attempt"] == 3  # two 503s, each redelivered by Pub/Sub
+    project = svc.env["GOOGLE_CLOUD_PROJECT"]
+    inspect = f"projects/{project}/subscriptions/longrun-dead-letters-inspect"
+    letters: list[Any] = []
+
+    def dead_lettered() -> bool:
+        response = subscriber.pull(request={"subscription": inspect, "max_messages": 10}, timeout=5)
+        letters.extend(r.message for r in response.received_messages)
+        return bool(letters)
+
+    wait_for(dead_lettered, 30, "the dead letter")
+    [letter] = letters
+    assert letter.data == flaky["name"].encode()
+    assert letter.attributes["operation"] == flaky["name"]
+    assert "failed after 3 attempts" in letter.attributes["reason"]
+    log = (svc.workdir / "push-worker.log").read_text()
+    assert "listening on 127.0.0.1" in log
+    assert f"finished {ok['name']} attempt 1: SUCCEEDED" in log

@@ -1,0 +1,513 @@
+"""The push worker in-process: an aiohttp test server on 127.0.0.1 running
+worker.push over the embedded SQLite store, with push authentication checked
+against certificates served by a local aiohttp server and tokens signed here
+(no network beyond loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from google.auth import crypt, jwt
+from google.protobuf import struct_pb2
+
+from longrun.v1 import jobs_pb2
+from lro.clock import SystemClock, uuid_ids
+from lro.model import OperationRecord, State
+from lro.sqlite.backend import SqliteBackend
+from lro.sqlite.queue import SqliteTaskQueue
+from lro.sqlite.store import SqliteOperationStore
+from lro.tasks import load_tasks
+from server.dispatcher import Dispatcher
+from server.jobs_service import JobsService
+from tests.support.waiting import wait_until
+from worker.push import PushEndpoint, parse_envelope
+from worker.push_config import AuthSettings, PushSettings
+from worker.runtime import Worker, WorkerSettings
+
+AUDIENCE = "https://push.example.test/push"
+PUSHER = "pusher@longrun-test.iam.gserviceaccount.com"
+KID = "test-key-1"
+
+
+# ---- keys, certificates, tokens ----
+
+
+@dataclass(frozen=True)
+class Key:
+    kid: str
+    private_pem: bytes
+    cert_pem: str
+
+
+def _make_key(kid: str) -> Key:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "longrun push test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return Key(kid, private_pem, cert.public_bytes(serialization.Encoding.PEM).decode())
+
+
+@pytest.fixture(scope="module")
+def keys() -> Iterator[dict[str, Key]]:
+    yield {name: _make_key(name) for name in (KID, "test-key-2", "impostor")}
+
+
+def token(key: Key, *, kid: str | None = None, **overrides: Any) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": "https://accounts.google.com",
+        "aud": AUDIENCE,
+        "sub": "112233445566",
+        "azp": "112233445566",
+        "email": PUSHER,
+        "email_verified": True,
+        "iat": now,
+        "exp": now + 3600,
+    }
+    claims.update(overrides)
+    signer = crypt.RSASigner.from_string(key.private_pem, key_id=kid or key.kid)
+    encoded: bytes = jwt.encode(signer, claims)
+    return encoded.decode()
+
+
+def bearer(tok: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+@dataclass
+class CertsServer:
+    url: str
+    served: dict[str, str]
+    hits: int = 0
+
+
+@pytest.fixture
+async def certs(keys: dict[str, Key]) -> AsyncIterator[CertsServer]:
+    """Serves {kid: PEM certificate} like Google's oauth2/v1/certs."""
+    state = CertsServer(url="", served={KID: keys[KID].cert_pem})
+
+    async def serve(request: web.Request) -> web.Response:
+        state.hits += 1
+        return web.json_response(state.served, headers={"Cache-Control": "public, max-age=3600"})
+
+    app = web.Application()
+    app.router.add_get("/oauth2/v1/certs", serve)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    state.url = str(server.make_url("/oauth2/v1/certs"))
+    try:
+        yield state
+    finally:
+        await server.close()
+
+
+# ---- store, worker, endpoint ----
+
+
+@dataclass
+class Env:
+    store: SqliteOperationStore
+    queue: SqliteTaskQueue
+    jobs: JobsService
+    registry: Any
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    backend = SqliteBackend(tmp_path / "ops.db")
+    store = SqliteOperationStore(backend)
+    queue = SqliteTaskQueue(backend)
+    await store.start()
+    await queue.start()
+    registry = load_tasks(["worker.builtin_tasks"])
+    clock = SystemClock()
+    dispatcher = Dispatcher(
+        store,
+        queue,
+        clock=clock,
+        redispatch_after=timedelta(seconds=30),
+        retention=timedelta(days=1),
+        sweep_interval=1.0,
+    )
+    jobs = JobsService(store, dispatcher, registry, clock=clock, ids=uuid_ids)
+    try:
+        yield Env(store, queue, jobs, registry)
+    finally:
+        await queue.close()
+        await store.close()
+
+
+async def create(env: Env, task: str, params: Mapping[str, Any] | None = None) -> OperationRecord:
+    p = struct_pb2.Struct()
+    p.update(dict(params or {}))
+    rec = env.jobs.new_record(jobs_pb2.CreateJobRequest(task=task, params=p))
+    await env.store.create(rec)
+    return rec
+
+
+def envelope(
+    rec: OperationRecord | None = None,
+    *,
+    attributes: dict[str, str] | None = None,
+    message_id: str = "1001",
+    delivery_attempt: int | None = None,
+) -> dict[str, Any]:
+    if attributes is None:
+        assert rec is not None
+        attributes = {"operation": rec.name, "task": rec.task, "attempt": str(rec.attempt)}
+    data = rec.name.encode() if rec is not None else b"junk"
+    doc: dict[str, Any] = {
+        "subscription": "projects/p/subscriptions/longrun-workers",
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "attributes": attributes,
+            "messageId": message_id,
+            "publishTime": "2026-01-01T00:00:00Z",
+        },
+    }
+    if delivery_attempt is not None:
+        doc["deliveryAttempt"] = delivery_attempt
+    return doc
+
+
+class RecordingDeadLetters:
+    def __init__(self) -> None:
+        self.letters: list[tuple[bytes, dict[str, str]]] = []
+
+    async def publish(self, data: bytes, attributes: Mapping[str, str]) -> None:
+        self.letters.append((data, dict(attributes)))
+
+
+@dataclass
+class Push:
+    client: TestClient[web.Request, web.Application]
+    endpoint: PushEndpoint
+    worker: Worker
+    dead: RecordingDeadLetters
+
+    async def post(self, body: Any, headers: Mapping[str, str] | None = None) -> tuple[int, str]:
+        if isinstance(body, (bytes, str)):
+            resp = await self.client.post("/push", data=body, headers=headers)
+        else:
+            resp = await self.client.post("/push", json=body, headers=headers)
+        return resp.status, await resp.text()
+
+
+async def start_push(
+    env: Env, auth: AuthSettings, *, concurrency: int = 2
+) -> tuple[Push, TestServer]:
+    worker = Worker(
+        store=env.store,
+        queue=env.queue,  # irrelevant for push
+        registry=env.registry,
+        settings=WorkerSettings(concurrency=concurrency, lease=2.0, heartbeat=0.5),
+    )
+    dead = RecordingDeadLetters()
+    endpoint = PushEndpoint(worker, PushSettings(auth=auth), dead_letters=dead)
+    server = TestServer(endpoint.app(), host="127.0.0.1")
+    client: TestClient[web.Request, web.Application] = TestClient(server)
+    await client.start_server()
+    return Push(client, endpoint, worker, dead), server
+
+
+@pytest.fixture
+async def push(env: Env, certs: CertsServer) -> AsyncIterator[Push]:
+    auth = AuthSettings(
+        mode="oidc", audience=AUDIENCE, allowed_emails=(PUSHER,), certs_url=certs.url
+    )
+    p, _ = await start_push(env, auth)
+    try:
+        yield p
+    finally:
+        await p.client.close()
+
+
+@pytest.fixture
+async def open_push(env: Env) -> AsyncIterator[Push]:
+    """Authentication off (as with the emulator)."""
+    p, _ = await start_push(env, AuthSettings(mode="none"), concurrency=1)
+    try:
+        yield p
+    finally:
+        await p.client.close()
+
+
+# ---- the work ----
+
+
+async def test_valid_token_runs_the_operation(push: Push, env: Env, keys: dict[str, Key]) -> None:
+    rec = await create(env, "noop", {"x": 1})
+    status, _ = await push.post(envelope(rec), bearer(token(keys[KID])))
+    assert status == 204
+    done = await env.store.get(rec.name)
+    assert done.state is State.SUCCEEDED
+    assert done.attempt == 1
+
+
+async def test_duplicate_push_of_a_finished_operation_is_acked_without_rerun(
+    push: Push, env: Env, keys: dict[str, Key]
+) -> None:
+    rec = await create(env, "noop")
+    auth = bearer(token(keys[KID]))
+    assert (await push.post(envelope(rec), auth))[0] == 204
+    assert (await push.post(envelope(rec, delivery_attempt=2), auth))[0] == 204
+    done = await env.store.get(rec.name)
+    assert done.state is State.SUCCEEDED
+    assert done.attempt == 1
+    assert push.worker.completed == 1
+
+
+async def test_transient_error_answers_non_2xx_and_requeues(
+    push: Push, env: Env, keys: dict[str, Key]
+) -> None:
+    rec = await create(env, "fail", {"message": "try again"})
+    status, _ = await push.post(envelope(rec), bearer(token(keys[KID])))
+    assert status == 503
+    after = await env.store.get(rec.name)
+    assert after.state is State.QUEUED
+    assert after.attempt == 1
+
+
+async def test_last_failed_attempt_is_dead_lettered_then_acked(
+    push: Push, env: Env, keys: dict[str, Key]
+) -> None:
+    p = struct_pb2.Struct()
+    p.update({"permanent": True, "message": "no"})
+    rec = env.jobs.new_record(jobs_pb2.CreateJobRequest(task="fail", params=p))
+    rec = replace(rec, max_attempts=1)
+    await env.store.create(rec)
+    status, _ = await push.post(envelope(rec, delivery_attempt=1), bearer(token(keys[KID])))
+    assert status == 204
+    assert (await env.store.get(rec.name)).state is State.FAILED
+    [(data, attrs)] = push.dead.letters
+    assert data == rec.name.encode()
+    assert attrs["operation"] == rec.name
+    assert attrs["task"] == "fail"
+    assert "failed after 1 attempts" in attrs["reason"]
+
+
+async def test_unknown_operation_is_acked(push: Push, keys: dict[str, Key]) -> None:
+    attrs = {"operation": "operations/" + "0" * 32, "task": "noop", "attempt": "0"}
+    status, _ = await push.post(envelope(attributes=attrs), bearer(token(keys[KID])))
+    assert status == 204
+
+
+# ---- malformed input ----
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"subscription": "s"}',
+        b'{"message": {"data": "b3A="}}',
+        b'{"message": {"messageId": "1", "data": "***"}}',
+        b'{"message": {"messageId": "1", "attributes": {"task": 1}}}',
+    ],
+    ids=["not-json", "not-object", "no-message", "no-id", "bad-base64", "bad-attributes"],
+)
+async def test_a_body_that_is_no_push_envelope_is_400(
+    push: Push, keys: dict[str, Key], body: bytes
+) -> None:
+    status, text = await push.post(body, bearer(token(keys[KID])))
+    assert status == 400, text
+
+
+async def test_a_message_that_is_no_task_is_acked_and_dead_lettered(
+    push: Push, keys: dict[str, Key]
+) -> None:
+    status, _ = await push.post(
+        envelope(attributes={"hello": "world"}, message_id="77"), bearer(token(keys[KID]))
+    )
+    assert status == 204
+    [(data, attrs)] = push.dead.letters
+    assert data == b"junk"
+    assert attrs["hello"] == "world"
+    assert attrs["reason"].startswith("not a task message")
+
+
+def test_delivery_attempt_is_read_beside_or_inside_the_message() -> None:
+    outer = envelope(attributes={}, delivery_attempt=4)
+    assert parse_envelope(json.dumps(outer).encode()).delivery_attempt == 4
+    inner = envelope(attributes={})
+    inner["message"]["deliveryAttempt"] = 3
+    assert parse_envelope(json.dumps(inner).encode()).delivery_attempt == 3
+    assert parse_envelope(json.dumps(envelope(attributes={})).encode()).delivery_attempt == 1
+
+
+# ---- authentication ----
+
+
+async def test_missing_token_is_401(push: Push, env: Env) -> None:
+    rec = await create(env, "noop")
+    status, _ = await push.post(envelope(rec))
+    assert status == 401
+    assert (await env.store.get(rec.name)).state is State.QUEUED
+    status, _ = await push.post(envelope(rec), {"Authorization": "Basic dXNlcjpwdw=="})
+    assert status == 401
+
+
+async def test_bad_signature_is_401(push: Push, env: Env, keys: dict[str, Key]) -> None:
+    rec = await create(env, "noop")
+    forged = token(keys["impostor"], kid=KID)  # right key id, wrong key
+    status, _ = await push.post(envelope(rec), bearer(forged))
+    assert status == 401
+    assert (await env.store.get(rec.name)).state is State.QUEUED
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"aud": "https://elsewhere.example.test/push"},
+        {"iat": int(time.time()) - 7200, "exp": int(time.time()) - 3600},
+        {"iss": "https://evil.example.test"},
+    ],
+    ids=["wrong-audience", "expired", "wrong-issuer"],
+)
+async def test_invalid_claims_are_401(
+    push: Push, env: Env, keys: dict[str, Key], claims: dict[str, Any]
+) -> None:
+    rec = await create(env, "noop")
+    status, _ = await push.post(envelope(rec), bearer(token(keys[KID], **claims)))
+    assert status == 401
+    assert (await env.store.get(rec.name)).state is State.QUEUED
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"email": "intruder@other.iam.gserviceaccount.com"},
+        {"email_verified": False},
+        {"email": None},
+    ],
+    ids=["not-allowed", "unverified", "no-email"],
+)
+async def test_valid_token_of_another_identity_is_403(
+    push: Push, env: Env, keys: dict[str, Key], claims: dict[str, Any]
+) -> None:
+    rec = await create(env, "noop")
+    status, _ = await push.post(envelope(rec), bearer(token(keys[KID], **claims)))
+    assert status == 403
+    assert (await env.store.get(rec.name)).state is State.QUEUED
+
+
+async def test_certificates_are_cached_and_refetched_for_a_new_key(
+    push: Push, env: Env, keys: dict[str, Key], certs: CertsServer
+) -> None:
+    for _ in range(3):
+        rec = await create(env, "noop")
+        assert (await push.post(envelope(rec), bearer(token(keys[KID]))))[0] == 204
+    assert certs.hits == 1
+    # Google rotates keys: a token signed with a key the cache has not seen yet
+    # makes the verifier fetch again (rate limited; no limit in this test).
+    assert push.endpoint.verifier is not None
+    push.endpoint.verifier.certs.min_refetch = 0.0
+    certs.served["test-key-2"] = keys["test-key-2"].cert_pem
+    rec = await create(env, "noop")
+    assert (await push.post(envelope(rec), bearer(token(keys["test-key-2"]))))[0] == 204
+    assert certs.hits == 2
+    # An unknown key id is still refused after the refetch.
+    assert (await push.post(envelope(rec), bearer(token(keys["impostor"]))))[0] == 401
+
+
+async def test_audience_defaults_to_the_request_url(
+    env: Env, certs: CertsServer, keys: dict[str, Key]
+) -> None:
+    auth = AuthSettings(mode="oidc", allowed_emails=(PUSHER,), certs_url=certs.url)
+    p, server = await start_push(env, auth)
+    try:
+        url = f"http://127.0.0.1:{server.port}/push"
+        rec = await create(env, "noop")
+        assert (await p.post(envelope(rec), bearer(token(keys[KID], aud=AUDIENCE))))[0] == 401
+        assert (await p.post(envelope(rec), bearer(token(keys[KID], aud=url))))[0] == 204
+    finally:
+        await p.client.close()
+
+
+async def test_unreachable_certificates_answer_503(env: Env, keys: dict[str, Key]) -> None:
+    auth = AuthSettings(
+        mode="oidc", audience=AUDIENCE, allowed_emails=(PUSHER,), certs_url="http://127.0.0.1:9/"
+    )
+    p, _ = await start_push(env, auth)
+    try:
+        rec = await create(env, "noop")
+        assert (await p.post(envelope(rec), bearer(token(keys[KID]))))[0] == 503
+    finally:
+        await p.client.close()
+
+
+def test_oidc_without_allowed_accounts_refuses_to_start() -> None:
+    with pytest.raises(ValueError, match="allowed service account"):
+        AuthSettings(mode="oidc").check()
+    from worker.__main__ import main
+
+    result = CliRunner().invoke(
+        main, ["--push", "--push-auth", "oidc"], env={"LONGRUN_PUSH_ALLOWED_SA": None}
+    )
+    assert result.exit_code == 2
+    assert "--push-allowed-sa" in result.output
+
+
+# ---- flow control and shutdown ----
+
+
+async def test_full_slots_answer_429_and_auth_none_needs_no_token(
+    open_push: Push, env: Env
+) -> None:
+    slow = await create(env, "sleep", {"worktime": 0.4})
+    first = asyncio.create_task(open_push.post(envelope(slow)))
+    await wait_until(lambda: open_push.endpoint.active > 0, description="the first push runs")
+    other = await create(env, "noop")
+    assert (await open_push.post(envelope(other)))[0] == 429
+    assert (await first)[0] == 204
+    assert (await open_push.post(envelope(other)))[0] == 204
+    health = await open_push.client.get("/healthz")
+    assert health.status == 200
+
+
+async def test_shutdown_releases_a_running_task_and_answers_503(open_push: Push, env: Env) -> None:
+    slow = await create(env, "sleep", {"worktime": 30})
+    first = asyncio.create_task(open_push.post(envelope(slow)))
+
+    async def running() -> bool:
+        return (await env.store.get(slow.name)).state is State.RUNNING
+
+    await wait_until(running, description="the task runs")
+    await open_push.endpoint.drain(0.1)
+    assert (await first)[0] == 503
+    released = await env.store.get(slow.name)
+    assert released.state is State.QUEUED
+    assert (await open_push.client.get("/healthz")).status == 503
+    assert (await open_push.post(envelope(slow)))[0] == 503
