@@ -12,13 +12,14 @@ from google.protobuf import empty_pb2
 from lro import transitions
 from lro.clock import Clock
 from lro.errors import InvalidArgument, Unimplemented
+from lro.filtering import MAX_LENGTH as MAX_FILTER_LENGTH
+from lro.filtering import Filter, parse_filter
 from lro.names import COLLECTION, parse_operation_name
-from lro.store import OperationStore, PageTokens, RecordFilter
+from lro.store import OperationStore, PageTokens
 from server.status import rpc_errors
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-MAX_FILTER_LENGTH = 2000
 
 
 class OperationsService(operations_pb2_grpc.OperationsServicer):
@@ -66,7 +67,7 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
             )
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         flt = parse_list_filter(request.filter)
-        binding = f"{COLLECTION}\n{getattr(flt, 'text', '')}"
+        binding = f"{COLLECTION}\n{flt.text if flt is not None else ''}"
         after = self.tokens.decode(request.page_token, binding) if request.page_token else None
         page = await self.store.list(page_size=page_size, after=after, flt=flt)
         response = operations_pb2.ListOperationsResponse(
@@ -126,16 +127,10 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         return rec.to_operation()
 
 
-def parse_list_filter(text: str) -> RecordFilter | None:
+def parse_list_filter(text: str) -> Filter | None:
     if len(text) > MAX_FILTER_LENGTH:
         raise InvalidArgument(
             f"filter is {len(text)} characters; at most {MAX_FILTER_LENGTH} are allowed",
             reason="FILTER_TOO_LONG",
         )
-    if not text.strip():
-        return None
-    try:
-        from lro.filtering import parse_filter
-    except ImportError as exc:  # pragma: no cover - filtering ships with the package
-        raise Unimplemented("filtering is not available", reason="FILTER_UNSUPPORTED") from exc
     return parse_filter(text)

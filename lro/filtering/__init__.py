@@ -17,9 +17,11 @@ Grammar (the AIP-160 EBNF without functions; keywords are upper case)::
     comparator  := "=" | "!=" | "<" | "<=" | ">" | ">=" | ":"
     value       := word | string
 
-A word is unquoted text up to whitespace or one of ( ) " ' < > = ! : , . A
-string is in double or single quotes with the escapes \\\\ \\" \\' \\* \\n \\t \\r
-\\uXXXX. A bare restriction (free-text search) and functions are not supported.
+A word is unquoted text ending at whitespace or at any of `( ) " ' < > = ! : ,`
+(so `sle*`, `-3`, `my-key`, `1.5` are words). A string is in double or single
+quotes with the escapes \\\\ \\" \\' \\* \\n \\t \\r \\uXXXX. A term takes one NOT
+(`NOT NOT a` needs parentheses: `NOT (NOT a)`). Bare values (free-text
+search) and functions are not supported.
 
 Fields (`.` traversal), their types and comparators:
 
@@ -41,7 +43,8 @@ Fields (`.` traversal), their types and comparators:
     labels.<key>                  string    all      alias metadata.labels.<key>;
                                                      key: 1-63 of [A-Za-z0-9_-]
     labels                        map       :        labels:<key> (key present), labels:*
-    error                         message   :        error:* (the operation failed)
+    error                         message   :        error:* (ended with an error,
+                                                     cancelled included)
     error.code                    number    all      a google.rpc code, or its name
     error.message                 string    all
 
@@ -66,6 +69,10 @@ Semantics:
 
 Limits (exceeding one is INVALID_ARGUMENT): MAX_LENGTH = 2000 characters,
 MAX_DEPTH = 32 nested parentheses, MAX_TERMS = 100 restrictions.
+
+`Filter.text` is a canonical spelling of the filter (for binding page
+tokens). `Filter.to_sql()` pushes the filter down to SQLite where it can
+(see `lro.filtering.sql`); `Filter.matches` is always the full truth.
 
 Every problem is `lro.errors.InvalidArgument` with reason FILTER_INVALID, a
 message `filter: <what> at column <N>[; <hint>]` (N is the 1-based character

@@ -40,7 +40,7 @@ _TIMESTAMP_HINT = 'use a quoted RFC 3339 timestamp such as "2026-01-01T00:00:00Z
 def bind(text: str, member: Token, comparator: Token, arg: Token) -> Expr:
     field = resolve_field(text, member)
     if comparator.text == ":":
-        if arg.parts == ("", ""):
+        if Pattern.of(arg.parts).matches_all:  # `*`, `"*"`, `**`
             return Present(field)
         if field.kind is Kind.MAP:
             return Present(label_field(_label_key(text, arg)))

@@ -168,5 +168,7 @@ class _Parser:
         elif token.kind in (Tok.AND, Tok.OR):
             hint = f"{token.text} needs a restriction on both sides"
         elif token.kind is Tok.END:
-            hint = "expected a restriction"
+            return filter_error(
+                self.text, token.column, "unexpected end of the filter", "expected a restriction"
+            )
         return filter_error(self.text, token.column, f"unexpected {token.describe()}", hint)

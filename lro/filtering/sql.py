@@ -117,7 +117,9 @@ def _or(parts: Iterable[_Sql]) -> _Sql:
         if part != FALSE:
             kept.append(part)
     joined = _join(kept, " OR ", FALSE)
-    return joined if len(kept) < 2 else _Sql(f"({joined.text})", joined.params, joined.nullable)
+    if len(kept) < 2 or joined == UNKNOWN:
+        return joined
+    return _Sql(f"({joined.text})", joined.params, joined.nullable)
 
 
 def _join(parts: list[_Sql], glue: str, empty: _Sql) -> _Sql:

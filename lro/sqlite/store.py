@@ -55,7 +55,7 @@ def to_row(rec: OperationRecord) -> dict[str, Any]:
             row[name] = value
     row["done"] = int(rec.done)
     row["error_code"] = (
-        status_pb2.Status.FromString(rec.error).code if rec.done and rec.error else None
+        status_pb2.Status.FromString(rec.error).code if rec.done and rec.error is not None else None
     )
     return row
 

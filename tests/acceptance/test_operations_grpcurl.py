@@ -101,6 +101,28 @@ def test_list_newest_first_with_paging(service: Service) -> None:
     assert not second.get("next_page_token")
 
 
+def test_list_filter_selects_and_binds_the_page_token(service: Service) -> None:
+    sleeper = service.call(
+        CREATE, {"task": "sleep", "params": {"worktime": 0}, "labels": {"env": "prod"}}
+    )
+    for i in range(3):
+        service.call(CREATE, {"task": "noop", "params": {"i": i}, "labels": {"env": "dev"}})
+    service.call(f"{OPS}/WaitOperation", {"name": sleeper["name"], "timeout": "30s"})
+    flt = 'metadata.task = "sleep" AND labels.env = prod AND done = true'
+    only = service.call(f"{OPS}/ListOperations", {"filter": flt})
+    assert [o["name"] for o in only["operations"]] == [sleeper["name"]]
+    dev = service.call(f"{OPS}/ListOperations", {"filter": "labels.env = dev", "page_size": 2})
+    assert len(dev["operations"]) == 2
+    other = service.grpcurl(
+        f"{OPS}/ListOperations",
+        data={"filter": "labels.env = prod", "page_token": dev["next_page_token"]},
+        flags=("-format-error",),
+    )
+    status = json.loads(other.stderr)
+    assert status["code"] == 3
+    assert status["details"][0]["reason"] == "PAGE_TOKEN_MISMATCH"
+
+
 def _count(service: Service) -> int:
     listed = service.call(f"{OPS}/ListOperations", {"page_size": 1000})
     return len(listed.get("operations", []))
@@ -123,6 +145,8 @@ def _count(service: Service) -> int:
         (CREATE, {"task": "noop", "labels": {"Bad Key": "v"}}, "label key"),
         (f"{OPS}/ListOperations", {"page_size": -1}, "page_size must not be negative"),
         (f"{OPS}/ListOperations", {"page_token": "garbage!"}, "page_token is not a token"),
+        (f"{OPS}/ListOperations", {"filter": "metadata.colour = 1"}, "unknown field"),
+        (f"{OPS}/ListOperations", {"filter": "done = (true"}, "column"),
     ],
 )
 def test_bad_input_is_invalid_argument_and_creates_nothing(
