@@ -63,4 +63,4 @@ docker: ## build the image (needs a Docker engine)
 
 clean:
 	rm -rf $(BUILD) $(VENV) .mypy_cache .pytest_cache .ruff_cache
-	find longrun examples -name '*_pb2*.py*' -delete 2>/dev/null || true
+	find longrun convert -name '*_pb2*.py*' -delete 2>/dev/null || true

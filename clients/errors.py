@@ -28,7 +28,7 @@ class LongrunClientError(Exception):
 
 def _unpack_detail(details: list[any_pb2.Any], cls: type[Any]) -> Any:
     for detail in details:
-        if detail.Is(cls.DESCRIPTOR):
+        if detail.TypeName() == cls.DESCRIPTOR.full_name:
             message = cls()
             detail.Unpack(message)
             return message

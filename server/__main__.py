@@ -16,7 +16,7 @@ from lro.backends import build_backends
 from lro.cli_options import backend_options, backend_settings, setup_logging
 from lro.settings import ServerSettings
 from lro.tasks import load_tasks
-from server.app import create_server
+from server.app import create_server, load_services
 from server.rest import (
     RestGateway,
     build_routes,
@@ -102,6 +102,15 @@ log = logging.getLogger("longrun.server")
     show_envvar=True,
     help="Write the bound HTTP port here once serving (written before --port-file).",
 )
+@click.option(
+    "--service-module",
+    "service_modules",
+    multiple=True,
+    envvar="LONGRUN_SERVICE_MODULES",
+    show_envvar=True,
+    help="Module whose `register(server, jobs)` mounts a user service on this server, "
+    "e.g. examples.convert.service; repeat for several (env: space-separated).",
+)
 @backend_options
 def main(**kw: Any) -> None:
     """Serve google.longrunning.Operations and longrun.v1.Jobs."""
@@ -123,7 +132,7 @@ def main(**kw: Any) -> None:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--http-address") from exc
         http = HttpListener(host, http_port, kw["http_port_file"])
-    asyncio.run(serve(settings, backends, kw["port_file"], http))
+    asyncio.run(serve(settings, backends, kw["port_file"], http, tuple(kw["service_modules"])))
 
 
 @dataclass(frozen=True)
@@ -140,8 +149,10 @@ async def serve(
     backend_cfg: Any,
     port_file: str | None,
     http: HttpListener | None = None,
+    service_modules: tuple[str, ...] = (),
 ) -> None:
     registry = load_tasks(settings.task_modules)
+    user_services = load_services(service_modules)
     backends = build_backends(backend_cfg)
     await backends.start()
     health_servicer = health.aio.HealthServicer()
@@ -151,6 +162,7 @@ async def serve(
         registry=registry,
         settings=settings,
         health_servicer=health_servicer,
+        user_services=user_services,
     )
     gateway = None
     if http is not None:

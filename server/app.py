@@ -3,7 +3,10 @@ checking and reflection. `create_server` binds; callers start and stop."""
 
 from __future__ import annotations
 
+import importlib
 import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
@@ -36,6 +39,28 @@ SERVER_OPTIONS = [
 _ = (struct_pb2, operations_pb2)  # types reflection must resolve (Any metadata/response)
 
 
+@dataclass(frozen=True)
+class UserService:
+    """A module mounted with `--service-module`: `register(server, jobs)` adds its
+    servicers (which may delegate to `jobs`); its optional `SERVICE_NAMES` are
+    listed by reflection and reported SERVING by health."""
+
+    register: Callable[[grpc.aio.Server, JobsService], None]
+    names: tuple[str, ...] = ()
+
+
+def load_services(modules: Iterable[str]) -> list[UserService]:
+    """Import each module and take its `register` (and `SERVICE_NAMES`)."""
+    found: list[UserService] = []
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise ValueError(f"module {module_name!r} has no `register(server, jobs)`")
+        found.append(UserService(register, tuple(getattr(module, "SERVICE_NAMES", ()))))
+    return found
+
+
 async def create_server(
     *,
     store: OperationStore,
@@ -45,6 +70,7 @@ async def create_server(
     clock: Clock | None = None,
     ids: IdGenerator = uuid_ids,
     health_servicer: health.aio.HealthServicer | None = None,
+    user_services: Sequence[UserService] = (),
 ) -> tuple[grpc.aio.Server, int, Dispatcher]:
     """Build and bind the server (not started). Returns (server, bound port, dispatcher)."""
     clock = clock or SystemClock()
@@ -76,15 +102,19 @@ async def create_server(
             service_handler(jobs_pb2.DESCRIPTOR.services_by_name["Jobs"], jobs),
         )
     )
+    for user in user_services:
+        user.register(server, jobs)
+    user_names = [name for user in user_services for name in user.names]
     health_servicer = health_servicer or health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for service in ("", "google.longrunning.Operations", "longrun.v1.Jobs"):
+    for service in ("", "google.longrunning.Operations", "longrun.v1.Jobs", *user_names):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     names = [
         jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
         operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
+        *user_names,
     ]
     reflection.enable_server_reflection(names, server)
     port = server.add_insecure_port(settings.address)

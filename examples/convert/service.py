@@ -24,7 +24,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 
-from convert.v1 import convert_pb2, convert_pb2_grpc
+from convert.v1 import convert_pb2
 from longrun.v1 import jobs_pb2
 from server.jobs_service import JobsService
 from server.status import rpc_errors, service_handler
@@ -48,8 +48,10 @@ def to_job_request(request: convert_pb2.ConvertRequest) -> jobs_pb2.CreateJobReq
     )
 
 
-class ConverterService(convert_pb2_grpc.ConverterServicer):
-    """Delegates to a JobsService: one place creates operations."""
+class ConverterService:
+    """The servicer of convert.v1.Converter. It delegates to a JobsService, so
+    one place creates operations. (It needs no generated base class: it is
+    registered from the service descriptor, see `add_to_server`.)"""
 
     def __init__(self, jobs: JobsService) -> None:
         self.jobs = jobs

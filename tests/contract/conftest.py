@@ -20,6 +20,11 @@ from lro.store import OperationStore
 VISIBILITY = {"sqlite": 1.0, "pubsub": 10.0}
 
 
+def visibility(queue: TaskQueue) -> float:
+    """The lease the `queue` fixture gave this adapter."""
+    return VISIBILITY["sqlite"] if isinstance(queue, SqliteTaskQueue) else VISIBILITY["pubsub"]
+
+
 @pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.google)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OperationStore]:
     s: OperationStore
@@ -52,7 +57,6 @@ async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
         require_emulators()
         q = await make_pubsub_queue(visibility_timeout=VISIBILITY["pubsub"], max_deliveries=5)
-    q.contract_visibility = VISIBILITY[request.param]  # type: ignore[attr-defined]
     try:
         yield q
     finally:

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 from lro.queue import Delivery, TaskMessage, TaskQueue
+from tests.contract.conftest import visibility
 
 
 async def _receive_one(queue: TaskQueue, timeout: float = 15.0) -> Delivery:
@@ -31,8 +32,8 @@ async def test_acked_message_is_not_delivered_again(queue: TaskQueue) -> None:
     await queue.publish(TaskMessage("operations/acked", "noop"))
     delivery = await _receive_one(queue)
     await delivery.ack()
-    visibility: float = queue.contract_visibility  # type: ignore[attr-defined]
-    assert await queue.receive(1, visibility + 1.0) == []
+    lease = visibility(queue)
+    assert await queue.receive(1, lease + 1.0) == []
 
 
 async def test_idle_receive_returns_empty_after_timeout(queue: TaskQueue) -> None:
@@ -63,13 +64,13 @@ async def test_nacked_message_is_redelivered(queue: TaskQueue) -> None:
 
 
 async def test_unacked_message_is_redelivered_after_its_lease(queue: TaskQueue) -> None:
-    visibility: float = queue.contract_visibility  # type: ignore[attr-defined]
+    lease = visibility(queue)
     await queue.publish(TaskMessage("operations/lost", "noop"))
     first = await _receive_one(queue)
     taken = time.monotonic()
-    second = await _receive_one(queue, timeout=visibility * 3 + 10)
+    second = await _receive_one(queue, timeout=lease * 3 + 10)
     assert second.message == first.message
-    assert time.monotonic() - taken >= visibility * 0.5
+    assert time.monotonic() - taken >= lease * 0.5
     await second.ack()
 
 
@@ -82,8 +83,8 @@ async def test_dead_lettered_message_is_kept_and_not_redelivered(queue: TaskQueu
     while time.monotonic() < deadline and not dead:
         dead = [d for d in await queue.dead_letters() if d[0].operation == "operations/dead"]
     assert dead and dead[0][0] == TaskMessage("operations/dead", "noop", 3)
-    visibility: float = queue.contract_visibility  # type: ignore[attr-defined]
-    assert await queue.receive(1, visibility + 1.0) == []
+    lease = visibility(queue)
+    assert await queue.receive(1, lease + 1.0) == []
 
 
 async def test_many_messages_each_delivered(queue: TaskQueue) -> None:
