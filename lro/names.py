@@ -22,7 +22,7 @@ def parse_operation_name(name: str) -> str:
             reason="NAME_MISSING",
         )
     prefix, sep, op_id = name.partition("/")
-    if prefix != COLLECTION or not sep or not _ID.match(op_id):
+    if prefix != COLLECTION or not sep or not _ID.fullmatch(op_id):
         raise InvalidArgument(
             f"malformed operation name {name[:200]!r}: expected 'operations/{{id}}' where id is "
             "1-128 characters of letters, digits, '-', '_', '.', '~'",

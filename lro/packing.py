@@ -27,7 +27,10 @@ def pack_result(value: Any) -> bytes:
             raise TypeError(f"task result is not JSON-like: {exc}") from exc
     elif value is None or isinstance(value, (list, tuple, str, int, float, bool)):
         message = struct_pb2.Value()
-        message.MergeFrom(_to_value(value))
+        try:
+            message.MergeFrom(_to_value(value))
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"task result is not JSON-like: {exc}") from exc
     else:
         raise TypeError(
             f"task returned {type(value).__name__}; return a protobuf message, a dict, "
@@ -54,7 +57,8 @@ def error_status(
         },
     )
     debug = error_details_pb2.DebugInfo(
-        stack_entries=traceback.format_exception(exc)[-20:], detail=repr(exc)[:1000]
+        stack_entries=[e[:2000] for e in traceback.format_exception(exc)[-20:]],
+        detail=repr(exc)[:1000],
     )
     status = status_pb2.Status(code=code, message=f"{type(exc).__name__}: {exc}"[:2000])
     for detail in (info, debug):

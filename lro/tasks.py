@@ -137,7 +137,8 @@ class TaskRegistry:
         if spec is None:
             if not name:
                 raise InvalidArgument(
-                    "task is required: name a registered task", reason="TASK_MISSING"
+                    f"task is required; registered tasks: {', '.join(self.names)}",
+                    reason="TASK_MISSING",
                 )
             raise InvalidArgument(
                 f"unknown task {name[:100]!r}; registered tasks: {', '.join(self.names)}",

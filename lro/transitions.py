@@ -84,8 +84,13 @@ def _finished(
     )
 
 
-def cancelled_error(attempt: int) -> bytes:
-    where = "before it started" if attempt == 0 else f"during attempt {attempt}"
+def cancelled_error(attempt: int, *, running: bool = True) -> bytes:
+    if attempt == 0:
+        where = "before it started"
+    elif running:
+        where = f"during attempt {attempt}"
+    else:
+        where = f"while waiting to retry after attempt {attempt}"
     return status_bytes(code_pb2.CANCELLED, f"operation cancelled {where}")
 
 
@@ -246,7 +251,7 @@ def request_cancel(
             State.CANCELLED,
             now,
             retention,
-            error=cancelled_error(0),
+            error=cancelled_error(rec.attempt, running=False),
         )
     return replace(rec, cancel_requested=True, update_time=now)
 

@@ -30,7 +30,7 @@ def check_labels(labels: dict[str, str]) -> None:
             reason="TOO_MANY_LABELS",
         )
     for key, value in labels.items():
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             raise InvalidArgument(
                 f"label key {key[:80]!r} is invalid: use 1-63 characters of lowercase letters, "
                 "digits, '_' or '-', starting with a letter",

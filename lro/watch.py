@@ -17,12 +17,14 @@ SourceStarter = Callable[[str], Awaitable[Callable[[], None]]]
 
 
 class _Entry:
-    __slots__ = ("event", "stop", "waiters")
+    __slots__ = ("event", "starting", "waiters")
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
         self.waiters = 0
-        self.stop: Callable[[], None] | None = None
+        #: The backend watch being started (or started): shared by all waiters,
+        #: so a waiter cancelled mid-start does not take it from the others.
+        self.starting: asyncio.Future[Callable[[], None]] | None = None
 
 
 class Subscription:
@@ -76,12 +78,26 @@ class WatchHub:
         entry = self._entry(name)
         entry.waiters += 1
         try:
-            if entry.waiters == 1 and self._start_source is not None:
-                entry.stop = await self._start_source(name)
+            if self._start_source is not None:
+                if entry.starting is None:
+                    entry.starting = asyncio.ensure_future(self._start_source(name))
+                await asyncio.shield(entry.starting)
             yield Subscription(self, name)
         finally:
             entry.waiters -= 1
             if entry.waiters == 0:
-                self._entries.pop(name, None)
-                if entry.stop is not None:
-                    entry.stop()
+                if self._entries.get(name) is entry:
+                    del self._entries[name]
+                if entry.starting is not None:
+                    _stop_when_started(entry.starting)
+
+
+def _stop_when_started(starting: asyncio.Future[Callable[[], None]]) -> None:
+    def stop(fut: asyncio.Future[Callable[[], None]]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            fut.result()()
+
+    if starting.done():
+        stop(starting)
+    else:
+        starting.add_done_callback(stop)

@@ -108,6 +108,8 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 free = await self._acquire_slots()
+                if free == 0:  # stop() while every slot was busy
+                    break
                 receive = asyncio.ensure_future(
                     self.queue.receive(free, self.settings.receive_timeout)
                 )
@@ -134,7 +136,18 @@ class Worker:
             log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
 
     async def _acquire_slots(self) -> int:
-        await self._slots.acquire()
+        """Wait for at least one free slot (0 if `stop()` comes first), then take
+        every other free one."""
+        first = asyncio.ensure_future(self._slots.acquire())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({first, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not first.done():
+                first.cancel()
+        if first.cancelled():
+            return 0
         free = 1
         while free < self.settings.concurrency and not self._slots.locked():
             await self._slots.acquire()

@@ -58,7 +58,9 @@ Guarantees
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
+import contextlib
 import functools
 import hashlib
 import logging
@@ -452,7 +454,7 @@ class FirestoreOperationStore(OperationStore):
             if cursor is not None:
                 q = q.start_after({"create_time": cursor.create_time, "__name__": cursor.id})
             q = q.limit(batch + 1)
-            snaps: list[Any] = await self._call(lambda q=q: list(q.stream()))
+            snaps = await self._call(functools.partial(_fetch, q))
             scanned = [from_document(s.to_dict()) for s in snaps[:batch]]
             for rec in scanned:
                 if exact or (flt is not None and flt.matches(rec)):
@@ -464,7 +466,7 @@ class FirestoreOperationStore(OperationStore):
                 return ListPage(records, None)
             cursor = Cursor.after(scanned[-1])
 
-    async def due_for_dispatch(self, now: datetime, limit: int) -> list[OperationRecord]:
+    async def due_for_dispatch(self, now: datetime, limit: int) -> builtins.list[OperationRecord]:
         queued = (
             self._ops.where(filter=FieldFilter("state", "==", int(State.QUEUED)))
             .where(filter=FieldFilter("dispatch_due_time", "<=", now))
@@ -478,7 +480,7 @@ class FirestoreOperationStore(OperationStore):
             .limit(limit)
         )
         results = await asyncio.gather(
-            *(self._call(lambda q=q: list(q.stream())) for q in (queued, expired))
+            *(self._call(functools.partial(_fetch, q)) for q in (queued, expired))
         )
         recs = [from_document(s.to_dict()) for snaps in results for s in snaps]
 
@@ -491,7 +493,7 @@ class FirestoreOperationStore(OperationStore):
 
     async def delete_expired(self, now: datetime, limit: int) -> int:
         query = self._ops.where(filter=FieldFilter("expire_time", "<=", now)).limit(limit)
-        snaps: list[Any] = await self._call(lambda: list(query.stream()))
+        snaps = await self._call(functools.partial(_fetch, query))
         if not snaps:
             return 0
         rid_refs = [
@@ -527,13 +529,20 @@ class FirestoreOperationStore(OperationStore):
             version: int | None = None
             if docs and docs[0].exists:
                 version = int(docs[0].get("version"))
-            try:
+            # RuntimeError: the loop is closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._on_snapshot, listener, version)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
 
         ref = self._ops.document(op_id)
-        listener.watch = await self._call(lambda: ref.on_snapshot(on_snapshot))
+        opening = asyncio.ensure_future(self._call(lambda: ref.on_snapshot(on_snapshot)))
+        try:
+            listener.watch = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The waiter left while the listener opened: close it once it is open.
+            opening.add_done_callback(
+                lambda f: None if f.cancelled() or f.exception() else f.result().unsubscribe()
+            )
+            raise
         self._listeners[name] = listener
         self.listeners_started += 1
         try:
@@ -573,6 +582,10 @@ class FirestoreOperationStore(OperationStore):
         stopping = loop.run_in_executor(self._pool, watch.unsubscribe)
         self._stopping.add(stopping)
         stopping.add_done_callback(self._stopping.discard)
+
+
+def _fetch(query: Any) -> list[Any]:
+    return list(query.stream())
 
 
 def _exists(rec: OperationRecord) -> AlreadyExists:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +16,13 @@ from lro.sqlite.notify import Notifier
 
 OP_CHANGED = b"o"
 QUEUE_CHANGED = b"q"
+
+
+def notify_directory(db_path: Path) -> Path:
+    """Where the processes sharing `db_path` meet: a short directory named by
+    the file's absolute path (Unix socket paths are limited to ~107 bytes)."""
+    digest = hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"longrun-{os.getuid()}-{digest}"
 
 
 class SqliteBackend:
@@ -24,7 +34,7 @@ class SqliteBackend:
 
     def __init__(self, path: Path | str, *, safety_net: float = 1.0) -> None:
         self.db = Database(path)
-        self.notifier = Notifier(Path(f"{path}.notify"))
+        self.notifier = Notifier(notify_directory(Path(path)))
         self.safety_net = safety_net
         self._on_op: list[Callable[[str], None]] = []
         self._on_queue: list[Callable[[], None]] = []

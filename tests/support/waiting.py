@@ -13,9 +13,9 @@ T = TypeVar("T")
 @overload
 async def wait_until(
     predicate: Callable[[], Awaitable[T | None]],
-    *,
     timeout: float = ...,
     interval: float = ...,
+    *,
     description: str | None = ...,
 ) -> T: ...
 
@@ -23,18 +23,18 @@ async def wait_until(
 @overload
 async def wait_until(
     predicate: Callable[[], T | None],
-    *,
     timeout: float = ...,
     interval: float = ...,
+    *,
     description: str | None = ...,
 ) -> T: ...
 
 
 async def wait_until(
     predicate: Callable[[], object],
-    *,
     timeout: float = 5.0,
     interval: float = 0.01,
+    *,
     description: str | None = None,
 ) -> object:
     """Poll `predicate` (sync or async) every `interval` seconds until it

@@ -20,9 +20,7 @@ from lro.validation import (
 # ---- operation names ----
 
 
-@pytest.mark.parametrize(
-    "op_id", ["a", "0f3e", "abc_DEF-1.2~3", "x" * 128, uuid.uuid4().hex]
-)
+@pytest.mark.parametrize("op_id", ["a", "0f3e", "abc_DEF-1.2~3", "x" * 128, uuid.uuid4().hex])
 def test_operation_names_round_trip(op_id: str) -> None:
     name = operation_name(op_id)
     assert name == f"operations/{op_id}"
@@ -72,11 +70,6 @@ def test_a_huge_malformed_name_is_truncated_in_the_error() -> None:
     assert len(info.value.metadata["name"]) == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: lro/names.py _ID ends in '$', which also matches before a "
-    "trailing newline; use _ID.fullmatch or '\\Z'",
-)
 def test_a_name_with_a_trailing_newline_is_malformed() -> None:
     with pytest.raises(InvalidArgument):
         parse_operation_name("operations/abc\n")
@@ -113,11 +106,6 @@ def test_an_invalid_label_key_is_named_in_the_error(key: str) -> None:
     assert err.metadata == {"key": key}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: lro/validation.py _LABEL_KEY ends in '$', which also matches "
-    "before a trailing newline; use _LABEL_KEY.fullmatch or '\\Z'",
-)
 def test_a_label_key_with_a_trailing_newline_is_invalid() -> None:
     with pytest.raises(InvalidArgument):
         check_labels({"team\n": "v"})

@@ -114,12 +114,6 @@ def test_a_dict_with_unsupported_contents_is_a_type_error(value: Any) -> None:
         pack_result(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="product bug: lro/packing.py pack_result lets _to_value's ValueError escape for "
-    "a list/tuple with unsupported items; the worker only catches TypeError",
-)
 @pytest.mark.parametrize("value", [[object()], (1, b"x")])
 def test_a_list_with_unsupported_contents_is_a_type_error(value: Any) -> None:
     with pytest.raises(TypeError, match="not JSON-like"):
@@ -136,7 +130,9 @@ def _raise_here(message: str) -> BaseException:
         return exc
 
 
-def _details(status: status_pb2.Status) -> tuple[error_details_pb2.ErrorInfo, error_details_pb2.DebugInfo]:
+def _details(
+    status: status_pb2.Status,
+) -> tuple[error_details_pb2.ErrorInfo, error_details_pb2.DebugInfo]:
     assert len(status.details) == 2
     info = error_details_pb2.ErrorInfo()
     debug = error_details_pb2.DebugInfo()
@@ -182,11 +178,6 @@ def test_error_status_truncates_the_message_and_the_detail() -> None:
     assert 0 < len(debug.stack_entries) <= 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: lro/packing.py error_status keeps whole stack entries, so the "
-    "exception text reaches the stored error unbounded (Firestore documents cap at 1 MiB)",
-)
 def test_error_status_stays_small_whatever_the_exception_says() -> None:
     exc = _raise_here("x" * 2_000_000)
     assert len(error_status(exc, attempt=1, max_attempts=1)) < 64 * 1024

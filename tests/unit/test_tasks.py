@@ -161,10 +161,6 @@ def test_a_missing_task_is_invalid() -> None:
     assert "required" in info.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: TASK_MISSING does not list the registered tasks (lro/tasks.py get)",
-)
 def test_a_missing_task_error_lists_the_registered_tasks() -> None:
     with pytest.raises(InvalidArgument) as info:
         registry().get("")

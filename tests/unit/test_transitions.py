@@ -104,8 +104,9 @@ def test_a_second_attempt_keeps_the_first_start_time(clock: FakeClock) -> None:
 @pytest.mark.parametrize("state", [State.SUCCEEDED, State.FAILED, State.CANCELLED])
 def test_claim_of_a_done_operation_is_rejected(clock: FakeClock, state: State) -> None:
     rec = new_record(clock, state=state)
-    with pytest.raises(AlreadyDone):
+    with pytest.raises(AlreadyDone) as info:
         claim(rec, clock)
+    assert info.value.record == rec  # so a redelivery can be dead-lettered if it failed
 
 
 def test_claim_while_another_attempt_holds_a_live_lease_is_deferred_until_it_ends(
@@ -557,16 +558,16 @@ def test_mark_dispatched_leaves_running_and_done_operations_alone(clock: FakeClo
     running = claim(new_record(clock), clock)
     done = finish_ok(running, clock)
     for rec in (running, done):
-        assert transitions.mark_dispatched(rec, now=clock.now(), redispatch_after=REDISPATCH) is None
+        assert (
+            transitions.mark_dispatched(rec, now=clock.now(), redispatch_after=REDISPATCH) is None
+        )
 
 
 # ---- to_operation ----
 
 
 def test_state_values_match_the_proto_enum() -> None:
-    proto_names = {
-        v.name for v in jobs_pb2.JobMetadata.State.DESCRIPTOR.values if v.number != 0
-    }
+    proto_names = {v.name for v in jobs_pb2.JobMetadata.State.DESCRIPTOR.values if v.number != 0}
     assert proto_names == {s.name for s in State}
     for state in State:
         assert jobs_pb2.JobMetadata.State.Value(state.name) == state.value

@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
-import pytest
-
 from lro.watch import WatchHub
 from tests.support.waiting import wait_until
 
@@ -159,11 +157,6 @@ async def test_waiters_arriving_while_the_source_starts_share_it() -> None:
     assert hub.watched == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: lro/watch.py subscribe starts the source inside the first waiter; "
-    "if that waiter is cancelled mid-start, waiters that joined meanwhile have no source",
-)
 async def test_a_waiter_cancelled_while_the_source_starts_leaves_it_for_the_others() -> None:
     source = Source(start_delay=0.1)
     hub = WatchHub(source.start)
