@@ -35,6 +35,12 @@ proto: $(STAMP) ## generate Python code from protos/ (never edit the output)
 run: install ## server + 2 workers on the embedded default (or LONGRUN_STORE/LONGRUN_QUEUE)
 	$(PY) -m server.dev
 
+emulators-start: install ## start both emulators in the background (prints the exports)
+	$(PY) -m scripts.emulators start
+
+emulators-stop: ## stop the emulators started by emulators-start
+	$(PY) -m scripts.emulators stop
+
 run-emulators: install ## server + 2 workers on the Firestore and Pub/Sub emulators
 	$(PY) -m scripts.emulators run -- $(PY) -m server.dev --store firestore --queue pubsub
 

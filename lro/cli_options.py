@@ -89,6 +89,15 @@ def backend_options(fn: F) -> F:
             show_default=True,
         ),
         click.option(
+            "--pubsub-pull",
+            type=click.Choice(["streaming", "unary"]),
+            default=_D.pubsub_pull,
+            envvar="LONGRUN_PUBSUB_PULL",
+            show_envvar=True,
+            show_default=True,
+            help="Pub/Sub pull style; unary suits the emulator under faults.",
+        ),
+        click.option(
             "--max-deliveries",
             type=int,
             default=_D.max_deliveries,
@@ -140,6 +149,7 @@ def backend_settings(kw: dict[str, Any]) -> BackendSettings:
         pubsub_topic=kw.pop("pubsub_topic"),
         pubsub_subscription=kw.pop("pubsub_subscription"),
         pubsub_dead_letter_topic=kw.pop("pubsub_dead_letter_topic"),
+        pubsub_pull=kw.pop("pubsub_pull"),
         max_deliveries=kw.pop("max_deliveries"),
         visibility_timeout=kw.pop("visibility_timeout"),
     )

@@ -21,6 +21,9 @@ class BackendSettings:
     pubsub_topic: str = "longrun-tasks"
     pubsub_subscription: str = "longrun-workers"
     pubsub_dead_letter_topic: str = "longrun-dead-letters"
+    #: "streaming" (production) or "unary" (synchronous pulls: immune to the
+    #: emulator's habit of feeding a killed consumer's dead stream).
+    pubsub_pull: str = "streaming"
     max_deliveries: int = 10
     #: Seconds a received message stays invisible to other consumers (the
     #: queue lease); workers extend it while a task runs.
@@ -42,6 +45,7 @@ class BackendSettings:
             pubsub_dead_letter_topic=e.get(
                 "LONGRUN_PUBSUB_DEAD_LETTER_TOPIC", d.pubsub_dead_letter_topic
             ),
+            pubsub_pull=e.get("LONGRUN_PUBSUB_PULL", d.pubsub_pull),
             max_deliveries=int(e.get("LONGRUN_MAX_DELIVERIES", d.max_deliveries)),
             visibility_timeout=float(e.get("LONGRUN_VISIBILITY_TIMEOUT", d.visibility_timeout)),
         )

@@ -11,6 +11,8 @@
     python -m scripts.emulators stop
         Stop what `start` started.
 
+Logs and the pids file live in build/emulators/ (or $LONGRUN_EMULATORS_DIR).
+
 An emulator counts as ready only once its HTTP root answers and a real API
 call through the client library (a Firestore get of a missing document, a
 Pub/Sub list_topics) succeeds; both are retried for at most READY_TIMEOUT
@@ -21,7 +23,7 @@ the whole group: SIGTERM, then SIGKILL after STOP_GRACE seconds.
 Already set and reachable FIRESTORE_EMULATOR_HOST / PUBSUB_EMULATOR_HOST are
 reused and never stopped by this script. With LONGRUN_EMULATORS=skip, missing
 emulator binaries are not an error: CMD runs without them (the Google tests
-then skip, or fail under CI=true). Logs go to build/emulators/.
+then skip, or fail under CI=true).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from pathlib import Path
 from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE_DIR = ROOT / "build" / "emulators"
+#: Logs and the pids file of `start` (LONGRUN_EMULATORS_DIR overrides it).
+STATE_DIR = Path(os.environ.get("LONGRUN_EMULATORS_DIR") or ROOT / "build" / "emulators")
 PIDS_FILE = STATE_DIR / "pids"
 FALLBACK_SDK = Path("/usr/lib/google-cloud-sdk")
 READY_TIMEOUT = 60.0
@@ -111,28 +114,41 @@ def note(message: str) -> None:
 # ---- locating the SDK ----
 
 
-def sdk_roots() -> list[Path]:
-    roots: list[Path] = []
+def sdk_roots() -> Iterator[Path]:
+    """Candidate SDK roots, cheapest first: where the `gcloud` on PATH lives
+    (instant), what `gcloud info` reports (a few seconds), FALLBACK_SDK."""
+    seen: set[Path] = set()
     gcloud = shutil.which("gcloud")
+    candidates: list[Callable[[], Path | None]] = []
     if gcloud:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(
-                [gcloud, "info", "--format=value(installation.sdk_root)"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=True,
-            ).stdout.strip()
-            if out:
-                roots.append(Path(out))
-    if FALLBACK_SDK not in roots:
-        roots.append(FALLBACK_SDK)
-    return roots
+        candidates.append(lambda: Path(os.path.realpath(gcloud)).parent.parent)
+        candidates.append(lambda: _gcloud_info_root(gcloud))
+    candidates.append(lambda: FALLBACK_SDK)
+    for candidate in candidates:
+        root = candidate()
+        if root is not None and root not in seen:
+            seen.add(root)
+            yield root
+
+
+def _gcloud_info_root(gcloud: str) -> Path | None:
+    try:
+        out = subprocess.run(
+            [gcloud, "info", "--format=value(installation.sdk_root)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(out) if out else None
 
 
 def find_sdk(specs: Sequence[Spec]) -> Path:
-    roots = sdk_roots()
-    for root in roots:
+    roots: list[Path] = []
+    for root in sdk_roots():
+        roots.append(root)
         if all(os.access(root / s.binary, os.X_OK) for s in specs):
             return root
     missing = [s for s in specs if not any(os.access(r / s.binary, os.X_OK) for r in roots)]
@@ -337,13 +353,26 @@ def start_all(specs: Sequence[Spec], env: dict[str, str]) -> list[Running]:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (zombies do not count:
+    nobody may reap them when their parent has exited)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command name: state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 def stop(em: Running) -> None:

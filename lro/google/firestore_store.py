@@ -9,6 +9,20 @@ Layout
     `{collection}_request_ids/{sha256(request_id)}`: the request-id
     reservation, holding the operation id and the request fingerprint.
 
+Indexes and TTL (production; the emulator needs none)
+    firestore.indexes.json at the repository root holds the composite indexes
+    `due_for_dispatch` needs, (state, dispatch_due_time) and
+    (state, lease_expire_time); `list` and `delete_expired` use single-field
+    indexes. It also enables a TTL policy on `expire_time` and exempts the
+    blob fields from indexing. Deploy it with
+    `firebase deploy --only firestore:indexes`, or set the TTL policy alone with
+    `gcloud firestore fields ttls update expire_time --collection-group=operations
+    --enable-ttl`. Rename "operations" there if `firestore_collection` differs.
+    A TTL deletion can lag by days, so `delete_expired` still removes expired
+    operations (with their reservations). A TTL deletion leaves the
+    reservation behind; the next create with that request id takes it over
+    (see request_id below).
+
 Client
     The synchronous `google.cloud.firestore.Client`, driven from a private
     thread pool. Document listeners (`on_snapshot`) exist only on the sync
@@ -53,6 +67,11 @@ Guarantees
       echo of such a write is suppressed. Each listener is its own gRPC
       stream plus a consumer thread, so cost grows with the number of
       operations watched at once, not with the number of waiters.
+      Firestore allows 100 concurrent streams per connection, and past that
+      every call on the connection stalls (the emulator does not enforce
+      this). So listeners run on dedicated `ListenClient`s, at most
+      `listeners_per_client` (90) each, each on its own connection and
+      separate from the CRUD client.
 """
 
 from __future__ import annotations
@@ -70,6 +89,7 @@ from dataclasses import MISSING, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+import grpc
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
@@ -121,6 +141,18 @@ _STALE = (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted)
 LISTEN_READY_TIMEOUT = 10.0
 #: How many (version, update_time) pairs `_read` remembers for the CAS write.
 SEEN_CACHE_SIZE = 10_000
+#: Listeners per listen client. Each listener is one gRPC stream, and
+#: Firestore allows 100 concurrent streams per connection; past that, new
+#: streams (and every other call on that connection) stall.
+LISTENERS_PER_CLIENT = 90
+#: gRPC options of a listen client's channel: its own connection (a local
+#: subchannel pool) so that its streams count against no other channel.
+_LISTEN_CHANNEL_OPTIONS = [
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
 
 
 class FirestorePushdown(Protocol):
@@ -188,12 +220,54 @@ def request_doc_id(request_id: str) -> str:
     return hashlib.sha256(request_id.encode()).hexdigest()
 
 
-class _Listener:
-    __slots__ = ("local_version", "name", "ready", "watch")
+class ListenClient(firestore.Client):  # type: ignore[misc]
+    """A Firestore client on a gRPC connection of its own, for listeners.
 
-    def __init__(self, name: str, ready: asyncio.Future[None]) -> None:
+    The library builds every client's channel with the same options, and gRPC
+    shares one connection among channels with equal options. Listeners
+    beyond 100 on that connection would stall it for everyone, CRUD
+    included. This overrides the library's (private) channel factory to add
+    `grpc.use_local_subchannel_pool`. If that hook ever changes, it falls
+    back to the library's own channel, which still works below 100
+    listeners per process."""
+
+    def _firestore_api_helper(self, transport: Any, client_class: Any, client_module: Any) -> Any:
+        try:
+            if self._firestore_api_internal is None:
+                if self._emulator_host is not None:
+                    channel = grpc.insecure_channel(
+                        self._emulator_host, options=_LISTEN_CHANNEL_OPTIONS
+                    )
+                else:
+                    channel = transport.create_channel(
+                        self._target, credentials=self._credentials, options=_LISTEN_CHANNEL_OPTIONS
+                    )
+                self._transport = transport(host=self._target, channel=channel)
+                self._firestore_api_internal = client_class(
+                    transport=self._transport, client_options=self._client_options
+                )
+                client_module._client_info = self._client_info
+            return self._firestore_api_internal
+        except AttributeError:  # the library changed: use its channel
+            log.warning("cannot give the listen client its own connection", exc_info=True)
+            return super()._firestore_api_helper(transport, client_class, client_module)
+
+
+class _ListenChannel:
+    __slots__ = ("client", "listeners")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.listeners = 0
+
+
+class _Listener:
+    __slots__ = ("channel", "local_version", "name", "ready", "watch")
+
+    def __init__(self, name: str, ready: asyncio.Future[None], channel: _ListenChannel) -> None:
         self.name = name
         self.ready = ready
+        self.channel = channel
         self.watch: Any = None
         #: Highest version this store wrote (and announced locally) meanwhile.
         self.local_version = 0
@@ -209,6 +283,7 @@ class FirestoreOperationStore(OperationStore):
         client: Any | None = None,
         hub: WatchHub | None = None,
         max_workers: int = 32,
+        listeners_per_client: int = LISTENERS_PER_CLIENT,
     ) -> None:
         super().__init__(hub or WatchHub(self._start_listener))
         self.project = project
@@ -221,6 +296,8 @@ class FirestoreOperationStore(OperationStore):
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="firestore")
         self._seen: collections.OrderedDict[str, tuple[int, Any]] = collections.OrderedDict()
         self._listeners: dict[str, _Listener] = {}
+        self._listen_channels: list[_ListenChannel] = []
+        self.listeners_per_client = listeners_per_client
         self._stopping: set[asyncio.Future[None]] = set()
         self._closed = False
         #: How many listeners were ever started (tests check sharing with it).
@@ -288,8 +365,12 @@ class FirestoreOperationStore(OperationStore):
 
     def _shutdown(self) -> None:
         self._pool.shutdown(wait=True)
+        clients = [c.client for c in self._listen_channels]
+        self._listen_channels.clear()
         if self._owns_client:
-            transport = getattr(getattr(self._client, "_firestore_api", None), "_transport", None)
+            clients.append(self._client)
+        for client in clients:
+            transport = getattr(getattr(client, "_firestore_api", None), "_transport", None)
             close = getattr(transport, "close", None)
             if callable(close):
                 close()
@@ -467,6 +548,8 @@ class FirestoreOperationStore(OperationStore):
             cursor = Cursor.after(scanned[-1])
 
     async def due_for_dispatch(self, now: datetime, limit: int) -> builtins.list[OperationRecord]:
+        if limit <= 0:
+            return []
         queued = (
             self._ops.where(filter=FieldFilter("state", "==", int(State.QUEUED)))
             .where(filter=FieldFilter("dispatch_due_time", "<=", now))
@@ -492,6 +575,8 @@ class FirestoreOperationStore(OperationStore):
         return sorted(recs, key=due)[:limit]
 
     async def delete_expired(self, now: datetime, limit: int) -> int:
+        if limit <= 0:
+            return 0
         query = self._ops.where(filter=FieldFilter("expire_time", "<=", now)).limit(limit)
         snaps = await self._call(functools.partial(_fetch, query))
         if not snaps:
@@ -522,7 +607,9 @@ class FirestoreOperationStore(OperationStore):
     async def _start_listener(self, name: str) -> Callable[[], None]:
         op_id = parse_operation_name(name)
         loop = asyncio.get_running_loop()
-        listener = _Listener(name, loop.create_future())
+        channel = await self._listen_channel()
+        listener = _Listener(name, loop.create_future(), channel)
+        channel.listeners += 1
 
         def on_snapshot(docs: Sequence[Any], _changes: object, _read_time: object) -> None:
             # Runs on the listener's consumer thread.
@@ -533,15 +620,19 @@ class FirestoreOperationStore(OperationStore):
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._on_snapshot, listener, version)
 
-        ref = self._ops.document(op_id)
+        ref = channel.client.collection(self.collection).document(op_id)
         opening = asyncio.ensure_future(self._call(lambda: ref.on_snapshot(on_snapshot)))
         try:
             listener.watch = await asyncio.shield(opening)
         except asyncio.CancelledError:
             # The waiter left while the listener opened: close it once it is open.
+            channel.listeners -= 1
             opening.add_done_callback(
                 lambda f: None if f.cancelled() or f.exception() else f.result().unsubscribe()
             )
+            raise
+        except BaseException:
+            channel.listeners -= 1
             raise
         self._listeners[name] = listener
         self.listeners_started += 1
@@ -572,12 +663,34 @@ class FirestoreOperationStore(OperationStore):
             return  # our own write, already announced by on_written
         self.hub.notify(listener.name)
 
+    async def _listen_channel(self) -> _ListenChannel:
+        """A listen client with room for one more listener."""
+        for channel in self._listen_channels:
+            if channel.listeners < self.listeners_per_client:
+                return channel
+        client = await self._call(
+            functools.partial(ListenClient, project=self.project, database=self.database)
+        )
+        for channel in self._listen_channels:  # another waiter may have made room meanwhile
+            if channel.listeners < self.listeners_per_client:
+                break
+        else:
+            channel = _ListenChannel(client)
+            self._listen_channels.append(channel)
+        return channel
+
+    @property
+    def listen_clients(self) -> int:
+        """How many listen clients (gRPC connections for listeners) exist."""
+        return len(self._listen_channels)
+
     def _stop_listener(self, listener: _Listener) -> None:
         if self._listeners.get(listener.name) is listener:
             del self._listeners[listener.name]
         watch, listener.watch = listener.watch, None
         if watch is None:
             return
+        listener.channel.listeners -= 1
         loop = asyncio.get_running_loop()
         stopping = loop.run_in_executor(self._pool, watch.unsubscribe)
         self._stopping.add(stopping)

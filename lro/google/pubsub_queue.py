@@ -306,7 +306,7 @@ class PubSubTaskQueue(TaskQueue):
             visibility_timeout=settings.visibility_timeout,
             max_deliveries=settings.max_deliveries,
             concurrency=concurrency,
-            pull=str(getattr(settings, "pubsub_pull", "streaming")),
+            pull=settings.pubsub_pull,
         )
 
     # ---- lifecycle ----
