@@ -3,12 +3,17 @@ settings name. The only place that knows every adapter."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 from lro.clock import Clock, SystemClock
+from lro.errors import Unavailable
 from lro.queue import TaskQueue
 from lro.settings import BackendSettings
 from lro.store import OperationStore
+
+log = logging.getLogger("longrun.backends")
 
 STORES = ("sqlite", "firestore")
 QUEUES = ("sqlite", "pubsub")
@@ -22,6 +27,24 @@ class Backends:
     async def start(self) -> None:
         await self.store.start()
         await self.queue.start()
+
+    async def start_patiently(self, stop: asyncio.Event | None = None) -> bool:
+        """`start`, retrying while a backend is unavailable (a process started
+        before its queue or store is up waits instead of crashing). False if
+        `stop` was set first."""
+        delay = 0.5
+        while True:
+            try:
+                await self.start()
+                return True
+            except Unavailable as exc:
+                log.warning("backend unavailable (%s); retrying in %.1fs", exc, delay)
+            try:
+                async with asyncio.timeout(delay):
+                    await (stop or asyncio.Event()).wait()
+                return False
+            except TimeoutError:
+                delay = min(delay * 2, 30.0)
 
     async def close(self) -> None:
         await self.queue.close()

@@ -291,9 +291,10 @@ def _tail(path: Path | None, lines: int = 20) -> str:
 # ---- starting and stopping ----
 
 
-def launch(spec: Spec, sdk: Path) -> Running:
+def launch(spec: Spec, sdk: Path, port: int | None = None) -> Running:
+    """Start one emulator (on `port`, or a free one); not yet ready."""
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log = STATE_DIR / f"{spec.kind}.{port}.log"
     env = dict(os.environ)
     env["JAVA_TOOL_OPTIONS"] = JAVA_TOOL_OPTIONS

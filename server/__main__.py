@@ -154,7 +154,13 @@ async def serve(
     registry = load_tasks(settings.task_modules)
     user_services = load_services(service_modules)
     backends = build_backends(backend_cfg)
-    await backends.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if not await backends.start_patiently(stop):
+        await backends.close()
+        return
     health_servicer = health.aio.HealthServicer()
     server, port, dispatcher = await create_server(
         store=backends.store,
@@ -192,10 +198,6 @@ async def serve(
         Path(http.port_file).write_text(str(http_port))  # noqa: ASYNC240
     if port_file:
         Path(port_file).write_text(str(port))  # noqa: ASYNC240
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping (grace %.1fs)", settings.grace)
     await health_servicer.enter_graceful_shutdown()

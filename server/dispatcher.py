@@ -37,6 +37,7 @@ class Dispatcher:
         retention: timedelta,
         sweep_interval: float,
         batch: int = 200,
+        publish_timeout: float = 5.0,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -45,7 +46,9 @@ class Dispatcher:
         self.retention = retention
         self.sweep_interval = sweep_interval
         self.batch = batch
+        self.publish_timeout = publish_timeout
         self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     def first_dispatch_due(self, created: datetime) -> datetime:
         """A new operation is stored as dispatched-by-then: the publish right
@@ -58,7 +61,8 @@ class Dispatcher:
         `dispatch_due_time` on. A failure is logged, not raised: the sweeper
         publishes it later."""
         try:
-            await self.queue.publish(TaskMessage(rec.name, rec.task, rec.attempt))
+            async with asyncio.timeout(self.publish_timeout):
+                await self.queue.publish(TaskMessage(rec.name, rec.task, rec.attempt))
             if not mark:
                 return
             await self.store.update(
@@ -69,8 +73,16 @@ class Dispatcher:
             )
         except NotFound:
             pass
-        except LongrunError as exc:
-            log.warning("dispatch of %s deferred to the sweeper: %s", rec.name, exc)
+        except (LongrunError, TimeoutError) as exc:
+            log.warning("dispatch of %s deferred to the sweeper: %r", rec.name, exc)
+
+    def dispatch_soon(self, rec: OperationRecord) -> None:
+        """`dispatch` (without the mark) in the background: a new operation is
+        already stored with its `dispatch_due_time`, so the caller need not
+        wait for the queue (nor stall when the queue is down)."""
+        task = asyncio.create_task(self.dispatch(rec, mark=False))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def sweep_once(self) -> int:
         """One pass; returns how many operations it acted on."""
@@ -105,6 +117,10 @@ class Dispatcher:
                 await asyncio.sleep(self.sweep_interval)
 
     async def stop(self) -> None:
+        """Stop sweeping; give background publishes a moment (the sweeper of
+        the next server covers any that do not make it)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=self.publish_timeout)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -43,7 +43,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         result = await self.store.create(rec)
         self.failpoints.hit("after_store")
         if result.created:
-            await self.dispatcher.dispatch(result.record, mark=False)
+            self.dispatcher.dispatch_soon(result.record)
         return result.record.to_operation()
 
     def new_record(self, request: jobs_pb2.CreateJobRequest) -> OperationRecord:

@@ -97,7 +97,13 @@ async def work(
 ) -> None:
     registry = load_tasks(modules)
     backends = build_backends(backend_cfg)
-    await backends.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    if not await backends.start_patiently(stopping):
+        await backends.close()
+        return
     worker = Worker(
         store=backends.store,
         queue=backends.queue,

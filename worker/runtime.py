@@ -31,7 +31,7 @@ from google.rpc import code_pb2
 
 from lro import transitions
 from lro.clock import Clock, SystemClock
-from lro.errors import LongrunError, NotFound
+from lro.errors import LongrunError, NotFound, Unavailable
 from lro.failpoints import Failpoints
 from lro.model import OperationRecord, State
 from lro.packing import error_status, pack_result, struct_to_dict
@@ -87,6 +87,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Delivery] = {}
         self._slots = asyncio.Semaphore(self.settings.concurrency)
+        self._outage = 0.0
         self.completed = 0
 
     @property
@@ -110,9 +111,7 @@ class Worker:
                 free = await self._acquire_slots()
                 if free == 0:  # stop() while every slot was busy
                     break
-                receive = asyncio.ensure_future(
-                    self.queue.receive(free, self.settings.receive_timeout)
-                )
+                receive = asyncio.ensure_future(self._receive(free))
                 stop = asyncio.ensure_future(self._stopping.wait())
                 done, _ = await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
                 stop.cancel()
@@ -134,6 +133,25 @@ class Worker:
         finally:
             await self._drain()
             log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
+
+    async def _receive(self, max_messages: int) -> list[Delivery]:
+        """Receive, riding out a queue outage with capped exponential backoff."""
+        try:
+            deliveries = await self.queue.receive(max_messages, self.settings.receive_timeout)
+        except Unavailable as exc:
+            self._outage = min(max(self._outage * 2, 0.5), 30.0)
+            log.warning(
+                "queue unavailable (%s); retrying in %.1fs",
+                exc,
+                self._outage,
+                extra={"action": "receive_failed"},
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._outage):
+                    await self._stopping.wait()
+            return []
+        self._outage = 0.0
+        return deliveries
 
     async def _acquire_slots(self) -> int:
         """Wait for at least one free slot (0 if `stop()` comes first), then take

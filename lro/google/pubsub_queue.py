@@ -398,7 +398,15 @@ class PubSubTaskQueue(TaskQueue):
     # ---- publishing ----
 
     async def publish(self, message: TaskMessage) -> None:
-        await self._publish(self.topic_path, message.operation.encode(), _attributes(message))
+        data, attributes = message.operation.encode(), _attributes(message)
+        try:
+            await self._publish(self.topic_path, data, attributes)
+        except Unavailable as exc:
+            if not _is_not_found(exc):
+                raise
+            # The topic is gone (an emptied emulator, a deleted topic): make it again.
+            await self.start()
+            await self._publish(self.topic_path, data, attributes)
 
     async def _publish(self, topic: str, data: bytes, attributes: dict[str, str]) -> None:
         if self._closing:
@@ -471,6 +479,16 @@ class PubSubTaskQueue(TaskQueue):
                 self._buffer.put_nowait(None)
 
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
+        try:
+            return await self._receive(max_messages, timeout)
+        except Unavailable as exc:
+            if _is_not_found(exc) and not self._closing:
+                # The subscription is gone: make it again; the caller retries.
+                with contextlib.suppress(Unavailable):
+                    await self.start()
+            raise
+
+    async def _receive(self, max_messages: int, timeout: float) -> list[Delivery]:
         if self.pull == "unary":
             return await self._receive_unary(max_messages, timeout)
         buffer = self._ensure_stream(max_messages)
@@ -709,3 +727,14 @@ class PubSubTaskQueue(TaskQueue):
                 break
         ordered = sorted(seen.values(), key=lambda v: v[0])
         return [(task, reason) for _, task, reason in ordered][:limit]
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    """Whether a failure comes from a missing topic or subscription."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, gexc.NotFound):
+            return True
+        cause = getattr(seen, "cause", None)  # RetryError keeps the last error here
+        seen = seen.__cause__ or (cause if isinstance(cause, BaseException) else None)
+    return False
