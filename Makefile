@@ -58,7 +58,11 @@ lint: install ## ruff
 typecheck: install ## mypy
 	$(VENV)/bin/mypy
 
-bench: install ## benchmarks with baselines (not part of make test)
+bench: install ## benchmarks with baselines (not part of make test; needs redis-server and h2load)
+	@command -v redis-server >/dev/null && command -v h2load >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq redis-server nghttp2-client) || \
+		echo "install redis-server and nghttp2-client for the Celery and h2load baselines"
+	$(PY) -m pip install -q -r bench/requirements.txt
 	$(PY) -m bench
 
 chaos: install ## bounded fault run: kill workers and the server while jobs flow

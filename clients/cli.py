@@ -13,6 +13,7 @@ interrupted (Ctrl-C: the operation goes on).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -411,7 +412,14 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main() -> NoReturn:
-    sys.exit(run())
+    code = run()
+    if code == EXIT_INTERRUPTED:
+        # Leave at once: an interrupted grpc call can keep interpreter shutdown
+        # waiting on its threads, and there is nothing to clean up here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

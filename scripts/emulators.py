@@ -377,7 +377,15 @@ def _group_alive(pgid: int) -> bool:
 
 
 def stop(em: Running) -> None:
-    """SIGTERM the emulator's process group, SIGKILL it after STOP_GRACE seconds."""
+    """SIGTERM the emulator's process group, SIGKILL it after STOP_GRACE seconds,
+    and reap the launcher."""
+    _stop_group(em)
+    if em.proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            em.proc.wait(timeout=10)
+
+
+def _stop_group(em: Running) -> None:
     if em.pgid is None:
         return
     pgid = em.pgid

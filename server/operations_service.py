@@ -17,6 +17,7 @@ from lro.filtering import Filter, parse_filter
 from lro.names import COLLECTION, parse_operation_name
 from lro.store import OperationStore, PageTokens
 from server.status import rpc_errors
+from server.views import OperationViews
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -37,13 +38,14 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         self.tokens = tokens
         self.retention = retention
         self.max_wait = max_wait
+        self.views = OperationViews()
 
     @rpc_errors
     async def GetOperation(
         self, request: operations_pb2.GetOperationRequest, context: grpc.aio.ServicerContext
     ) -> operations_pb2.Operation:
         parse_operation_name(request.name)
-        return (await self.store.get(request.name)).to_operation()
+        return self.views.of(await self.store.get(request.name))
 
     @rpc_errors
     async def ListOperations(
@@ -71,7 +73,7 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         after = self.tokens.decode(request.page_token, binding) if request.page_token else None
         page = await self.store.list(page_size=page_size, after=after, flt=flt)
         response = operations_pb2.ListOperationsResponse(
-            operations=[rec.to_operation() for rec in page.records]
+            operations=[self.views.of(rec) for rec in page.records]
         )
         if page.next_cursor is not None:
             response.next_page_token = self.tokens.encode(page.next_cursor, binding)
@@ -124,7 +126,7 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
                     break
                 if await watch.changed(left):
                     rec = await self.store.get(request.name)
-        return rec.to_operation()
+        return self.views.of(rec)
 
 
 def parse_list_filter(text: str) -> Filter | None:

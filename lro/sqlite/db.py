@@ -81,6 +81,7 @@ class Database:
         self.path = Path(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,12 +110,32 @@ class Database:
         """Run `fn(connection)` on the database thread."""
         return await self.run(lambda: fn(self._connection()))
 
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a short read on the loop thread, on a read-only connection of its
+        own (cheaper than the hop to the database thread); if the file is busy,
+        fall back to the database thread. `fn` must consume its cursor (an
+        unconsumed one pins an old snapshot on that connection)."""
+        if self._conn is None:
+            raise RuntimeError("database not started")
+        if self._reader is None:
+            self._reader = sqlite3.connect(self.path, isolation_level=None, timeout=0.05)
+            self._reader.execute("PRAGMA query_only=1")
+        try:
+            return fn(self._reader)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            return await self.call(fn)
+
     async def data_version(self) -> int:
         """Changes whenever another connection commits (cheap; no table read)."""
         row = await self.call(lambda c: c.execute("PRAGMA data_version").fetchone())
         return int(row[0])
 
     async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         conn, self._conn = self._conn, None
         if conn is not None:
             await self.run(conn.close)

@@ -1,10 +1,16 @@
 """Change notification between processes sharing one SQLite file.
 
-Each listening process binds a Unix datagram socket in `<db>.notify/`; a
-writer, after its commit, sends a short datagram to every socket there. This
-is a wake-up hint, not a log: a datagram may be dropped (full buffer, process
-starting), so listeners also run a slow safety-net check of SQLite's
-`data_version` and wake everyone when another process committed unseen.
+Each listening process binds a Unix datagram socket in a directory named by
+the database file (see `backend.notify_directory`); a writer, after its
+commit, sends a short datagram to every socket there.
+
+This is a wake-up hint, not a log. Writes of one loop iteration go out
+together, payloads joined by newlines in as few datagrams as fit. A listener
+whose queue is full (Linux holds only `net.unix.max_dgram_qlen`, 10 by
+default, datagrams per socket) gets its datagrams again from a retry timer
+(1 ms, doubling to 50 ms) until they fit, so a busy listener hears late but
+hears. Only a listener that is gone loses them; listeners also run a slow
+safety-net check of SQLite's `data_version` for anything else.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], None]
 MAX_DATAGRAM = 1024
+RETRY_MIN = 0.001
+RETRY_MAX = 0.05
 
 
 class Notifier:
@@ -32,6 +40,13 @@ class Notifier:
         self._handlers: list[Handler] = []
         self._send_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._send_sock.setblocking(False)
+        #: Payloads sent during this loop iteration, flushed at its end.
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
+        #: Socket path -> datagrams its full queue could not take yet.
+        self._pending: dict[str, list[bytes]] = {}
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_delay = RETRY_MIN
 
     def add_handler(self, handler: Handler) -> None:
         self._handlers.append(handler)
@@ -57,11 +72,28 @@ class Notifier:
                 data = self._sock.recv(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
-            for handler in self._handlers:
-                handler(data)
+            for part in data.split(b"\n"):
+                if part:
+                    for handler in self._handlers:
+                        handler(part)
 
     def send(self, payload: bytes) -> None:
-        """Send `payload` to every other listener; never blocks, never raises."""
+        """Send `payload` (no newline in it) to every other listener at the end
+        of this loop iteration; never blocks, never raises."""
+        self._outbox.append(payload)
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop: nobody to flush for
+            self._outbox.clear()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        datagrams, self._outbox = _pack(self._outbox), []
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
@@ -70,17 +102,49 @@ class Notifier:
         for name in names:
             if name == own or not name.endswith(".sock"):
                 continue
-            target = self.directory / name
+            target = str(self.directory / name)
+            if target in self._pending:  # keep the order: queue behind the waiting ones
+                self._pending[target] += datagrams
+            else:
+                self._send_all(target, datagrams)
+        self._schedule_retry()
+
+    def _send_all(self, target: str, datagrams: list[bytes]) -> None:
+        for i, datagram in enumerate(datagrams):
             try:
-                self._send_sock.sendto(payload, str(target))
+                self._send_sock.sendto(datagram, target)
+            except BlockingIOError:  # its queue is full: try again from the timer
+                self._pending[target] = datagrams[i:]
+                return
             except (ConnectionRefusedError, FileNotFoundError):
                 # Nobody bound there any more: a listener that died without cleanup.
                 with contextlib.suppress(OSError):
-                    target.unlink()
-            except OSError as exc:  # full buffer and the like: the safety net covers it
+                    os.unlink(target)
+                return
+            except OSError as exc:  # anything else: the safety net covers it
                 log.debug("notify to %s dropped: %s", target, exc)
 
+    def _schedule_retry(self) -> None:
+        if self._pending and self._retry is None and self._sock_alive():
+            loop = asyncio.get_running_loop()
+            self._retry = loop.call_later(self._retry_delay, self._send_pending)
+
+    def _sock_alive(self) -> bool:
+        return self._send_sock.fileno() != -1
+
+    def _send_pending(self) -> None:
+        self._retry = None
+        pending, self._pending = self._pending, {}
+        for target, datagrams in pending.items():
+            self._send_all(target, _pack([p for d in datagrams for p in d.split(b"\n")]))
+        more = bool(self._pending)
+        self._retry_delay = min(self._retry_delay * 2, RETRY_MAX) if more else RETRY_MIN
+        self._schedule_retry()
+
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._sock is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._sock.fileno())
@@ -91,3 +155,17 @@ class Notifier:
                 self._path.unlink()
             self._path = None
         self._send_sock.close()
+
+
+def _pack(payloads: list[bytes]) -> list[bytes]:
+    """Distinct payloads joined by newlines into datagrams of at most MAX_DATAGRAM bytes."""
+    out: list[bytes] = []
+    batch = b""
+    for payload in dict.fromkeys(payloads):
+        if batch and len(batch) + 1 + len(payload) > MAX_DATAGRAM:
+            out.append(batch)
+            batch = b""
+        batch = batch + b"\n" + payload if batch else payload
+    if batch:
+        out.append(batch)
+    return out

@@ -70,6 +70,12 @@ def _move_to_dead(
     conn.execute(f"DELETE FROM tasks WHERE seq = ? AND {guard}", args)
 
 
+def _next_visible(conn: sqlite3.Connection) -> int | None:
+    """When the first task becomes visible (microseconds), None if there is none."""
+    row = conn.execute("SELECT MIN(visible_us) FROM tasks").fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 class SqliteTaskQueue(TaskQueue):
     def __init__(
         self,
@@ -144,9 +150,15 @@ class SqliteTaskQueue(TaskQueue):
         assert self._wakeup is not None, "queue not started"
         while True:
             self._wakeup.clear()
-            taken, next_visible = await self.backend.db.call(
-                lambda c: transaction(c, lambda c: self._take(c, max_messages))
-            )
+            # A plain read first: every publish wakes every worker, and only one
+            # of them should go on to take the write lock.
+            next_visible = await self.backend.db.read(_next_visible)
+            now_us = to_micros(self.clock.now())
+            taken: list[tuple] = []  # type: ignore[type-arg]
+            if next_visible is not None and next_visible <= now_us:
+                taken, next_visible = await self.backend.db.call(
+                    lambda c: transaction(c, lambda c: self._take(c, max_messages))
+                )
             if taken:
                 return [
                     SqliteDelivery(self, seq, token, TaskMessage(op, task, att), n)

@@ -104,7 +104,7 @@ class SqliteOperationStore(OperationStore):
         self.backend.operation_written(name)
 
     async def _read(self, op_id: str) -> OperationRecord | None:
-        row = await self.backend.db.call(
+        row = await self.backend.db.read(
             lambda c: c.execute(f"{_SELECT} WHERE id = ?", (op_id,)).fetchone()
         )
         return None if row is None else from_row(row)
@@ -167,9 +167,9 @@ class SqliteOperationStore(OperationStore):
             clauses = list(where)
             args = list(params)
             if cursor is not None:
-                clauses.append("(create_us < ? OR (create_us = ? AND id < ?))")
-                us = to_micros(cursor.create_time)
-                args.extend([us, us, cursor.id])
+                # A row value, so SQLite seeks operations_order instead of scanning it.
+                clauses.append("(create_us, id) < (?, ?)")
+                args.extend([to_micros(cursor.create_time), cursor.id])
             query = (
                 _SELECT
                 + (" WHERE " + " AND ".join(clauses) if clauses else "")
@@ -189,7 +189,7 @@ class SqliteOperationStore(OperationStore):
             cursor = Cursor.after(scanned[-1])
 
     async def _fetch(self, query: str, args: Sequence[object]) -> Sequence[tuple[Any, ...]]:
-        rows: Sequence[tuple[Any, ...]] = await self.backend.db.call(
+        rows: Sequence[tuple[Any, ...]] = await self.backend.db.read(
             lambda c: c.execute(query, args).fetchall()
         )
         return rows
