@@ -24,7 +24,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -174,6 +174,38 @@ class OperationStore(abc.ABC):
 
     async def close(self) -> None:
         """Release connections and watches."""
+
+
+#: Fetches up to `limit` records in list order, starting after the cursor.
+BatchFetch = Callable[[Cursor | None, int], Awaitable[Sequence[OperationRecord]]]
+
+
+async def scan_page(
+    fetch: BatchFetch,
+    *,
+    page_size: int,
+    after: Cursor | None,
+    flt: RecordFilter | None,
+    exact: bool,
+) -> ListPage:
+    """One page of a list whose query pushes down all (`exact`) or part of
+    `flt`: fetch in batches, keep what `flt.matches`, and end the page at the
+    last record kept, so records the filter dropped never shift the next page."""
+    batch = page_size if exact else max(page_size * 2, 100)
+    records: list[OperationRecord] = []
+    cursor = after
+    while True:
+        fetched = await fetch(cursor, batch + 1)
+        scanned = fetched[:batch]
+        for rec in scanned:
+            if exact or (flt is not None and flt.matches(rec)):
+                records.append(rec)
+                if len(records) == page_size:
+                    more = rec is not scanned[-1] or len(fetched) > batch
+                    return ListPage(records, Cursor.after(rec) if more else None)
+        if len(fetched) <= batch:
+            return ListPage(records, None)
+        cursor = Cursor.after(scanned[-1])
 
 
 def _id_of(name: str) -> str:

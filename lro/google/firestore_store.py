@@ -108,6 +108,7 @@ from lro.store import (
     OperationStore,
     RecordFilter,
     check_duplicate,
+    scan_page,
 )
 from lro.watch import WatchHub
 
@@ -527,25 +528,15 @@ class FirestoreOperationStore(OperationStore):
                 exact = bool(pushdown.exact)
             else:
                 exact = False
-        batch = page_size if exact else max(page_size * 2, 100)
-        records: list[OperationRecord] = []
-        cursor = after
-        while True:
+
+        async def fetch(cursor: Cursor | None, limit: int) -> builtins.list[OperationRecord]:
             q = query
             if cursor is not None:
                 q = q.start_after({"create_time": cursor.create_time, "__name__": cursor.id})
-            q = q.limit(batch + 1)
-            snaps = await self._call(functools.partial(_fetch, q))
-            scanned = [from_document(s.to_dict()) for s in snaps[:batch]]
-            for rec in scanned:
-                if exact or (flt is not None and flt.matches(rec)):
-                    records.append(rec)
-                    if len(records) == page_size:
-                        more = rec is not scanned[-1] or len(snaps) > batch
-                        return ListPage(records, Cursor.after(rec) if more else None)
-            if len(snaps) <= batch:
-                return ListPage(records, None)
-            cursor = Cursor.after(scanned[-1])
+            snaps = await self._call(functools.partial(_fetch, q.limit(limit)))
+            return [from_document(s.to_dict()) for s in snaps]
+
+        return await scan_page(fetch, page_size=page_size, after=after, flt=flt, exact=exact)
 
     async def due_for_dispatch(self, now: datetime, limit: int) -> builtins.list[OperationRecord]:
         if limit <= 0:

@@ -23,6 +23,7 @@ from lro.store import (
     OperationStore,
     RecordFilter,
     check_duplicate,
+    scan_page,
 )
 from lro.watch import WatchHub
 
@@ -160,10 +161,8 @@ class SqliteOperationStore(OperationStore):
                 exact = bool(sql.exact)
             else:
                 exact = False
-        batch = page_size if exact else max(page_size * 2, 100)
-        records: list[OperationRecord] = []
-        cursor = after
-        while True:
+
+        async def fetch(cursor: Cursor | None, limit: int) -> Sequence[OperationRecord]:
             clauses = list(where)
             args = list(params)
             if cursor is not None:
@@ -175,18 +174,10 @@ class SqliteOperationStore(OperationStore):
                 + (" WHERE " + " AND ".join(clauses) if clauses else "")
                 + " ORDER BY create_us DESC, id DESC LIMIT ?"
             )
-            args.append(batch + 1)
-            rows = await self._fetch(query, args)
-            scanned = [from_row(r) for r in rows[:batch]]
-            for rec in scanned:
-                if exact or (flt is not None and flt.matches(rec)):
-                    records.append(rec)
-                    if len(records) == page_size:
-                        more = rec is not scanned[-1] or len(rows) > batch
-                        return ListPage(records, Cursor.after(rec) if more else None)
-            if len(rows) <= batch:
-                return ListPage(records, None)
-            cursor = Cursor.after(scanned[-1])
+            args.append(limit)
+            return [from_row(r) for r in await self._fetch(query, args)]
+
+        return await scan_page(fetch, page_size=page_size, after=after, flt=flt, exact=exact)
 
     async def _fetch(self, query: str, args: Sequence[object]) -> Sequence[tuple[Any, ...]]:
         rows: Sequence[tuple[Any, ...]] = await self.backend.db.read(
