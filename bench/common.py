@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -115,33 +114,9 @@ class BenchService(Service):
     """The acceptance harness's `Service` with production defaults: no short
     sweep interval, lease or heartbeat (the harness shortens them for tests)."""
 
-    def start_server(  # type: ignore[override]
-        self, *args: str, extra_env: Mapping[str, str] | None = None
-    ) -> None:
-        port_file = self.workdir / f"port-{uuid.uuid4().hex[:6]}"
-        self.server = self._spawn(
-            ["-m", "server", "--address", "127.0.0.1:0", "--port-file", str(port_file), *args],
-            "server.log",
-            extra_env,
-        )
-        wait_for(
-            lambda: (
-                (port_file.exists() and port_file.read_text() != "")
-                or (self.server is not None and self.server.poll() is not None)
-            ),
-            90,
-            "the server to listen",
-        )
-        if self.server.poll() is not None:
-            raise RuntimeError(f"server exited:\n{self.logs()}")
-        self.port = int(port_file.read_text())
-
-    def start_worker(
-        self, *args: str, extra_env: Mapping[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        proc = self._spawn(["-m", "worker", *args], f"worker-{len(self.workers)}.log", extra_env)
-        self.workers.append(proc)
-        return proc
+    server_flags = ()
+    worker_flags = ()
+    listen_timeout = 90
 
     def stop_workers(self) -> None:
         for proc in self.workers:

@@ -82,7 +82,10 @@ def rest(
         # The server writes the HTTP port file before the gRPC one, which
         # start_server waits for.
         svc.start_server(
-            {"LONGRUN_HTTP_ADDRESS": "127.0.0.1:0", "LONGRUN_HTTP_PORT_FILE": str(port_file)}
+            extra_env={
+                "LONGRUN_HTTP_ADDRESS": "127.0.0.1:0",
+                "LONGRUN_HTTP_PORT_FILE": str(port_file),
+            }
         )
         svc.start_worker()
         yield Rest(svc, f"http://127.0.0.1:{int(port_file.read_text())}")
