@@ -4,6 +4,14 @@ Each listening process binds a Unix datagram socket in a directory named by
 the database file (see `backend.notify_directory`); a writer, after its
 commit, sends a short datagram to every socket there.
 
+Listeners find each other without touching the file system per write: a
+new listener binds, lists the directory, and greets every socket it found
+(a `HELLO` datagram with its own name); the others add it to the listeners
+they send to. Whichever of two listeners binds later sees the earlier one in
+its listing, and the earlier one gets its greeting, so every pair knows of
+each other. Dead listeners are dropped when a send finds nobody bound, and
+the directory is listed again every `RELIST` seconds in case a greeting was lost.
+
 This is a wake-up hint, not a log. Writes of one loop iteration go out
 together, payloads joined by newlines in as few datagrams as fit. A listener
 whose queue is full (Linux holds only `net.unix.max_dgram_qlen`, 10 by
@@ -20,6 +28,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +39,11 @@ Handler = Callable[[bytes], None]
 MAX_DATAGRAM = 1024
 RETRY_MIN = 0.001
 RETRY_MAX = 0.05
+#: How often the directory is listed again (greetings make it rarely needed).
+RELIST = 2.0
+#: A notifier-internal payload: "a listener bound at <name>" (never newline-free
+#: payloads of the backend start with it: they start with a letter).
+HELLO = b"\x00hello:"
 
 
 class Notifier:
@@ -47,6 +61,9 @@ class Notifier:
         self._pending: dict[str, list[bytes]] = {}
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = RETRY_MIN
+        #: The other listeners' socket paths, and when the directory was last listed.
+        self._targets: set[str] = set()
+        self._listed_at: float | None = None
 
     def add_handler(self, handler: Handler) -> None:
         self._handlers.append(handler)
@@ -64,6 +81,11 @@ class Notifier:
         sock.setblocking(False)
         self._sock, self._path = sock, path
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
+        self._relist()
+        hello = HELLO + path.name.encode()
+        for target in list(self._targets):
+            self._send_all(target, [hello])
+        self._schedule_retry()
 
     def _on_readable(self) -> None:
         assert self._sock is not None
@@ -73,9 +95,16 @@ class Notifier:
             except (BlockingIOError, InterruptedError):
                 return
             for part in data.split(b"\n"):
-                if part:
+                if part.startswith(HELLO):
+                    self._greeted(part[len(HELLO) :])
+                elif part:
                     for handler in self._handlers:
                         handler(part)
+
+    def _greeted(self, name: bytes) -> None:
+        text = name.decode(errors="replace")
+        if text.endswith(".sock") and "/" not in text:
+            self._targets.add(str(self.directory / text))
 
     def send(self, payload: bytes) -> None:
         """Send `payload` (no newline in it) to every other listener at the end
@@ -94,20 +123,26 @@ class Notifier:
     def _flush(self) -> None:
         self._flush_scheduled = False
         datagrams, self._outbox = _pack(self._outbox), []
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return
-        own = self._path.name if self._path is not None else None
-        for name in names:
-            if name == own or not name.endswith(".sock"):
-                continue
-            target = str(self.directory / name)
+        if self._listed_at is None or time.monotonic() - self._listed_at > RELIST:
+            self._relist()
+        for target in list(self._targets):
             if target in self._pending:  # keep the order: queue behind the waiting ones
                 self._pending[target] += datagrams
             else:
                 self._send_all(target, datagrams)
         self._schedule_retry()
+
+    def _relist(self) -> None:
+        """Read the other listeners from the directory."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            names = []
+        own = self._path.name if self._path is not None else None
+        self._targets = {
+            str(self.directory / name) for name in names if name != own and name.endswith(".sock")
+        }
+        self._listed_at = time.monotonic()
 
     def _send_all(self, target: str, datagrams: list[bytes]) -> None:
         for i, datagram in enumerate(datagrams):
@@ -118,6 +153,7 @@ class Notifier:
                 return
             except (ConnectionRefusedError, FileNotFoundError):
                 # Nobody bound there any more: a listener that died without cleanup.
+                self._targets.discard(target)
                 with contextlib.suppress(OSError):
                     os.unlink(target)
                 return
