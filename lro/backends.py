@@ -87,4 +87,10 @@ def build_backends(settings: BackendSettings, clock: Clock | None = None) -> Bac
         from lro.google.pubsub_queue import PubSubTaskQueue
 
         queue = PubSubTaskQueue.from_settings(settings)
+    if settings.store == settings.queue == "sqlite":
+        from lro.sqlite.queue import SqliteTaskQueue
+        from lro.sqlite.store import SqliteOperationStore
+
+        assert isinstance(queue, SqliteTaskQueue) and isinstance(store, SqliteOperationStore)
+        queue.attach(store)  # one file: they share transactions
     return Backends(store, queue)

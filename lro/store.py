@@ -26,13 +26,13 @@ import hmac
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from lro.clock import from_micros, to_micros
 from lro.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
-from lro.model import OperationRecord
+from lro.model import OperationRecord, evolve
 from lro.names import operation_name
 from lro.watch import WatchHub
 
@@ -68,6 +68,10 @@ class CreateResult:
     record: OperationRecord
     #: False when `request_id` matched an existing operation, which is returned.
     created: bool
+    #: True when the store also enqueued the operation's task message in the
+    #: same write (a store whose queue shares its transactions); the caller
+    #: publishes it otherwise.
+    enqueued: bool = False
 
 
 class Watch(Protocol):
@@ -90,7 +94,7 @@ class OperationStore(abc.ABC):
         with that request id exists, return it instead (created=False); two
         racing creates with one request id store exactly one operation. An
         existing id raises AlreadyExists."""
-        return await self._insert(replace(rec, version=1))
+        return await self._insert(evolve(rec, version=1))
 
     async def get(self, name: str) -> OperationRecord:
         """The current record; NotFound if it does not exist (or was deleted)."""
@@ -113,8 +117,8 @@ class OperationStore(abc.ABC):
             new = transition(current)
             if new is None or new == current:
                 return current
-            new = replace(new, version=current.version + 1)
-            if await self._replace_if_version(new, current.version):
+            new = evolve(new, version=current.version + 1)
+            if await self._replace_if_version(new, current.version, previous=current):
                 await self.on_written(name)
                 return new
             await asyncio.sleep(0)
@@ -143,8 +147,16 @@ class OperationStore(abc.ABC):
     async def _insert(self, rec: OperationRecord) -> CreateResult: ...
 
     @abc.abstractmethod
-    async def _replace_if_version(self, rec: OperationRecord, expected_version: int) -> bool:
-        """Write `rec` only if the stored version is `expected_version`."""
+    async def _replace_if_version(
+        self,
+        rec: OperationRecord,
+        expected_version: int,
+        *,
+        previous: OperationRecord | None = None,
+    ) -> bool:
+        """Write `rec` only if the stored version is `expected_version`.
+        `previous`, when given, is the stored record `rec` was made from (an
+        adapter may then write only the fields that changed)."""
 
     @abc.abstractmethod
     async def _delete(self, op_id: str) -> bool: ...

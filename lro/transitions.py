@@ -15,12 +15,11 @@ can never overwrite a newer attempt's outcome.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from google.rpc import code_pb2, status_pb2
 
-from lro.model import OperationRecord, State
+from lro.model import OperationRecord, State, evolve
 
 
 class Rejected(Exception):
@@ -70,7 +69,7 @@ def _finished(
     error: bytes | None = None,
 ) -> OperationRecord:
     assert state.done and (response is None) != (error is None)
-    return replace(
+    return evolve(
         rec,
         state=state,
         response=response,
@@ -114,7 +113,7 @@ def expire_lease(rec: OperationRecord, now: datetime, retention: timedelta) -> O
         return _finished(
             rec, State.FAILED, now, retention, error=status_bytes(code_pb2.ABORTED, message)
         )
-    return replace(
+    return evolve(
         rec,
         state=State.QUEUED,
         lease_owner=None,
@@ -142,7 +141,7 @@ def claim(
         raise AlreadyDone(rec.name, rec)
     if rec.run_after is not None and rec.run_after > now:
         raise NotDue(rec.run_after)
-    return replace(
+    return evolve(
         rec,
         state=State.RUNNING,
         attempt=rec.attempt + 1,
@@ -175,7 +174,7 @@ def renew(
     changes: dict[str, object] = {"lease_expire_time": now + lease, "update_time": now}
     if progress is not None:
         changes["progress_percent"], changes["progress_message"] = progress
-    return replace(rec, **changes)  # type: ignore[arg-type]
+    return evolve(rec, **changes)  # type: ignore[arg-type]
 
 
 def finish(
@@ -193,7 +192,7 @@ def finish(
     _check_fence(rec, worker, attempt)
     if response is not None:
         return _finished(
-            replace(rec, progress_percent=100), State.SUCCEEDED, now, retention, response=response
+            evolve(rec, progress_percent=100), State.SUCCEEDED, now, retention, response=response
         )
     assert error is not None
     code = status_pb2.Status.FromString(error).code
@@ -213,7 +212,7 @@ def retry(
     """A transient failure with attempts left: back to QUEUED, due after `delay`.
     The error is kept (not shown while not done) for the final outcome."""
     _check_fence(rec, worker, attempt)
-    return replace(
+    return evolve(
         rec,
         state=State.QUEUED,
         error=error,
@@ -228,7 +227,7 @@ def retry(
 def release(rec: OperationRecord, *, worker: str, attempt: int, now: datetime) -> OperationRecord:
     """Graceful shutdown: give the operation back so another worker takes it at once."""
     _check_fence(rec, worker, attempt)
-    return replace(
+    return evolve(
         rec,
         state=State.QUEUED,
         lease_owner=None,
@@ -247,13 +246,13 @@ def request_cancel(
         return None
     if rec.state is State.QUEUED:
         return _finished(
-            replace(rec, cancel_requested=True),
+            evolve(rec, cancel_requested=True),
             State.CANCELLED,
             now,
             retention,
             error=cancelled_error(rec.attempt, running=False),
         )
-    return replace(rec, cancel_requested=True, update_time=now)
+    return evolve(rec, cancel_requested=True, update_time=now)
 
 
 def mark_dispatched(
@@ -264,4 +263,4 @@ def mark_dispatched(
     if rec.state is not State.QUEUED:
         return None
     start = max(now, rec.run_after) if rec.run_after is not None else now
-    return replace(rec, dispatch_due_time=start + redispatch_after)
+    return evolve(rec, dispatch_due_time=start + redispatch_after)

@@ -42,7 +42,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         rec = self.new_record(request)
         result = await self.store.create(rec)
         self.failpoints.hit("after_store")
-        if result.created:
+        if result.created and not result.enqueued:
             self.dispatcher.dispatch_soon(result.record)
         return result.record.to_operation()
 

@@ -222,15 +222,15 @@ class PushDelivery(Delivery):
         self._nack_status = nack_status
         self.outcome: Outcome | None = None
 
-    def settle(self, outcome: Outcome) -> None:
+    def answer(self, outcome: Outcome) -> None:
         if self.outcome is None:  # the first answer counts
             self.outcome = outcome
 
     async def ack(self) -> None:
-        self.settle(Outcome(204, "acked"))
+        self.answer(Outcome(204, "acked"))
 
     async def nack(self, delay: float = 0.0) -> None:
-        self.settle(Outcome(self._nack_status, "redeliver later", retry_after=delay))
+        self.answer(Outcome(self._nack_status, "redeliver later", retry_after=delay))
 
     async def extend(self, seconds: float) -> None:
         """Nothing to do: the push request holds the message until the
@@ -246,7 +246,7 @@ class PushDelivery(Delivery):
             delivery_attempt=str(self.delivery_attempt),
         )
         await _dead_letter(self._dead_letters, self.pushed, attrs)
-        self.settle(Outcome(204, "dead-lettered"))
+        self.answer(Outcome(204, "dead-lettered"))
 
 
 async def _dead_letter(
@@ -435,7 +435,7 @@ class PushEndpoint:
             await self.worker.handle(delivery)
         except asyncio.CancelledError:
             # Shutdown past its grace: the worker released the lease and nacked.
-            delivery.settle(Outcome(self.settings.nack_status, "shutting down"))
+            delivery.answer(Outcome(self.settings.nack_status, "shutting down"))
             raise
         except Exception:
             log.exception(
@@ -443,7 +443,7 @@ class PushEndpoint:
                 delivery.message.operation,
                 extra={"action": "handle", "operation": delivery.message.operation},
             )
-            delivery.settle(Outcome(self.settings.nack_status, "failed; redeliver"))
+            delivery.answer(Outcome(self.settings.nack_status, "failed; redeliver"))
         if delivery.outcome is None:
             log.error(
                 "no outcome for %s; answering %d",

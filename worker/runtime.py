@@ -4,6 +4,9 @@ their handlers, and records the outcome with fenced writes.
 Per delivery (at-least-once; every step is safe to repeat):
 1. claim: QUEUED -> RUNNING (attempt + 1, lease). Already done or deleted ->
    ack; held by a live lease or not yet due -> nack with a delay (deferred).
+   A queue sharing the store's transactions claims while it hands out the
+   message (`TaskQueue.receive(claim=...)`), and step 3's write and ack are
+   then one transaction too (`Delivery.settle`).
 2. run the handler while a heartbeat renews the lease and the queue lease,
    and a watch on the operation turns a cancel request into the context's
    cancellation signal.
@@ -137,7 +140,9 @@ class Worker:
     async def _receive(self, max_messages: int) -> list[Delivery]:
         """Receive, riding out a queue outage with capped exponential backoff."""
         try:
-            deliveries = await self.queue.receive(max_messages, self.settings.receive_timeout)
+            deliveries = await self.queue.receive(
+                max_messages, self.settings.receive_timeout, claim=self._claim_transition
+            )
         except Unavailable as exc:
             self._outage = min(max(self._outage * 2, 0.5), 30.0)
             log.warning(
@@ -200,16 +205,13 @@ class Worker:
         except LongrunError:
             spec = None
         try:
-            rec = await self.store.update(
-                name,
-                lambda r: transitions.claim(
-                    r,
-                    worker=self.id,
-                    now=self.clock.now(),
-                    lease=self.lease,
-                    retention=self.retention,
-                ),
-            )
+            claimed = delivery.claimed
+            if claimed is None:
+                rec = await self.store.update(name, self._claim_transition)
+            elif isinstance(claimed, Exception):
+                raise claimed
+            else:
+                rec = claimed
         except NotFound:
             await delivery.ack()
             return
@@ -238,6 +240,11 @@ class Worker:
             await self._finish(delivery, rec, error=err)
             return
         await self._run(delivery, rec, spec)
+
+    def _claim_transition(self, rec: OperationRecord) -> OperationRecord:
+        return transitions.claim(
+            rec, worker=self.id, now=self.clock.now(), lease=self.lease, retention=self.retention
+        )
 
     async def _run(self, delivery: Delivery, rec: OperationRecord, spec: TaskSpec) -> None:
         ctx = RunContext(
@@ -367,7 +374,8 @@ class Worker:
         error: bytes | None = None,
     ) -> None:
         try:
-            final = await self.store.update(
+            final = await delivery.settle(
+                self.store,
                 rec.name,
                 lambda r: transitions.finish(
                     r,
@@ -378,6 +386,8 @@ class Worker:
                     response=response,
                     error=error,
                 ),
+                dead_letter_if=_exhausted,
+                between=lambda: self.failpoints.hit("before_ack"),
             )
         except (transitions.Rejected, NotFound) as exc:
             log.info(
@@ -395,14 +405,13 @@ class Worker:
             final.state.name,
             extra={"action": "finish", "operation": final.name, "attempt": final.attempt},
         )
-        self.failpoints.hit("before_ack")
-        await self._ack_or_dead_letter(delivery, final)
 
     async def _ack_or_dead_letter(self, delivery: Delivery, rec: OperationRecord) -> None:
-        if rec.state is State.FAILED and rec.attempt >= rec.max_attempts:
-            await delivery.dead_letter(f"{rec.name} failed after {rec.attempt} attempts")
-        else:
+        reason = _exhausted(rec)
+        if reason is None:
             await delivery.ack()
+        else:
+            await delivery.dead_letter(reason)
 
     async def _retry(
         self, delivery: Delivery, rec: OperationRecord, spec: TaskSpec, exc: BaseException
@@ -435,6 +444,13 @@ class Worker:
                 ),
             )
         await delivery.nack(0)
+
+
+def _exhausted(rec: OperationRecord) -> str | None:
+    """Why `rec`'s message goes to the dead-letter queue (None: ack it)."""
+    if rec.state is State.FAILED and rec.attempt >= rec.max_attempts:
+        return f"{rec.name} failed after {rec.attempt} attempts"
+    return None
 
 
 async def _call(spec: TaskSpec, ctx: RunContext) -> Any:

@@ -455,7 +455,13 @@ class FirestoreOperationStore(OperationStore):
             await asyncio.sleep(0)
         raise Aborted(f"request_id {request_id!r} is contended; retry")
 
-    async def _replace_if_version(self, rec: OperationRecord, expected_version: int) -> bool:
+    async def _replace_if_version(
+        self,
+        rec: OperationRecord,
+        expected_version: int,
+        *,
+        previous: OperationRecord | None = None,
+    ) -> bool:
         seen = self._seen.get(rec.id)
         if seen is None or seen[0] != expected_version:
             snap = await self._snapshot(rec.id)

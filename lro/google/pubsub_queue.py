@@ -81,7 +81,7 @@ from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.types import BatchSettings, FlowControl
 
 from lro.errors import Unavailable
-from lro.queue import Delivery, TaskMessage, TaskQueue
+from lro.queue import Delivery, TaskMessage, TaskQueue, Transition
 from lro.settings import BackendSettings
 
 log = logging.getLogger("longrun.pubsub")
@@ -478,7 +478,10 @@ class PubSubTaskQueue(TaskQueue):
             if self._buffer is not None:
                 self._buffer.put_nowait(None)
 
-    async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
+    async def receive(
+        self, max_messages: int, timeout: float, *, claim: Transition | None = None
+    ) -> list[Delivery]:
+        # `claim` is ignored: Pub/Sub and the store share no transactions.
         try:
             return await self._receive(max_messages, timeout)
         except Unavailable as exc:

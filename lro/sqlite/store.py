@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.rpc import status_pb2
 
 from lro.clock import from_micros, to_micros
-from lro.errors import AlreadyExists
-from lro.model import OperationRecord, State
-from lro.names import operation_name
+from lro.errors import AlreadyExists, NotFound
+from lro.model import OperationRecord, State, evolve
+from lro.names import operation_name, parse_operation_name
+from lro.queue import TaskMessage, Transition
 from lro.sqlite.backend import SqliteBackend
+from lro.sqlite.db import transaction
 from lro.store import (
     CreateResult,
     Cursor,
@@ -26,6 +29,9 @@ from lro.store import (
     scan_page,
 )
 from lro.watch import WatchHub
+
+if TYPE_CHECKING:
+    from lro.sqlite.queue import SqliteTaskQueue
 
 _TIME_FIELDS = {
     "create_time": "create_us",
@@ -87,10 +93,64 @@ _UPDATE = (
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _update_columns(columns: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{c} = :{c}" for c in columns)
+    return f"UPDATE operations SET {sets} WHERE id = :id AND version = :expected_version"
+
+
+def _changed_columns(previous: OperationRecord, new: OperationRecord) -> tuple[str, ...]:
+    """The columns `new` changes. Setting only those spares SQLite the index
+    entries of the others (it rewrites the entries of every indexed column a
+    SET names, changed or not): a third less to commit."""
+    columns = [
+        _TIME_FIELDS.get(name, name)
+        for name in _FIELDS
+        if getattr(new, name) != getattr(previous, name)
+    ]
+    if new.state != previous.state or new.error != previous.error:
+        columns += ["done", "error_code"]
+    return tuple(columns)
+
+
+def write_if_version(
+    conn: sqlite3.Connection,
+    rec: OperationRecord,
+    expected_version: int,
+    previous: OperationRecord | None = None,
+) -> bool:
+    params = to_row(rec) | {"expected_version": expected_version}
+    sql = _UPDATE if previous is None else _update_columns(_changed_columns(previous, rec))
+    return bool(conn.execute(sql, params).rowcount == 1)
+
+
+def apply(
+    conn: sqlite3.Connection, name: str, transition: Transition
+) -> tuple[OperationRecord, bool]:
+    """`OperationStore.update` inside a write transaction the caller holds (so
+    nobody can write in between: no compare-and-set loop). Returns (record,
+    whether it was written). NotFound if absent; exceptions from `transition`
+    propagate, leaving the transaction for the caller to roll back."""
+    row = conn.execute(f"{_SELECT} WHERE id = ?", (parse_operation_name(name),)).fetchone()
+    if row is None:
+        raise NotFound(f"operation {name!r} not found", metadata={"name": name})
+    current = from_row(row)
+    new = transition(current)
+    if new is None or new == current:
+        return current, False
+    new = evolve(new, version=current.version + 1)
+    if not write_if_version(conn, new, current.version, current):
+        raise RuntimeError(f"{name} changed inside a write transaction")  # cannot happen
+    return new, True
+
+
 class SqliteOperationStore(OperationStore):
     def __init__(self, backend: SqliteBackend, hub: WatchHub | None = None) -> None:
         super().__init__(hub or WatchHub())
         self.backend = backend
+        #: The queue in the same file, once `SqliteTaskQueue.attach` paired them:
+        #: `create` then enqueues the task message in the same transaction.
+        self.outbox: SqliteTaskQueue | None = None
         backend.on_operation_changed(self.hub.notify)
         backend.on_missed(self.hub.notify_all)
 
@@ -112,10 +172,19 @@ class SqliteOperationStore(OperationStore):
 
     async def _insert(self, rec: OperationRecord) -> CreateResult:
         row = to_row(rec)
+        outbox = self.outbox
+
+        def insert_and_enqueue(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT, row)
+            if outbox is not None:
+                outbox.insert(conn, TaskMessage(rec.name, rec.task, rec.attempt))
 
         def insert(conn: sqlite3.Connection) -> OperationRecord | None:
             try:
-                conn.execute(_INSERT, row)
+                if outbox is None:
+                    conn.execute(_INSERT, row)
+                else:
+                    transaction(conn, insert_and_enqueue)
                 return None
             except sqlite3.IntegrityError as exc:
                 if rec.request_id is not None and "request_id" in str(exc):
@@ -124,6 +193,8 @@ class SqliteOperationStore(OperationStore):
                     ).fetchone()
                     if found is not None:
                         return from_row(found)
+                if "operations.id" not in str(exc):
+                    raise  # not a duplicate: some other constraint failed
                 raise AlreadyExists(
                     f"operation {rec.name!r} already exists", metadata={"name": rec.name}
                 ) from exc
@@ -132,12 +203,20 @@ class SqliteOperationStore(OperationStore):
         if existing is not None:
             return check_duplicate(existing, rec)
         await self.on_written(rec.name)
-        return CreateResult(rec, created=True)
+        if outbox is not None:
+            outbox.written()
+        return CreateResult(rec, created=True, enqueued=outbox is not None)
 
-    async def _replace_if_version(self, rec: OperationRecord, expected_version: int) -> bool:
-        params = to_row(rec) | {"expected_version": expected_version}
-        count = await self.backend.db.call(lambda c: c.execute(_UPDATE, params).rowcount)
-        return bool(count == 1)
+    async def _replace_if_version(
+        self,
+        rec: OperationRecord,
+        expected_version: int,
+        *,
+        previous: OperationRecord | None = None,
+    ) -> bool:
+        return await self.backend.db.call(
+            lambda c: write_if_version(c, rec, expected_version, previous)
+        )
 
     async def _delete(self, op_id: str) -> bool:
         count = await self.backend.db.call(

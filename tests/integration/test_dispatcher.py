@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +21,7 @@ from lro import transitions
 from lro.clock import uuid_ids
 from lro.errors import NotFound, Unavailable
 from lro.model import OperationRecord, State, pack
-from lro.queue import Delivery, TaskMessage, TaskQueue
+from lro.queue import Delivery, TaskMessage, TaskQueue, Transition
 from lro.sqlite.backend import SqliteBackend
 from lro.sqlite.queue import SqliteTaskQueue
 from lro.sqlite.store import SqliteOperationStore
@@ -36,7 +36,6 @@ REDISPATCH = timedelta(seconds=30)
 RETENTION = timedelta(seconds=10)
 LEASE = timedelta(seconds=10)
 
-Transition = Callable[[OperationRecord], OperationRecord | None]
 invocations: list[tuple[str, int]] = []
 tasks = TaskSet()
 
@@ -71,7 +70,10 @@ class WatchedQueue(TaskQueue):
         await self.inner.publish(message)
         self.published.append(message)
 
-    async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
+    async def receive(
+        self, max_messages: int, timeout: float, *, claim: Transition | None = None
+    ) -> list[Delivery]:
+        # No `claim` passed on: the wrapped deliveries record each step apart.
         return await self.inner.receive(max_messages, timeout)
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[TaskMessage, str]]:

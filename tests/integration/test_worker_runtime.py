@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,10 +24,11 @@ from lro import transitions
 from lro.clock import SystemClock, uuid_ids
 from lro.errors import NotFound
 from lro.model import OperationRecord, State
-from lro.queue import Delivery, TaskMessage, TaskQueue
+from lro.queue import Delivery, TaskMessage, TaskQueue, Transition
 from lro.sqlite.backend import SqliteBackend
 from lro.sqlite.queue import SqliteTaskQueue
 from lro.sqlite.store import SqliteOperationStore
+from lro.store import OperationStore
 from lro.tasks import (
     PermanentError,
     RetryPolicy,
@@ -205,6 +207,30 @@ class RecordingDelivery(Delivery):
         self._events = events
         self.message = inner.message
         self.delivery_attempt = inner.delivery_attempt
+        self.claimed = inner.claimed
+
+    async def settle(
+        self,
+        store: OperationStore,
+        name: str,
+        transition: Transition,
+        *,
+        dead_letter_if: Callable[[OperationRecord], str | None],
+        between: Callable[[], None] = lambda: None,
+    ) -> OperationRecord:
+        # The inner delivery settles (in one transaction when paired): record
+        # what it decided, once it has.
+        reasons: list[str | None] = []
+
+        def decide(rec: OperationRecord) -> str | None:
+            reasons.append(dead_letter_if(rec))
+            return reasons[-1]
+
+        rec = await self._inner.settle(
+            store, name, transition, dead_letter_if=decide, between=between
+        )
+        self._events.append(Event("ack" if reasons[-1] is None else "dead_letter", self.message))
+        return rec
 
     async def ack(self) -> None:
         await self._inner.ack()
@@ -223,16 +249,22 @@ class RecordingDelivery(Delivery):
 
 
 class RecordingQueue(TaskQueue):
-    def __init__(self, inner: TaskQueue) -> None:
+    def __init__(
+        self, inner: TaskQueue, events: list[Event] | None = None, *, record_publish: bool = True
+    ) -> None:
         self.inner = inner
-        self.events: list[Event] = []
+        self.events: list[Event] = [] if events is None else events
+        self.record_publish = record_publish
 
     async def publish(self, message: TaskMessage) -> None:
         await self.inner.publish(message)
-        self.events.append(Event("publish", message))
+        if self.record_publish:
+            self.events.append(Event("publish", message))
 
-    async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
-        deliveries = await self.inner.receive(max_messages, timeout)
+    async def receive(
+        self, max_messages: int, timeout: float, *, claim: Transition | None = None
+    ) -> list[Delivery]:
+        deliveries = await self.inner.receive(max_messages, timeout, claim=claim)
         return [RecordingDelivery(d, self.events) for d in deliveries]
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[TaskMessage, str]]:
@@ -246,6 +278,20 @@ class RecordingQueue(TaskQueue):
 
     def actions(self, name: str) -> list[str]:
         return [e.action for e in self.events if e.message.operation == name]
+
+
+class OutboxRecordingQueue(SqliteTaskQueue):
+    """The SQLite queue paired with the store: CreateJob enqueues through the
+    store's transaction (`insert`), not through `publish`; record every
+    enqueue there (`publish` goes through `insert` too)."""
+
+    def __init__(self, backend: SqliteBackend, events: list[Event]) -> None:
+        super().__init__(backend, visibility_timeout=5.0)
+        self.events = events
+
+    def insert(self, conn: sqlite3.Connection, message: TaskMessage) -> None:
+        super().insert(conn, message)
+        self.events.append(Event("publish", message))
 
 
 # ---- the environment ----
@@ -264,12 +310,20 @@ class Env:
         struct = struct_pb2.Struct()
         struct.update(params or {})
         rec = self.jobs.new_record(jobs_pb2.CreateJobRequest(task=task, params=struct))
-        return (await self.store.create(rec)).record
+        outbox, self.store.outbox = self.store.outbox, None  # paired: do not enqueue either
+        try:
+            return (await self.store.create(rec)).record
+        finally:
+            self.store.outbox = outbox
 
     async def submit(self, task: str, params: dict[str, Any] | None = None) -> str:
-        """Store and publish, like CreateJob."""
-        rec = await self.create(task, params)
-        await self.dispatcher.dispatch(rec, mark=False)
+        """Store and publish, like CreateJob (in one transaction when paired)."""
+        struct = struct_pb2.Struct()
+        struct.update(params or {})
+        rec = self.jobs.new_record(jobs_pb2.CreateJobRequest(task=task, params=struct))
+        result = await self.store.create(rec)
+        if not result.enqueued:
+            await self.dispatcher.dispatch(rec, mark=False)
         return rec.name
 
     def start_worker(self, worker_id: str, settings: WorkerSettings = SETTINGS) -> Worker:
@@ -303,11 +357,20 @@ class Env:
         )
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+@pytest.fixture(params=["separate", "paired"])
+async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
+    """The worker on the embedded backend, its store and queue either used as
+    two seams (each write apart, as with Firestore + Pub/Sub) or paired
+    (claims, outcomes and acks in shared transactions)."""
     backend = SqliteBackend(tmp_path / "lro.db", safety_net=0.5)
     store = SqliteOperationStore(backend)
-    queue = RecordingQueue(SqliteTaskQueue(backend, visibility_timeout=5.0))
+    events: list[Event] = []
+    if request.param == "paired":
+        inner: SqliteTaskQueue = OutboxRecordingQueue(backend, events)
+        inner.attach(store)
+    else:
+        inner = SqliteTaskQueue(backend, visibility_timeout=5.0)
+    queue = RecordingQueue(inner, events, record_publish=request.param == "separate")
     await store.start()
     await queue.start()
     clock = SystemClock()
@@ -502,7 +565,7 @@ async def test_a_cancelled_queued_operation_never_runs(env: Env) -> None:
     await asyncio.wait_for(worker.run(burst=True), 10)  # drains the queue
 
     assert PROBE.calls == []
-    assert env.queue.actions(name) == ["publish", "ack"]
+    assert env.queue.actions(name) == ["publish", "ack"], env.queue.events
     rec = await env.store.get(name)
     assert rec.state is State.CANCELLED
     assert rec.attempt == 0
