@@ -32,13 +32,14 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         tokens: PageTokens,
         retention: timedelta,
         max_wait: float,
+        views: OperationViews | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.tokens = tokens
         self.retention = retention
         self.max_wait = max_wait
-        self.views = OperationViews()
+        self.views = views or OperationViews()
 
     @rpc_errors
     async def GetOperation(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
@@ -144,10 +145,44 @@ def apply(
     return new, True
 
 
+_VERSION = _FIELDS.index("version")
+_UPDATE_US = _FIELDS.index("update_time")
+
+
+class RecordCache:
+    """Records by (id, version, update time): a row converted before is not
+    converted again (`from_row` costs more than the indexed read). Records are
+    immutable and every write bumps the version and sets the update time, so
+    a hit is never stale (the update time tells apart an operation deleted
+    and stored again under its id)."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._records: OrderedDict[str, tuple[int, int, OperationRecord]] = OrderedDict()
+
+    def of(self, row: tuple[Any, ...]) -> OperationRecord:
+        op_id = row[0]
+        cached = self._records.get(op_id)
+        if cached is not None and cached[0] == row[_VERSION] and cached[1] == row[_UPDATE_US]:
+            self._records.move_to_end(op_id)
+            return cached[2]
+        rec = from_row(row)
+        self.put(rec)
+        return rec
+
+    def put(self, rec: OperationRecord) -> None:
+        """Remember a record this process wrote (its row is what `to_row` gives)."""
+        self._records[rec.id] = (rec.version, to_micros(rec.update_time), rec)
+        self._records.move_to_end(rec.id)
+        if len(self._records) > self.capacity:
+            self._records.popitem(last=False)
+
+
 class SqliteOperationStore(OperationStore):
     def __init__(self, backend: SqliteBackend, hub: WatchHub | None = None) -> None:
         super().__init__(hub or WatchHub())
         self.backend = backend
+        self._records = RecordCache()
         #: The queue in the same file, once `SqliteTaskQueue.attach` paired them:
         #: `create` then enqueues the task message in the same transaction.
         self.outbox: SqliteTaskQueue | None = None
@@ -168,7 +203,7 @@ class SqliteOperationStore(OperationStore):
         row = await self.backend.db.read(
             lambda c: c.execute(f"{_SELECT} WHERE id = ?", (op_id,)).fetchone()
         )
-        return None if row is None else from_row(row)
+        return None if row is None else self._records.of(row)
 
     async def _insert(self, rec: OperationRecord) -> CreateResult:
         row = to_row(rec)
@@ -202,6 +237,7 @@ class SqliteOperationStore(OperationStore):
         existing = await self.backend.db.call(insert)
         if existing is not None:
             return check_duplicate(existing, rec)
+        self._records.put(rec)
         await self.on_written(rec.name)
         if outbox is not None:
             outbox.written()
@@ -214,9 +250,12 @@ class SqliteOperationStore(OperationStore):
         *,
         previous: OperationRecord | None = None,
     ) -> bool:
-        return await self.backend.db.call(
+        written = await self.backend.db.call(
             lambda c: write_if_version(c, rec, expected_version, previous)
         )
+        if written:
+            self._records.put(rec)
+        return written
 
     async def _delete(self, op_id: str) -> bool:
         count = await self.backend.db.call(

@@ -130,7 +130,9 @@ async def test_wait_gets_a_deadline_above_its_timeout(running: Running) -> None:
     task = asyncio.create_task(_get(url, method="POST", json={"timeout": "5s"}))
     await asyncio.wait_for(running.stub.wait_started.wait(), 10)
     (remaining,) = running.stub.deadlines
-    assert remaining is not None and 5.0 < remaining <= 7.0
+    # timeout 5 s + the 2 s margin; grpc's deadline clock may read a few ms
+    # above that on the server side (seen: 7.0096).
+    assert remaining is not None and 5.0 < remaining <= 7.1
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 

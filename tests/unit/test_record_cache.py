@@ -1,0 +1,60 @@
+"""The SQLite store's record cache: a row already converted is not converted
+again, and a changed row never hits."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from lro.model import OperationRecord, State, evolve
+from lro.sqlite.store import _FIELDS, COLUMNS, RecordCache, to_row
+from tests.contract.records import make_record
+
+
+def row_of(rec: OperationRecord) -> tuple[Any, ...]:
+    row = to_row(rec)
+    return tuple(row[c] for c in COLUMNS[: len(_FIELDS)])
+
+
+def test_the_same_row_gives_the_same_record_object() -> None:
+    cache = RecordCache()
+    rec = make_record(version=3)
+    first = cache.of(row_of(rec))
+    assert first == rec
+    assert cache.of(row_of(rec)) is first
+
+
+def test_a_new_version_is_converted_again() -> None:
+    cache = RecordCache()
+    rec = make_record(version=3)
+    cache.of(row_of(rec))
+    newer = evolve(rec, version=4, state=State.RUNNING)
+    assert cache.of(row_of(newer)) == newer
+
+
+def test_the_same_version_with_another_update_time_is_converted_again() -> None:
+    """An operation deleted and stored again under its id restarts at version 1."""
+    cache = RecordCache()
+    rec = make_record(version=1)
+    cache.of(row_of(rec))
+    again = evolve(rec, update_time=rec.update_time + timedelta(seconds=1), labels={"x": "y"})
+    assert cache.of(row_of(again)) == again
+
+
+def test_the_least_recently_used_record_is_evicted_at_capacity() -> None:
+    cache = RecordCache(capacity=2)
+    a, b, c = (make_record(version=1) for _ in range(3))
+    first_a = cache.of(row_of(a))
+    cache.of(row_of(b))
+    assert cache.of(row_of(a)) is first_a  # a is now the most recent
+    cache.of(row_of(c))  # evicts b
+    assert cache.of(row_of(a)) is first_a
+    assert len(cache._records) == 2
+    assert b.id not in cache._records
+
+
+def test_a_record_put_after_its_write_hits_when_its_row_is_read() -> None:
+    cache = RecordCache()
+    rec = make_record(version=2)
+    cache.put(rec)
+    assert cache.of(row_of(rec)) is rec
