@@ -26,7 +26,6 @@ from server.dispatcher import Dispatcher
 from server.jobs_service import JobsService
 from server.operations_service import OperationsService
 from server.status import service_handler
-from server.views import OperationViews
 
 # Raise grpc's pending-request limits so thousands of concurrent
 # WaitOperation calls are held, not rejected.
@@ -87,23 +86,15 @@ async def create_server(
     server = grpc.aio.server(
         options=SERVER_OPTIONS, maximum_concurrent_rpcs=settings.max_concurrent_rpcs
     )
-    views = OperationViews()
     operations = OperationsService(
         store,
         clock=clock,
         tokens=PageTokens(settings.page_token_secret or secrets.token_bytes(32)),
         retention=retention,
         max_wait=settings.max_wait,
-        views=views,
     )
     jobs = JobsService(
-        store,
-        dispatcher,
-        registry,
-        clock=clock,
-        ids=ids,
-        failpoints=Failpoints.from_env(),
-        views=views,
+        store, dispatcher, registry, clock=clock, ids=ids, failpoints=Failpoints.from_env()
     )
     server.add_generic_rpc_handlers(
         (

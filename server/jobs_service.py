@@ -15,7 +15,6 @@ from lro.tasks import TaskRegistry
 from lro.validation import check_labels, check_params_size, check_request_id
 from server.dispatcher import Dispatcher
 from server.status import rpc_errors
-from server.views import OperationViews
 
 
 class JobsService(jobs_pb2_grpc.JobsServicer):
@@ -28,12 +27,8 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         clock: Clock,
         ids: IdGenerator,
         failpoints: Failpoints | None = None,
-        views: OperationViews | None = None,
     ) -> None:
         self.store = store
-        #: Shared with the Operations service: the first Get or Wait of a new
-        #: operation finds the view CreateJob built.
-        self.views = views or OperationViews()
         self.dispatcher = dispatcher
         self.registry = registry
         self.clock = clock
@@ -49,7 +44,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self.failpoints.hit("after_store")
         if result.created and not result.enqueued:
             self.dispatcher.dispatch_soon(result.record)
-        return self.views.of(result.record)
+        return result.record.to_operation()
 
     def new_record(self, request: jobs_pb2.CreateJobRequest) -> OperationRecord:
         """Validate the request (INVALID_ARGUMENT saying what is wrong) and build

@@ -32,14 +32,13 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         tokens: PageTokens,
         retention: timedelta,
         max_wait: float,
-        views: OperationViews | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.tokens = tokens
         self.retention = retention
         self.max_wait = max_wait
-        self.views = views or OperationViews()
+        self.views = OperationViews()
 
     @rpc_errors
     async def GetOperation(
