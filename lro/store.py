@@ -33,7 +33,7 @@ from typing import Protocol
 from lro.clock import from_micros, to_micros
 from lro.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from lro.model import OperationRecord, evolve
-from lro.names import operation_name
+from lro.names import operation_name, parse_operation_name
 from lro.watch import WatchHub
 
 
@@ -221,8 +221,6 @@ async def scan_page(
 
 
 def _id_of(name: str) -> str:
-    from lro.names import parse_operation_name
-
     return parse_operation_name(name)
 
 

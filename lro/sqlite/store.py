@@ -145,6 +145,7 @@ def apply(
     return new, True
 
 
+_SELECT_KEY = "SELECT version, update_us FROM operations WHERE id = ?"
 _VERSION = _FIELDS.index("version")
 _UPDATE_US = _FIELDS.index("update_time")
 
@@ -160,12 +161,19 @@ class RecordCache:
         self.capacity = capacity
         self._records: OrderedDict[str, tuple[int, int, OperationRecord]] = OrderedDict()
 
-    def of(self, row: tuple[Any, ...]) -> OperationRecord:
-        op_id = row[0]
+    def get(self, op_id: str, version: int, update_us: int) -> OperationRecord | None:
+        """The cached record of `op_id` if it is at this version and update time."""
         cached = self._records.get(op_id)
-        if cached is not None and cached[0] == row[_VERSION] and cached[1] == row[_UPDATE_US]:
+        if cached is not None and cached[0] == version and cached[1] == update_us:
             self._records.move_to_end(op_id)
             return cached[2]
+        return None
+
+    def of(self, row: tuple[Any, ...]) -> OperationRecord:
+        """The record of a full row (`_SELECT`'s columns), converted at most once."""
+        cached = self.get(row[0], row[_VERSION], row[_UPDATE_US])
+        if cached is not None:
+            return cached
         rec = from_row(row)
         self.put(rec)
         return rec
@@ -200,10 +208,21 @@ class SqliteOperationStore(OperationStore):
         self.backend.operation_written(name)
 
     async def _read(self, op_id: str) -> OperationRecord | None:
-        row = await self.backend.db.read(
-            lambda c: c.execute(f"{_SELECT} WHERE id = ?", (op_id,)).fetchone()
-        )
-        return None if row is None else self._records.of(row)
+        records = self._records
+
+        def read(conn: sqlite3.Connection) -> OperationRecord | None:
+            # The version and update time first: polled operations are mostly
+            # unchanged, and then the cached record is the answer.
+            key = conn.execute(_SELECT_KEY, (op_id,)).fetchone()
+            if key is None:
+                return None
+            cached = records.get(op_id, key[0], key[1])
+            if cached is not None:
+                return cached
+            row = conn.execute(f"{_SELECT} WHERE id = ?", (op_id,)).fetchone()
+            return None if row is None else records.of(row)
+
+        return await self.backend.db.read(read)
 
     async def _insert(self, rec: OperationRecord) -> CreateResult:
         row = to_row(rec)

@@ -357,3 +357,32 @@ async def test_a_partial_write_stores_what_a_full_write_would(
         finally:
             await store.close()
     assert rows[0] == rows[1]
+
+
+# ---- reads through the record cache ----
+
+
+async def test_a_store_sees_another_processs_writes_through_its_cache(tmp_path: Path) -> None:
+    """Two stores on one file stand for two processes: the reader's cached
+    record never hides a newer version or a delete."""
+    writer = SqliteOperationStore(SqliteBackend(tmp_path / "shared.db"))
+    reader = SqliteOperationStore(SqliteBackend(tmp_path / "shared.db"))
+    await writer.start()
+    await reader.start()
+    try:
+        rec = make_record()
+        await writer.create(rec)
+        first = await reader.get(rec.name)
+        assert await reader.get(rec.name) is first  # unchanged: the cached record
+        claimed = await writer.update(rec.name, claim_by("w1"))
+        assert await reader.get(rec.name) == claimed
+        await writer.delete(rec.name)
+        with pytest.raises(NotFound):
+            await reader.get(rec.name)
+        # Stored again under its id, later: version 1 again, other content.
+        again = evolve(rec, update_time=rec.update_time + timedelta(seconds=1), labels={"n": "2"})
+        await writer.create(again)
+        assert (await reader.get(rec.name)).labels == {"n": "2"}
+    finally:
+        await reader.close()
+        await writer.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from lro.clock import to_micros
 from lro.model import OperationRecord, State, evolve
 from lro.sqlite.store import _FIELDS, COLUMNS, RecordCache, to_row
 from tests.contract.records import make_record
@@ -58,3 +59,14 @@ def test_a_record_put_after_its_write_hits_when_its_row_is_read() -> None:
     rec = make_record(version=2)
     cache.put(rec)
     assert cache.of(row_of(rec)) is rec
+
+
+def test_get_answers_only_for_the_exact_version_and_update_time() -> None:
+    cache = RecordCache()
+    rec = make_record(version=5)
+    cache.put(rec)
+    update_us = to_micros(rec.update_time)
+    assert cache.get(rec.id, 5, update_us) is rec
+    assert cache.get(rec.id, 6, update_us) is None
+    assert cache.get(rec.id, 5, update_us + 1) is None
+    assert cache.get("other", 5, update_us) is None
