@@ -296,6 +296,8 @@ class Worker:
         self, handler: asyncio.Future[Any], ctx: RunContext, spec: TaskSpec
     ) -> tuple[Any, BaseException | None]:
         """Wait for the handler; once cancelled, give it `cancel_grace` seconds."""
+        if handler.done():  # most tasks of a busy queue: no watch needed
+            return _outcome(handler)
         cancelled = asyncio.ensure_future(ctx.wait_cancelled())
         try:
             await asyncio.wait({handler, cancelled}, return_when=asyncio.FIRST_COMPLETED)
@@ -310,10 +312,7 @@ class Worker:
                 return None, asyncio.CancelledError()
         finally:
             cancelled.cancel()
-        if handler.cancelled():
-            return None, asyncio.CancelledError()
-        exc = handler.exception()
-        return (None, exc) if exc is not None else (handler.result(), None)
+        return _outcome(handler)
 
     async def _guard(self, delivery: Delivery, rec: OperationRecord, ctx: RunContext) -> None:
         """Heartbeat the lease and turn a cancel request into ctx cancellation."""
@@ -444,6 +443,14 @@ class Worker:
                 ),
             )
         await delivery.nack(0)
+
+
+def _outcome(handler: asyncio.Future[Any]) -> tuple[Any, BaseException | None]:
+    """(result, None) or (None, the exception) of a finished handler."""
+    if handler.cancelled():
+        return None, asyncio.CancelledError()
+    exc = handler.exception()
+    return (None, exc) if exc is not None else (handler.result(), None)
 
 
 def _exhausted(rec: OperationRecord) -> str | None:
