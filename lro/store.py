@@ -100,7 +100,7 @@ class OperationStore(abc.ABC):
         """The current record; NotFound if it does not exist (or was deleted)."""
         rec = await self._read(_id_of(name))
         if rec is None:
-            raise NotFound(f"operation {name!r} not found", metadata={"name": name})
+            raise not_found(name)
         return rec
 
     async def update(
@@ -114,10 +114,9 @@ class OperationStore(abc.ABC):
         Exceptions from `transition` propagate; NotFound if absent."""
         for _ in range(self.max_conflicts):
             current = await self.get(name)
-            new = transition(current)
-            if new is None or new == current:
+            new = next_version(current, transition)
+            if new is None:
                 return current
-            new = evolve(new, version=current.version + 1)
             if await self._replace_if_version(new, current.version, previous=current):
                 await self.on_written(name)
                 return new
@@ -128,7 +127,7 @@ class OperationStore(abc.ABC):
         """Remove the operation; NotFound if absent. A later update by a worker
         finds nothing and cannot bring it back."""
         if not await self._delete(_id_of(name)):
-            raise NotFound(f"operation {name!r} not found", metadata={"name": name})
+            raise not_found(name)
         await self.on_written(name)
 
     @asynccontextmanager
@@ -186,6 +185,21 @@ class OperationStore(abc.ABC):
 
     async def close(self) -> None:
         """Release connections and watches."""
+
+
+def next_version(
+    current: OperationRecord, transition: Callable[[OperationRecord], OperationRecord | None]
+) -> OperationRecord | None:
+    """What `transition` makes of `current`, at the next version; None when it
+    changes nothing (no write needed)."""
+    new = transition(current)
+    if new is None or new == current:
+        return None
+    return evolve(new, version=current.version + 1)
+
+
+def not_found(name: str) -> NotFound:
+    return NotFound(f"operation {name!r} not found", metadata={"name": name})
 
 
 #: Fetches up to `limit` records in list order, starting after the cursor.

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from google.rpc import status_pb2
 
 from lro.clock import from_micros, to_micros
-from lro.errors import AlreadyExists, NotFound
-from lro.model import OperationRecord, State, evolve
+from lro.errors import AlreadyExists
+from lro.model import OperationRecord, State
 from lro.names import operation_name, parse_operation_name
 from lro.queue import TaskMessage, Transition
 from lro.sqlite.backend import SqliteBackend
@@ -27,6 +27,8 @@ from lro.store import (
     OperationStore,
     RecordFilter,
     check_duplicate,
+    next_version,
+    not_found,
     scan_page,
 )
 from lro.watch import WatchHub
@@ -134,12 +136,11 @@ def apply(
     propagate, leaving the transaction for the caller to roll back."""
     row = conn.execute(f"{_SELECT} WHERE id = ?", (parse_operation_name(name),)).fetchone()
     if row is None:
-        raise NotFound(f"operation {name!r} not found", metadata={"name": name})
+        raise not_found(name)
     current = from_row(row)
-    new = transition(current)
-    if new is None or new == current:
+    new = next_version(current, transition)
+    if new is None:
         return current, False
-    new = evolve(new, version=current.version + 1)
     if not write_if_version(conn, new, current.version, current):
         raise RuntimeError(f"{name} changed inside a write transaction")  # cannot happen
     return new, True
