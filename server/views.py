@@ -9,30 +9,24 @@ not mutate them (grpc only serializes them; protobuf's repeated-field
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from google.longrunning import operations_pb2
 
 from lro.model import OperationRecord
+from lro.stamped_cache import StampedCache
 
 
 class OperationViews:
     def __init__(self, capacity: int = 20_000) -> None:
-        self.capacity = capacity
-        self._views: OrderedDict[str, tuple[int, operations_pb2.Operation]] = OrderedDict()
+        self._views: StampedCache[operations_pb2.Operation] = StampedCache(capacity)
         self.hits = 0
         self.misses = 0
 
     def of(self, rec: OperationRecord) -> operations_pb2.Operation:
-        cached = self._views.get(rec.id)
-        if cached is not None and cached[0] == rec.version:
-            self._views.move_to_end(rec.id)
+        op = self._views.get(rec.id, rec.version)
+        if op is not None:
             self.hits += 1
-            return cached[1]
+            return op
         self.misses += 1
         op = rec.to_operation()
-        self._views[rec.id] = (rec.version, op)
-        self._views.move_to_end(rec.id)
-        if len(self._views) > self.capacity:
-            self._views.popitem(last=False)
+        self._views.put(rec.id, rec.version, op)
         return op

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
@@ -20,6 +19,7 @@ from lro.names import operation_name, parse_operation_name
 from lro.queue import TaskMessage, Transition
 from lro.sqlite.backend import SqliteBackend
 from lro.sqlite.db import transaction
+from lro.stamped_cache import StampedCache
 from lro.store import (
     CreateResult,
     Cursor,
@@ -159,16 +159,11 @@ class RecordCache:
     and stored again under its id)."""
 
     def __init__(self, capacity: int = 4096) -> None:
-        self.capacity = capacity
-        self._records: OrderedDict[str, tuple[int, int, OperationRecord]] = OrderedDict()
+        self._records: StampedCache[OperationRecord] = StampedCache(capacity)
 
     def get(self, op_id: str, version: int, update_us: int) -> OperationRecord | None:
         """The cached record of `op_id` if it is at this version and update time."""
-        cached = self._records.get(op_id)
-        if cached is not None and cached[0] == version and cached[1] == update_us:
-            self._records.move_to_end(op_id)
-            return cached[2]
-        return None
+        return self._records.get(op_id, (version, update_us))
 
     def of(self, row: tuple[Any, ...]) -> OperationRecord:
         """The record of a full row (`_SELECT`'s columns), converted at most once."""
@@ -181,10 +176,7 @@ class RecordCache:
 
     def put(self, rec: OperationRecord) -> None:
         """Remember a record this process wrote (its row is what `to_row` gives)."""
-        self._records[rec.id] = (rec.version, to_micros(rec.update_time), rec)
-        self._records.move_to_end(rec.id)
-        if len(self._records) > self.capacity:
-            self._records.popitem(last=False)
+        self._records.put(rec.id, (rec.version, to_micros(rec.update_time)), rec)
 
 
 class SqliteOperationStore(OperationStore):
