@@ -305,11 +305,15 @@ class Env:
     jobs: JobsService
     workers: dict[Worker, asyncio.Task[None]] = field(default_factory=dict)
 
-    async def create(self, task: str, params: dict[str, Any] | None = None) -> OperationRecord:
-        """Validate and store an operation the way CreateJob does, without publishing."""
+    def new_record(self, task: str, params: dict[str, Any] | None) -> OperationRecord:
+        """Validate and build the record the way CreateJob does."""
         struct = struct_pb2.Struct()
         struct.update(params or {})
-        rec = self.jobs.new_record(jobs_pb2.CreateJobRequest(task=task, params=struct))
+        return self.jobs.new_record(jobs_pb2.CreateJobRequest(task=task, params=struct))
+
+    async def create(self, task: str, params: dict[str, Any] | None = None) -> OperationRecord:
+        """Store an operation the way CreateJob does, without publishing."""
+        rec = self.new_record(task, params)
         outbox, self.store.outbox = self.store.outbox, None  # paired: do not enqueue either
         try:
             return (await self.store.create(rec)).record
@@ -318,9 +322,7 @@ class Env:
 
     async def submit(self, task: str, params: dict[str, Any] | None = None) -> str:
         """Store and publish, like CreateJob (in one transaction when paired)."""
-        struct = struct_pb2.Struct()
-        struct.update(params or {})
-        rec = self.jobs.new_record(jobs_pb2.CreateJobRequest(task=task, params=struct))
+        rec = self.new_record(task, params)
         result = await self.store.create(rec)
         if not result.enqueued:
             await self.dispatcher.dispatch(rec, mark=False)
