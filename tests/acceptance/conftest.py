@@ -25,12 +25,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 def service(backend: str, tmp_path: Path) -> Iterator[Service]:
     """Server + one worker on the chosen backend, stopped after the test."""
     svc = Service(tmp_path, backend_env(backend, tmp_path))
-    try:
+    with svc.kept():
         svc.start_server()
         svc.start_worker()
         yield svc
-    except BaseException:
-        print(svc.logs())
-        raise
-    finally:
-        svc.stop()

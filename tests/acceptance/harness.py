@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -145,6 +146,18 @@ class Service:
             f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
             for p in sorted(self.workdir.glob("*.log"))
         )
+
+    @contextmanager
+    def kept(self) -> Iterator[Service]:
+        """For the `with` body: the processes it starts are stopped at its
+        end, and if it fails, their logs are printed first."""
+        try:
+            yield self
+        except BaseException:
+            print(self.logs())
+            raise
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -53,15 +53,10 @@ def running_service(
     """Server + one worker for a whole test module."""
     require_backend(backend)
     svc = Service(workdir, backend_env(backend, workdir) | dict(extra_env or {}))
-    try:
+    with svc.kept():
         svc.start_server()
         svc.start_worker()
         yield svc
-    except BaseException:
-        print(svc.logs())
-        raise
-    finally:
-        svc.stop()
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

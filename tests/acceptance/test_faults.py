@@ -27,13 +27,8 @@ def faulty(backend: str, tmp_path: Path) -> Iterator[Service]:
     env["LONGRUN_TEST_RECORD_DIR"] = str(tmp_path / "records")
     (tmp_path / "records").mkdir()
     svc = Service(tmp_path, env)
-    try:
+    with svc.kept():
         yield svc
-    except BaseException:
-        print(svc.logs())
-        raise
-    finally:
-        svc.stop()
 
 
 def _executions(svc: Service, name: str) -> list[str]:

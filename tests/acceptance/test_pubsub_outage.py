@@ -62,7 +62,7 @@ def _all_done(target: str, names: list[str]) -> bool:
 def test_jobs_complete_across_a_pubsub_outage(own_pubsub: Running, tmp_path: Path) -> None:
     env = backend_env("google", tmp_path) | {"PUBSUB_EMULATOR_HOST": own_pubsub.host}
     svc = Service(tmp_path, env)
-    try:
+    with svc.kept():
         svc.start_server()
         svc.start_worker()
         svc.start_worker()
@@ -76,8 +76,3 @@ def test_jobs_complete_across_a_pubsub_outage(own_pubsub: Running, tmp_path: Pat
         wait_ready(restarted, time.monotonic() + 60)
         after = _create(svc.target, 10)
         wait_for(lambda: _all_done(svc.target, before + during + after), 180, "every job")
-    except BaseException:
-        print(svc.logs())
-        raise
-    finally:
-        svc.stop()

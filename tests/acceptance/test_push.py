@@ -42,61 +42,59 @@ def pushed(tmp_path: Path) -> Iterator[tuple[Service, Any]]:
     publisher = PublisherClient()
     subscriber = SubscriberClient()
     try:
-        port_file = tmp_path / "push-port"
-        worker = svc._spawn(
-            [
-                "-m",
-                "worker",
-                "--push",
-                "--push-auth",
-                "none",
-                "--http-address",
-                "127.0.0.1:0",
-                "--push-port-file",
-                str(port_file),
-                "--lease",
-                "3",
-                "--heartbeat",
-                "0.5",
-            ],
-            "push-worker.log",
-        )
-        svc.workers.append(worker)
-        wait_for(
-            lambda: (
-                (port_file.exists() and port_file.read_text() != "") or worker.poll() is not None
-            ),
-            60,
-            "the push worker to listen",
-        )
-        assert worker.poll() is None, svc.logs()
-        port = int(port_file.read_text())
+        with svc.kept():
+            port_file = tmp_path / "push-port"
+            worker = svc._spawn(
+                [
+                    "-m",
+                    "worker",
+                    "--push",
+                    "--push-auth",
+                    "none",
+                    "--http-address",
+                    "127.0.0.1:0",
+                    "--push-port-file",
+                    str(port_file),
+                    "--lease",
+                    "3",
+                    "--heartbeat",
+                    "0.5",
+                ],
+                "push-worker.log",
+            )
+            svc.workers.append(worker)
+            wait_for(
+                lambda: (
+                    (port_file.exists() and port_file.read_text() != "")
+                    or worker.poll() is not None
+                ),
+                60,
+                "the push worker to listen",
+            )
+            assert worker.poll() is None, svc.logs()
+            port = int(port_file.read_text())
 
-        topic = f"projects/{project}/topics/longrun-tasks"
-        dead_topic = f"projects/{project}/topics/longrun-dead-letters"
-        for name in (topic, dead_topic):
-            publisher.create_topic(name=name)
-        # Named like the queue's subscription, with its settings: the server's
-        # start then finds it and leaves it a push subscription.
-        subscriber.create_subscription(
-            request={
-                "name": f"projects/{project}/subscriptions/longrun-workers",
-                "topic": topic,
-                "ack_deadline_seconds": 10,
-                "push_config": {"push_endpoint": f"http://127.0.0.1:{port}/push"},
-                "dead_letter_policy": {
-                    "dead_letter_topic": dead_topic,
-                    "max_delivery_attempts": 10,
-                },
-            }
-        )
-        svc.start_server()
-        yield svc, subscriber
-    except BaseException:
-        print(svc.logs())
-        raise
+            topic = f"projects/{project}/topics/longrun-tasks"
+            dead_topic = f"projects/{project}/topics/longrun-dead-letters"
+            for name in (topic, dead_topic):
+                publisher.create_topic(name=name)
+            # Named like the queue's subscription, with its settings: the server's
+            # start then finds it and leaves it a push subscription.
+            subscriber.create_subscription(
+                request={
+                    "name": f"projects/{project}/subscriptions/longrun-workers",
+                    "topic": topic,
+                    "ack_deadline_seconds": 10,
+                    "push_config": {"push_endpoint": f"http://127.0.0.1:{port}/push"},
+                    "dead_letter_policy": {
+                        "dead_letter_topic": dead_topic,
+                        "max_delivery_attempts": 10,
+                    },
+                }
+            )
+            svc.start_server()
+            yield svc, subscriber
     finally:
-        svc.stop()
         subscriber.close()
         publisher.transport.close()
 

@@ -78,7 +78,7 @@ def rest(
     workdir = tmp_path_factory.mktemp("rest")
     port_file = workdir / "http-port"
     svc = Service(workdir, backend_env(str(request.param), workdir))
-    try:
+    with svc.kept():
         # The server writes the HTTP port file before the gRPC one, which
         # start_server waits for.
         svc.start_server(
@@ -89,11 +89,6 @@ def rest(
         )
         svc.start_worker()
         yield Rest(svc, f"http://127.0.0.1:{int(port_file.read_text())}")
-    except BaseException:
-        print(svc.logs())
-        raise
-    finally:
-        svc.stop()
     # SIGTERM stopped the gateway and the gRPC server together, cleanly.
     assert svc.server is not None and svc.server.returncode == 0, svc.logs()
 

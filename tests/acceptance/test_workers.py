@@ -19,14 +19,9 @@ FINISHED = re.compile(r"finished (operations/\S+) attempt \d+: SUCCEEDED")
 def bare(backend: str, tmp_path: Path) -> Iterator[Service]:
     """A server with no worker yet."""
     svc = Service(tmp_path, backend_env(backend, tmp_path))
-    try:
+    with svc.kept():
         svc.start_server()
         yield svc
-    except BaseException:
-        print(svc.logs())
-        raise
-    finally:
-        svc.stop()
 
 
 def test_job_created_while_no_worker_runs_completes_once_one_starts(bare: Service) -> None:
