@@ -21,7 +21,7 @@ from lro import transitions
 from lro.clock import uuid_ids
 from lro.errors import NotFound, Unavailable
 from lro.model import OperationRecord, State, pack
-from lro.queue import Delivery, TaskMessage, TaskQueue, Transition
+from lro.queue import TaskMessage, TaskQueue, Transition
 from lro.sqlite.backend import SqliteBackend
 from lro.sqlite.queue import SqliteTaskQueue
 from lro.sqlite.store import SqliteOperationStore
@@ -29,6 +29,7 @@ from lro.tasks import TaskContext, TaskRegistry, TaskSet
 from server.dispatcher import Dispatcher
 from server.jobs_service import JobsService
 from tests.support.clock import FakeClock
+from tests.support.queues import ForwardingQueue
 from tests.support.waiting import wait_until
 from worker.runtime import Worker, WorkerSettings
 
@@ -56,11 +57,11 @@ def calls() -> Iterator[list[tuple[str, int]]]:
     invocations.clear()
 
 
-class WatchedQueue(TaskQueue):
+class WatchedQueue(ForwardingQueue):
     """Records what is published; can be told to fail publishing."""
 
     def __init__(self, inner: TaskQueue) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.published: list[TaskMessage] = []
         self.unavailable = False
 
@@ -69,21 +70,6 @@ class WatchedQueue(TaskQueue):
             raise Unavailable("queue unreachable (test)")
         await self.inner.publish(message)
         self.published.append(message)
-
-    async def receive(
-        self, max_messages: int, timeout: float, *, claim: Transition | None = None
-    ) -> list[Delivery]:
-        # No `claim` passed on: the wrapped deliveries record each step apart.
-        return await self.inner.receive(max_messages, timeout)
-
-    async def dead_letters(self, limit: int = 100) -> list[tuple[TaskMessage, str]]:
-        return await self.inner.dead_letters(limit)
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 @dataclass

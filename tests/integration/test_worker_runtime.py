@@ -39,6 +39,7 @@ from lro.tasks import (
 )
 from server.dispatcher import Dispatcher
 from server.jobs_service import JobsService
+from tests.support.queues import ForwardingQueue
 from tests.support.waiting import wait_until
 from worker.runtime import Worker, WorkerSettings
 
@@ -248,11 +249,11 @@ class RecordingDelivery(Delivery):
         self._events.append(Event("dead_letter", self.message))
 
 
-class RecordingQueue(TaskQueue):
+class RecordingQueue(ForwardingQueue):
     def __init__(
         self, inner: TaskQueue, events: list[Event] | None = None, *, record_publish: bool = True
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.events: list[Event] = [] if events is None else events
         self.record_publish = record_publish
 
@@ -266,15 +267,6 @@ class RecordingQueue(TaskQueue):
     ) -> list[Delivery]:
         deliveries = await self.inner.receive(max_messages, timeout, claim=claim)
         return [RecordingDelivery(d, self.events) for d in deliveries]
-
-    async def dead_letters(self, limit: int = 100) -> list[tuple[TaskMessage, str]]:
-        return await self.inner.dead_letters(limit)
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
     def actions(self, name: str) -> list[str]:
         return [e.action for e in self.events if e.message.operation == name]
