@@ -4,36 +4,56 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BUILD := build
-PROTO_SRC := $(shell find protos examples -name '*.proto' 2>/dev/null)
-GOOGLE_PROTOS = $(shell $(PY) -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')
-GRPC_PROTOS = $(shell $(PY) -c 'import grpc_tools, os; print(os.path.join(grpc_tools.__path__[0], "_proto"))')
+CLIENT := clients/python
+PROTOGEN = $(PY) $(CLIENT)/protogen.py --link-dir $(BUILD)/protos
+# Generated code, never committed: the `longrun` package inside the client
+# distribution, and the example's `convert` package at the repo root.
+GENERATED := $(CLIENT)/longrun/v1/jobs_pb2.py
+EXAMPLE_GENERATED := convert/v1/convert_pb2.py
+DEPS := $(VENV)/.deps
 STAMP := $(VENV)/.installed
+# What an installed checkout must be able to import and run; `make install`
+# checks it every time and reinstalls when it fails (self-repairing).
+SELF_CHECK := import longrun_client.cli, longrun.v1.jobs_pb2_grpc, longrun_server.app, longrun_worker.runtime
 
-.PHONY: help install proto run run-emulators emulators-start emulators-stop test test-unit test-contract test-acceptance lint typecheck bench chaos clean docker
+.PHONY: help install proto wheels run run-emulators emulators-start emulators-stop test test-unit test-contract test-integration test-acceptance lint typecheck bench chaos clean docker
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(DEPS): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps -e .
+	touch $(DEPS)
+
+$(GENERATED): $(shell find protos -name '*.proto') $(CLIENT)/protogen.py $(DEPS)
+	cd protos && ../$(PY) ../$(CLIENT)/protogen.py --link-dir ../$(BUILD)/protos --out ../$(CLIENT) --proto-root . $$(find . -name '*.proto' | sed 's|^\./||')
+
+$(EXAMPLE_GENERATED): $(shell find examples/protos -name '*.proto') $(GENERATED)
+	$(PROTOGEN) --out . --proto-root examples/protos --proto-root protos $$(cd examples/protos && find . -name '*.proto' | sed 's|^\./||')
+
+# Generated code first, then the editable installs: the client's folder goes on
+# sys.path as a whole (editable_mode=compat), so code generated later is found too.
+$(STAMP): $(DEPS) $(GENERATED) pyproject.toml $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
+	$(PY) -m pip install -q --no-deps --no-build-isolation --config-settings editable_mode=compat -e ./$(CLIENT)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP) proto ## create .venv with pinned packages and generate the proto code
+install: $(STAMP) proto ## create .venv with pinned packages, generate the proto code, install longrun editable
+	@$(PY) -c '$(SELF_CHECK)' 2>/dev/null && $(VENV)/bin/longrun --help >/dev/null || \
+		{ echo "install is broken: reinstalling"; rm -f $(STAMP); $(MAKE) --no-print-directory $(STAMP); \
+		  $(PY) -c '$(SELF_CHECK)' && $(VENV)/bin/longrun --help >/dev/null; }
 
-# The compiled google.longrunning module registers "google/longrunning/operations.proto",
-# but the package ships the source as operations_proto.proto: link it under the runtime name.
-proto: $(STAMP) ## generate Python code from protos/ (never edit the output)
-	@mkdir -p $(BUILD)/protos/google/longrunning
-	@ln -sf $(GOOGLE_PROTOS)/google/longrunning/operations_proto.proto $(BUILD)/protos/google/longrunning/operations.proto
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos -Iexamples/protos -I$(BUILD)/protos -I$(GOOGLE_PROTOS) -I$(GRPC_PROTOS) \
-		--python_out=. --grpc_python_out=. --mypy_out=quiet:. \
-		$(shell find protos examples/protos -name '*.proto' 2>/dev/null | sed -e 's|^protos/||' -e 's|^examples/protos/||')
+proto: $(GENERATED) $(EXAMPLE_GENERATED) ## generate Python code from protos/ (never edit the output)
+
+wheels: install ## build the longrun-client and longrun wheels into dist/
+	rm -rf dist
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist ./$(CLIENT) .
+	@ls dist
 
 run: install ## server + 2 workers on the embedded default (or LONGRUN_STORE/LONGRUN_QUEUE)
-	$(PY) -m server.dev
+	$(PY) -m longrun_server.dev
 
 emulators-start: install ## start both emulators in the background (prints the exports)
 	$(PY) -m scripts.emulators start
@@ -42,14 +62,23 @@ emulators-stop: ## stop the emulators started by emulators-start
 	$(PY) -m scripts.emulators stop
 
 run-emulators: install ## server + 2 workers on the Firestore and Pub/Sub emulators
-	$(PY) -m scripts.emulators run -- $(PY) -m server.dev --store firestore --queue pubsub
+	$(PY) -m scripts.emulators run -- $(PY) -m longrun_server.dev --store firestore --queue pubsub
 
 test: install ## lint, typecheck, then every test suite (emulators started and stopped here)
 	$(MAKE) lint typecheck
 	$(PY) -m scripts.emulators run -- $(PY) -m pytest
 
-test-unit: install
+test-unit: install ## unit tests only
 	$(PY) -m pytest tests/unit
+
+test-contract: install ## store and queue contract suites (starts the emulators)
+	$(PY) -m scripts.emulators run -- $(PY) -m pytest tests/contract
+
+test-integration: install ## integration tests (starts the emulators)
+	$(PY) -m scripts.emulators run -- $(PY) -m pytest tests/integration
+
+test-acceptance: install ## acceptance tests against real processes (starts the emulators)
+	$(PY) -m scripts.emulators run -- $(PY) -m pytest tests/acceptance
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check .
@@ -72,5 +101,5 @@ docker: ## build the image (needs a Docker engine)
 	docker build -t longrun .
 
 clean:
-	rm -rf $(BUILD) $(VENV) .mypy_cache .pytest_cache .ruff_cache
-	find longrun convert -name '*_pb2*.py*' -delete 2>/dev/null || true
+	rm -rf $(BUILD) dist $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	find $(CLIENT)/longrun convert -name '*_pb2*.py*' -delete 2>/dev/null || true

@@ -5,7 +5,7 @@ Operations servicer that returns stored Operation messages from a dict.
 
 OP.bin holds one serialized google.longrunning.Operation (the one our server
 returns); GetOperation for its name returns it, any other name NOT_FOUND.
-Same grpc server options as ours (server.app.SERVER_OPTIONS)."""
+Same grpc server options as ours (longrun_server.app.SERVER_OPTIONS)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 
-from server.app import SERVER_OPTIONS
+from longrun_server.app import SERVER_OPTIONS
 
 
 class DictOperations(operations_pb2_grpc.OperationsServicer):

@@ -138,7 +138,7 @@ def run(backend: str, jobs: int, workers: int, seed: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"chaos-{backend}-") as tmp:
         workdir = Path(tmp)
         env = backend_env(backend, workdir)
-        env["LONGRUN_TASK_MODULES"] = "worker.builtin_tasks tests.support.fault_tasks"
+        env["LONGRUN_TASK_MODULES"] = "longrun_worker.builtin_tasks tests.support.fault_tasks"
         env["LONGRUN_TEST_RECORD_DIR"] = str(workdir / "records")
         env["LONGRUN_LOG_LEVEL"] = "INFO"
         (workdir / "records").mkdir()

@@ -29,7 +29,7 @@ from tests.acceptance.harness import Service, backend_env, wait_for
 
 RESULTS = ROOT / "bench" / "results"
 #: Task modules for every server and worker a benchmark starts.
-TASK_MODULES = "worker.builtin_tasks bench.tasks"
+TASK_MODULES = "longrun_worker.builtin_tasks bench.tasks"
 
 
 @dataclass

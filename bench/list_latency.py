@@ -37,12 +37,12 @@ from bench.common import (
     start_profile,
     summary_ms,
 )
-from lro.clock import SystemClock
-from lro.model import OperationRecord, State, pack
-from lro.names import COLLECTION
-from lro.sqlite.db import SCHEMA
-from lro.sqlite.store import _INSERT, to_row
-from lro.store import Cursor, PageTokens
+from longrun_core.clock import SystemClock
+from longrun_core.model import OperationRecord, State, pack
+from longrun_core.names import COLLECTION
+from longrun_core.sqlite.db import SCHEMA
+from longrun_core.sqlite.store import _INSERT, to_row
+from longrun_core.store import Cursor, PageTokens
 
 NAME = "6 ListOperations"
 SECRET = b"bench-page-token-secret"

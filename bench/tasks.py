@@ -1,4 +1,4 @@
-"""Bench-only tasks, loaded with LONGRUN_TASK_MODULES="worker.builtin_tasks bench.tasks"
+"""Bench-only tasks, loaded with LONGRUN_TASK_MODULES="longrun_worker.builtin_tasks bench.tasks"
 by the server (validation) and the workers (execution).
 
 `stamp` returns the wall-clock time at which its body ended, so a waiter on
@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from lro.tasks import RetryPolicy, TaskContext, TaskSet
+from longrun_core.tasks import RetryPolicy, TaskContext, TaskSet
 
 tasks = TaskSet()
 

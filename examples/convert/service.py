@@ -9,9 +9,9 @@ with google.longrunning.Operations on the same server; its response is a
 
 Mount it on the longrun server with the service-module hook:
 
-    LONGRUN_TASK_MODULES="worker.builtin_tasks examples.convert.tasks" \\
-        python -m server --service-module examples.convert.service
-    LONGRUN_TASK_MODULES="worker.builtin_tasks examples.convert.tasks" python -m worker
+    LONGRUN_TASK_MODULES="longrun_worker.builtin_tasks examples.convert.tasks" \\
+        longrun-server --service-module examples.convert.service
+    LONGRUN_TASK_MODULES="longrun_worker.builtin_tasks examples.convert.tasks" longrun-worker
 
 or, in a server you compose yourself, call `add_to_server(server, jobs)` before
 `server.start()`.
@@ -26,8 +26,8 @@ from google.protobuf.json_format import MessageToDict
 
 from convert.v1 import convert_pb2
 from longrun.v1 import jobs_pb2
-from server.jobs_service import JobsService
-from server.status import rpc_errors, service_handler
+from longrun_server.jobs_service import JobsService
+from longrun_server.status import rpc_errors, service_handler
 
 TASK = "convert"
 
@@ -81,5 +81,5 @@ def add_to_server(server: grpc.aio.Server, jobs: JobsService) -> ConverterServic
 
 
 def register(server: grpc.aio.Server, jobs: JobsService) -> None:
-    """The `--service-module` hook of `python -m server`."""
+    """The `--service-module` hook of `longrun-server`."""
     add_to_server(server, jobs)

@@ -2,7 +2,7 @@
 
 Load it in the server (which validates requests) and in every worker:
 
-    LONGRUN_TASK_MODULES="worker.builtin_tasks examples.convert.tasks"
+    LONGRUN_TASK_MODULES="longrun_worker.builtin_tasks examples.convert.tasks"
 
 Its params are a ConvertRequest as JSON (proto field names, no request_id or
 labels); it returns a `convert.v1.ConvertResponse` message, which the worker
@@ -19,7 +19,7 @@ from typing import Any
 from google.protobuf.json_format import ParseDict, ParseError
 
 from convert.v1 import convert_pb2
-from lro.tasks import PermanentError, TaskContext, TaskSet
+from longrun_core.tasks import PermanentError, TaskContext, TaskSet
 
 tasks = TaskSet()
 

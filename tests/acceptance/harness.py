@@ -87,7 +87,7 @@ class Service:
         self.server = self._spawn(
             [
                 "-m",
-                "server",
+                "longrun_server",
                 "--address",
                 address,
                 "--port-file",
@@ -117,7 +117,7 @@ class Service:
         self, *args: str, extra_env: Mapping[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         proc = self._spawn(
-            ["-m", "worker", *self.worker_flags, *args],
+            ["-m", "longrun_worker", *self.worker_flags, *args],
             f"worker-{len(self.workers)}.log",
             extra_env,
         )

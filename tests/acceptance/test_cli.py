@@ -1,5 +1,5 @@
 """The `longrun` CLI against the real server and worker: in-process through
-`clients.cli.run` (fast), and as a subprocess where the terminal matters
+`longrun_client.cli.run` (fast), and as a subprocess where the terminal matters
 (progress without a TTY, Ctrl-C)."""
 
 from __future__ import annotations
@@ -10,18 +10,21 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.longrunning import operations_pb2
 
-from clients.cli import run
-from tests.acceptance.harness import ROOT, Service
+from longrun_client.cli import run
+from tests.acceptance.harness import Service
 from tests.acceptance.test_clients import BACKENDS, running_service
 
 
@@ -55,23 +58,44 @@ def longrun(shared: Service, capsys: pytest.CaptureFixture[str]) -> Any:
     return invoke
 
 
-def cli_process(target: str, *args: str) -> subprocess.Popen[str]:
+#: The installed console script, as a user runs it: from another folder, with
+#: no PYTHONPATH pointing into the repo.
+LONGRUN = Path(sys.executable).parent / "longrun"
+
+
+def _default_sigint() -> None:
+    # A suite started in the background by a non-interactive shell inherits
+    # SIGINT ignored, and so would the CLI; give it the terminal's default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextmanager
+def cli_process(target: str, *args: str) -> Iterator[subprocess.Popen[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LONGRUN_")}
-    env |= {"LONGRUN_TARGET": target, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "clients.cli", *args],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env.pop("PYTHONPATH", None)
+    env |= {"LONGRUN_TARGET": target, "PYTHONUNBUFFERED": "1"}
+    with tempfile.TemporaryDirectory() as cwd:
+        proc = subprocess.Popen(
+            [str(LONGRUN), *args],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_default_sigint,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
 
 
 def test_submit_wait_prints_progress_lines_without_a_tty(shared: Service) -> None:
-    proc = cli_process(shared.target, "submit", "sleep", "--param", "worktime=4", "--wait")
-    out, err = proc.communicate(timeout=60)
+    with cli_process(shared.target, "submit", "sleep", "--param", "worktime=4", "--wait") as proc:
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert json.loads(out) == {"slept_seconds": 4}
     lines = err.splitlines()
@@ -85,16 +109,16 @@ def test_submit_wait_prints_progress_lines_without_a_tty(shared: Service) -> Non
 
 
 def test_ctrl_c_stops_waiting_with_130(shared: Service, longrun: Any) -> None:
-    proc = cli_process(shared.target, "submit", "sleep", "--param", "worktime=60", "--wait")
-    assert proc.stderr is not None
-    lines: list[str] = []
-    for line in proc.stderr:  # wait for the first progress line
-        lines.append(line)
-        if "RUNNING" in line:
-            break
-    name = lines[0].split()[0]
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    with cli_process(shared.target, "submit", "sleep", "--param", "worktime=60", "--wait") as proc:
+        assert proc.stderr is not None
+        lines: list[str] = []
+        for line in proc.stderr:  # wait for the first progress line
+            lines.append(line)
+            if "RUNNING" in line:
+                break
+        name = lines[0].split()[0]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert f"{name} goes on" in err
     assert longrun("cancel", name).code == 0

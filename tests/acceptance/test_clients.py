@@ -17,7 +17,8 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from clients import (
+from longrun.v1 import jobs_pb2
+from longrun_client import (
     AsyncClient,
     Client,
     InvalidArgument,
@@ -25,7 +26,6 @@ from clients import (
     JobFailed,
     NotFound,
 )
-from longrun.v1 import jobs_pb2
 from tests.acceptance.harness import Service, backend_env
 
 State = jobs_pb2.JobMetadata.State
@@ -34,7 +34,7 @@ BACKENDS = ["embedded", pytest.param("google", marks=pytest.mark.google)]
 
 #: Server and workers that also know the example `convert` task and service.
 EXAMPLE_ENV = {
-    "LONGRUN_TASK_MODULES": "worker.builtin_tasks examples.convert.tasks",
+    "LONGRUN_TASK_MODULES": "longrun_worker.builtin_tasks examples.convert.tasks",
     "LONGRUN_SERVICE_MODULES": "examples.convert.service",
 }
 

@@ -11,11 +11,11 @@ import grpc
 import pytest
 from google.longrunning import operations_pb2
 
-from clients import Client, InvalidArgument
 from convert.v1 import convert_pb2
 from examples.convert.service import add_to_server
 from examples.convert.tasks import render
 from longrun.v1 import jobs_pb2
+from longrun_client import Client, InvalidArgument
 from tests.acceptance.harness import Service
 from tests.acceptance.test_clients import BACKENDS, EXAMPLE_ENV, running_service
 

@@ -16,7 +16,7 @@ from tests.acceptance.harness import Service, backend_env, wait_for
 
 OPS = "google.longrunning.Operations"
 CREATE = "longrun.v1.Jobs/CreateJob"
-FAULT_TASKS = "worker.builtin_tasks tests.support.fault_tasks"
+FAULT_TASKS = "longrun_worker.builtin_tasks tests.support.fault_tasks"
 
 
 @pytest.fixture
@@ -117,8 +117,8 @@ def _dead_letters(svc: Service) -> set[str]:
     """Operation names in the dead-letter destination, read through the queue seam."""
     code = (
         "import asyncio, sys\n"
-        "from lro.backends import build_backends\n"
-        "from lro.settings import BackendSettings\n"
+        "from longrun_core.backends import build_backends\n"
+        "from longrun_core.settings import BackendSettings\n"
         "async def main():\n"
         "    b = build_backends(BackendSettings.from_env())\n"
         "    await b.queue.start()\n"

@@ -7,6 +7,9 @@ import time
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from tests.acceptance.harness import Service, wait_for
 
@@ -23,6 +26,52 @@ def test_reflection_lists_and_describes_both_services(service: Service) -> None:
     assert "rpc CreateJob ( .longrun.v1.CreateJobRequest ) returns" in described.stdout
     metadata = service.grpcurl("describe", "longrun.v1.JobMetadata")
     assert "CANCELLED" in metadata.stdout, metadata.stderr
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_answers_under_both_protocol_names(service: Service, version: str) -> None:
+    # v1 and v1alpha are the same messages under two package names; newer
+    # grpcurl, grpcui and Postman ask v1 first.
+    ask = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol=f"grpc.reflection.{version}.ServerReflection"
+        ),
+    ]
+    with grpc.insecure_channel(service.target) as channel:
+        info = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        listed, described = list(info(iter(ask), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {
+        "google.longrunning.Operations",
+        "longrun.v1.Jobs",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in described.file_descriptor_response.file_descriptor_proto
+    ]
+    assert f"grpc/reflection/{version}/reflection.proto" in [f.name for f in files]
+
+
+def test_health_list_reports_every_served_service(service: Service) -> None:
+    with grpc.insecure_channel(service.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        listed = health.List(health_pb2.HealthListRequest(), timeout=10)
+        check = health.Check(health_pb2.HealthCheckRequest(service="longrun.v1.Jobs"), timeout=10)
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert {name: s.status for name, s in listed.statuses.items()} == {
+        "": serving,
+        "google.longrunning.Operations": serving,
+        "longrun.v1.Jobs": serving,
+    }
+    assert check.status == serving
 
 
 def test_create_wait_get_sleep_job(service: Service) -> None:

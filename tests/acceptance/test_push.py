@@ -1,5 +1,5 @@
 """The push worker end to end on the Pub/Sub emulator: the real server
-publishes, the emulator pushes to `python -m worker --push`, the operation
+publishes, the emulator pushes to `longrun-worker --push`, the operation
 finishes. The emulator sends no Authorization header, so the worker runs with
 `--push-auth none` here; authentication is covered by
 tests/integration/test_push_endpoint.py with locally signed tokens."""
@@ -47,7 +47,7 @@ def pushed(tmp_path: Path) -> Iterator[tuple[Service, Any]]:
             worker = svc._spawn(
                 [
                     "-m",
-                    "worker",
+                    "longrun_worker",
                     "--push",
                     "--push-auth",
                     "none",

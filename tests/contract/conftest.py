@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lro.queue import TaskQueue
-from lro.sqlite.backend import SqliteBackend
-from lro.sqlite.queue import SqliteTaskQueue
-from lro.sqlite.store import SqliteOperationStore
-from lro.store import OperationStore
+from longrun_core.queue import TaskQueue
+from longrun_core.sqlite.backend import SqliteBackend
+from longrun_core.sqlite.queue import SqliteTaskQueue
+from longrun_core.sqlite.store import SqliteOperationStore
+from longrun_core.store import OperationStore
 
 #: Queue lease used by the contract tests (Pub/Sub's minimum ack deadline is 10 s).
 VISIBILITY = {"sqlite": 1.0, "pubsub": 10.0}

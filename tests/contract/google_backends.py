@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
-from lro.google.firestore_store import FirestoreOperationStore
-from lro.google.pubsub_queue import PubSubTaskQueue
+from longrun_core.google.firestore_store import FirestoreOperationStore
+from longrun_core.google.pubsub_queue import PubSubTaskQueue
 
 EMULATOR_VARS = ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST")
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from google.protobuf import struct_pb2
 
-from lro.model import OperationRecord, State
+from longrun_core.model import OperationRecord, State
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 _seq = itertools.count()

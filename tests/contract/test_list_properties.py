@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lro.filtering import Filter, parse_filter
-from lro.model import OperationRecord
-from lro.sqlite.backend import SqliteBackend
-from lro.sqlite.store import SqliteOperationStore
-from lro.store import Cursor, OperationStore
+from longrun_core.filtering import Filter, parse_filter
+from longrun_core.model import OperationRecord
+from longrun_core.sqlite.backend import SqliteBackend
+from longrun_core.sqlite.store import SqliteOperationStore
+from longrun_core.store import Cursor, OperationStore
 from tests.contract.records import make_record
 from tests.unit.test_filtering import Node, filters, pool_record
 

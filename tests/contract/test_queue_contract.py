@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from lro.queue import Delivery, TaskMessage, TaskQueue
+from longrun_core.queue import Delivery, TaskMessage, TaskQueue
 from tests.contract.conftest import visibility
 
 

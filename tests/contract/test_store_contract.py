@@ -9,10 +9,10 @@ from datetime import timedelta
 
 import pytest
 
-from lro import transitions
-from lro.errors import AlreadyExists, InvalidArgument, NotFound
-from lro.model import OperationRecord, State
-from lro.store import Cursor, OperationStore, request_fingerprint
+from longrun_core import transitions
+from longrun_core.errors import AlreadyExists, InvalidArgument, NotFound
+from longrun_core.model import OperationRecord, State
+from longrun_core.store import Cursor, OperationStore, request_fingerprint
 from tests.contract.records import BASE, make_record
 
 RETENTION = timedelta(days=30)

@@ -17,21 +17,21 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2
 
 from longrun.v1 import jobs_pb2
-from lro import transitions
-from lro.clock import uuid_ids
-from lro.errors import NotFound, Unavailable
-from lro.model import OperationRecord, State, pack
-from lro.queue import TaskMessage, TaskQueue, Transition
-from lro.sqlite.backend import SqliteBackend
-from lro.sqlite.queue import SqliteTaskQueue
-from lro.sqlite.store import SqliteOperationStore
-from lro.tasks import TaskContext, TaskRegistry, TaskSet
-from server.dispatcher import Dispatcher
-from server.jobs_service import JobsService
+from longrun_core import transitions
+from longrun_core.clock import uuid_ids
+from longrun_core.errors import NotFound, Unavailable
+from longrun_core.model import OperationRecord, State, pack
+from longrun_core.queue import TaskMessage, TaskQueue, Transition
+from longrun_core.sqlite.backend import SqliteBackend
+from longrun_core.sqlite.queue import SqliteTaskQueue
+from longrun_core.sqlite.store import SqliteOperationStore
+from longrun_core.tasks import TaskContext, TaskRegistry, TaskSet
+from longrun_server.dispatcher import Dispatcher
+from longrun_server.jobs_service import JobsService
+from longrun_worker.runtime import Worker, WorkerSettings
 from tests.support.clock import FakeClock
 from tests.support.queues import ForwardingQueue
 from tests.support.waiting import wait_until
-from worker.runtime import Worker, WorkerSettings
 
 REDISPATCH = timedelta(seconds=30)
 RETENTION = timedelta(seconds=10)

@@ -14,12 +14,16 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 
-from lro.errors import AlreadyExists
-from lro.google.firestore_store import FirestoreOperationStore, ListenClient, request_doc_id
-from lro.model import OperationRecord, State
-from lro.settings import BackendSettings
-from lro.store import Cursor, request_fingerprint
-from lro.transitions import status_bytes
+from longrun_core.errors import AlreadyExists
+from longrun_core.google.firestore_store import (
+    FirestoreOperationStore,
+    ListenClient,
+    request_doc_id,
+)
+from longrun_core.model import OperationRecord, State
+from longrun_core.settings import BackendSettings
+from longrun_core.store import Cursor, request_fingerprint
+from longrun_core.transitions import status_bytes
 from tests.contract.google_backends import (
     eventually,
     fresh_project,

@@ -15,9 +15,9 @@ from dataclasses import replace
 
 import pytest
 
-from lro.google.firestore_store import FirestoreOperationStore
-from lro.model import OperationRecord
-from lro.queue import TaskMessage
+from longrun_core.google.firestore_store import FirestoreOperationStore
+from longrun_core.model import OperationRecord
+from longrun_core.queue import TaskMessage
 from tests.contract.google_backends import (
     fresh_project,
     make_firestore_store,

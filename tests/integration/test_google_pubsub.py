@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
-from lro.errors import Unavailable
-from lro.google import pubsub_queue
-from lro.google.pubsub_queue import PubSubTaskQueue
-from lro.queue import Delivery, TaskMessage
-from lro.settings import BackendSettings
+from longrun_core.errors import Unavailable
+from longrun_core.google import pubsub_queue
+from longrun_core.google.pubsub_queue import PubSubTaskQueue
+from longrun_core.queue import Delivery, TaskMessage
+from longrun_core.settings import BackendSettings
 from tests.contract.google_backends import (
     eventually,
     fresh_project,
@@ -322,7 +322,7 @@ asyncio.run(main())
 async def test_unary_pull_survives_a_killed_consumer_on_the_emulator() -> None:
     """A killed consumer leaves nothing behind that takes later messages (the
     emulator keeps a killed streaming pull alive and feeds it: see the module
-    docstring of lro.google.pubsub_queue)."""
+    docstring of longrun_core.google.pubsub_queue)."""
     require_emulators()
     q = await make_pubsub_queue(pull="unary")
     project, suffix = _sibling(q)

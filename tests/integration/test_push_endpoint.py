@@ -1,5 +1,5 @@
 """The push worker in-process: an aiohttp test server on 127.0.0.1 running
-worker.push over the embedded SQLite store, with push authentication checked
+longrun_worker.push over the embedded SQLite store, with push authentication checked
 against certificates served by a local aiohttp server and tokens signed here
 (no network beyond loopback)."""
 
@@ -28,18 +28,18 @@ from google.auth import crypt, jwt
 from google.protobuf import struct_pb2
 
 from longrun.v1 import jobs_pb2
-from lro.clock import SystemClock, uuid_ids
-from lro.model import OperationRecord, State
-from lro.sqlite.backend import SqliteBackend
-from lro.sqlite.queue import SqliteTaskQueue
-from lro.sqlite.store import SqliteOperationStore
-from lro.tasks import load_tasks
-from server.dispatcher import Dispatcher
-from server.jobs_service import JobsService
+from longrun_core.clock import SystemClock, uuid_ids
+from longrun_core.model import OperationRecord, State
+from longrun_core.sqlite.backend import SqliteBackend
+from longrun_core.sqlite.queue import SqliteTaskQueue
+from longrun_core.sqlite.store import SqliteOperationStore
+from longrun_core.tasks import load_tasks
+from longrun_server.dispatcher import Dispatcher
+from longrun_server.jobs_service import JobsService
+from longrun_worker.push import PushEndpoint, parse_envelope
+from longrun_worker.push_config import AuthSettings, PushSettings
+from longrun_worker.runtime import Worker, WorkerSettings
 from tests.support.waiting import wait_until
-from worker.push import PushEndpoint, parse_envelope
-from worker.push_config import AuthSettings, PushSettings
-from worker.runtime import Worker, WorkerSettings
 
 AUDIENCE = "https://push.example.test/push"
 PUSHER = "pusher@longrun-test.iam.gserviceaccount.com"
@@ -150,7 +150,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     queue = SqliteTaskQueue(backend)
     await store.start()
     await queue.start()
-    registry = load_tasks(["worker.builtin_tasks"])
+    registry = load_tasks(["longrun_worker.builtin_tasks"])
     clock = SystemClock()
     dispatcher = Dispatcher(
         store,
@@ -471,7 +471,7 @@ async def test_unreachable_certificates_answer_503(env: Env, keys: dict[str, Key
 def test_oidc_without_allowed_accounts_refuses_to_start() -> None:
     with pytest.raises(ValueError, match="allowed service account"):
         AuthSettings(mode="oidc").check()
-    from worker.__main__ import main
+    from longrun_worker.__main__ import main
 
     result = CliRunner().invoke(
         main, ["--push", "--push-auth", "oidc"], env={"LONGRUN_PUSH_ALLOWED_SA": None}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lro.sqlite import notify
-from lro.sqlite.notify import Notifier
+from longrun_core.sqlite import notify
+from longrun_core.sqlite.notify import Notifier
 from tests.support.waiting import wait_until
 
 

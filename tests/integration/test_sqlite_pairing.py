@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from lro import transitions
-from lro.errors import NotFound
-from lro.model import OperationRecord, State, evolve
-from lro.queue import Delivery, TaskMessage, Transition
-from lro.sqlite.backend import SqliteBackend
-from lro.sqlite.queue import SqliteTaskQueue
-from lro.sqlite.store import COLUMNS, SqliteOperationStore
+from longrun_core import transitions
+from longrun_core.errors import NotFound
+from longrun_core.model import OperationRecord, State, evolve
+from longrun_core.queue import Delivery, TaskMessage, Transition
+from longrun_core.sqlite.backend import SqliteBackend
+from longrun_core.sqlite.queue import SqliteTaskQueue
+from longrun_core.sqlite.store import COLUMNS, SqliteOperationStore
 from tests.contract.records import make_record
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import sqlite3
 import threading
 import time
@@ -20,16 +21,16 @@ from google.protobuf import duration_pb2, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from longrun.v1 import jobs_pb2
-from lro import transitions
-from lro.clock import SystemClock, uuid_ids
-from lro.errors import NotFound
-from lro.model import OperationRecord, State
-from lro.queue import Delivery, TaskMessage, TaskQueue, Transition
-from lro.sqlite.backend import SqliteBackend
-from lro.sqlite.queue import SqliteTaskQueue
-from lro.sqlite.store import SqliteOperationStore
-from lro.store import OperationStore
-from lro.tasks import (
+from longrun_core import transitions
+from longrun_core.clock import SystemClock, uuid_ids
+from longrun_core.errors import NotFound
+from longrun_core.model import OperationRecord, State
+from longrun_core.queue import Delivery, TaskMessage, TaskQueue, Transition
+from longrun_core.sqlite.backend import SqliteBackend
+from longrun_core.sqlite.queue import SqliteTaskQueue
+from longrun_core.sqlite.store import SqliteOperationStore
+from longrun_core.store import OperationStore
+from longrun_core.tasks import (
     PermanentError,
     RetryPolicy,
     TaskContext,
@@ -37,11 +38,11 @@ from lro.tasks import (
     TaskSet,
     TransientError,
 )
-from server.dispatcher import Dispatcher
-from server.jobs_service import JobsService
+from longrun_server.dispatcher import Dispatcher
+from longrun_server.jobs_service import JobsService
+from longrun_worker.runtime import Worker, WorkerSettings
 from tests.support.queues import ForwardingQueue
 from tests.support.waiting import wait_until
-from worker.runtime import Worker, WorkerSettings
 
 RETENTION = timedelta(days=1)
 SETTINGS = WorkerSettings(
@@ -64,8 +65,10 @@ class Probe:
     unblock: threading.Event = field(default_factory=threading.Event)
     cancel_seen_at: float | None = None
     swallowed_cancels: int = 0
+    contexts: list[TaskContext] = field(default_factory=list)
 
     def record(self, ctx: TaskContext) -> None:
+        self.contexts.append(ctx)
         self.calls.append((ctx.operation, ctx.attempt))
         self.call_times.append(time.monotonic())
 
@@ -610,12 +613,21 @@ async def test_a_task_ignoring_the_cancel_is_abandoned_after_its_grace(env: Env,
 # ---- deletion ----
 
 
-async def test_a_deleted_running_operation_is_not_brought_back_by_its_worker(env: Env) -> None:
+async def test_a_deleted_running_operation_is_not_brought_back_by_its_worker(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
     env.start_worker("w1")
     name = await env.submit("gated")
     await env.wait_state(name, State.RUNNING)
 
+    caplog.set_level(logging.INFO, logger="longrun.worker")
     await env.store.delete(name)
+    # DeleteOperation does not cancel (operations.proto): once the worker has
+    # seen the deletion, its task still runs, uncancelled, to the end.
+    await wait_until(
+        lambda: any(getattr(r, "action", None) == "deleted_while_running" for r in caplog.records)
+    )
+    assert [ctx.cancelled for ctx in PROBE.contexts] == [False]
     PROBE.release.set()
     await wait_until(lambda: PROBE.returned == [name])
     await wait_until(lambda: env.queue.actions(name) == ["publish", "ack"])

@@ -9,7 +9,7 @@ DEFAULT_START = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
 
 class FakeClock:
-    """Implements `lro.clock.Clock`; starts at `start` and moves only on `advance`."""
+    """Implements `longrun_core.clock.Clock`; starts at `start` and moves only on `advance`."""
 
     def __init__(self, start: datetime = DEFAULT_START) -> None:
         if start.tzinfo is None:

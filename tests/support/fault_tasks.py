@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lro.tasks import PermanentError, RetryPolicy, TaskContext, TaskSet
+from longrun_core.tasks import PermanentError, RetryPolicy, TaskContext, TaskSet
 
 tasks = TaskSet()
 

@@ -3,7 +3,7 @@ only what they watch."""
 
 from __future__ import annotations
 
-from lro.queue import Delivery, TaskMessage, TaskQueue, Transition
+from longrun_core.queue import Delivery, TaskMessage, TaskQueue, Transition
 
 
 class ForwardingQueue(TaskQueue):

@@ -15,7 +15,8 @@ from google.longrunning import operations_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from clients import (
+from longrun.v1 import jobs_pb2
+from longrun_client import (
     AsyncClient,
     AsyncOperationFuture,
     Client,
@@ -29,7 +30,6 @@ from clients import (
     Unimplemented,
     WaitPolicy,
 )
-from longrun.v1 import jobs_pb2
 
 NAME = "operations/abc"
 FAST = WaitPolicy(poll_initial=0.001, poll_maximum=0.005, progress_poll=0.5, long_poll=30)

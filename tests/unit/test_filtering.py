@@ -1,4 +1,4 @@
-"""lro.filtering: the AIP-160 ListOperations filter.
+"""longrun_core.filtering: the AIP-160 ListOperations filter.
 
 Example tests pin the grammar, each field, each error and the SQL shapes;
 property tests check generated filters against a reference evaluation written
@@ -24,11 +24,11 @@ from google.rpc import status_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lro.clock import to_micros
-from lro.errors import InvalidArgument
-from lro.filtering import MAX_DEPTH, MAX_LENGTH, MAX_TERMS, Filter, SqlFilter, parse_filter
-from lro.model import OperationRecord, State
-from lro.store import RecordFilter
+from longrun_core.clock import to_micros
+from longrun_core.errors import InvalidArgument
+from longrun_core.filtering import MAX_DEPTH, MAX_LENGTH, MAX_TERMS, Filter, SqlFilter, parse_filter
+from longrun_core.model import OperationRecord, State
+from longrun_core.store import RecordFilter
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 US = timedelta(microseconds=1)

@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from lro.errors import InvalidArgument
-from lro.names import operation_name, parse_operation_name
-from lro.validation import (
+from longrun_core.errors import InvalidArgument
+from longrun_core.names import operation_name, parse_operation_name
+from longrun_core.validation import (
     MAX_LABEL_VALUE,
     MAX_LABELS,
     MAX_PARAMS_BYTES,

@@ -10,8 +10,8 @@ from google.protobuf import any_pb2, duration_pb2, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from longrun.v1 import jobs_pb2
-from lro.errors import DOMAIN
-from lro.packing import error_status, pack_result, struct_to_dict
+from longrun_core.errors import DOMAIN
+from longrun_core.packing import error_status, pack_result, struct_to_dict
 
 
 def unpack_any(data: bytes) -> any_pb2.Any:

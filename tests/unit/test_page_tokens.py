@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lro.errors import InvalidArgument
-from lro.store import Cursor, PageTokens
+from longrun_core.errors import InvalidArgument
+from longrun_core.store import Cursor, PageTokens
 
 SECRET = b"s3cret-for-tests"
 BINDING = "operations|filter=done = true"

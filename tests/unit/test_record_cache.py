@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from lro.clock import to_micros
-from lro.model import OperationRecord, State, evolve
-from lro.sqlite.store import _FIELDS, COLUMNS, RecordCache, to_row
+from longrun_core.clock import to_micros
+from longrun_core.model import OperationRecord, State, evolve
+from longrun_core.sqlite.store import _FIELDS, COLUMNS, RecordCache, to_row
 from tests.contract.records import make_record
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lro.model import OperationRecord, State, evolve
+from longrun_core.model import OperationRecord, State, evolve
 
 BASE = OperationRecord(
     id="op1",

@@ -10,8 +10,8 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from lro.errors import DOMAIN, NotFound
-from server.rest_errors import (
+from longrun_core.errors import DOMAIN, NotFound
+from longrun_server.rest_errors import (
     HTTP_STATUS,
     detail_json,
     error_body,
@@ -19,7 +19,7 @@ from server.rest_errors import (
     make_status,
     status_from_rpc_error,
 )
-from server.status import to_status
+from longrun_server.status import to_status
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2
 
-from server.rest import RestGateway, build_routes, served_services
+from longrun_server.rest import RestGateway, build_routes, served_services
 
 
 @dataclass

@@ -13,7 +13,7 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
 from longrun.v1 import jobs_pb2
-from server.rest import (
+from longrun_server.rest import (
     EXTRA_RULES,
     GatewayError,
     RestGateway,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.rest_templates import PathTemplate, TemplateError, Variable
+from longrun_server.rest_templates import PathTemplate, TemplateError, Variable
 
 
 def test_parse_the_operations_templates() -> None:

@@ -1,4 +1,4 @@
-"""The operation state machine (lro.transitions) and the caller's view of a
+"""The operation state machine (longrun_core.transitions) and the caller's view of a
 record (OperationRecord.to_operation), exact to the microsecond via FakeClock."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from longrun.v1 import jobs_pb2
-from lro import transitions
-from lro.model import OperationRecord, State, pack
-from lro.transitions import AlreadyDone, LeaseHeld, LeaseLost, NotDue, Rejected
+from longrun_core import transitions
+from longrun_core.model import OperationRecord, State, pack
+from longrun_core.transitions import AlreadyDone, LeaseHeld, LeaseLost, NotDue, Rejected
 from tests.support.clock import FakeClock
 
 LEASE = timedelta(seconds=10)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from lro.model import State
-from server.views import OperationViews
+from longrun_core.model import State
+from longrun_server.views import OperationViews
 from tests.contract.records import make_record
 
 

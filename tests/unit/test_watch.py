@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 
-from lro.watch import WatchHub
+from longrun_core.watch import WatchHub
 from tests.support.waiting import wait_until
 
 NAME = "operations/a"

@@ -1,0 +1,38 @@
+"""Python clients for longrun: `Client` (sync), `AsyncClient` (asyncio), and
+the `longrun` CLI (longrun_client.cli). See docs/clients.md."""
+
+from longrun_client.aio import AsyncClient, AsyncOperationFuture
+from longrun_client.client import Client
+from longrun_client.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    JobCancelled,
+    JobFailed,
+    LongrunClientError,
+    NotFound,
+    OperationError,
+    ServiceError,
+    Unavailable,
+    Unimplemented,
+)
+from longrun_client.future import OperationFuture, WaitPolicy
+
+__all__ = [
+    "AsyncClient",
+    "AsyncOperationFuture",
+    "Client",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "JobCancelled",
+    "JobFailed",
+    "LongrunClientError",
+    "NotFound",
+    "OperationError",
+    "OperationFuture",
+    "ServiceError",
+    "Unavailable",
+    "Unimplemented",
+    "WaitPolicy",
+]

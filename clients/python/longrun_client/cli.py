@@ -1,0 +1,426 @@
+"""`longrun`: submit jobs and manage operations from a shell.
+
+    longrun submit sleep --param worktime=5 --wait
+    longrun list --filter 'done:false'
+    longrun wait operations/abc --timeout 60
+
+Exit codes: 0 success; 1 the operation failed (or another error); 2 usage
+error; 3 NOT_FOUND; 4 INVALID_ARGUMENT / FAILED_PRECONDITION; 5 UNAVAILABLE
+(cannot connect); 6 wait timed out before the operation was done; 130
+interrupted (Ctrl-C: the operation goes on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import grpc
+from google.longrunning import operations_pb2
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from longrun.v1 import jobs_pb2
+from longrun_client.client import DEFAULT_TARGET, Client
+from longrun_client.codec import operation_to_dict, to_jsonable
+from longrun_client.errors import OperationError, ServiceError
+from longrun_client.future import OperationFuture
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_INVALID = 4
+EXIT_UNAVAILABLE = 5
+EXIT_TIMEOUT = 6
+EXIT_INTERRUPTED = 130
+
+_EXIT_BY_CODE = {
+    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
+    grpc.StatusCode.FAILED_PRECONDITION: EXIT_INVALID,
+    grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
+}
+
+_STATE = jobs_pb2.JobMetadata.State
+
+
+def exit_code_for(error: ServiceError) -> int:
+    return _EXIT_BY_CODE.get(error.code, EXIT_FAILED)
+
+
+@dataclass
+class Settings:
+    target: str
+    token: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: Path | None = None
+    _client: Client | None = None
+
+    def client(self) -> Client:
+        if self._client is None:
+            credentials = None
+            if self.tls or self.ca_file:
+                roots = self.ca_file.read_bytes() if self.ca_file else None
+                credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
+            self._client = Client(self.target, credentials=credentials, metadata=metadata)
+            click.get_current_context().call_on_close(self._client.close)
+        return self._client
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _key_value(text: str, option: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint=option)
+    return key, value
+
+
+def parse_param_value(text: str) -> Any:
+    """JSON when it parses (numbers, true/false, null, lists, objects), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def build_params(params_json: str | None, params: Sequence[str]) -> dict[str, Any]:
+    """--params-json first, then each --param k=v on top of it."""
+    result: dict[str, Any] = {}
+    if params_json:
+        try:
+            loaded = json.loads(params_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--params-json") from exc
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--params-json")
+        result.update(loaded)
+    for item in params:
+        key, value = _key_value(item, "--param")
+        result[key] = parse_param_value(value)
+    return result
+
+
+def describe_progress(metadata: jobs_pb2.JobMetadata | None) -> str:
+    if metadata is None:
+        return "(no metadata)"
+    text = f"{_STATE.Name(metadata.state)} {metadata.progress_percent:3d}%"
+    return f"{text} {metadata.progress_message}" if metadata.progress_message else text
+
+
+@contextmanager
+def progress_display(name: str) -> Iterator[Callable[[jobs_pb2.JobMetadata | None], None]]:
+    """A sink for metadata updates: a rich progress bar on a terminal, plain
+    lines on stderr otherwise (rich disables live bars when not a TTY)."""
+    console = _stderr()
+    if not console.is_terminal:
+
+        def line(metadata: jobs_pb2.JobMetadata | None) -> None:
+            click.echo(f"{name} {describe_progress(metadata)}", err=True)
+
+        yield line
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(name, total=100)
+
+        def update(metadata: jobs_pb2.JobMetadata | None) -> None:
+            if metadata is None:
+                return
+            state = _STATE.Name(metadata.state)
+            message = f" {metadata.progress_message}" if metadata.progress_message else ""
+            bar.update(
+                task,
+                completed=metadata.progress_percent,
+                description=f"{name} {state}{message}",
+            )
+
+        yield update
+
+
+def follow(future: OperationFuture[Any], timeout: float | None, as_json: bool) -> int:
+    """Wait with progress, then report: the result (exit 0), the error (1) or
+    the latest state when `timeout` passed first (6)."""
+    try:
+        with progress_display(future.name) as show:
+            show(future.metadata)
+            future.add_progress_callback(show)
+            done = future.wait(timeout)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\nstopped waiting; {future.name} goes on (`longrun cancel {future.name}` stops it)",
+            err=True,
+        )
+        raise
+    operation = future.operation
+    if as_json:
+        _emit_json(operation_to_dict(operation))
+    if not done:
+        click.echo(
+            f"{future.name} is not done after {timeout:g}s: {describe_progress(future.metadata)}",
+            err=True,
+        )
+        return EXIT_TIMEOUT
+    try:
+        result = future.result(timeout=0)
+    except OperationError as exc:
+        _print_error(exc)
+        return EXIT_FAILED
+    if not as_json:
+        _emit_json(to_jsonable(result))
+    return EXIT_OK
+
+
+def _print_error(error: ServiceError | OperationError) -> None:
+    reason = f" [{error.reason}]" if error.reason else ""
+    prefix = "operation failed" if isinstance(error, OperationError) else "error"
+    name = f"{error.operation.name} " if isinstance(error, OperationError) else ""
+    click.echo(f"{prefix}: {name}{error.code.name}: {error.message}{reason}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--target",
+    default=DEFAULT_TARGET,
+    envvar="LONGRUN_TARGET",
+    show_envvar=True,
+    show_default=True,
+    help="Server host:port.",
+)
+@click.option(
+    "--token",
+    default=None,
+    envvar="LONGRUN_TOKEN",
+    show_envvar=True,
+    help="Sent as `authorization: Bearer TOKEN` metadata.",
+)
+@click.option(
+    "--tls/--plaintext",
+    default=False,
+    envvar="LONGRUN_TLS",
+    show_envvar=True,
+    show_default=True,
+    help="Connect with TLS (system roots unless --ca-file) or in plaintext.",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    envvar="LONGRUN_CA_FILE",
+    show_envvar=True,
+    help="PEM root certificates for TLS (implies --tls).",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context, target: str, token: str | None, tls: bool, ca_file: Path | None
+) -> None:
+    """Submit jobs to a longrun server and manage their operations."""
+    ctx.obj = Settings(target=target, token=token or None, tls=tls, ca_file=ca_file)
+
+
+@cli.command()
+@click.argument("task")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="K=V",
+    help="A param; V is JSON if it parses, else a string. Repeatable.",
+)
+@click.option(
+    "--params-json",
+    default=None,
+    metavar="JSON",
+    help="All params as a JSON object (--param entries override).",
+)
+@click.option("--label", "labels", multiple=True, metavar="K=V", help="A label. Repeatable.")
+@click.option(
+    "--request-id",
+    default=None,
+    help="Idempotency key (UUID4): a repeat returns the same operation.",
+)
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the outcome, showing progress.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="With --wait: give up after this many seconds (exit 6).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the Operation as JSON.")
+@click.pass_obj
+def submit(
+    settings: Settings,
+    task: str,
+    params: tuple[str, ...],
+    params_json: str | None,
+    labels: tuple[str, ...],
+    request_id: str | None,
+    wait_: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> int:
+    """Create a job running TASK. Prints the operation name (or, with --wait, the result)."""
+    job_params = build_params(params_json, params)
+    job_labels = dict(_key_value(item, "--label") for item in labels)
+    future = settings.client().submit(task, job_params, request_id=request_id, labels=job_labels)
+    if wait_:
+        return follow(future, timeout, as_json)
+    if as_json:
+        _emit_json(operation_to_dict(future.operation))
+    else:
+        click.echo(future.name)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_obj
+def get(settings: Settings, name: str) -> int:
+    """Print operation NAME as JSON."""
+    _emit_json(operation_to_dict(settings.client().get(name)))
+    return EXIT_OK
+
+
+def _created(metadata: jobs_pb2.JobMetadata | None) -> str:
+    if metadata is None or not metadata.HasField("create_time"):
+        return ""
+    created = metadata.create_time.ToDatetime(tzinfo=UTC)
+    return created.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _job_metadata(operation: operations_pb2.Operation) -> jobs_pb2.JobMetadata | None:
+    metadata = jobs_pb2.JobMetadata()
+    if not operation.metadata.Unpack(metadata):
+        return None
+    return metadata
+
+
+@cli.command(name="list")
+@click.option(
+    "--filter",
+    "filter_",
+    default=None,
+    help="AIP-160 filter, e.g. 'done:false AND metadata.task = \"sleep\"'.",
+)
+@click.option(
+    "--page-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Operations per request (all pages are read).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of Operations.")
+@click.pass_obj
+def list_(settings: Settings, filter_: str | None, page_size: int | None, as_json: bool) -> int:
+    """List operations: a table of name, task, state, progress and creation time."""
+    operations = list(settings.client().list(filter=filter_, page_size=page_size))
+    if as_json:
+        _emit_json([operation_to_dict(op) for op in operations])
+        return EXIT_OK
+    table = Table("name", "task", "state", "progress", "created")
+    for op in operations:
+        metadata = _job_metadata(op)
+        table.add_row(
+            op.name,
+            metadata.task if metadata else "",
+            _STATE.Name(metadata.state) if metadata else ("DONE" if op.done else ""),
+            f"{metadata.progress_percent}%" if metadata else "",
+            _created(metadata),
+        )
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=250)  # no wrapping in files and pipes
+    console.print(table)
+    if not operations:
+        click.echo("no operations", err=True)
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("name")
+@click.option(
+    "--timeout", type=float, default=None, help="Give up after this many seconds (exit 6)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the Operation as JSON.")
+@click.pass_obj
+def wait(settings: Settings, name: str, timeout: float | None, as_json: bool) -> int:
+    """Wait until operation NAME is done, showing progress; print its result."""
+    client = settings.client()
+    return follow(client.follow(client.get(name)), timeout, as_json)
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_obj
+def cancel(settings: Settings, name: str) -> int:
+    """Ask the server to cancel operation NAME (it ends CANCELLED unless it finishes first)."""
+    settings.client().cancel(name)
+    click.echo(f"cancel requested: {name}")
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_obj
+def delete(settings: Settings, name: str) -> int:
+    """Forget operation NAME (this does not cancel it)."""
+    settings.client().delete(name)
+    click.echo(f"deleted: {name}")
+    return EXIT_OK
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code (main() exits with it)."""
+    try:
+        result = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="longrun",
+            standalone_mode=False,
+        )
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except ServiceError as exc:
+        _print_error(exc)
+        return exit_code_for(exc)
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def main() -> NoReturn:
+    code = run()
+    if code == EXIT_INTERRUPTED:
+        # Leave at once: an interrupted grpc call can keep interpreter shutdown
+        # waiting on its threads, and there is nothing to clean up here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

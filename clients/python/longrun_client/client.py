@@ -1,0 +1,273 @@
+"""The synchronous client: submit jobs and follow their operations.
+
+from longrun_client import Client
+
+with Client("localhost:50051") as client:
+    future = client.submit("sleep", {"worktime": 2})
+    future.add_progress_callback(lambda md: print(md.progress_percent))
+    print(future.result(timeout=60))          # {"slept_seconds": 2}
+    for op in client.list(filter="done:true"):
+        print(op.name)
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar, overload
+
+import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+
+from longrun.v1 import jobs_pb2, jobs_pb2_grpc
+from longrun_client.codec import dict_to_struct
+from longrun_client.errors import ServiceError, Unavailable
+from longrun_client.future import OperationFuture, WaitPolicy
+
+DEFAULT_TARGET = "localhost:50051"
+#: Deadline of each unary RPC but WaitOperation (seconds).
+DEFAULT_TIMEOUT = 30.0
+#: WaitOperation's RPC deadline is its wait timeout plus this, so the server
+#: answers with the latest state instead of the call ending DEADLINE_EXCEEDED.
+WAIT_DEADLINE_MARGIN = 5.0
+#: Attempts of an idempotent RPC that fails UNAVAILABLE (AIP-194).
+DEFAULT_ATTEMPTS = 3
+RETRY_PAUSE = 0.2
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+
+def make_channel(
+    target: str,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A TLS channel when `credentials` are given, else a plaintext one."""
+    if credentials is not None:
+        return grpc.secure_channel(target, credentials, options=list(options))
+    return grpc.insecure_channel(target, options=list(options))
+
+
+def wait_request(name: str, timeout: float) -> operations_pb2.WaitOperationRequest:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(max(timeout, 0.0) * 1e9))
+    return operations_pb2.WaitOperationRequest(name=name, timeout=duration)
+
+
+def job_request(
+    task: str,
+    params: Mapping[str, Any] | None,
+    request_id: str | None,
+    labels: Mapping[str, str] | None,
+) -> jobs_pb2.CreateJobRequest:
+    """A CreateJobRequest; a fresh UUID4 request_id when none is given, which
+    makes the call safe to retry (AIP-155)."""
+    return jobs_pb2.CreateJobRequest(
+        task=task,
+        params=dict_to_struct(params or {}),
+        request_id=request_id or str(uuid.uuid4()),
+        labels=dict(labels or {}),
+    )
+
+
+class _Transport:
+    """Stubs plus the shared RPC policy (metadata, deadlines, UNAVAILABLE
+    retries, grpc errors -> ServiceError). Implements OperationsTransport."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        metadata: Sequence[tuple[str, str]],
+        timeout: float,
+        attempts: int,
+    ) -> None:
+        self.operations = operations_pb2_grpc.OperationsStub(channel)
+        self.jobs = jobs_pb2_grpc.JobsStub(channel)
+        self.metadata = tuple(metadata)
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.wait_supported = True
+
+    def call(
+        self, method: Callable[..., T], request: Message, *, timeout: float | None = None
+    ) -> T:
+        """One unary call, retried on UNAVAILABLE (only use for idempotent calls)."""
+        attempt = 1
+        while True:
+            try:
+                return method(
+                    request,
+                    timeout=self.timeout if timeout is None else timeout,
+                    metadata=self.metadata,
+                )
+            except grpc.RpcError as exc:
+                error = ServiceError.from_grpc(exc)
+                if not isinstance(error, Unavailable) or attempt >= self.attempts:
+                    raise error from exc
+            time.sleep(RETRY_PAUSE * 2 ** (attempt - 1))
+            attempt += 1
+
+    def get(self, name: str) -> operations_pb2.Operation:
+        return self.call(
+            self.operations.GetOperation, operations_pb2.GetOperationRequest(name=name)
+        )
+
+    def wait(self, name: str, timeout: float) -> operations_pb2.Operation:
+        try:
+            operation: operations_pb2.Operation = self.operations.WaitOperation(
+                wait_request(name, timeout),
+                timeout=timeout + WAIT_DEADLINE_MARGIN,
+                metadata=self.metadata,
+            )
+        except grpc.RpcError as exc:
+            raise ServiceError.from_grpc(exc) from exc
+        return operation
+
+    def cancel(self, name: str) -> None:
+        self.call(self.operations.CancelOperation, operations_pb2.CancelOperationRequest(name=name))
+
+
+class Client:
+    """A longrun (or any google.longrunning) server.
+
+    `target` is host:port; `credentials` (grpc.ssl_channel_credentials(...))
+    switch to TLS; `metadata` is sent with every call, e.g.
+    `[("authorization", "Bearer TOKEN")]`. Pass `channel` to use your own
+    channel (it is not closed by `close()`). Every method raises a
+    `ServiceError` subclass when the RPC fails (NotFound, InvalidArgument...)."""
+
+    def __init__(
+        self,
+        target: str | None = DEFAULT_TARGET,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        channel: grpc.Channel | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempts: int = DEFAULT_ATTEMPTS,
+        wait_policy: WaitPolicy | None = None,
+    ) -> None:
+        if channel is None and not target:
+            raise ValueError("give a target (host:port) or a channel")
+        self.target = target
+        self._own_channel = channel is None
+        self._channel = channel if channel is not None else make_channel(str(target), credentials)
+        self._transport = _Transport(self._channel, metadata, timeout, attempts)
+        self._policy = wait_policy or WaitPolicy()
+
+    def close(self) -> None:
+        """Close the channel if this client made it."""
+        if self._own_channel:
+            self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- Jobs -------------------------------------------------------------------
+
+    @overload
+    def submit(
+        self,
+        task: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        response_type: type[M],
+    ) -> OperationFuture[M]: ...
+
+    @overload
+    def submit(
+        self,
+        task: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        response_type: None = None,
+    ) -> OperationFuture[Any]: ...
+
+    def submit(
+        self,
+        task: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        response_type: type[Message] | None = None,
+    ) -> OperationFuture[Any]:
+        """Create a job running `task` with `params` (JSON-like; not modified) and
+        return its future. `request_id` (a UUID4) makes a repeat return the same
+        operation; one is generated when omitted, so retries are safe."""
+        request = job_request(task, params, request_id, labels)
+        operation = self._transport.call(self._transport.jobs.CreateJob, request)
+        return self.follow(operation, response_type=response_type)
+
+    def follow(
+        self,
+        operation: operations_pb2.Operation | str,
+        *,
+        response_type: type[Message] | None = None,
+        metadata_type: type[Message] | None = jobs_pb2.JobMetadata,
+    ) -> OperationFuture[Any]:
+        """A future for an existing operation (an Operation, or just its name:
+        then nothing is asked until you wait or query). Works for operations of
+        any service on this server, e.g. a typed `ConvertDocument`."""
+        if isinstance(operation, str):
+            operation = operations_pb2.Operation(name=operation)
+        return OperationFuture(
+            operation,
+            self._transport,
+            response_type=response_type,
+            metadata_type=metadata_type,
+            policy=self._policy,
+        )
+
+    # -- google.longrunning.Operations -------------------------------------------
+
+    def get(self, name: str) -> operations_pb2.Operation:
+        """GetOperation."""
+        return self._transport.get(name)
+
+    def list(
+        self, filter: str | None = None, page_size: int | None = None
+    ) -> Iterator[operations_pb2.Operation]:
+        """ListOperations over every page (fetched lazily). `filter` is AIP-160,
+        e.g. `done:true AND metadata.task = "sleep"`; `page_size` is per request."""
+        request = operations_pb2.ListOperationsRequest(
+            name="operations", filter=filter or "", page_size=page_size or 0
+        )
+        while True:
+            response: operations_pb2.ListOperationsResponse = self._transport.call(
+                self._transport.operations.ListOperations, request
+            )
+            yield from response.operations
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def cancel(self, name: str) -> None:
+        """CancelOperation: best effort; the operation ends CANCELLED unless it
+        finishes first. Returns before it has stopped: wait() to see the outcome."""
+        self._transport.cancel(name)
+
+    def delete(self, name: str) -> None:
+        """DeleteOperation: forget the operation (it is not cancelled)."""
+        self._transport.call(
+            self._transport.operations.DeleteOperation,
+            operations_pb2.DeleteOperationRequest(name=name),
+        )
+
+    def wait(self, name: str, timeout: float | None = None) -> operations_pb2.Operation:
+        """Wait until the operation is done or `timeout` seconds pass (None: no
+        limit), and return its latest state either way (check `.done`)."""
+        future = self.follow(self.get(name))
+        future.wait(timeout)
+        return future.operation

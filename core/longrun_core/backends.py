@@ -1,0 +1,96 @@
+"""Composition root for the backends: build the store and queue that the
+settings name. The only place that knows every adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from longrun_core.clock import Clock, SystemClock
+from longrun_core.errors import Unavailable
+from longrun_core.queue import TaskQueue
+from longrun_core.settings import BackendSettings
+from longrun_core.store import OperationStore
+
+log = logging.getLogger("longrun.backends")
+
+STORES = ("sqlite", "firestore")
+QUEUES = ("sqlite", "pubsub")
+
+
+@dataclass
+class Backends:
+    store: OperationStore
+    queue: TaskQueue
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.queue.start()
+
+    async def start_patiently(self, stop: asyncio.Event | None = None) -> bool:
+        """`start`, retrying while a backend is unavailable (a process started
+        before its queue or store is up waits instead of crashing). False if
+        `stop` was set first."""
+        delay = 0.5
+        while True:
+            try:
+                await self.start()
+                return True
+            except Unavailable as exc:
+                log.warning("backend unavailable (%s); retrying in %.1fs", exc, delay)
+            try:
+                async with asyncio.timeout(delay):
+                    await (stop or asyncio.Event()).wait()
+                return False
+            except TimeoutError:
+                delay = min(delay * 2, 30.0)
+
+    async def close(self) -> None:
+        await self.queue.close()
+        await self.store.close()
+
+
+def build_backends(settings: BackendSettings, clock: Clock | None = None) -> Backends:
+    clock = clock or SystemClock()
+    if settings.store not in STORES:
+        raise ValueError(f"unknown store {settings.store!r}; choose one of {', '.join(STORES)}")
+    if settings.queue not in QUEUES:
+        raise ValueError(f"unknown queue {settings.queue!r}; choose one of {', '.join(QUEUES)}")
+    sqlite_backend = None
+    if "sqlite" in (settings.store, settings.queue):
+        from longrun_core.sqlite.backend import SqliteBackend
+
+        sqlite_backend = SqliteBackend(settings.sqlite_path)
+    store: OperationStore
+    if settings.store == "sqlite":
+        from longrun_core.sqlite.store import SqliteOperationStore
+
+        assert sqlite_backend is not None
+        store = SqliteOperationStore(sqlite_backend)
+    else:
+        from longrun_core.google.firestore_store import FirestoreOperationStore
+
+        store = FirestoreOperationStore.from_settings(settings)
+    queue: TaskQueue
+    if settings.queue == "sqlite":
+        from longrun_core.sqlite.queue import SqliteTaskQueue
+
+        assert sqlite_backend is not None
+        queue = SqliteTaskQueue(
+            sqlite_backend,
+            visibility_timeout=settings.visibility_timeout,
+            max_deliveries=settings.max_deliveries,
+            clock=clock,
+        )
+    else:
+        from longrun_core.google.pubsub_queue import PubSubTaskQueue
+
+        queue = PubSubTaskQueue.from_settings(settings)
+    if settings.store == settings.queue == "sqlite":
+        from longrun_core.sqlite.queue import SqliteTaskQueue
+        from longrun_core.sqlite.store import SqliteOperationStore
+
+        assert isinstance(queue, SqliteTaskQueue) and isinstance(store, SqliteOperationStore)
+        queue.attach(store)  # one file: they share transactions
+    return Backends(store, queue)

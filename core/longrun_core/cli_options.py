@@ -1,0 +1,194 @@
+"""Click options shared by `longrun-server` and `longrun-worker`: every
+flag also reads an environment variable, and --help shows which."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from longrun_core.errors import StartupError
+from longrun_core.settings import DEFAULT_TASK_MODULES, BackendSettings
+from longrun_core.tasks import TaskModuleError, TaskRegistry, load_tasks
+
+F = TypeVar("F", bound=Callable[..., Any])
+_D = BackendSettings()
+
+
+def backend_options(fn: F) -> F:
+    options = [
+        click.option(
+            "--store",
+            type=click.Choice(["sqlite", "firestore"]),
+            default=_D.store,
+            envvar="LONGRUN_STORE",
+            show_envvar=True,
+            show_default=True,
+            help="Operation store.",
+        ),
+        click.option(
+            "--queue",
+            type=click.Choice(["sqlite", "pubsub"]),
+            default=_D.queue,
+            envvar="LONGRUN_QUEUE",
+            show_envvar=True,
+            show_default=True,
+            help="Task queue.",
+        ),
+        click.option(
+            "--sqlite-path",
+            type=click.Path(path_type=Path),
+            default=_D.sqlite_path,
+            envvar="LONGRUN_SQLITE_PATH",
+            show_envvar=True,
+            show_default=True,
+            help="Database file of the embedded backends.",
+        ),
+        click.option(
+            "--project",
+            default=_D.project,
+            envvar="GOOGLE_CLOUD_PROJECT",
+            show_envvar=True,
+            show_default=True,
+            help="Google Cloud project id.",
+        ),
+        click.option(
+            "--firestore-database",
+            default=_D.firestore_database,
+            envvar="LONGRUN_FIRESTORE_DATABASE",
+            show_envvar=True,
+            show_default=True,
+        ),
+        click.option(
+            "--firestore-collection",
+            default=_D.firestore_collection,
+            envvar="LONGRUN_FIRESTORE_COLLECTION",
+            show_envvar=True,
+            show_default=True,
+        ),
+        click.option(
+            "--pubsub-topic",
+            default=_D.pubsub_topic,
+            envvar="LONGRUN_PUBSUB_TOPIC",
+            show_envvar=True,
+            show_default=True,
+        ),
+        click.option(
+            "--pubsub-subscription",
+            default=_D.pubsub_subscription,
+            envvar="LONGRUN_PUBSUB_SUBSCRIPTION",
+            show_envvar=True,
+            show_default=True,
+        ),
+        click.option(
+            "--pubsub-dead-letter-topic",
+            default=_D.pubsub_dead_letter_topic,
+            envvar="LONGRUN_PUBSUB_DEAD_LETTER_TOPIC",
+            show_envvar=True,
+            show_default=True,
+        ),
+        click.option(
+            "--pubsub-pull",
+            type=click.Choice(["streaming", "unary"]),
+            default=_D.pubsub_pull,
+            envvar="LONGRUN_PUBSUB_PULL",
+            show_envvar=True,
+            show_default=True,
+            help="Pub/Sub pull style; unary suits the emulator under faults.",
+        ),
+        click.option(
+            "--max-deliveries",
+            type=int,
+            default=_D.max_deliveries,
+            envvar="LONGRUN_MAX_DELIVERIES",
+            show_envvar=True,
+            show_default=True,
+            help="Deliveries of one message before it is dead-lettered.",
+        ),
+        click.option(
+            "--visibility-timeout",
+            type=float,
+            default=_D.visibility_timeout,
+            envvar="LONGRUN_VISIBILITY_TIMEOUT",
+            show_envvar=True,
+            show_default=True,
+            help="Seconds a received message stays leased (extended while running).",
+        ),
+        click.option(
+            "--task-module",
+            "task_modules",
+            multiple=True,
+            envvar="LONGRUN_TASK_MODULES",
+            show_envvar=True,
+            help="Module holding `tasks = TaskSet()`, loaded beside the built-in tasks "
+            f"({', '.join(DEFAULT_TASK_MODULES)}); repeat for several (env: space-separated).",
+        ),
+        click.option(
+            "--builtin-tasks/--no-builtin-tasks",
+            default=True,
+            envvar="LONGRUN_BUILTIN_TASKS",
+            show_envvar=True,
+            show_default=True,
+            help="Also load the built-in tasks (sleep, noop, fail, ...).",
+        ),
+        click.option(
+            "--log-level",
+            default="INFO",
+            envvar="LONGRUN_LOG_LEVEL",
+            show_envvar=True,
+            show_default=True,
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def backend_settings(kw: dict[str, Any]) -> BackendSettings:
+    return BackendSettings(
+        store=kw.pop("store"),
+        queue=kw.pop("queue"),
+        sqlite_path=kw.pop("sqlite_path").absolute(),
+        project=kw.pop("project"),
+        firestore_database=kw.pop("firestore_database"),
+        firestore_collection=kw.pop("firestore_collection"),
+        pubsub_topic=kw.pop("pubsub_topic"),
+        pubsub_subscription=kw.pop("pubsub_subscription"),
+        pubsub_dead_letter_topic=kw.pop("pubsub_dead_letter_topic"),
+        pubsub_pull=kw.pop("pubsub_pull"),
+        max_deliveries=kw.pop("max_deliveries"),
+        visibility_timeout=kw.pop("visibility_timeout"),
+    )
+
+
+def task_registry(kw: dict[str, Any]) -> TaskRegistry:
+    """The tasks named by --task-module and --builtin-tasks, imported now, so
+    a module that cannot be imported is a usage error, not a traceback."""
+    builtins = DEFAULT_TASK_MODULES if kw.pop("builtin_tasks") else ()
+    modules = (*builtins, *kw.pop("task_modules"))
+    if not modules:
+        raise click.UsageError("no tasks: give --task-module or drop --no-builtin-tasks")
+    try:
+        return load_tasks(modules)
+    except TaskModuleError as exc:
+        raise click.BadParameter(str(exc), param_hint="--task-module") from exc
+
+
+def run_main(main: Coroutine[Any, Any, None]) -> None:
+    """Run a process's main coroutine; a configuration it cannot start with
+    (StartupError) is one "Error:" line and exit 1, not a traceback."""
+    try:
+        asyncio.run(main)
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )

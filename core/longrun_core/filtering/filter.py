@@ -1,0 +1,47 @@
+"""The public face: `parse_filter` and the `Filter` it returns."""
+
+from __future__ import annotations
+
+from longrun_core.filtering.ast import Expr, to_text
+from longrun_core.filtering.evaluate import evaluate
+from longrun_core.filtering.parser import parse
+from longrun_core.filtering.sql import SqlFilter, to_sql
+from longrun_core.model import OperationRecord
+
+
+class Filter:
+    """A checked ListOperations filter (implements `longrun_core.store.RecordFilter`)."""
+
+    __slots__ = ("expr", "text")
+
+    def __init__(self, expr: Expr) -> None:
+        self.expr = expr
+        #: Canonical text: equal for filters that differ only in spelling
+        #: (spaces, `-` vs NOT, juxtaposition vs AND, `:` vs `=`, aliases,
+        #: quoting, timestamp offsets). Meant for binding page tokens; it may
+        #: be longer than the original and need not respect MAX_LENGTH.
+        self.text = to_text(expr)
+
+    def matches(self, rec: OperationRecord) -> bool:
+        return evaluate(self.expr, rec)
+
+    def to_sql(self) -> SqlFilter:
+        return to_sql(self.expr)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Filter) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"Filter({self.text!r})"
+
+
+def parse_filter(text: str) -> Filter | None:
+    """The filter in `text`; None when it is empty or blank.
+    Raises longrun_core.errors.InvalidArgument (reason FILTER_INVALID) naming the
+    column and the problem."""
+    if not text.strip():
+        return None
+    return Filter(parse(text))

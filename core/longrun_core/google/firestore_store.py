@@ -1,0 +1,702 @@
+"""Firestore operation store (see longrun_core.store for the seam and its guarantees).
+
+Layout
+    `{collection}/{operation id}`: one document per operation holding every
+    `OperationRecord` field (bytes as bytes, datetimes as timestamps, labels
+    as a map, state as its integer) plus the query fields `done` (bool) and
+    `error_code` (int or null). `expire_time` is a timestamp field, so a
+    production TTL policy can use it (firestore.indexes.json declares it).
+    `{collection}_request_ids/{sha256(request_id)}`: the request-id
+    reservation, holding the operation id and the request fingerprint.
+
+Indexes and TTL (production; the emulator needs none)
+    firestore.indexes.json at the repository root holds the composite indexes
+    `due_for_dispatch` needs, (state, dispatch_due_time) and
+    (state, lease_expire_time); `list` and `delete_expired` use single-field
+    indexes. It also enables a TTL policy on `expire_time` and exempts the
+    blob fields from indexing. Deploy it with
+    `firebase deploy --only firestore:indexes`, or set the TTL policy alone with
+    `gcloud firestore fields ttls update expire_time --collection-group=operations
+    --enable-ttl`. Rename "operations" there if `firestore_collection` differs.
+    A TTL deletion can lag by days, so `delete_expired` still removes expired
+    operations (with their reservations). A TTL deletion leaves the
+    reservation behind; the next create with that request id takes it over
+    (see request_id below).
+
+Client
+    The synchronous `google.cloud.firestore.Client`, driven from a private
+    thread pool. Document listeners (`on_snapshot`) exist only on the sync
+    client, and watch needs them; one client means one channel and one set of
+    credentials for reads, writes and listeners. The sync client is not bound
+    to an event loop (AsyncClient's grpc.aio channel is bound to the loop that
+    created it). Every verb is one or two short RPCs, and the pool size bounds
+    how many run at once. An awaiting coroutine that is cancelled does not
+    cancel its RPC: the write may still land, like a crash just after sending
+    it, which the guarantees below cover.
+
+Guarantees
+    * Conflict: every change is a single-document write guarded by a
+      `last_update_time` precondition: the update_time of the snapshot whose
+      `version` the transition started from. The precondition fails if anything
+      wrote the document since then, so two writers never both win. The loser
+      gets False from `_replace_if_version` and the `OperationStore.update` loop
+      re-reads and re-applies. There are no transactions: contended
+      transactions lock pessimistically and are pathological on the emulator.
+    * Retries and redelivery: if a commit succeeded but its response was lost,
+      the client library's retry fails the precondition; the CAS loop then
+      re-reads and re-applies its transition to the record it already wrote.
+      Transitions are idempotent or fenced, so nothing is applied twice.
+    * request_id: the reservation and the operation are created in ONE batched
+      commit (two `create` writes; a batch is atomic without being a
+      transaction). Of two racing creates with one request id exactly one
+      commit succeeds. The loser reads the reservation, then the operation it
+      names, and returns `check_duplicate(existing, new)`. The operation
+      exists whenever its reservation does, so there is no window to retry
+      through. The exception is an operation removed outside this store (a
+      TTL policy): then the stale reservation is taken over in another atomic
+      batch, guarded by its update_time.
+    * Crash: each verb is one atomic commit, so a crash leaves the old or the
+      new documents and never half of a create or a delete (the operation and
+      its reservation are deleted together).
+    * Watch: one document listener per watched operation, shared by all
+      waiters in this process through `WatchHub` and stopped after the last
+      waiter leaves. `start_source` returns only once the listener has
+      delivered its initial snapshot, so a change made after the waiter's
+      next read always produces a later snapshot that wakes it. Writes made
+      through this store wake local waiters at once, and the listener's
+      echo of such a write is suppressed. Each listener is its own gRPC
+      stream plus a consumer thread, so cost grows with the number of
+      operations watched at once, not with the number of waiters.
+      Firestore allows 100 concurrent streams per connection, and past that
+      every call on the connection stalls (the emulator does not enforce
+      this). So listeners run on dedicated `ListenClient`s, at most
+      `listeners_per_client` (90) each, each on its own connection and
+      separate from the CRUD client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections
+import contextlib
+import functools
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import MISSING, fields
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.field_path import FieldPath
+from google.rpc import status_pb2
+
+from longrun_core.clock import from_micros, to_micros
+from longrun_core.errors import Aborted, AlreadyExists, Unavailable
+from longrun_core.model import OperationRecord, State
+from longrun_core.names import operation_name, parse_operation_name
+from longrun_core.settings import BackendSettings
+from longrun_core.store import (
+    CreateResult,
+    Cursor,
+    ListPage,
+    OperationStore,
+    RecordFilter,
+    check_duplicate,
+    scan_page,
+)
+from longrun_core.watch import WatchHub
+
+log = logging.getLogger("longrun.firestore")
+
+T = TypeVar("T")
+
+_FIELDS = [f.name for f in fields(OperationRecord)]
+_DEFAULTS: dict[str, Any] = {
+    f.name: (f.default_factory() if f.default_factory is not MISSING else f.default)
+    for f in fields(OperationRecord)
+    if f.default is not MISSING or f.default_factory is not MISSING
+}
+_TIME_FIELDS = frozenset(
+    n for n in _FIELDS if n.endswith("_time") or n in ("run_after", "dispatch_due_time")
+)
+
+#: Errors that mean "the backend could not be reached; retry later".
+_TRANSIENT = (
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+    gexc.ResourceExhausted,
+    gexc.RetryError,
+    gexc.Unknown,
+)
+#: A guarded write whose precondition no longer holds.
+_STALE = (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted)
+
+#: How long `watch` waits for a new listener's initial snapshot.
+LISTEN_READY_TIMEOUT = 10.0
+#: How many (version, update_time) pairs `_read` remembers for the CAS write.
+SEEN_CACHE_SIZE = 10_000
+#: Listeners per listen client. Each listener is one gRPC stream, and
+#: Firestore allows 100 concurrent streams per connection; past that, new
+#: streams (and every other call on that connection) stall.
+LISTENERS_PER_CLIENT = 90
+#: gRPC options of a listen client's channel: its own connection (a local
+#: subchannel pool) so that its streams count against no other channel.
+_LISTEN_CHANNEL_OPTIONS = [
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
+
+
+class FirestorePushdown(Protocol):
+    """What a filter's optional `to_firestore()` returns: the seam for pushing
+    a ListOperations filter down into the query.
+
+    `apply` adds `where` clauses to the query it is given (which is already
+    ordered by create_time desc, __name__ desc, and must keep that order; a
+    range filter on another field needs a composite index). `exact` says
+    whether the pushed-down part is the whole filter; if not, the store also
+    calls `matches` on every record the query returns."""
+
+    exact: bool
+
+    def apply(self, query: Any) -> Any: ...
+
+
+def to_document(rec: OperationRecord) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for name in _FIELDS:
+        value = getattr(rec, name)
+        if name == "labels":
+            value = dict(value)
+        elif name == "state":
+            value = int(value)
+        doc[name] = value
+    doc["done"] = rec.done
+    doc["error_code"] = (
+        status_pb2.Status.FromString(rec.error).code if rec.done and rec.error else None
+    )
+    return doc
+
+
+def from_document(doc: dict[str, Any]) -> OperationRecord:
+    values: dict[str, Any] = {}
+    for name in _FIELDS:
+        if name not in doc:
+            if name not in _DEFAULTS:
+                raise ValueError(f"stored operation lacks required field {name!r}")
+            continue
+        value = doc[name]
+        if name in _TIME_FIELDS:
+            value = None if value is None else _plain_datetime(value)
+        elif name == "labels":
+            value = {str(k): str(v) for k, v in (value or {}).items()}
+        elif name == "state":
+            value = State(int(value))
+        elif name == "cancel_requested":
+            value = bool(value)
+        elif name in ("params", "response", "error") and value is not None:
+            value = bytes(value)
+        values[name] = value
+    return OperationRecord(**values)
+
+
+def _plain_datetime(value: datetime) -> datetime:
+    """Firestore returns DatetimeWithNanoseconds; records hold plain UTC datetimes."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return from_micros(to_micros(value))
+
+
+def request_doc_id(request_id: str) -> str:
+    """Request ids are client-chosen strings; hash them into a safe document id."""
+    return hashlib.sha256(request_id.encode()).hexdigest()
+
+
+class ListenClient(firestore.Client):  # type: ignore[misc]
+    """A Firestore client on a gRPC connection of its own, for listeners.
+
+    The library builds every client's channel with the same options, and gRPC
+    shares one connection among channels with equal options. Listeners
+    beyond 100 on that connection would stall it for everyone, CRUD
+    included. This overrides the library's (private) channel factory to add
+    `grpc.use_local_subchannel_pool`. If that hook ever changes, it falls
+    back to the library's own channel, which still works below 100
+    listeners per process."""
+
+    def _firestore_api_helper(self, transport: Any, client_class: Any, client_module: Any) -> Any:
+        try:
+            if self._firestore_api_internal is None:
+                if self._emulator_host is not None:
+                    channel = grpc.insecure_channel(
+                        self._emulator_host, options=_LISTEN_CHANNEL_OPTIONS
+                    )
+                else:
+                    channel = transport.create_channel(
+                        self._target, credentials=self._credentials, options=_LISTEN_CHANNEL_OPTIONS
+                    )
+                self._transport = transport(host=self._target, channel=channel)
+                self._firestore_api_internal = client_class(
+                    transport=self._transport, client_options=self._client_options
+                )
+                client_module._client_info = self._client_info
+            return self._firestore_api_internal
+        except AttributeError:  # the library changed: use its channel
+            log.warning("cannot give the listen client its own connection", exc_info=True)
+            return super()._firestore_api_helper(transport, client_class, client_module)
+
+
+class _ListenChannel:
+    __slots__ = ("client", "listeners")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.listeners = 0
+
+
+class _Listener:
+    __slots__ = ("channel", "local_version", "name", "ready", "watch")
+
+    def __init__(self, name: str, ready: asyncio.Future[None], channel: _ListenChannel) -> None:
+        self.name = name
+        self.ready = ready
+        self.channel = channel
+        self.watch: Any = None
+        #: Highest version this store wrote (and announced locally) meanwhile.
+        self.local_version = 0
+
+
+class FirestoreOperationStore(OperationStore):
+    def __init__(
+        self,
+        *,
+        project: str,
+        database: str = "(default)",
+        collection: str = "operations",
+        client: Any | None = None,
+        hub: WatchHub | None = None,
+        max_workers: int = 32,
+        listeners_per_client: int = LISTENERS_PER_CLIENT,
+    ) -> None:
+        super().__init__(hub or WatchHub(self._start_listener))
+        self.project = project
+        self.database = database
+        self.collection = collection
+        self._client: Any = client or firestore.Client(project=project, database=database)
+        self._owns_client = client is None
+        self._ops = self._client.collection(collection)
+        self._rids = self._client.collection(f"{collection}_request_ids")
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="firestore")
+        self._seen: collections.OrderedDict[str, tuple[int, Any]] = collections.OrderedDict()
+        self._listeners: dict[str, _Listener] = {}
+        self._listen_channels: list[_ListenChannel] = []
+        self.listeners_per_client = listeners_per_client
+        self._stopping: set[asyncio.Future[None]] = set()
+        self._closed = False
+        #: How many listeners were ever started (tests check sharing with it).
+        self.listeners_started = 0
+
+    @classmethod
+    def from_settings(cls, settings: BackendSettings) -> FirestoreOperationStore:
+        return cls(
+            project=settings.project,
+            database=settings.firestore_database,
+            collection=settings.firestore_collection,
+        )
+
+    @property
+    def active_listeners(self) -> int:
+        """How many document listeners are open now (one per watched operation)."""
+        return len(self._listeners)
+
+    # ---- plumbing ----
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise Unavailable("the Firestore store is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn)
+        except _TRANSIENT as exc:
+            raise Unavailable(f"Firestore is unavailable: {exc}") from exc
+
+    def _remember(self, op_id: str, version: int, update_time: Any) -> None:
+        self._seen[op_id] = (version, update_time)
+        self._seen.move_to_end(op_id)
+        while len(self._seen) > SEEN_CACHE_SIZE:
+            self._seen.popitem(last=False)
+
+    def _wrote(self, op_id: str, version: int, update_time: Any) -> None:
+        self._remember(op_id, version, update_time)
+        listener = self._listeners.get(operation_name(op_id))
+        if listener is not None:
+            listener.local_version = max(listener.local_version, version)
+
+    async def _snapshot(self, op_id: str) -> Any:
+        ref = self._ops.document(op_id)
+        snap = await self._call(ref.get)
+        if snap.exists:
+            self._remember(op_id, int(snap.get("version")), snap.update_time)
+        else:
+            self._seen.pop(op_id, None)
+        return snap
+
+    async def start(self) -> None:
+        if self._closed:
+            raise Unavailable("the Firestore store is closed; create a new one")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        for listener in list(self._listeners.values()):
+            self._stop_listener(listener)
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+        clients = [c.client for c in self._listen_channels]
+        self._listen_channels.clear()
+        if self._owns_client:
+            clients.append(self._client)
+        for client in clients:
+            transport = getattr(getattr(client, "_firestore_api", None), "_transport", None)
+            close = getattr(transport, "close", None)
+            if callable(close):
+                close()
+
+    async def on_written(self, name: str) -> None:
+        self.hub.notify(name)
+
+    # ---- primitives ----
+
+    async def _read(self, op_id: str) -> OperationRecord | None:
+        snap = await self._snapshot(op_id)
+        return from_document(snap.to_dict()) if snap.exists else None
+
+    async def _insert(self, rec: OperationRecord) -> CreateResult:
+        if rec.request_id is None:
+            ref = self._ops.document(rec.id)
+            doc = to_document(rec)
+            try:
+                result = await self._call(functools.partial(ref.create, doc))
+            except gexc.AlreadyExists as exc:
+                raise _exists(rec) from exc
+            self._wrote(rec.id, rec.version, result.update_time)
+        else:
+            existing = await self._insert_with_request_id(rec, rec.request_id)
+            if existing is not None:
+                return existing
+        await self.on_written(rec.name)
+        return CreateResult(rec, created=True)
+
+    async def _insert_with_request_id(
+        self, rec: OperationRecord, request_id: str
+    ) -> CreateResult | None:
+        """Create `rec` and its reservation atomically; None when created, else
+        the duplicate's result (or AlreadyExists)."""
+        op_ref = self._ops.document(rec.id)
+        rid_ref = self._rids.document(request_doc_id(request_id))
+        doc = to_document(rec)
+        reservation = {
+            "request_id": request_id,
+            "operation_id": rec.id,
+            "request_hash": rec.request_hash,
+            "create_time": rec.create_time,
+        }
+        takeover: Any = None  # update_time of a stale reservation to replace
+        for _ in range(self.max_conflicts):
+            batch = self._client.batch()
+            if takeover is None:
+                batch.create(rid_ref, reservation)
+            else:
+                option = self._client.write_option(last_update_time=takeover)
+                batch.update(rid_ref, reservation, option=option)
+            batch.create(op_ref, doc)
+            try:
+                results = await self._call(batch.commit)
+            except gexc.AlreadyExists:
+                pass  # the reservation or the operation id exists: find out which
+            except _STALE:
+                pass  # the stale reservation changed meanwhile: look again
+            else:
+                self._wrote(rec.id, rec.version, results[-1].update_time)
+                return None
+            takeover = None
+            rid_snap = await self._call(rid_ref.get)
+            if not rid_snap.exists:
+                if await self._read(rec.id) is not None:
+                    raise _exists(rec)
+                continue  # the reservation went away meanwhile: try again
+            target = str(rid_snap.get("operation_id"))
+            if target == rec.id:
+                # Ours: a commit whose response was lost and which the client retried.
+                existing = await self._read(rec.id)
+                if existing is not None:
+                    return CreateResult(existing, created=True)
+            else:
+                existing = await self._read(target)
+                if existing is not None:
+                    return check_duplicate(existing, rec)
+            # The reservation names an operation that no longer exists (removed
+            # by a TTL policy, say): take it over, guarded by its update_time.
+            takeover = rid_snap.update_time
+            await asyncio.sleep(0)
+        raise Aborted(f"request_id {request_id!r} is contended; retry")
+
+    async def _replace_if_version(
+        self,
+        rec: OperationRecord,
+        expected_version: int,
+        *,
+        previous: OperationRecord | None = None,
+    ) -> bool:
+        seen = self._seen.get(rec.id)
+        if seen is None or seen[0] != expected_version:
+            snap = await self._snapshot(rec.id)
+            if not snap.exists or int(snap.get("version")) != expected_version:
+                return False
+            update_time = snap.update_time
+        else:
+            update_time = seen[1]
+        ref = self._ops.document(rec.id)
+        option = self._client.write_option(last_update_time=update_time)
+        try:
+            result = await self._call(
+                functools.partial(ref.update, to_document(rec), option=option)
+            )
+        except _STALE:
+            self._seen.pop(rec.id, None)
+            return False
+        self._wrote(rec.id, rec.version, result.update_time)
+        return True
+
+    async def _delete(self, op_id: str) -> bool:
+        for _ in range(self.max_conflicts):
+            snap = await self._snapshot(op_id)
+            if not snap.exists:
+                return False
+            if await self._delete_snapshot(snap):
+                return True
+            await asyncio.sleep(0)
+        raise Aborted(f"operation {operation_name(op_id)!r} changed concurrently too often; retry")
+
+    async def _delete_snapshot(self, snap: Any, rid_snap: Any = None) -> bool:
+        """Delete the operation if it is unchanged since `snap`, with its
+        request-id reservation if that still names it. False if it changed."""
+        op_id = snap.id
+        request_id = snap.get("request_id")
+        batch = self._client.batch()
+        batch.delete(
+            snap.reference, option=self._client.write_option(last_update_time=snap.update_time)
+        )
+        if request_id is not None:
+            if rid_snap is None:
+                rid_snap = await self._call(self._rids.document(request_doc_id(request_id)).get)
+            if rid_snap.exists and rid_snap.get("operation_id") == op_id:
+                option = self._client.write_option(last_update_time=rid_snap.update_time)
+                batch.delete(rid_snap.reference, option=option)
+        try:
+            await self._call(batch.commit)
+        except _STALE:
+            return False
+        self._seen.pop(op_id, None)
+        return True
+
+    # ---- queries ----
+
+    def _list_query(self) -> Any:
+        return self._ops.order_by("create_time", direction=firestore.Query.DESCENDING).order_by(
+            FieldPath.document_id(), direction=firestore.Query.DESCENDING
+        )
+
+    async def list(
+        self, *, page_size: int, after: Cursor | None, flt: RecordFilter | None = None
+    ) -> ListPage:
+        query = self._list_query()
+        exact = True
+        if flt is not None:
+            to_firestore = getattr(flt, "to_firestore", None)
+            pushdown: FirestorePushdown | None = to_firestore() if to_firestore else None
+            if pushdown is not None:
+                query = pushdown.apply(query)
+                exact = bool(pushdown.exact)
+            else:
+                exact = False
+
+        async def fetch(cursor: Cursor | None, limit: int) -> builtins.list[OperationRecord]:
+            q = query
+            if cursor is not None:
+                q = q.start_after({"create_time": cursor.create_time, "__name__": cursor.id})
+            snaps = await self._call(functools.partial(_fetch, q.limit(limit)))
+            return [from_document(s.to_dict()) for s in snaps]
+
+        return await scan_page(fetch, page_size=page_size, after=after, flt=flt, exact=exact)
+
+    async def due_for_dispatch(self, now: datetime, limit: int) -> builtins.list[OperationRecord]:
+        if limit <= 0:
+            return []
+        queued = (
+            self._ops.where(filter=FieldFilter("state", "==", int(State.QUEUED)))
+            .where(filter=FieldFilter("dispatch_due_time", "<=", now))
+            .order_by("dispatch_due_time")
+            .limit(limit)
+        )
+        expired = (
+            self._ops.where(filter=FieldFilter("state", "==", int(State.RUNNING)))
+            .where(filter=FieldFilter("lease_expire_time", "<=", now))
+            .order_by("lease_expire_time")
+            .limit(limit)
+        )
+        results = await asyncio.gather(
+            *(self._call(functools.partial(_fetch, q)) for q in (queued, expired))
+        )
+        recs = [from_document(s.to_dict()) for snaps in results for s in snaps]
+
+        def due(rec: OperationRecord) -> datetime:
+            when = rec.dispatch_due_time if rec.state is State.QUEUED else rec.lease_expire_time
+            assert when is not None
+            return when
+
+        return sorted(recs, key=due)[:limit]
+
+    async def delete_expired(self, now: datetime, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        query = self._ops.where(filter=FieldFilter("expire_time", "<=", now)).limit(limit)
+        snaps = await self._call(functools.partial(_fetch, query))
+        if not snaps:
+            return 0
+        rid_refs = [
+            self._rids.document(request_doc_id(s.get("request_id")))
+            for s in snaps
+            if s.get("request_id") is not None
+        ]
+        rid_snaps: dict[str, Any] = {}
+        if rid_refs:
+            got = await self._call(lambda: list(self._client.get_all(rid_refs)))
+            rid_snaps = {r.id: r for r in got}
+
+        async def purge(snap: Any) -> bool:
+            rid = snap.get("request_id")
+            rid_snap = rid_snaps.get(request_doc_id(rid)) if rid is not None else None
+            return await self._delete_snapshot(snap, rid_snap)
+
+        deleted = await asyncio.gather(*(purge(s) for s in snaps))
+        for snap, gone in zip(snaps, deleted, strict=True):
+            if gone:
+                await self.on_written(operation_name(snap.id))
+        return sum(deleted)
+
+    # ---- watch ----
+
+    async def _start_listener(self, name: str) -> Callable[[], None]:
+        op_id = parse_operation_name(name)
+        loop = asyncio.get_running_loop()
+        channel = await self._listen_channel()
+        listener = _Listener(name, loop.create_future(), channel)
+        channel.listeners += 1
+
+        def on_snapshot(docs: Sequence[Any], _changes: object, _read_time: object) -> None:
+            # Runs on the listener's consumer thread.
+            version: int | None = None
+            if docs and docs[0].exists:
+                version = int(docs[0].get("version"))
+            # RuntimeError: the loop is closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._on_snapshot, listener, version)
+
+        ref = channel.client.collection(self.collection).document(op_id)
+        opening = asyncio.ensure_future(self._call(lambda: ref.on_snapshot(on_snapshot)))
+        try:
+            listener.watch = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The waiter left while the listener opened: close it once it is open.
+            channel.listeners -= 1
+            opening.add_done_callback(
+                lambda f: None if f.cancelled() or f.exception() else f.result().unsubscribe()
+            )
+            raise
+        except BaseException:
+            channel.listeners -= 1
+            raise
+        self._listeners[name] = listener
+        self.listeners_started += 1
+        try:
+            async with asyncio.timeout(LISTEN_READY_TIMEOUT):
+                await asyncio.shield(listener.ready)
+        except TimeoutError:
+            log.warning(
+                "listener for %s gave no initial snapshot within %ss", name, LISTEN_READY_TIMEOUT
+            )
+            if not listener.ready.done():
+                listener.ready.set_result(None)  # its first snapshot will then wake waiters
+        except BaseException:
+            self._stop_listener(listener)
+            raise
+        return functools.partial(self._stop_listener, listener)
+
+    def _on_snapshot(self, listener: _Listener, version: int | None) -> None:
+        if self._listeners.get(listener.name) is not listener:
+            return  # stopped meanwhile
+        if not listener.ready.done():
+            # The initial snapshot: the listener is live. Waiters that joined while
+            # it started (they read before it was live) are woken to read again.
+            self.hub.notify(listener.name)
+            listener.ready.set_result(None)
+            return
+        if version is not None and version <= listener.local_version:
+            return  # our own write, already announced by on_written
+        self.hub.notify(listener.name)
+
+    async def _listen_channel(self) -> _ListenChannel:
+        """A listen client with room for one more listener."""
+        for channel in self._listen_channels:
+            if channel.listeners < self.listeners_per_client:
+                return channel
+        client = await self._call(
+            functools.partial(ListenClient, project=self.project, database=self.database)
+        )
+        for channel in self._listen_channels:  # another waiter may have made room meanwhile
+            if channel.listeners < self.listeners_per_client:
+                break
+        else:
+            channel = _ListenChannel(client)
+            self._listen_channels.append(channel)
+        return channel
+
+    @property
+    def listen_clients(self) -> int:
+        """How many listen clients (gRPC connections for listeners) exist."""
+        return len(self._listen_channels)
+
+    def _stop_listener(self, listener: _Listener) -> None:
+        if self._listeners.get(listener.name) is listener:
+            del self._listeners[listener.name]
+        watch, listener.watch = listener.watch, None
+        if watch is None:
+            return
+        listener.channel.listeners -= 1
+        loop = asyncio.get_running_loop()
+        stopping = loop.run_in_executor(self._pool, watch.unsubscribe)
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
+
+
+def _fetch(query: Any) -> list[Any]:
+    return list(query.stream())
+
+
+def _exists(rec: OperationRecord) -> AlreadyExists:
+    return AlreadyExists(f"operation {rec.name!r} already exists", metadata={"name": rec.name})

@@ -1,0 +1,148 @@
+"""The operation record: what a store keeps for one operation, and how it is
+shown to callers as a google.longrunning.Operation.
+
+Records are immutable; every state change is a pure function in
+`longrun_core.transitions` applied through `OperationStore.update` (compare-and-set).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from google.longrunning import operations_pb2
+from google.protobuf import any_pb2, timestamp_pb2
+from google.rpc import status_pb2
+
+from longrun.v1 import jobs_pb2
+from longrun_core.names import operation_name
+
+
+class State(enum.IntEnum):
+    """Lifecycle of an operation; values equal `longrun.v1.JobMetadata.State`."""
+
+    #: Stored; a task message is (or will be) on the queue; no worker holds it.
+    QUEUED = 1
+    #: A worker holds an unexpired lease for `attempt` and runs the task.
+    RUNNING = 2
+    #: Done; `response` holds the packed result.
+    SUCCEEDED = 3
+    #: Done; `error` holds the google.rpc.Status of the last attempt.
+    FAILED = 4
+    #: Done after a cancel; `error.code` is 1 (CANCELLED).
+    CANCELLED = 5
+
+    @property
+    def done(self) -> bool:
+        return self >= State.SUCCEEDED
+
+
+@dataclass(frozen=True, slots=True)
+class OperationRecord:
+    id: str
+    task: str
+    params: bytes  # serialized google.protobuf.Struct
+    state: State
+    create_time: datetime
+    update_time: datetime
+    labels: Mapping[str, str] = field(default_factory=dict)
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    attempt: int = 0
+    max_attempts: int = 1
+    progress_percent: int = 0
+    progress_message: str = ""
+    cancel_requested: bool = False
+    request_id: str | None = None
+    request_hash: str | None = None
+    response: bytes | None = None  # serialized google.protobuf.Any
+    error: bytes | None = None  # serialized google.rpc.Status
+    lease_owner: str | None = None
+    lease_expire_time: datetime | None = None
+    #: When the sweeper must (re)publish the task message if nothing else has:
+    #: set on create and on retry; cleared once a worker claims the operation.
+    dispatch_due_time: datetime | None = None
+    #: A retry backoff: no attempt may start before this time.
+    run_after: datetime | None = None
+    #: Finished operations are removed after this time (AIP-151).
+    expire_time: datetime | None = None
+    #: Store-maintained write counter; adapters compare-and-set on it.
+    version: int = 0
+
+    @property
+    def name(self) -> str:
+        return operation_name(self.id)
+
+    @property
+    def done(self) -> bool:
+        return self.state.done
+
+    def metadata(self) -> jobs_pb2.JobMetadata:
+        md = jobs_pb2.JobMetadata(
+            task=self.task,
+            state=int(self.state),  # type: ignore[arg-type]
+            attempt=self.attempt,
+            max_attempts=self.max_attempts,
+            progress_percent=self.progress_percent,
+            progress_message=self.progress_message,
+            cancel_requested=self.cancel_requested,
+            labels=dict(self.labels),
+        )
+        for attr in ("create_time", "start_time", "end_time", "update_time", "expire_time"):
+            value: datetime | None = getattr(self, attr)
+            if value is not None:
+                getattr(md, attr).CopyFrom(_ts(value))
+        return md
+
+    def to_operation(self) -> operations_pb2.Operation:
+        """The caller's view. A done operation always has `response` or `error`."""
+        op = operations_pb2.Operation(name=self.name, done=self.done)
+        op.metadata.Pack(self.metadata())
+        if self.done:
+            if self.error is not None:
+                op.error.ParseFromString(self.error)
+            elif self.response is not None:
+                op.response.ParseFromString(self.response)
+            else:  # never stored so by transitions; keep the contract regardless
+                op.error.CopyFrom(
+                    status_pb2.Status(code=13, message="operation ended without outcome")
+                )
+        return op
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ts(value: datetime) -> timestamp_pb2.Timestamp:
+    """An aware datetime as a Timestamp (twice as fast as FromDatetime)."""
+    delta = value - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
+
+
+def pack(message: object) -> bytes:
+    """Serialize a message into a packed google.protobuf.Any."""
+    any_msg = any_pb2.Any()
+    any_msg.Pack(message)  # type: ignore[arg-type]
+    return any_msg.SerializeToString()
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(OperationRecord))
+_RECORD_FIELD_SET = frozenset(_RECORD_FIELDS)
+
+
+def evolve(rec: OperationRecord, **changes: Any) -> OperationRecord:
+    """`dataclasses.replace` for records, without calling `__init__` with every
+    field as a keyword (a frozen class sets each through `object.__setattr__`
+    anyway): about 5x faster, and every state change makes two or three."""
+    unknown = changes.keys() - _RECORD_FIELD_SET
+    if unknown:
+        raise TypeError(f"OperationRecord has no field {', '.join(sorted(unknown))}")
+    new = object.__new__(OperationRecord)
+    for name in _RECORD_FIELDS:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(rec, name))
+    return new

@@ -1,0 +1,96 @@
+"""Settings: frozen dataclasses read from flags and LONGRUN_* environment
+variables (the CLIs show both in --help). Secrets never appear in repr."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_TASK_MODULES = ("longrun_worker.builtin_tasks",)
+
+
+def default_sqlite_path() -> Path:
+    """One database per user whatever the current folder, so a server and a
+    worker started in different folders share it: $XDG_DATA_HOME/longrun
+    (~/.local/share/longrun)."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "longrun" / "longrun.db"
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    store: str = "sqlite"  # sqlite | firestore
+    queue: str = "sqlite"  # sqlite | pubsub
+    sqlite_path: Path = field(default_factory=default_sqlite_path)
+    project: str = "longrun-dev"
+    firestore_database: str = "(default)"
+    firestore_collection: str = "operations"
+    pubsub_topic: str = "longrun-tasks"
+    pubsub_subscription: str = "longrun-workers"
+    pubsub_dead_letter_topic: str = "longrun-dead-letters"
+    #: "streaming" (production) or "unary" (synchronous pulls: immune to the
+    #: emulator's habit of feeding a killed consumer's dead stream).
+    pubsub_pull: str = "streaming"
+    max_deliveries: int = 10
+    #: Seconds a received message stays invisible to other consumers (the
+    #: queue lease); workers extend it while a task runs.
+    visibility_timeout: float = 30.0
+
+    def describe(self) -> str:
+        """Where this process keeps operations and tasks, for the start-up log."""
+        parts = []
+        if "sqlite" in (self.store, self.queue):
+            parts.append(f"sqlite database {self.sqlite_path.resolve()}")
+        if self.store == "firestore":
+            emulator = os.environ.get("FIRESTORE_EMULATOR_HOST")
+            parts.append(
+                f"firestore project {self.project} database {self.firestore_database} "
+                f"collection {self.firestore_collection}"
+                + (f" (emulator {emulator})" if emulator else "")
+            )
+        if self.queue == "pubsub":
+            emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
+            parts.append(
+                f"pubsub topic projects/{self.project}/topics/{self.pubsub_topic} "
+                f"subscription {self.pubsub_subscription}"
+                + (f" (emulator {emulator})" if emulator else "")
+            )
+        return f"store={self.store} queue={self.queue}: " + "; ".join(parts)
+
+    @staticmethod
+    def from_env(env: dict[str, str] | None = None) -> BackendSettings:
+        e = dict(os.environ if env is None else env)
+        d = BackendSettings()
+        return BackendSettings(
+            store=e.get("LONGRUN_STORE", d.store),
+            queue=e.get("LONGRUN_QUEUE", d.queue),
+            sqlite_path=Path(e.get("LONGRUN_SQLITE_PATH", str(d.sqlite_path))),
+            project=e.get("GOOGLE_CLOUD_PROJECT", d.project),
+            firestore_database=e.get("LONGRUN_FIRESTORE_DATABASE", d.firestore_database),
+            firestore_collection=e.get("LONGRUN_FIRESTORE_COLLECTION", d.firestore_collection),
+            pubsub_topic=e.get("LONGRUN_PUBSUB_TOPIC", d.pubsub_topic),
+            pubsub_subscription=e.get("LONGRUN_PUBSUB_SUBSCRIPTION", d.pubsub_subscription),
+            pubsub_dead_letter_topic=e.get(
+                "LONGRUN_PUBSUB_DEAD_LETTER_TOPIC", d.pubsub_dead_letter_topic
+            ),
+            pubsub_pull=e.get("LONGRUN_PUBSUB_PULL", d.pubsub_pull),
+            max_deliveries=int(e.get("LONGRUN_MAX_DELIVERIES", d.max_deliveries)),
+            visibility_timeout=float(e.get("LONGRUN_VISIBILITY_TIMEOUT", d.visibility_timeout)),
+        )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    address: str = "localhost:50051"
+    #: Seconds after which a stored but unclaimed operation is published again.
+    redispatch_after: float = 30.0
+    #: How often the sweeper looks for undispatched work and expired leases.
+    sweep_interval: float = 1.0
+    #: How long finished operations are kept (AIP-151 suggests 30 days).
+    retention: float = 30 * 86400.0
+    #: Longest WaitOperation when the caller gives no timeout and no deadline.
+    max_wait: float = 600.0
+    page_token_secret: bytes = field(default=b"", repr=False)
+    grace: float = 5.0
+    max_concurrent_rpcs: int = 100_000

@@ -1,0 +1,347 @@
+"""SQLite operation store (see longrun_core.store for the guarantees)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import fields
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from google.rpc import status_pb2
+
+from longrun_core.clock import from_micros, to_micros
+from longrun_core.errors import AlreadyExists
+from longrun_core.model import OperationRecord, State
+from longrun_core.names import operation_name, parse_operation_name
+from longrun_core.queue import TaskMessage, Transition
+from longrun_core.sqlite.backend import SqliteBackend
+from longrun_core.sqlite.db import transaction
+from longrun_core.stamped_cache import StampedCache
+from longrun_core.store import (
+    CreateResult,
+    Cursor,
+    ListPage,
+    OperationStore,
+    RecordFilter,
+    check_duplicate,
+    next_version,
+    not_found,
+    scan_page,
+)
+from longrun_core.watch import WatchHub
+
+if TYPE_CHECKING:
+    from longrun_core.sqlite.queue import SqliteTaskQueue
+
+_TIME_FIELDS = {
+    "create_time": "create_us",
+    "update_time": "update_us",
+    "start_time": "start_us",
+    "end_time": "end_us",
+    "lease_expire_time": "lease_expire_us",
+    "dispatch_due_time": "dispatch_due_us",
+    "run_after": "run_after_us",
+    "expire_time": "expire_us",
+}
+_FIELDS = [f.name for f in fields(OperationRecord)]
+COLUMNS = [_TIME_FIELDS.get(n, n) for n in _FIELDS] + ["done", "error_code"]
+_SELECT = f"SELECT {', '.join(COLUMNS[: len(_FIELDS)])} FROM operations"
+
+
+def to_row(rec: OperationRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name in _FIELDS:
+        value = getattr(rec, name)
+        if name in _TIME_FIELDS:
+            row[_TIME_FIELDS[name]] = None if value is None else to_micros(value)
+        elif name == "labels":
+            row["labels"] = json.dumps(dict(value), sort_keys=True)
+        elif name in ("state", "cancel_requested"):
+            row[name] = int(value)
+        else:
+            row[name] = value
+    row["done"] = int(rec.done)
+    row["error_code"] = (
+        status_pb2.Status.FromString(rec.error).code if rec.done and rec.error is not None else None
+    )
+    return row
+
+
+def from_row(row: sqlite3.Row | tuple[Any, ...]) -> OperationRecord:
+    values: dict[str, Any] = {}
+    for name, value in zip(_FIELDS, row, strict=False):
+        if name in _TIME_FIELDS:
+            values[name] = None if value is None else from_micros(value)
+        elif name == "labels":
+            values[name] = json.loads(value)
+        elif name == "state":
+            values[name] = State(value)
+        elif name == "cancel_requested":
+            values[name] = bool(value)
+        else:
+            values[name] = value
+    return OperationRecord(**values)
+
+
+_INSERT = (
+    f"INSERT INTO operations ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})"
+)
+_UPDATE = (
+    "UPDATE operations SET "
+    + ", ".join(f"{c} = :{c}" for c in COLUMNS if c != "id")
+    + " WHERE id = :id AND version = :expected_version"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_columns(columns: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{c} = :{c}" for c in columns)
+    return f"UPDATE operations SET {sets} WHERE id = :id AND version = :expected_version"
+
+
+def _changed_columns(previous: OperationRecord, new: OperationRecord) -> tuple[str, ...]:
+    """The columns `new` changes. Setting only those spares SQLite the index
+    entries of the others (it rewrites the entries of every indexed column a
+    SET names, changed or not): a third less to commit."""
+    columns = [
+        _TIME_FIELDS.get(name, name)
+        for name in _FIELDS
+        if getattr(new, name) != getattr(previous, name)
+    ]
+    if new.state != previous.state or new.error != previous.error:
+        columns += ["done", "error_code"]
+    return tuple(columns)
+
+
+def write_if_version(
+    conn: sqlite3.Connection,
+    rec: OperationRecord,
+    expected_version: int,
+    previous: OperationRecord | None = None,
+) -> bool:
+    params = to_row(rec) | {"expected_version": expected_version}
+    sql = _UPDATE if previous is None else _update_columns(_changed_columns(previous, rec))
+    return bool(conn.execute(sql, params).rowcount == 1)
+
+
+def apply(
+    conn: sqlite3.Connection, name: str, transition: Transition
+) -> tuple[OperationRecord, bool]:
+    """`OperationStore.update` inside a write transaction the caller holds (so
+    nobody can write in between: no compare-and-set loop). Returns (record,
+    whether it was written). NotFound if absent; exceptions from `transition`
+    propagate, leaving the transaction for the caller to roll back."""
+    row = conn.execute(f"{_SELECT} WHERE id = ?", (parse_operation_name(name),)).fetchone()
+    if row is None:
+        raise not_found(name)
+    current = from_row(row)
+    new = next_version(current, transition)
+    if new is None:
+        return current, False
+    if not write_if_version(conn, new, current.version, current):
+        raise RuntimeError(f"{name} changed inside a write transaction")  # cannot happen
+    return new, True
+
+
+_SELECT_KEY = "SELECT version, update_us FROM operations WHERE id = ?"
+_VERSION = _FIELDS.index("version")
+_UPDATE_US = _FIELDS.index("update_time")
+
+
+class RecordCache:
+    """Records by (id, version, update time): a row converted before is not
+    converted again (`from_row` costs more than the indexed read). Records are
+    immutable and every write bumps the version and sets the update time, so
+    a hit is never stale (the update time tells apart an operation deleted
+    and stored again under its id)."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._records: StampedCache[OperationRecord] = StampedCache(capacity)
+
+    def get(self, op_id: str, version: int, update_us: int) -> OperationRecord | None:
+        """The cached record of `op_id` if it is at this version and update time."""
+        return self._records.get(op_id, (version, update_us))
+
+    def of(self, row: tuple[Any, ...]) -> OperationRecord:
+        """The record of a full row (`_SELECT`'s columns), converted at most once."""
+        cached = self.get(row[0], row[_VERSION], row[_UPDATE_US])
+        if cached is not None:
+            return cached
+        rec = from_row(row)
+        self.put(rec)
+        return rec
+
+    def put(self, rec: OperationRecord) -> None:
+        """Remember a record this process wrote (its row is what `to_row` gives)."""
+        self._records.put(rec.id, (rec.version, to_micros(rec.update_time)), rec)
+
+
+class SqliteOperationStore(OperationStore):
+    def __init__(self, backend: SqliteBackend, hub: WatchHub | None = None) -> None:
+        super().__init__(hub or WatchHub())
+        self.backend = backend
+        self._records = RecordCache()
+        #: The queue in the same file, once `SqliteTaskQueue.attach` paired them:
+        #: `create` then enqueues the task message in the same transaction.
+        self.outbox: SqliteTaskQueue | None = None
+        backend.on_operation_changed(self.hub.notify)
+        backend.on_missed(self.hub.notify_all)
+
+    async def start(self) -> None:
+        await self.backend.start()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def on_written(self, name: str) -> None:
+        self.hub.notify(name)
+        self.backend.operation_written(name)
+
+    async def _read(self, op_id: str) -> OperationRecord | None:
+        records = self._records
+
+        def read(conn: sqlite3.Connection) -> OperationRecord | None:
+            # The version and update time first: polled operations are mostly
+            # unchanged, and then the cached record is the answer.
+            key = conn.execute(_SELECT_KEY, (op_id,)).fetchone()
+            if key is None:
+                return None
+            cached = records.get(op_id, key[0], key[1])
+            if cached is not None:
+                return cached
+            row = conn.execute(f"{_SELECT} WHERE id = ?", (op_id,)).fetchone()
+            return None if row is None else records.of(row)
+
+        return await self.backend.db.read(read)
+
+    async def _insert(self, rec: OperationRecord) -> CreateResult:
+        row = to_row(rec)
+        outbox = self.outbox
+
+        def insert_and_enqueue(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT, row)
+            if outbox is not None:
+                outbox.insert(conn, TaskMessage(rec.name, rec.task, rec.attempt))
+
+        def insert(conn: sqlite3.Connection) -> OperationRecord | None:
+            try:
+                if outbox is None:
+                    conn.execute(_INSERT, row)
+                else:
+                    transaction(conn, insert_and_enqueue)
+                return None
+            except sqlite3.IntegrityError as exc:
+                if rec.request_id is not None and "request_id" in str(exc):
+                    found = conn.execute(
+                        f"{_SELECT} WHERE request_id = ?", (rec.request_id,)
+                    ).fetchone()
+                    if found is not None:
+                        return from_row(found)
+                if "operations.id" not in str(exc):
+                    raise  # not a duplicate: some other constraint failed
+                raise AlreadyExists(
+                    f"operation {rec.name!r} already exists", metadata={"name": rec.name}
+                ) from exc
+
+        existing = await self.backend.db.call(insert)
+        if existing is not None:
+            return check_duplicate(existing, rec)
+        self._records.put(rec)
+        await self.on_written(rec.name)
+        if outbox is not None:
+            outbox.written()
+        return CreateResult(rec, created=True, enqueued=outbox is not None)
+
+    async def _replace_if_version(
+        self,
+        rec: OperationRecord,
+        expected_version: int,
+        *,
+        previous: OperationRecord | None = None,
+    ) -> bool:
+        written = await self.backend.db.call(
+            lambda c: write_if_version(c, rec, expected_version, previous)
+        )
+        if written:
+            self._records.put(rec)
+        return written
+
+    async def _delete(self, op_id: str) -> bool:
+        count = await self.backend.db.call(
+            lambda c: c.execute("DELETE FROM operations WHERE id = ?", (op_id,)).rowcount
+        )
+        return bool(count == 1)
+
+    async def list(
+        self, *, page_size: int, after: Cursor | None, flt: RecordFilter | None = None
+    ) -> ListPage:
+        where: list[str] = []
+        params: list[object] = []
+        exact = True
+        to_sql = getattr(flt, "to_sql", None)
+        if flt is not None:
+            if to_sql is not None:
+                sql = to_sql()
+                if sql.where:
+                    where.append(f"({sql.where})")
+                    params.extend(sql.params)
+                exact = bool(sql.exact)
+            else:
+                exact = False
+
+        async def fetch(cursor: Cursor | None, limit: int) -> Sequence[OperationRecord]:
+            clauses = list(where)
+            args = list(params)
+            if cursor is not None:
+                # A row value, so SQLite seeks operations_order instead of scanning it.
+                clauses.append("(create_us, id) < (?, ?)")
+                args.extend([to_micros(cursor.create_time), cursor.id])
+            query = (
+                _SELECT
+                + (" WHERE " + " AND ".join(clauses) if clauses else "")
+                + " ORDER BY create_us DESC, id DESC LIMIT ?"
+            )
+            args.append(limit)
+            return [from_row(r) for r in await self._fetch(query, args)]
+
+        return await scan_page(fetch, page_size=page_size, after=after, flt=flt, exact=exact)
+
+    async def _fetch(self, query: str, args: Sequence[object]) -> Sequence[tuple[Any, ...]]:
+        rows: Sequence[tuple[Any, ...]] = await self.backend.db.read(
+            lambda c: c.execute(query, args).fetchall()
+        )
+        return rows
+
+    async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
+        us = to_micros(now)
+        rows = await self.backend.db.call(
+            lambda c: c.execute(
+                f"{_SELECT} WHERE (dispatch_due_us <= ? AND state = ?) "
+                f"OR (lease_expire_us <= ? AND state = ?) LIMIT ?",
+                (us, int(State.QUEUED), us, int(State.RUNNING), limit),
+            ).fetchall()
+        )
+        return [from_row(r) for r in rows]
+
+    async def delete_expired(self, now: datetime, limit: int) -> int:
+        us = to_micros(now)
+
+        def purge(conn: sqlite3.Connection) -> list[str]:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM operations WHERE expire_us <= ? LIMIT ?", (us, limit)
+                )
+            ]
+            conn.executemany(
+                "DELETE FROM operations WHERE id = ? AND expire_us <= ?", [(i, us) for i in ids]
+            )
+            return ids
+
+        ids = await self.backend.db.call(purge)
+        for op_id in ids:
+            await self.on_written(operation_name(op_id))
+        return len(ids)

@@ -1,0 +1,311 @@
+"""The operation store seam.
+
+An `OperationStore` keeps one record per operation. Every state change goes
+through `update`, a compare-and-set loop around a pure transition from
+`longrun_core.transitions`, so concurrent and repeated (redelivered) changes are safe:
+
+* Redelivery: transitions are idempotent or fenced, so applying the same
+  change twice writes once, and a stale worker's write is rejected.
+* Conflict: two writers never both win; the loser re-reads and re-applies its
+  transition to the fresh record (at most `max_conflicts` times, then `Aborted`).
+* Crash: a write is atomic and durable once the call returns; a crash before
+  that leaves the previous version intact.
+
+Adapters implement the primitives (`_read`, `_insert`, `_replace_if_version`,
+...) and inherit the loop. The contract suite (tests/contract) runs against
+every adapter.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from longrun_core.clock import from_micros, to_micros
+from longrun_core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from longrun_core.model import OperationRecord, evolve
+from longrun_core.names import operation_name, parse_operation_name
+from longrun_core.watch import WatchHub
+
+
+class RecordFilter(Protocol):
+    """A parsed ListOperations filter. Adapters push down what they can and
+    call `matches` for the rest."""
+
+    def matches(self, rec: OperationRecord) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Position in the list order (newest first: create_time desc, id desc)."""
+
+    create_time: datetime
+    id: str
+
+    @staticmethod
+    def after(rec: OperationRecord) -> Cursor:
+        return Cursor(rec.create_time, rec.id)
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    records: Sequence[OperationRecord]
+    #: Where the next page starts; None at the end of the list.
+    next_cursor: Cursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResult:
+    record: OperationRecord
+    #: False when `request_id` matched an existing operation, which is returned.
+    created: bool
+    #: True when the store also enqueued the operation's task message in the
+    #: same write (a store whose queue shares its transactions); the caller
+    #: publishes it otherwise.
+    enqueued: bool = False
+
+
+class Watch(Protocol):
+    async def changed(self, timeout: float) -> bool:
+        """Wait until the operation may have changed since the last call (or
+        since the watch began); False at the timeout."""
+        ...
+
+
+class OperationStore(abc.ABC):
+    max_conflicts = 50
+
+    def __init__(self, hub: WatchHub) -> None:
+        self.hub = hub
+
+    # ---- the verbs callers use ----
+
+    async def create(self, rec: OperationRecord) -> CreateResult:
+        """Store a new operation. If `rec.request_id` is set and an operation
+        with that request id exists, return it instead (created=False); two
+        racing creates with one request id store exactly one operation. An
+        existing id raises AlreadyExists."""
+        return await self._insert(evolve(rec, version=1))
+
+    async def get(self, name: str) -> OperationRecord:
+        """The current record; NotFound if it does not exist (or was deleted)."""
+        rec = await self._read(_id_of(name))
+        if rec is None:
+            raise not_found(name)
+        return rec
+
+    async def update(
+        self,
+        name: str,
+        transition: Callable[[OperationRecord], OperationRecord | None],
+    ) -> OperationRecord:
+        """Apply `transition` to the current record and write the result if
+        the record did not change meanwhile; on conflict, re-read and re-apply.
+        Returns the stored record (unchanged when `transition` returns None).
+        Exceptions from `transition` propagate; NotFound if absent."""
+        for _ in range(self.max_conflicts):
+            current = await self.get(name)
+            new = next_version(current, transition)
+            if new is None:
+                return current
+            if await self._replace_if_version(new, current.version, previous=current):
+                await self.on_written(name)
+                return new
+            await asyncio.sleep(0)
+        raise Aborted(f"operation {name!r} changed concurrently too often; retry")
+
+    async def delete(self, name: str) -> None:
+        """Remove the operation; NotFound if absent. A later update by a worker
+        finds nothing and cannot bring it back."""
+        if not await self._delete(_id_of(name)):
+            raise not_found(name)
+        await self.on_written(name)
+
+    @asynccontextmanager
+    async def watch(self, name: str) -> AsyncIterator[Watch]:
+        """Change notifications for one operation; one underlying watch per
+        operation is shared by all its waiters and released after the last."""
+        async with self.hub.subscribe(name) as sub:
+            yield sub
+
+    # ---- primitives for adapters ----
+
+    @abc.abstractmethod
+    async def _read(self, op_id: str) -> OperationRecord | None: ...
+
+    @abc.abstractmethod
+    async def _insert(self, rec: OperationRecord) -> CreateResult: ...
+
+    @abc.abstractmethod
+    async def _replace_if_version(
+        self,
+        rec: OperationRecord,
+        expected_version: int,
+        *,
+        previous: OperationRecord | None = None,
+    ) -> bool:
+        """Write `rec` only if the stored version is `expected_version`.
+        `previous`, when given, is the stored record `rec` was made from (an
+        adapter may then write only the fields that changed)."""
+
+    @abc.abstractmethod
+    async def _delete(self, op_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def list(
+        self, *, page_size: int, after: Cursor | None, flt: RecordFilter | None = None
+    ) -> ListPage:
+        """Up to `page_size` matching records, newest first, starting after
+        `after`. Records created after the walk began may or may not appear;
+        none appears twice and none present for the whole walk is skipped."""
+
+    @abc.abstractmethod
+    async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
+        """QUEUED records whose `dispatch_due_time` has passed, and RUNNING
+        records whose lease has expired: the sweeper's work list."""
+
+    @abc.abstractmethod
+    async def delete_expired(self, now: datetime, limit: int) -> int:
+        """Delete up to `limit` finished records whose `expire_time` has passed."""
+
+    async def on_written(self, name: str) -> None:
+        """Hook after a successful write (the SQLite store notifies other processes)."""
+
+    async def start(self) -> None:
+        """Open connections and start change feeds."""
+
+    async def close(self) -> None:
+        """Release connections and watches."""
+
+
+def next_version(
+    current: OperationRecord, transition: Callable[[OperationRecord], OperationRecord | None]
+) -> OperationRecord | None:
+    """What `transition` makes of `current`, at the next version; None when it
+    changes nothing (no write needed)."""
+    new = transition(current)
+    if new is None or new == current:
+        return None
+    return evolve(new, version=current.version + 1)
+
+
+def not_found(name: str) -> NotFound:
+    return NotFound(f"operation {name!r} not found", metadata={"name": name})
+
+
+#: Fetches up to `limit` records in list order, starting after the cursor.
+BatchFetch = Callable[[Cursor | None, int], Awaitable[Sequence[OperationRecord]]]
+
+
+async def scan_page(
+    fetch: BatchFetch,
+    *,
+    page_size: int,
+    after: Cursor | None,
+    flt: RecordFilter | None,
+    exact: bool,
+) -> ListPage:
+    """One page of a list whose query pushes down all (`exact`) or part of
+    `flt`: fetch in batches, keep what `flt.matches`, and end the page at the
+    last record kept, so records the filter dropped never shift the next page."""
+    batch = page_size if exact else max(page_size * 2, 100)
+    records: list[OperationRecord] = []
+    cursor = after
+    while True:
+        fetched = await fetch(cursor, batch + 1)
+        scanned = fetched[:batch]
+        for rec in scanned:
+            if exact or (flt is not None and flt.matches(rec)):
+                records.append(rec)
+                if len(records) == page_size:
+                    more = rec is not scanned[-1] or len(fetched) > batch
+                    return ListPage(records, Cursor.after(rec) if more else None)
+        if len(fetched) <= batch:
+            return ListPage(records, None)
+        cursor = Cursor.after(scanned[-1])
+
+
+def _id_of(name: str) -> str:
+    return parse_operation_name(name)
+
+
+def request_fingerprint(task: str, params: bytes, labels: dict[str, str]) -> str:
+    """What makes two CreateJob requests with one request_id 'the same'."""
+    blob = json.dumps([task, params.hex(), sorted(labels.items())]).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def check_duplicate(existing: OperationRecord, new: OperationRecord) -> CreateResult:
+    if existing.request_hash != new.request_hash:
+        raise AlreadyExists(
+            f"request_id {new.request_id!r} was already used by {existing.name} with different "
+            "content; use a new request_id for a different request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": new.request_id or "", "operation": existing.name},
+        )
+    return CreateResult(existing, created=False)
+
+
+class PageTokens:
+    """Opaque, URL-safe, HMAC-signed page tokens bound to the query they page.
+
+    A token carries only a position; it grants nothing (every page is still
+    served under the caller's own request)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def encode(self, cursor: Cursor, binding: str) -> str:
+        body = json.dumps(
+            [to_micros(cursor.create_time), cursor.id, _digest(binding)], separators=(",", ":")
+        ).encode()
+        sig = hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(sig + body).decode().rstrip("=")
+
+    def decode(self, token: str, binding: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            sig, body = raw[:16], raw[16:]
+            if not hmac.compare_digest(
+                sig, hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
+            ):
+                raise ValueError("bad signature")
+            ts, op_id, bound = json.loads(body)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(
+                "page_token is not a token this server issued; pass the next_page_token of the "
+                "previous response unchanged, or none for the first page",
+                reason="PAGE_TOKEN_INVALID",
+            ) from exc
+        if bound != _digest(binding):
+            raise InvalidArgument(
+                "page_token was issued for a different filter or collection; keep the request "
+                "parameters the same while paging",
+                reason="PAGE_TOKEN_MISMATCH",
+            )
+        return Cursor(from_micros(int(ts)), str(op_id))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+__all__ = [
+    "CreateResult",
+    "Cursor",
+    "ListPage",
+    "OperationStore",
+    "PageTokens",
+    "RecordFilter",
+    "Watch",
+    "operation_name",
+]

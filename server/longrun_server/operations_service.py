@@ -1,0 +1,138 @@
+"""google.longrunning.Operations over an OperationStore."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import empty_pb2
+
+from longrun_core import transitions
+from longrun_core.clock import Clock
+from longrun_core.errors import InvalidArgument, Unimplemented
+from longrun_core.filtering import MAX_LENGTH as MAX_FILTER_LENGTH
+from longrun_core.filtering import Filter, parse_filter
+from longrun_core.names import COLLECTION, parse_operation_name
+from longrun_core.store import OperationStore, PageTokens
+from longrun_server.status import rpc_errors
+from longrun_server.views import OperationViews
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+class OperationsService(operations_pb2_grpc.OperationsServicer):
+    def __init__(
+        self,
+        store: OperationStore,
+        *,
+        clock: Clock,
+        tokens: PageTokens,
+        retention: timedelta,
+        max_wait: float,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.tokens = tokens
+        self.retention = retention
+        self.max_wait = max_wait
+        self.views = OperationViews()
+
+    @rpc_errors
+    async def GetOperation(
+        self, request: operations_pb2.GetOperationRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
+        parse_operation_name(request.name)
+        return self.views.of(await self.store.get(request.name))
+
+    @rpc_errors
+    async def ListOperations(
+        self, request: operations_pb2.ListOperationsRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.ListOperationsResponse:
+        if request.name not in ("", COLLECTION):
+            raise InvalidArgument(
+                f"name must be '{COLLECTION}' (or empty) for ListOperations, got "
+                f"{request.name[:200]!r}",
+                reason="COLLECTION_UNKNOWN",
+            )
+        if request.return_partial_success:
+            raise Unimplemented(
+                "return_partial_success is not supported: every list is complete",
+                reason="PARTIAL_SUCCESS_UNSUPPORTED",
+            )
+        if request.page_size < 0:
+            raise InvalidArgument(
+                f"page_size must not be negative, got {request.page_size}",
+                reason="PAGE_SIZE_NEGATIVE",
+            )
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        flt = parse_list_filter(request.filter)
+        binding = f"{COLLECTION}\n{flt.text if flt is not None else ''}"
+        after = self.tokens.decode(request.page_token, binding) if request.page_token else None
+        page = await self.store.list(page_size=page_size, after=after, flt=flt)
+        response = operations_pb2.ListOperationsResponse(
+            operations=[self.views.of(rec) for rec in page.records]
+        )
+        if page.next_cursor is not None:
+            response.next_page_token = self.tokens.encode(page.next_cursor, binding)
+        return response
+
+    @rpc_errors
+    async def DeleteOperation(
+        self, request: operations_pb2.DeleteOperationRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        parse_operation_name(request.name)
+        await self.store.delete(request.name)
+        return empty_pb2.Empty()
+
+    @rpc_errors
+    async def CancelOperation(
+        self, request: operations_pb2.CancelOperationRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        """Best effort and idempotent: a queued operation ends CANCELLED at once,
+        a running one is asked to stop, a finished one is left as it is (OK)."""
+        parse_operation_name(request.name)
+        await self.store.update(
+            request.name,
+            lambda r: transitions.request_cancel(r, now=self.clock.now(), retention=self.retention),
+        )
+        return empty_pb2.Empty()
+
+    @rpc_errors
+    async def WaitOperation(
+        self, request: operations_pb2.WaitOperationRequest, context: grpc.aio.ServicerContext
+    ) -> operations_pb2.Operation:
+        """Return as soon as the operation is done, or its latest state when the
+        shorter of `timeout` and the RPC deadline (minus a margin) runs out."""
+        parse_operation_name(request.name)
+        if request.timeout.seconds < 0 or request.timeout.nanos < 0:
+            raise InvalidArgument("timeout must not be negative", reason="TIMEOUT_NEGATIVE")
+        budget = self.max_wait
+        if request.HasField("timeout"):
+            budget = min(budget, request.timeout.ToTimedelta().total_seconds())
+        remaining_rpc = context.time_remaining()
+        if remaining_rpc is not None:
+            # Answer before the caller's deadline so it gets the state, not DEADLINE_EXCEEDED.
+            budget = min(budget, max(remaining_rpc - min(0.05, remaining_rpc / 10), 0.0))
+        loop_time = time.monotonic()
+        deadline = loop_time + budget
+        async with self.store.watch(request.name) as watch:
+            rec = await self.store.get(request.name)
+            while not rec.done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if await watch.changed(left):
+                    rec = await self.store.get(request.name)
+        return self.views.of(rec)
+
+
+def parse_list_filter(text: str) -> Filter | None:
+    if len(text) > MAX_FILTER_LENGTH:
+        raise InvalidArgument(
+            f"filter is {len(text)} characters; at most {MAX_FILTER_LENGTH} are allowed",
+            reason="FILTER_TOO_LONG",
+        )
+    return parse_filter(text)

@@ -1,0 +1,579 @@
+"""HTTP/JSON transcoding for plain HTTP callers (curl), like grpc-gateway.
+
+`longrun-server --http-address localhost:8080` serves the REST bindings of
+google.longrunning.Operations and longrun.v1.Jobs next to gRPC, in the same
+event loop. Each HTTP request becomes one gRPC call to this process's own
+server over loopback, so every rule and validation lives in the services.
+
+Routes are read from the `google.api.http` options of the service descriptors
+(plus `EXTRA_RULES` for WaitOperation, which operations.proto leaves unbound):
+
+    GET    /v1/operations                 ListOperations  (?filter=&pageSize=&pageToken=)
+    GET    /v1/operations/{id}            GetOperation
+    DELETE /v1/operations/{id}            DeleteOperation
+    POST   /v1/operations/{id}:cancel     CancelOperation  body {}
+    POST   /v1/operations/{id}:wait       WaitOperation    body {"timeout": "30s"}
+    POST   /v1/jobs                       CreateJob        body {"task": ..., "params": ...}
+
+Requests: path variables and query parameters (proto or lowerCamelCase names,
+dotted for nested fields) set request fields; the body is parsed with
+`json_format` (unknown fields are an error). Responses are the proto3 JSON
+form in lowerCamelCase with default values left out, as Google REST APIs send
+them; errors are AIP-193 JSON (server/rest_errors.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.api import annotations_pb2, http_pb2
+from google.longrunning import operations_pb2
+from google.protobuf import json_format
+from google.protobuf.descriptor import (
+    Descriptor,
+    FieldDescriptor,
+    MethodDescriptor,
+    ServiceDescriptor,
+)
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+from google.rpc import code_pb2, status_pb2
+
+from longrun.v1 import jobs_pb2
+from longrun_server.rest_errors import error_body, make_status, status_from_rpc_error
+from longrun_server.rest_templates import PathTemplate
+
+log = logging.getLogger("longrun.http")
+
+WAIT_METHOD = "google.longrunning.Operations.WaitOperation"
+
+#: Bindings for methods whose proto declares none. Cloud APIs bind
+#: WaitOperation as `POST .../operations/*}:wait` with body `*`.
+EXTRA_RULES: Mapping[str, http_pb2.HttpRule] = {
+    WAIT_METHOD: http_pb2.HttpRule(post="/v1/{name=operations/**}:wait", body="*"),
+}
+
+#: Request bodies larger than this are refused (params are limited to 256 KiB).
+MAX_BODY_BYTES = 1024 * 1024
+
+#: Query parameters that configure the response rather than set a field
+#: (google-api-core REST transports send `$alt=json;enum-encoding=int`).
+SYSTEM_PARAMS = frozenset({"$alt", "alt", "$.xgafv"})
+
+# Message types whose JSON form is a string (or a number sent as a string),
+# so a query parameter can set them.
+_STRING_JSON_MESSAGES = frozenset(
+    "google.protobuf." + name
+    for name in (
+        "Duration",
+        "Timestamp",
+        "FieldMask",
+        "StringValue",
+        "BytesValue",
+        "Int32Value",
+        "Int64Value",
+        "UInt32Value",
+        "UInt64Value",
+        "FloatValue",
+        "DoubleValue",
+    )
+)
+
+
+# ---- routes ----
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP binding of one RPC."""
+
+    http_method: str
+    template: PathTemplate
+    #: "" (no body), "*" (the whole request) or a top-level field name.
+    body: str
+    method: MethodDescriptor
+    request_cls: type[Message] = field(compare=False)
+    response_cls: type[Message] = field(compare=False)
+
+    @property
+    def rpc_path(self) -> str:
+        return f"/{self.method.containing_service.full_name}/{self.method.name}"
+
+    def __str__(self) -> str:
+        return f"{self.http_method} {self.template.text} -> {self.method.full_name}"
+
+
+def served_services() -> list[ServiceDescriptor]:
+    """The services `longrun-server` serves (see server/app.py)."""
+    return [
+        operations_pb2.DESCRIPTOR.services_by_name["Operations"],
+        jobs_pb2.DESCRIPTOR.services_by_name["Jobs"],
+    ]
+
+
+def http_rule(
+    method: MethodDescriptor, extra_rules: Mapping[str, http_pb2.HttpRule] = EXTRA_RULES
+) -> http_pb2.HttpRule | None:
+    """The method's `google.api.http` option, else its entry in `extra_rules`."""
+    options = method.GetOptions()
+    if options.HasExtension(annotations_pb2.http):
+        rule: http_pb2.HttpRule = options.Extensions[annotations_pb2.http]
+        return rule
+    return extra_rules.get(method.full_name)
+
+
+def rule_bindings(rule: http_pb2.HttpRule) -> Iterator[tuple[str, str, str]]:
+    """(HTTP method, path template, body) of a rule and its additional_bindings."""
+    kind = rule.WhichOneof("pattern")
+    if kind == "custom":
+        yield rule.custom.kind.upper(), rule.custom.path, rule.body
+    elif kind is not None:
+        yield kind.upper(), getattr(rule, kind), rule.body
+    for extra in rule.additional_bindings:
+        yield from rule_bindings(extra)
+
+
+def build_routes(
+    services: Iterable[ServiceDescriptor],
+    extra_rules: Mapping[str, http_pb2.HttpRule] = EXTRA_RULES,
+) -> list[Route]:
+    routes: list[Route] = []
+    for service in services:
+        for method in service.methods:
+            if method.client_streaming or method.server_streaming:
+                continue
+            rule = http_rule(method, extra_rules)
+            if rule is None:
+                continue
+            if rule.response_body:
+                raise ValueError(f"{method.full_name}: response_body is not supported")
+            request_cls = GetMessageClass(method.input_type)
+            for http_method, path, body in rule_bindings(rule):
+                if body not in ("", "*") and body not in method.input_type.fields_by_name:
+                    raise ValueError(f"{method.full_name}: body field {body!r} does not exist")
+                routes.append(
+                    Route(
+                        http_method,
+                        PathTemplate.parse(path),
+                        body,
+                        method,
+                        request_cls,
+                        GetMessageClass(method.output_type),
+                    )
+                )
+    return routes
+
+
+# ---- errors raised before a call is made ----
+
+
+class GatewayError(Exception):
+    """An HTTP request that cannot become an RPC (no route, bad body, ...)."""
+
+    def __init__(
+        self,
+        status: status_pb2.Status,
+        http: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(status.message)
+        self.status = status
+        self.http = http
+        self.headers = dict(headers or {})
+
+
+def invalid(message: str, reason: str, **metadata: str) -> GatewayError:
+    return GatewayError(make_status(code_pb2.INVALID_ARGUMENT, message, reason, metadata))
+
+
+# ---- routing ----
+
+
+class Router:
+    """Finds the route for (HTTP method, raw path). The most specific template
+    matching the path decides (`/v1/{name=operations}` over
+    `/v1/{name=operations/**}`, `...:cancel` over `...`): its route for the
+    method, else 405 naming the methods it has; no template at all is 404."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        # sorted() is stable: equal templates keep their declaration order.
+        self.routes = sorted(routes, key=lambda r: r.template.specificity, reverse=True)
+
+    def resolve(self, http_method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+        shown = raw_path[:200]
+        for route in self.routes:
+            values = route.template.match(raw_path)
+            if values is None:
+                continue
+            same = [r for r in self.routes if r.template.text == route.template.text]
+            for candidate in same:
+                if candidate.http_method == http_method:
+                    return candidate, values
+            allow = ", ".join(dict.fromkeys(r.http_method for r in same))
+            raise GatewayError(
+                make_status(
+                    code_pb2.UNIMPLEMENTED,
+                    f"{http_method} is not allowed on {shown}; use {allow}",
+                    "METHOD_NOT_ALLOWED",
+                    {"method": http_method, "allow": allow},
+                ),
+                http=405,
+                headers={"Allow": allow},
+            )
+        raise GatewayError(
+            make_status(
+                code_pb2.NOT_FOUND,
+                f"no API method at {http_method} {shown}; see docs/rest.md for the routes",
+                "ROUTE_NOT_FOUND",
+                {"method": http_method, "path": shown},
+            )
+        )
+
+
+# ---- requests ----
+
+
+@dataclass(frozen=True)
+class JsonOptions:
+    """How to print the response (from `$alt` / `alt`)."""
+
+    use_integers_for_enums: bool = False
+
+
+def system_params(
+    query: Iterable[tuple[str, str]],
+) -> tuple[JsonOptions, list[tuple[str, str]]]:
+    """Split `$alt=json;enum-encoding=int` and friends from the field parameters."""
+    options = JsonOptions()
+    rest: list[tuple[str, str]] = []
+    for key, value in query:
+        if key not in SYSTEM_PARAMS:
+            rest.append((key, value))
+            continue
+        if key == "$.xgafv":
+            continue
+        parts = [p.strip() for p in value.split(";")]
+        if parts[0] != "json":
+            raise invalid(f"{key}={value[:100]!r}: only json is served", "ALT_UNSUPPORTED")
+        if "enum-encoding=int" in parts[1:]:
+            options = JsonOptions(use_integers_for_enums=True)
+    return options, rest
+
+
+def _field(message: Descriptor, name: str) -> FieldDescriptor | None:
+    found: FieldDescriptor | None = message.fields_by_name.get(name)
+    if found is None:
+        found = message.fields_by_camelcase_name.get(name)
+    return found
+
+
+def _leaf_value(fd: FieldDescriptor, raw: str, name: str) -> Any:
+    """A query/path string as the JSON value json_format expects for `fd`."""
+    if fd.type == FieldDescriptor.TYPE_BOOL:
+        lowered = raw.lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        raise invalid(f"{name} must be true or false, got {raw[:100]!r}", "PARAMETER_INVALID")
+    message_type = fd.message_type
+    if message_type is not None:
+        if message_type.full_name == "google.protobuf.BoolValue":
+            return _leaf_value(message_type.fields_by_name["value"], raw, name)
+        if message_type.full_name not in _STRING_JSON_MESSAGES:
+            raise invalid(
+                f"{name} is a {message_type.full_name} and cannot be set from the URL",
+                "PARAMETER_INVALID",
+            )
+    return raw
+
+
+def _assign(
+    target: dict[str, Any],
+    message: Descriptor,
+    dotted: str,
+    raw: str,
+    *,
+    where: str,
+    overwrite: bool,
+) -> None:
+    """Set `dotted` (proto or camelCase names) in the JSON-shaped dict `target`."""
+    parts = dotted.split(".")
+    node = target
+    desc = message
+    for i, part in enumerate(parts):
+        fd = _field(desc, part)
+        if fd is None:
+            raise invalid(
+                f"{where} {dotted[:100]!r}: {desc.full_name} has no field {part[:100]!r}",
+                "PARAMETER_UNKNOWN",
+                parameter=dotted[:100],
+            )
+        last = i == len(parts) - 1
+        if not last:
+            child_type = fd.message_type
+            if child_type is None or fd.is_repeated:
+                raise invalid(
+                    f"{where} {dotted[:100]!r}: {part!r} is not a singular message field",
+                    "PARAMETER_UNKNOWN",
+                    parameter=dotted[:100],
+                )
+            child = node.setdefault(fd.name, {})
+            if not isinstance(child, dict):  # pragma: no cover - names are unique
+                raise invalid(f"{where} {dotted[:100]!r} conflicts", "PARAMETER_INVALID")
+            node, desc = child, child_type
+            continue
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            raise invalid(
+                f"{where} {dotted[:100]!r} is a map and cannot be set from the URL",
+                "PARAMETER_INVALID",
+            )
+        value = _leaf_value(fd, raw, dotted[:100])
+        if fd.is_repeated:
+            node.setdefault(fd.name, []).append(value)
+        elif fd.name in node and not overwrite:
+            raise invalid(f"{where} {dotted[:100]!r} is given more than once", "PARAMETER_REPEATED")
+        else:
+            node[fd.name] = value
+
+
+def _parse_json_body(body: bytes, type_name: str) -> Any:
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise invalid(
+            f"request body is not valid JSON for {type_name}: {exc}", "BODY_MALFORMED"
+        ) from exc
+
+
+def _merge_json(value: Any, request: Message, what: str, reason: str) -> None:
+    try:
+        json_format.ParseDict(value, request, ignore_unknown_fields=False)
+    except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
+        raise invalid(f"invalid {what}: {exc}", reason) from exc
+
+
+def build_request(
+    route: Route,
+    path_values: Mapping[str, str],
+    query: Sequence[tuple[str, str]],
+    body: bytes,
+) -> Message:
+    """The gRPC request for an HTTP request: body first, then query parameters,
+    then path variables (which win over a body field of the same name)."""
+    request = route.request_cls()
+    desc = route.method.input_type
+    if route.body == "*" and query:
+        raise invalid(
+            f"query parameters are not accepted on {route.http_method} {route.template.text} "
+            f"(got {query[0][0][:100]!r}): put every field in the JSON body",
+            "PARAMETER_UNKNOWN",
+        )
+    if route.body:
+        parsed = _parse_json_body(body, desc.full_name)
+        if route.body == "*":
+            if not isinstance(parsed, dict):
+                raise invalid(
+                    f"request body must be a JSON object ({desc.full_name}), "
+                    f"got {type(parsed).__name__}",
+                    "BODY_MALFORMED",
+                )
+            _merge_json(parsed, request, f"{desc.name} in the request body", "BODY_MALFORMED")
+        else:
+            _merge_json(
+                {route.body: parsed}, request, f"{route.body} in the request body", "BODY_MALFORMED"
+            )
+    fields: dict[str, Any] = {}
+    for key, value in query:
+        if route.body and key.split(".")[0] in (route.body, _camel(route.body)):
+            raise invalid(
+                f"query parameter {key[:100]!r} is bound by the request body",
+                "PARAMETER_UNKNOWN",
+            )
+        _assign(fields, desc, key, value, where="query parameter", overwrite=False)
+    for path_field, value in path_values.items():
+        _assign(fields, desc, path_field, value, where="path variable", overwrite=True)
+    if fields:
+        _merge_json(fields, request, "query parameters", "PARAMETER_INVALID")
+    return request
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+# ---- the gateway ----
+
+
+def loopback_target(grpc_address: str, port: int) -> str:
+    """Where the gateway reaches the gRPC server bound at `grpc_address`
+    (`port` is the bound port): a wildcard host becomes the loopback address."""
+    host = grpc_address.rpartition(":")[0]
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host in ("[::]", "::"):
+        host = "[::1]"
+    return f"{host}:{port}"
+
+
+def split_host_port(address: str) -> tuple[str | None, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host or None), int(port_text)
+
+
+class RestGateway:
+    """aiohttp app forwarding each route to the gRPC server at `target`."""
+
+    def __init__(
+        self,
+        target: str,
+        routes: Sequence[Route],
+        *,
+        max_wait: float,
+        call_timeout: float = 60.0,
+        wait_margin: float = 2.0,
+        grace: float = 5.0,
+    ) -> None:
+        self.target = target
+        self.router = Router(routes)
+        self.max_wait = max_wait
+        self.call_timeout = call_timeout
+        self.wait_margin = wait_margin
+        self.grace = grace
+        self._channel: grpc.aio.Channel | None = None
+        self._runner: web.AppRunner | None = None
+        self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def start(self, host: str | None, port: int) -> int:
+        """Listen on host:port (port 0: any); returns the bound port."""
+        self._channel = grpc.aio.insecure_channel(
+            self.target, options=[("grpc.enable_http_proxy", 0)]
+        )
+        self._runner = web.AppRunner(
+            self.app(),
+            handler_cancellation=True,
+            shutdown_timeout=self.grace,
+            access_log=logging.getLogger("longrun.http.access"),
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        addresses = self._runner.addresses
+        bound = int(addresses[0][1]) if addresses else port
+        log.info("HTTP/JSON gateway on %s:%d -> gRPC %s", host or "*", bound, self.target)
+        return bound
+
+    async def stop(self) -> None:
+        """Stop listening; in-flight requests get `grace` seconds."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw_path = request.raw_path.split("?", 1)[0].split("#", 1)[0]
+        try:
+            route, values = self.router.resolve(request.method, raw_path)
+            options, query = system_params(request.query.items())
+            body = await self._read_body(request) if route.body else b""
+            message = build_request(route, values, query, body)
+            response = await self._invoke(route, message)
+        except GatewayError as exc:
+            return _error_response(exc.status, exc.http, exc.headers)
+        except grpc.RpcError as exc:
+            status = status_from_rpc_error(exc)
+            if status.code in (code_pb2.INTERNAL, code_pb2.UNKNOWN, code_pb2.UNAVAILABLE):
+                log.warning("%s %s: %s", request.method, raw_path[:200], status.message)
+            return _error_response(status)
+        try:
+            payload = json_format.MessageToDict(
+                response,
+                preserving_proto_field_name=False,
+                use_integers_for_enums=options.use_integers_for_enums,
+            )
+        except (TypeError, KeyError, json_format.Error) as exc:
+            log.exception("cannot print %s as JSON", route.response_cls.DESCRIPTOR.full_name)
+            return _error_response(
+                make_status(
+                    code_pb2.INTERNAL,
+                    f"the response cannot be printed as JSON ({exc}); load the module of "
+                    "every metadata/response type into the server (--task-module)",
+                    "RESPONSE_NOT_PRINTABLE",
+                )
+            )
+        return _json_response(200, payload)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise invalid(f"request body exceeds {MAX_BODY_BYTES} bytes", "BODY_TOO_LARGE") from exc
+
+    def _call(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
+        call = self._calls.get(route.rpc_path)
+        if call is None:
+            if self._channel is None:
+                raise RuntimeError("the gateway is not started")
+            call = self._channel.unary_unary(
+                route.rpc_path,
+                request_serializer=route.request_cls.SerializeToString,
+                response_deserializer=route.response_cls.FromString,
+            )
+            self._calls[route.rpc_path] = call
+        return call
+
+    def deadline(self, route: Route, message: Message) -> float:
+        """Seconds the gRPC call may take. WaitOperation: the wait the caller
+        asked for (capped by the server's max wait) plus a margin, so the
+        server answers with the latest state rather than DEADLINE_EXCEEDED."""
+        if route.method.full_name != WAIT_METHOD:
+            return self.call_timeout
+        budget = self.max_wait
+        if message.HasField("timeout"):
+            asked = message.timeout.ToTimedelta().total_seconds()  # type: ignore[attr-defined]
+            budget = min(budget, max(asked, 0.0))
+        return budget + self.wait_margin
+
+    async def _invoke(self, route: Route, message: Message) -> Message:
+        response: Message = await self._call(route)(message, timeout=self.deadline(route, message))
+        return response
+
+
+def _json_response(
+    status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        text=json.dumps(payload, indent=2, ensure_ascii=False) + "\n",
+        status=status,
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def _error_response(
+    status: status_pb2.Status, http: int | None = None, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    body = error_body(status, http)
+    return _json_response(body["error"]["code"], body, headers)

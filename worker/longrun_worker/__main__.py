@@ -1,0 +1,143 @@
+"""`longrun-worker`: pull task messages and run them.
+
+`longrun-worker --push`: serve a Pub/Sub push endpoint instead (see
+longrun_worker.push and docs/push.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import click
+
+from longrun_core.backends import build_backends
+from longrun_core.cli_options import (
+    backend_options,
+    backend_settings,
+    run_main,
+    setup_logging,
+    task_registry,
+)
+from longrun_core.failpoints import Failpoints
+from longrun_core.settings import BackendSettings
+from longrun_core.tasks import TaskRegistry
+from longrun_worker.push_cli import push_config, push_options, serve_push
+from longrun_worker.runtime import Worker, WorkerSettings
+
+log = logging.getLogger("longrun.worker")
+_W = WorkerSettings()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--concurrency",
+    type=int,
+    default=_W.concurrency,
+    envvar="LONGRUN_CONCURRENCY",
+    show_envvar=True,
+    show_default=True,
+    help="Tasks run at once.",
+)
+@click.option(
+    "--lease",
+    type=float,
+    default=_W.lease,
+    envvar="LONGRUN_LEASE",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds a claim lasts without a heartbeat.",
+)
+@click.option(
+    "--heartbeat",
+    type=float,
+    default=_W.heartbeat,
+    envvar="LONGRUN_HEARTBEAT",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds between lease renewals.",
+)
+@click.option(
+    "--shutdown-grace",
+    type=float,
+    default=_W.shutdown_grace,
+    envvar="LONGRUN_SHUTDOWN_GRACE",
+    show_envvar=True,
+    show_default=True,
+    help="On SIGTERM, seconds in-flight tasks may finish before their leases are released.",
+)
+@click.option(
+    "--retention",
+    type=float,
+    default=_W.retention,
+    envvar="LONGRUN_RETENTION",
+    show_envvar=True,
+    show_default=True,
+)
+@click.option(
+    "--burst",
+    is_flag=True,
+    envvar="LONGRUN_BURST",
+    show_envvar=True,
+    help="Exit once the queue is empty (tests, batch jobs).",
+)
+@backend_options
+@push_options
+def main(**kw: Any) -> None:
+    """Run tasks from the queue and record their outcomes."""
+    setup_logging(kw.pop("log_level"))
+    backends = backend_settings(kw)
+    registry = task_registry(kw)
+    push = push_config(kw)
+    settings = WorkerSettings(
+        concurrency=kw["concurrency"],
+        lease=kw["lease"],
+        heartbeat=kw["heartbeat"],
+        shutdown_grace=kw["shutdown_grace"],
+        retention=kw["retention"],
+    )
+    if push is not None:
+        if kw["burst"]:
+            raise click.UsageError("--burst does not apply to --push")
+        run_main(serve_push(settings, backends, registry, push))
+        return
+    run_main(work(settings, backends, registry, kw["burst"]))
+
+
+async def work(
+    settings: WorkerSettings, backend_cfg: BackendSettings, registry: TaskRegistry, burst: bool
+) -> None:
+    backends = build_backends(backend_cfg)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    if not await backends.start_patiently(stopping):
+        await backends.close()
+        return
+    worker = Worker(
+        store=backends.store,
+        queue=backends.queue,
+        registry=registry,
+        settings=settings,
+        failpoints=Failpoints.from_env(),
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    log.info(
+        "worker %s: %s; tasks %s, concurrency %d",
+        worker.id,
+        backend_cfg.describe(),
+        ",".join(registry.names),
+        settings.concurrency,
+    )
+    try:
+        await worker.run(burst=burst)
+    finally:
+        await backends.close()
+
+
+if __name__ == "__main__":
+    main()

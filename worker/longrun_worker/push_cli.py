@@ -1,0 +1,191 @@
+"""`longrun-worker --push`: the push-endpoint mode of the worker CLI
+(options, settings, and the serving loop; see longrun_worker.push)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from longrun_core.settings import BackendSettings
+from longrun_core.tasks import TaskRegistry
+from longrun_worker.push_config import AUTH_MODES, GOOGLE_CERTS_URL, AuthSettings, PushSettings
+from longrun_worker.runtime import WorkerSettings
+
+log = logging.getLogger("longrun.push")
+F = TypeVar("F", bound=Callable[..., Any])
+_P = PushSettings()
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    host: str
+    port: int
+    settings: PushSettings
+    port_file: str | None = None
+
+
+def default_http_address(env: dict[str, str] | None = None) -> str:
+    """0.0.0.0:$PORT (Cloud Run sets PORT), else 0.0.0.0:8080."""
+    e = os.environ if env is None else env
+    return f"0.0.0.0:{e.get('PORT') or 8080}"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(
+            f"expected HOST:PORT, got {address!r}", param_hint="--http-address"
+        )
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def push_options(fn: F) -> F:
+    options = [
+        click.option(
+            "--push",
+            is_flag=True,
+            envvar="LONGRUN_PUSH",
+            show_envvar=True,
+            help="Serve a Pub/Sub push endpoint (Cloud Run) instead of pulling from the queue.",
+        ),
+        click.option(
+            "--http-address",
+            default=None,
+            envvar="LONGRUN_PUSH_ADDRESS",
+            show_envvar=True,
+            help="HOST:PORT of the push endpoint [default: 0.0.0.0:$PORT, else 0.0.0.0:8080].",
+        ),
+        click.option(
+            "--push-path",
+            default=_P.path,
+            envvar="LONGRUN_PUSH_PATH",
+            show_envvar=True,
+            show_default=True,
+            help="URL path Pub/Sub pushes to.",
+        ),
+        click.option(
+            "--push-auth",
+            type=click.Choice(AUTH_MODES),
+            default=_P.auth.mode,
+            envvar="LONGRUN_PUSH_AUTH",
+            show_envvar=True,
+            show_default=True,
+            help="oidc: verify the Google-signed token of the push subscription; "
+            "none: no check (emulator only).",
+        ),
+        click.option(
+            "--push-audience",
+            default=None,
+            envvar="LONGRUN_PUSH_AUDIENCE",
+            show_envvar=True,
+            help="Expected token audience [default: the URL each request was sent to].",
+        ),
+        click.option(
+            "--push-allowed-sa",
+            "push_allowed_sa",
+            multiple=True,
+            envvar="LONGRUN_PUSH_ALLOWED_SA",
+            show_envvar=True,
+            help="Service-account email allowed to push (the subscription's "
+            "--push-auth-service-account); repeat for several (env: space-separated). "
+            "Required with --push-auth oidc.",
+        ),
+        click.option(
+            "--push-certs-url",
+            default=GOOGLE_CERTS_URL,
+            envvar="LONGRUN_PUSH_CERTS_URL",
+            show_envvar=True,
+            show_default=True,
+            help="Where the token-signing certificates are fetched ({key id: PEM}).",
+        ),
+        click.option(
+            "--push-port-file",
+            default=None,
+            type=click.Path(dir_okay=False),
+            envvar="LONGRUN_PUSH_PORT_FILE",
+            show_envvar=True,
+            help="Write the port the push endpoint listens on to this file (tests).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def push_config(kw: dict[str, Any]) -> PushConfig | None:
+    """Pop the push options from `kw`; None unless --push was given."""
+    enabled = kw.pop("push")
+    address = kw.pop("http_address") or default_http_address()
+    path = kw.pop("push_path")
+    auth = AuthSettings(
+        mode=kw.pop("push_auth"),
+        audience=kw.pop("push_audience") or None,
+        allowed_emails=tuple(kw.pop("push_allowed_sa")),
+        certs_url=kw.pop("push_certs_url"),
+    )
+    port_file = kw.pop("push_port_file")
+    if not enabled:
+        return None
+    if not path.startswith("/"):
+        raise click.BadParameter("must start with /", param_hint="--push-path")
+    try:
+        auth.check()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    host, port = parse_address(address)
+    return PushConfig(host, port, PushSettings(path=path, auth=auth), port_file)
+
+
+async def serve_push(
+    settings: WorkerSettings,
+    backend_cfg: BackendSettings,
+    registry: TaskRegistry,
+    cfg: PushConfig,
+) -> None:
+    # Imported here: the pull worker never loads aiohttp.
+    from longrun_core.backends import build_backends
+    from longrun_core.failpoints import Failpoints
+    from longrun_worker.push import PubSubDeadLetters, PushEndpoint, serve
+    from longrun_worker.runtime import Worker
+
+    backends = build_backends(backend_cfg)
+    # Only the store: the queue's start would create the pull subscription,
+    # which a push deployment must not have (see docs/push.md).
+    await backends.store.start()
+    dead_letters = None
+    if backend_cfg.queue == "pubsub":
+        dead_letters = PubSubDeadLetters(
+            f"projects/{backend_cfg.project}/topics/{backend_cfg.pubsub_dead_letter_topic}"
+        )
+    worker = Worker(
+        store=backends.store,
+        queue=backends.queue,  # unused: messages arrive over HTTP
+        registry=registry,
+        settings=settings,
+        failpoints=Failpoints.from_env(),
+    )
+    endpoint = PushEndpoint(worker, cfg.settings, dead_letters=dead_letters)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "push worker %s: %s; tasks %s, auth %s",
+        worker.id,
+        backend_cfg.describe(),
+        ",".join(registry.names),
+        cfg.settings.auth.mode,
+    )
+    try:
+        await serve(endpoint, cfg.host, cfg.port, stop=stop, port_file=cfg.port_file)
+    finally:
+        if dead_letters is not None:
+            await dead_letters.close()
+        await backends.close()
