@@ -318,9 +318,18 @@ class PubSubTaskQueue(TaskQueue):
             raise Unavailable(f"cannot set up Pub/Sub resources: {exc}") from exc
 
     def _ensure_resources(self) -> None:
+        """Create the topics and subscriptions if missing. A least-privilege
+        deployment (deploy/cloudrun.sh --strict-iam) creates them beforehand
+        and gives this process no right to create: Pub/Sub then answers
+        PERMISSION_DENIED even for a resource that exists, which is taken as
+        "managed elsewhere" (logged); a missing one shows at first use."""
         for topic in (self.topic_path, self.dead_letter_topic_path):
-            with contextlib.suppress(gexc.AlreadyExists):
+            try:
                 self._publisher.create_topic(name=topic, **self._rpc)
+            except gexc.AlreadyExists:
+                pass
+            except gexc.PermissionDenied:
+                log.info("may not create %s; assuming it is managed elsewhere", topic)
         wanted = {
             "name": self.subscription_path,
             "topic": self.topic_path,
@@ -334,7 +343,10 @@ class PubSubTaskQueue(TaskQueue):
             self._subscriber.create_subscription(request=wanted, **self._rpc)
         except gexc.AlreadyExists:
             self._check_existing(wanted)
-        with contextlib.suppress(gexc.AlreadyExists):
+        except gexc.PermissionDenied:
+            log.info("may not create %s; assuming it is managed elsewhere", self.subscription_path)
+            return
+        with contextlib.suppress(gexc.AlreadyExists, gexc.PermissionDenied):
             self._subscriber.create_subscription(
                 request={
                     "name": self.dead_letter_subscription_path,
