@@ -1,29 +1,69 @@
-# Two stages: build the venv and generated code, then a small non-root runtime.
-# One image runs the server (default) or a worker:
-#   docker run -p 50051:50051 longrun
-#   docker run longrun python -m worker
-FROM python:3.11-slim AS build
-WORKDIR /app
-RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
-COPY requirements.txt requirements-dev.txt pyproject.toml Makefile README.md ./
-RUN python -m venv /app/.venv && /app/.venv/bin/pip install --no-cache-dir -r requirements.txt \
-    && /app/.venv/bin/pip install --no-cache-dir mypy-protobuf==5.1.0
+# longrun server and worker image. One image runs either role, sharing the
+# SQLite database through the /data volume:
+#   docker volume create longrun-data
+#   docker run -d -p 50051:50051 -v longrun-data:/data longrun                  # server
+#   docker run -d --no-healthcheck -v longrun-data:/data longrun longrun-worker  # a worker
+# compose.yaml runs a server and two workers that way.
+#
+# The base is the multi-arch index of python:3.11-slim-bookworm, pinned by
+# digest (refresh: `docker buildx imagetools inspect python:3.11-slim-bookworm`).
+# CI has no registry: scripts/container_smoke.sh passes --build-arg BASE=<a local
+# stand-in with python, python3 and venv>; nothing below may depend on more.
+# Only the classic builder's features are used (Debian's docker.io has no buildx).
+ARG BASE=python:3.11-slim-bookworm@sha256:2333bd330d12de02514770b3585cad313644316047cdee24a7acfdece6de6efb
+
+# ---- build: the two wheels, then the runtime venv from them ----
+FROM ${BASE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
+# A throw-away venv whose pip builds the wheels (grpcio-tools and setuptools come
+# in pip's isolated build environments only).
+RUN python -m venv /tmp/build-venv
+WORKDIR /src
+# The pinned packages and everything they need, as wheels, in a layer that
+# changes only with requirements.txt: a source change downloads none of them again.
+COPY requirements.txt ./
+RUN /tmp/build-venv/bin/pip wheel --quiet --wheel-dir /wheelhouse -r requirements.txt
+# Exactly what the two distributions are built from (.dockerignore keeps the rest out).
+COPY pyproject.toml README.md ./
 COPY protos ./protos
-COPY examples ./examples
-COPY lro ./lro
+COPY clients/python ./clients/python
+COPY core ./core
 COPY server ./server
 COPY worker ./worker
-COPY clients ./clients
-RUN touch .venv/.installed && make proto PY=/app/.venv/bin/python \
-    && /app/.venv/bin/pip install --no-cache-dir --no-deps . \
-    && /app/.venv/bin/pip uninstall -y grpcio-tools mypy-protobuf
+RUN /tmp/build-venv/bin/pip wheel --no-deps --wheel-dir /wheels ./clients/python .
+# The runtime venv gets no pip or setuptools of its own: the build venv's pip
+# installs into it (--python), from the two wheels and the wheelhouse only: a
+# dependency that requirements.txt does not cover fails here. pip compiles every
+# module at install, so the non-root runtime never needs to write __pycache__.
+RUN python -m venv --without-pip /opt/longrun \
+    && /tmp/build-venv/bin/pip --python /opt/longrun/bin/python install \
+        --no-index --find-links /wheelhouse --no-warn-script-location \
+        -c requirements.txt /wheels/*.whl \
+    && /opt/longrun/bin/python -c "import longrun_server, longrun_worker, longrun_client" \
+    && if /opt/longrun/bin/python -c "import grpc_tools" 2>/dev/null; then \
+        echo "grpcio-tools leaked into the runtime venv" >&2; exit 1; fi
 
-FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 longrun
-WORKDIR /app
-COPY --from=build /app /app
-RUN mkdir -p /app/data && chown longrun /app/data
-USER longrun
-ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1 LONGRUN_ADDRESS=0.0.0.0:50051
-EXPOSE 50051 8080
-CMD ["python", "-m", "server"]
+# ---- runtime: the base plus /opt/longrun, nothing else ----
+FROM ${BASE}
+RUN groupadd --gid 10001 longrun \
+    && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin longrun \
+    && mkdir /data && chown 10001:10001 /data
+COPY --from=build /opt/longrun /opt/longrun
+ENV PATH=/opt/longrun/bin:$PATH \
+    LONGRUN_ADDRESS=0.0.0.0:50051 \
+    LONGRUN_SQLITE_PATH=/data/longrun.db \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# A new named volume starts with this folder's owner (10001), so the non-root
+# server can create the database. A bind mount keeps the host folder's owner.
+VOLUME /data
+USER 10001:10001
+WORKDIR /home/longrun
+# gRPC only; the HTTP gateway is off unless LONGRUN_HTTP_ADDRESS is set (then publish it too).
+EXPOSE 50051
+# The gRPC health service on the server's own port (0.0.0.0/[::] mean "this host").
+# Workers serve no port: run them with --no-healthcheck (compose.yaml disables it).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os,sys,grpc;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;a=os.environ.get('LONGRUN_ADDRESS','localhost:50051').replace('0.0.0.0:','127.0.0.1:').replace('[::]:','[::1]:');c=grpc.insecure_channel(a);s=g.HealthStub(c).Check(h.HealthCheckRequest(),timeout=3).status;sys.exit(0 if s==h.HealthCheckResponse.SERVING else 'health: '+h.HealthCheckResponse.ServingStatus.Name(s))"]
+CMD ["longrun-server"]

@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # checks it every time and reinstalls when it fails (self-repairing).
 SELF_CHECK := import longrun_client.cli, longrun.v1.jobs_pb2_grpc, longrun_server.app, longrun_worker.runtime
 
-.PHONY: help install proto wheels run run-emulators emulators-start emulators-stop test test-unit test-contract test-integration test-acceptance lint typecheck bench chaos clean docker
+.PHONY: help install proto wheels run run-emulators emulators-start emulators-stop test test-unit test-contract test-integration test-acceptance lint typecheck bench chaos clean docker container-smoke
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -99,6 +99,9 @@ chaos: install ## bounded fault run: kill workers and the server while jobs flow
 
 docker: ## build the image (needs a Docker engine)
 	docker build -t longrun .
+
+container-smoke: ## build the image and smoke-test it (as root: installs docker.io/debootstrap, starts dockerd if needed)
+	bash scripts/container_smoke.sh
 
 clean:
 	rm -rf $(BUILD) dist $(VENV) .mypy_cache .pytest_cache .ruff_cache

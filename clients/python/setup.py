@@ -33,4 +33,9 @@ class BuildPyWithProtos(build_py):
         super().run()
 
 
+# setuptools checks that every listed package has a folder before build_py
+# runs (and generates into it): on a fresh source tree, make it now.
+if PROTOS.is_dir():
+    GENERATED.parent.mkdir(parents=True, exist_ok=True)
+
 setup(cmdclass={"build_py": BuildPyWithProtos})

@@ -57,7 +57,15 @@ def test_reflection_answers_under_both_protocol_names(service: Service, version:
         descriptor_pb2.FileDescriptorProto.FromString(raw)
         for raw in described.file_descriptor_response.file_descriptor_proto
     ]
-    assert f"grpc/reflection/{version}/reflection.proto" in [f.name for f in files]
+    # grpcio-reflection registers v1alpha under its own file name; v1 is ours.
+    expected = {
+        "v1": "grpc/reflection/v1/reflection.proto",
+        "v1alpha": "grpc_reflection/v1alpha/reflection.proto",
+    }[version]
+    assert expected in [f.name for f in files]
+    (described_file,) = (f for f in files if f.name == expected)
+    assert described_file.package == f"grpc.reflection.{version}"
+    assert [s.name for s in described_file.service] == ["ServerReflection"]
 
 
 def test_health_list_reports_every_served_service(service: Service) -> None:
