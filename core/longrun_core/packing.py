@@ -30,16 +30,11 @@ MIN_RESULT_BYTES = 64 * 1024
 MAX_RESULT_BYTES = 256 * 1024 * 1024
 
 
-class ResultInvalid(TypeError):
-    """A task result that cannot be stored as a google.protobuf.Any that every
-    client can read and print as JSON."""
-
-
 def pack_result(value: Any) -> bytes:
     """A message is packed as it is; a dict as Struct; a list, scalar or None as
     Value. Anything else, and any value JSON cannot hold (NaN, Infinity,
     nesting deeper than validation.MAX_NESTING, keys that are not strings),
-    is a ResultInvalid (a TypeError) saying what and where."""
+    is a TypeError saying what and where."""
     if isinstance(value, Message):
         message: Message = value
         _check_message(message)
@@ -50,13 +45,13 @@ def pack_result(value: Any) -> bytes:
     ):
         problem = json_problem(value, "result")
         if problem is not None:
-            raise ResultInvalid(f"task result is not JSON-like: {problem[0]} {problem[1]}")
+            raise TypeError(f"task result is not JSON-like: {problem[0]} {problem[1]}")
         try:
             message = _struct_or_value(value)
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-            raise ResultInvalid(f"task result is not JSON-like: {_text(exc)}") from exc
+            raise TypeError(f"task result is not JSON-like: {_text(exc)}") from exc
     else:
-        raise ResultInvalid(
+        raise TypeError(
             f"task returned {type(value).__name__}; return a protobuf message, a dict, "
             "a list, a string, a number, a bool or None"
         )
@@ -76,7 +71,7 @@ def _struct_or_value(value: Any) -> Message:
 
 
 def _check_message(message: Message) -> None:
-    """ResultInvalid for a message that parses back only with a raised
+    """TypeError for a message that parses back only with a raised
     recursion limit, or holds what JSON cannot show (a NaN in a Struct, an
     out-of-range Timestamp). A type JSON printing does not know (inside an
     Any) is accepted: clients that know it can read it."""
@@ -87,7 +82,7 @@ def _check_message(message: Message) -> None:
     except (TypeError, KeyError):
         return
     except (ValueError, DecodeError, RecursionError, json_format.Error) as exc:
-        raise ResultInvalid(
+        raise TypeError(
             f"task result {message.DESCRIPTOR.full_name} cannot be stored: {_text(exc)}"
         ) from exc
 
@@ -136,15 +131,15 @@ def result_outcome(
     `limit`. Never raises."""
     try:
         packed = pack_result(value)
-    except Exception as exc:  # ResultInvalid, or anything a strange value raises
+    except Exception as exc:  # TypeError saying why, or whatever a strange value raises
         problem = _text(exc)
-        if not isinstance(exc, ResultInvalid):
+        if not isinstance(exc, TypeError):
             problem = f"task result cannot be packed: {type(exc).__name__}: {problem}"
         return None, outcome_status(
             code_pb2.UNKNOWN,
             problem,
             reason="RESULT_INVALID",
-            metadata={"problem": problem[:500]},
+            metadata={"exception": type(exc).__name__, "problem": problem[:500]},
             attempt=attempt,
             max_attempts=max_attempts,
         )

@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from google.api import annotations_pb2, http_pb2
 from google.longrunning import operations_pb2
 from google.protobuf import json_format
@@ -551,9 +552,11 @@ class RestGateway:
                 "BODY_TOO_LARGE",
                 limit=str(self.max_request_bytes),
             ) from exc
-        except HttpProcessingError as exc:
+        except (HttpProcessingError, RequestPayloadError) as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+            text = getattr(cause, "message", "") or type(cause).__name__
             raise invalid(
-                f"request body cannot be read as sent ({exc.message or type(exc).__name__}); "
+                f"request body cannot be read as sent ({text}); "
                 "check its Content-Encoding and length",
                 "BODY_ENCODING_INVALID",
                 encoding=encoding or "identity",
