@@ -13,7 +13,7 @@ DEFAULT_TASK_MODULES = ("longrun_worker.builtin_tasks",)
 DEFAULT_CACHE_MAX_BYTES = DEFAULT_MAX_BYTES
 #: gRPC's default receive limit, so every default client takes what we send.
 DEFAULT_MESSAGE_BYTES = 4 * 1024 * 1024
-MIN_MESSAGE_BYTES = 1024 * 1024
+MIN_MESSAGE_BYTES = 256 * 1024
 #: Room a ListOperations page leaves under the max send size by default (the
 #: page token and framing are counted exactly; this is a margin on top).
 PAGE_HEADROOM_BYTES = 64 * 1024
