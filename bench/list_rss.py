@@ -37,6 +37,8 @@ TARGET_MB = 400.0
 #: The client takes whatever the server sends (a server without page budgets
 #: sends pages of 12 MB and more).
 CLIENT_OPTIONS = [("grpc.max_receive_message_length", -1)]
+#: The gateway is on loopback, whatever proxy the environment names.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def create_jobs(target: str, n: int) -> list[str]:
@@ -95,7 +97,7 @@ def walk_http(base: str) -> dict[str, int]:
     token = ""
     while True:
         url = f"{base}/v1/operations" + (f"?pageToken={token}" if token else "")
-        with urllib.request.urlopen(url, timeout=120) as reply:
+        with _NO_PROXY.open(url, timeout=120) as reply:
             body = reply.read()
         page = json.loads(body)
         pages += 1
@@ -168,9 +170,11 @@ def measure(quick: bool, ops: int) -> dict[str, Any]:
 def run(quick: bool = False, profile: bool = False, ops: int | None = None) -> list[Figure]:
     ops = ops or 2000
     m = measure(quick, ops)
-    for key, walk in m["walks"].items():
-        if walk["operations"] != ops:
-            raise RuntimeError(f"{key} listed {walk['operations']} operations, expected {ops}")
+    # A walk that failed (a server without page budgets: the gateway's 4 MiB
+    # channel refuses its pages) or missed operations fails the target.
+    complete = all(walk["operations"] == ops for walk in m["walks"].values())
+    if not complete:
+        note(f"{NAME}: a walk did not list all {ops} operations: {m['walks']}")
     after, before = m["rss_after_mb"], m["rss_before_mb"]
     note(f"{NAME}: RSS {before:.0f} MB before, {after:.0f} MB after, peak {m['peak_rss_mb']:.0f}")
     return [
@@ -183,8 +187,8 @@ def run(quick: bool = False, profile: bool = False, ops: int | None = None) -> l
             baseline=before,
             ratio=ratio(after, before),
             ratio_note="after/before, lower is better",
-            target=f"<= {TARGET_MB:.0f} MB",
-            met=after <= TARGET_MB,
+            target=f"<= {TARGET_MB:.0f} MB, every walk complete",
+            met=after <= TARGET_MB and complete,
             details=m,
         )
     ]
