@@ -52,8 +52,8 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
 
     def sendable_view(self, rec: OperationRecord) -> operations_pb2.Operation:
         """The caller's view of `rec`; FAILED_PRECONDITION if it is too big to send."""
-        op = self.views.of(rec)
-        check_sendable(op, self.page_limits.max_message_bytes)
+        op, size = self.views.sized(rec)
+        check_sendable(op, size, self.page_limits.max_message_bytes)
         return op
 
     @rpc_errors
@@ -89,7 +89,7 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         after = self.tokens.decode(request.page_token, binding) if request.page_token else None
         page = await fill_page(
             lambda size, cursor: self.store.list(page_size=size, after=cursor, flt=flt),
-            self.views.of,
+            self.views.sized,
             page_size=page_size,
             after=after,
             limits=self.page_limits,

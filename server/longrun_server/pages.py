@@ -34,7 +34,8 @@ from longrun_core.store import Cursor, ListPage
 RESPONSE_RESERVE = 1024
 
 ListRecords = Callable[[int, Cursor | None], Awaitable[ListPage]]
-ViewOf = Callable[[OperationRecord], operations_pb2.Operation]
+#: An operation's view and its serialized size.
+ViewOf = Callable[[OperationRecord], tuple[operations_pb2.Operation, int]]
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,10 @@ async def fill_page(
         loaded = 0
         for rec in page.records:
             loaded += rec.approx_bytes()
-            op = view_of(rec)
-            size = framed_size(op.ByteSize())
+            op, op_bytes = view_of(rec)
+            size = framed_size(op_bytes)
             if size + RESPONSE_RESERVE > limits.max_message_bytes:
-                op = oversized_stand_in(rec, op.ByteSize(), limits.max_message_bytes)
+                op = oversized_stand_in(rec, op_bytes, limits.max_message_bytes)
                 size = framed_size(op.ByteSize())
             if operations and used + size > limits.max_bytes:
                 return Page(operations, cursor)
@@ -112,11 +113,10 @@ async def fill_page(
     return Page(operations, cursor)
 
 
-def check_sendable(op: operations_pb2.Operation, max_message_bytes: int) -> None:
-    """FAILED_PRECONDITION for an operation larger than the max send size
-    (gRPC would fail the call with RESOURCE_EXHAUSTED, which reads as
-    "retry later" though no retry can help)."""
-    size = op.ByteSize()
+def check_sendable(op: operations_pb2.Operation, size: int, max_message_bytes: int) -> None:
+    """FAILED_PRECONDITION for an operation of `size` bytes, larger than the
+    max send size (gRPC would fail the call with RESOURCE_EXHAUSTED, which
+    reads as "retry later" though no retry can help)."""
     if size > max_message_bytes:
         raise FailedPrecondition(
             _too_large_message(op.name, size, max_message_bytes),

@@ -20,16 +20,24 @@ VIEW_OVERHEAD = 512
 
 class OperationViews:
     def __init__(self, capacity: int = 20_000, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._views: StampedCache[operations_pb2.Operation] = StampedCache(capacity, max_bytes)
+        self._views: StampedCache[tuple[operations_pb2.Operation, int]] = StampedCache(
+            capacity, max_bytes
+        )
         self.hits = 0
         self.misses = 0
 
     def of(self, rec: OperationRecord) -> operations_pb2.Operation:
-        op = self._views.get(rec.id, rec.version)
-        if op is not None:
+        return self.sized(rec)[0]
+
+    def sized(self, rec: OperationRecord) -> tuple[operations_pb2.Operation, int]:
+        """The view and its serialized size (what the message limits count;
+        computing it serializes the message, so it is kept with the view)."""
+        found = self._views.get(rec.id, rec.version)
+        if found is not None:
             self.hits += 1
-            return op
+            return found
         self.misses += 1
         op = rec.to_operation()
-        self._views.put(rec.id, rec.version, op, op.ByteSize() + VIEW_OVERHEAD)
-        return op
+        size = op.ByteSize()
+        self._views.put(rec.id, rec.version, (op, size), size + VIEW_OVERHEAD)
+        return op, size

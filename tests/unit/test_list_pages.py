@@ -62,8 +62,9 @@ def _key(cursor: Cursor) -> tuple[object, str]:
     return (cursor.create_time, cursor.id)
 
 
-def view(rec: OperationRecord) -> operations_pb2.Operation:
-    return rec.to_operation()
+def view(rec: OperationRecord) -> tuple[operations_pb2.Operation, int]:
+    op = rec.to_operation()
+    return op, op.ByteSize()
 
 
 LIMITS = PageLimits(max_bytes=1000 * KIB, max_message_bytes=1100 * KIB)
@@ -193,8 +194,9 @@ async def test_an_operation_too_big_to_send_is_listed_as_a_stand_in() -> None:
 def test_getting_an_operation_too_big_to_send_is_failed_precondition() -> None:
     op = done_record(2000 * KIB).to_operation()
     with pytest.raises(FailedPrecondition) as info:
-        check_sendable(op, 1100 * KIB)
+        check_sendable(op, op.ByteSize(), 1100 * KIB)
     assert info.value.reason == "OPERATION_TOO_LARGE"
     assert info.value.metadata["size"] == str(op.ByteSize())
     assert "--max-send-message-bytes" in info.value.message
-    check_sendable(done_record(10).to_operation(), 1100 * KIB)  # fits: no error
+    small = done_record(10).to_operation()
+    check_sendable(small, small.ByteSize(), 1100 * KIB)  # fits: no error

@@ -52,3 +52,13 @@ def test_views_are_bounded_in_bytes() -> None:
     misses = views.misses
     views.of(recs[0])  # evicted: built again
     assert views.misses == misses + 1
+
+
+def test_a_view_comes_with_its_serialized_size_computed_once() -> None:
+    views = OperationViews()
+    rec = replace(make_record(), version=2)
+    op, size = views.sized(rec)
+    assert size == op.ByteSize() == len(op.SerializeToString())
+    assert views.sized(rec) == (op, size)
+    assert views.sized(rec)[0] is op
+    assert (views.hits, views.misses) == (2, 1)
