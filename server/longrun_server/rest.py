@@ -190,6 +190,8 @@ class GatewayError(Exception):
         self.status = status
         self.http = http
         self.headers = dict(headers or {})
+        #: Close the connection after the answer (the request was not read whole).
+        self.close = False
 
 
 def invalid(message: str, reason: str, **metadata: str) -> GatewayError:
@@ -524,7 +526,10 @@ class RestGateway:
             message = build_request(route, values, query, body)
             response = await self._invoke(route, message)
         except GatewayError as exc:
-            return _error_response(exc.status, exc.http, exc.headers)
+            refusal = _error_response(exc.status, exc.http, exc.headers)
+            if exc.close:
+                refusal.force_close()
+            return refusal
         except grpc.RpcError as exc:
             status = status_from_rpc_error(exc)
             if status.code in (code_pb2.INTERNAL, code_pb2.UNKNOWN, code_pb2.UNAVAILABLE):
@@ -555,12 +560,18 @@ class RestGateway:
         except (HttpProcessingError, RequestPayloadError) as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
             text = getattr(cause, "message", "") or type(cause).__name__
-            raise invalid(
+            # The rest of the body cannot be read either: stop aiohttp from
+            # draining it after the answer (it would log the same error again);
+            # the answer closes the connection.
+            request.content.feed_eof()
+            error = invalid(
                 f"request body cannot be read as sent ({text}); "
                 "check its Content-Encoding and length",
                 "BODY_ENCODING_INVALID",
                 encoding=encoding or "identity",
-            ) from exc
+            )
+            error.close = True
+            raise error from exc
 
     def _call(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
         call = self._calls.get(route.rpc_path)
