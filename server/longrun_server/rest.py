@@ -524,6 +524,7 @@ class RestGateway:
             options, query = system_params(request.query.items())
             body = await self._read_body(request) if route.body else b""
             message = build_request(route, values, query, body)
+            self._check_request_size(message)
             response = await self._invoke(route, message)
         except GatewayError as exc:
             refusal = _error_response(exc.status, exc.http, exc.headers)
@@ -572,6 +573,20 @@ class RestGateway:
             )
             error.close = True
             raise error from exc
+
+    def _check_request_size(self, message: Message) -> None:
+        """A body within the limit can still make a bigger protobuf (a JSON
+        array of small numbers): refuse it here as INVALID_ARGUMENT, not as the
+        RESOURCE_EXHAUSTED (429, "retry later") the channel would raise."""
+        size = message.ByteSize()
+        if size > self.max_request_bytes:
+            raise invalid(
+                f"the request is {size} bytes as protobuf, more than the "
+                f"{self.max_request_bytes} the server accepts (--max-receive-message-bytes)",
+                "REQUEST_TOO_LARGE",
+                size=str(size),
+                limit=str(self.max_request_bytes),
+            )
 
     def _call(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
         call = self._calls.get(route.rpc_path)

@@ -184,3 +184,30 @@ def test_listing_big_operations_leaves_the_server_memory_bounded(
         grown = _rss_mb(pid) - fresh
         print(f"server RSS {fresh:.0f} MB fresh, grew {grown:.0f} MB")
         assert grown < 100, f"server RSS grew {grown:.0f} MB (from {fresh:.0f} MB)"
+
+
+def test_the_http_body_limit_is_the_grpc_receive_limit(data: DataService) -> None:
+    """A 2 MiB body passes the gateway and is judged by the server (params
+    over 256 KiB); one over the server's 4 MiB receive limit is refused by the
+    gateway, naming the limit. Neither is a plain-text 413."""
+    body = b'{"task": "noop", "params": {"blob": "' + b"x" * (2 * MIB) + b'"}}'
+    status, _, reply = data.http_call("/v1/jobs", method="POST", body=body)
+    assert status == 400, reply
+    assert reply["error"]["details"][0]["reason"] == "PARAMS_TOO_LARGE"
+
+    body = b'{"task": "noop", "params": {"blob": "' + b"x" * (5 * MIB) + b'"}}'
+    status, _, reply = data.http_call("/v1/jobs", method="POST", body=body)
+    assert status == 400, reply
+    info = reply["error"]["details"][0]
+    assert (info["reason"], info["metadata"]["limit"]) == ("BODY_TOO_LARGE", str(4 * MIB))
+
+
+def test_a_body_that_grows_past_the_limit_as_protobuf_is_invalid_not_429(
+    data: DataService,
+) -> None:
+    """600,000 small numbers: 1.7 MB of JSON, about 6 MB as protobuf."""
+    body = b'{"task": "noop", "params": {"n": [' + b",".join([b"1"] * 600_000) + b"]}}"
+    status, _, reply = data.http_call("/v1/jobs", method="POST", body=body)
+    assert status == 400, reply
+    info = reply["error"]["details"][0]
+    assert (info["reason"], info["metadata"]["limit"]) == ("REQUEST_TOO_LARGE", str(4 * MIB))
