@@ -67,7 +67,7 @@ def build_backends(settings: BackendSettings, clock: Clock | None = None) -> Bac
         from longrun_core.sqlite.store import SqliteOperationStore
 
         assert sqlite_backend is not None
-        store = SqliteOperationStore(sqlite_backend)
+        store = SqliteOperationStore(sqlite_backend, cache_bytes=settings.cache_max_bytes)
     else:
         from longrun_core.google.firestore_store import FirestoreOperationStore
 

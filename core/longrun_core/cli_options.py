@@ -119,6 +119,16 @@ def backend_options(fn: F) -> F:
             help="Seconds a received message stays leased (extended while running).",
         ),
         click.option(
+            "--cache-max-bytes",
+            type=click.IntRange(min=1024 * 1024),
+            default=_D.cache_max_bytes,
+            envvar="LONGRUN_CACHE_MAX_BYTES",
+            show_envvar=True,
+            show_default=True,
+            help="Bytes each in-memory cache may hold (converted records; on the server "
+            "also Operation views).",
+        ),
+        click.option(
             "--task-module",
             "task_modules",
             multiple=True,
@@ -162,6 +172,7 @@ def backend_settings(kw: dict[str, Any]) -> BackendSettings:
         pubsub_pull=kw.pop("pubsub_pull"),
         max_deliveries=kw.pop("max_deliveries"),
         visibility_timeout=kw.pop("visibility_timeout"),
+        cache_max_bytes=kw.pop("cache_max_bytes"),
     )
 
 

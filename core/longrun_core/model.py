@@ -40,6 +40,11 @@ class State(enum.IntEnum):
         return self >= State.SUCCEEDED
 
 
+#: Bytes a record takes beyond its blobs and strings (the object, its
+#: datetimes and small fields), for `OperationRecord.approx_bytes`.
+RECORD_OVERHEAD = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class OperationRecord:
     id: str
@@ -79,6 +84,13 @@ class OperationRecord:
     @property
     def done(self) -> bool:
         return self.state.done
+
+    def approx_bytes(self) -> int:
+        """About how much memory the record holds: its blobs, labels and
+        messages plus a fixed allowance for the rest (what caches count)."""
+        size = RECORD_OVERHEAD + len(self.params) + len(self.progress_message)
+        size += len(self.response or b"") + len(self.error or b"")
+        return size + sum(len(k) + len(v) + 100 for k, v in self.labels.items())
 
     def metadata(self) -> jobs_pb2.JobMetadata:
         md = jobs_pb2.JobMetadata(

@@ -1,36 +1,55 @@
 """What a task returns, packed into google.protobuf.Any; what it raises, as a
-google.rpc.Status."""
+google.rpc.Status; and the outcome a worker may store.
+
+Nothing here raises on a task's behalf: a result that cannot be packed, or
+is larger than the result limit, becomes an error status saying why, and an
+exception whose `__str__` (or `__repr__`, or traceback) fails still gets a
+status. A worker can therefore always write an outcome, instead of dying
+on it and leaving the operation to be taken over as "worker lost".
+"""
 
 from __future__ import annotations
 
 import traceback
 from typing import Any
 
-from google.protobuf import any_pb2, struct_pb2
+from google.protobuf import any_pb2, json_format, struct_pb2
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from longrun_core.errors import DOMAIN
+from longrun_core.validation import json_problem
+
+#: Default largest serialized result (Any) or error (Status) a worker stores.
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+#: The smallest result limit a worker accepts (room for any error status this
+#: module builds).
+MIN_RESULT_BYTES = 64 * 1024
+#: The largest result limit a worker accepts.
+MAX_RESULT_BYTES = 256 * 1024 * 1024
 
 
 def pack_result(value: Any) -> bytes:
     """A message is packed as it is; a dict as Struct; a list, scalar or None as
-    Value. Anything else is a TypeError naming the type."""
+    Value. Anything else, and any value JSON cannot hold (NaN, Infinity,
+    nesting deeper than validation.MAX_NESTING, keys that are not strings),
+    is a TypeError saying what and where."""
     if isinstance(value, Message):
         message: Message = value
-    elif isinstance(value, dict):
-        message = struct_pb2.Struct()
+        _check_message(message)
+    elif (
+        isinstance(value, dict)
+        or value is None
+        or isinstance(value, (list, tuple, str, int, float, bool))
+    ):
+        problem = json_problem(value, "result")
+        if problem is not None:
+            raise TypeError(f"task result is not JSON-like: {problem[0]} {problem[1]}")
         try:
-            message.update(value)
-        except (ValueError, TypeError) as exc:
-            raise TypeError(f"task result is not JSON-like: {exc}") from exc
-    elif value is None or isinstance(value, (list, tuple, str, int, float, bool)):
-        message = struct_pb2.Value()
-        try:
-            message.MergeFrom(_to_value(value))
-        except (ValueError, TypeError) as exc:
-            raise TypeError(f"task result is not JSON-like: {exc}") from exc
+            message = _struct_or_value(value)
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise TypeError(f"task result is not JSON-like: {_text(exc)}") from exc
     else:
         raise TypeError(
             f"task returned {type(value).__name__}; return a protobuf message, a dict, "
@@ -41,37 +60,165 @@ def pack_result(value: Any) -> bytes:
     return any_msg.SerializeToString()
 
 
+def _struct_or_value(value: Any) -> Message:
+    if isinstance(value, dict):
+        struct = struct_pb2.Struct()
+        struct.update(value)
+        return struct
+    holder = struct_pb2.Struct()
+    holder.update({"v": value})
+    return holder.fields["v"]
+
+
+def _check_message(message: Message) -> None:
+    """TypeError for a message that parses back only with a raised
+    recursion limit, or holds what JSON cannot show (a NaN in a Struct, an
+    out-of-range Timestamp). A type JSON printing does not know (inside an
+    Any) is accepted: clients that know it can read it."""
+    try:
+        data = message.SerializeToString()
+        type(message).FromString(data)
+        MessageToDict(message)
+    except (TypeError, KeyError):
+        return
+    except (ValueError, DecodeError, RecursionError, json_format.Error) as exc:
+        raise TypeError(
+            f"task result {message.DESCRIPTOR.full_name} cannot be stored: {_text(exc)}"
+        ) from exc
+
+
 def error_status(
     exc: BaseException, *, code: int = code_pb2.UNKNOWN, attempt: int, max_attempts: int
 ) -> bytes:
     """A google.rpc.Status for a task's exception: the exception's type and text
     as the message, an ErrorInfo with the attempt count, and DebugInfo with the
-    stack."""
-    info = error_details_pb2.ErrorInfo(
+    stack. Never raises, whatever the exception's `__str__` does."""
+    name = type(exc).__name__
+    return _status(
+        code,
+        f"{name}: {_text(exc)}",
         reason="TASK_FAILED",
-        domain=DOMAIN,
-        metadata={
-            "exception": type(exc).__name__,
-            "attempt": str(attempt),
-            "max_attempts": str(max_attempts),
-        },
+        metadata={"exception": name, "attempt": str(attempt), "max_attempts": str(max_attempts)},
+        debug=_debug_info(exc),
     )
-    debug = error_details_pb2.DebugInfo(
-        stack_entries=[e[:2000] for e in traceback.format_exception(exc)[-20:]],
-        detail=repr(exc)[:1000],
+
+
+def outcome_status(
+    code: int,
+    message: str,
+    *,
+    reason: str,
+    metadata: dict[str, str],
+    attempt: int,
+    max_attempts: int,
+) -> bytes:
+    """A status for an outcome the worker itself decided (an invalid or
+    oversized result): ErrorInfo `reason` with `metadata` and the attempt count."""
+    return _status(
+        code,
+        message,
+        reason=reason,
+        metadata=metadata | {"attempt": str(attempt), "max_attempts": str(max_attempts)},
     )
-    status = status_pb2.Status(code=code, message=f"{type(exc).__name__}: {exc}"[:2000])
-    for detail in (info, debug):
-        status.details.add().Pack(detail)
-    data: bytes = status.SerializeToString()
-    return data
+
+
+def result_outcome(
+    value: Any, *, limit: int, attempt: int, max_attempts: int
+) -> tuple[bytes | None, bytes | None]:
+    """(response, None) for a result that can be stored, else (None, error):
+    RESULT_INVALID (code UNKNOWN, like a task's exception) when it cannot be
+    packed, RESULT_TOO_LARGE (RESOURCE_EXHAUSTED) when its packed size passes
+    `limit`. Never raises."""
+    try:
+        packed = pack_result(value)
+    except Exception as exc:  # TypeError saying why, or whatever a strange value raises
+        problem = _text(exc)
+        if not isinstance(exc, TypeError):
+            problem = f"task result cannot be packed: {type(exc).__name__}: {problem}"
+        return None, outcome_status(
+            code_pb2.UNKNOWN,
+            problem,
+            reason="RESULT_INVALID",
+            metadata={"exception": type(exc).__name__, "problem": problem[:500]},
+            attempt=attempt,
+            max_attempts=max_attempts,
+        )
+    if len(packed) > limit:
+        return None, too_large_status(
+            "result", len(packed), limit, attempt=attempt, max_attempts=max_attempts
+        )
+    return packed, None
+
+
+def bounded_error(error: bytes, *, limit: int, attempt: int, max_attempts: int) -> bytes:
+    """`error` (a serialized Status) if it is within `limit`, else a
+    RESULT_TOO_LARGE status keeping the start of its message."""
+    if len(error) <= limit:
+        return error
+    original = status_pb2.Status.FromString(error)
+    return too_large_status(
+        "error",
+        len(error),
+        limit,
+        attempt=attempt,
+        max_attempts=max_attempts,
+        original=f" (code {original.code}: {original.message[:500]})",
+    )
+
+
+def too_large_status(
+    what: str, size: int, limit: int, *, attempt: int, max_attempts: int, original: str = ""
+) -> bytes:
+    return outcome_status(
+        code_pb2.RESOURCE_EXHAUSTED,
+        f"the task's {what} is {size} bytes serialized, more than the {limit} stored for "
+        "an operation (the worker's --max-result-bytes, or less where the store holds less)"
+        f"{original}; return large outputs by reference, e.g. a storage URI",
+        reason="RESULT_TOO_LARGE",
+        metadata={"what": what, "size": str(size), "limit": str(limit)},
+        attempt=attempt,
+        max_attempts=max_attempts,
+    )
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return MessageToDict(struct)
 
 
-def _to_value(value: Any) -> struct_pb2.Value:
-    holder = struct_pb2.Struct()
-    holder.update({"v": value})
-    return holder.fields["v"]
+def _status(
+    code: int,
+    message: str,
+    *,
+    reason: str,
+    metadata: dict[str, str],
+    debug: error_details_pb2.DebugInfo | None = None,
+) -> bytes:
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
+    status = status_pb2.Status(code=code, message=message[:2000])
+    status.details.add().Pack(info)
+    if debug is not None:
+        status.details.add().Pack(debug)
+    data: bytes = status.SerializeToString()
+    return data
+
+
+def _debug_info(exc: BaseException) -> error_details_pb2.DebugInfo:
+    try:
+        stack = traceback.format_exception(exc)[-20:]
+    except Exception as failure:  # a broken __str__ breaks the last line
+        stack = [f"(no traceback: formatting it raised {type(failure).__name__})"]
+    try:
+        detail = repr(exc)
+    except Exception:
+        detail = f"<{type(exc).__name__} with a failing __repr__>"
+    return error_details_pb2.DebugInfo(
+        stack_entries=[entry[:2000] for entry in stack], detail=detail[:1000]
+    )
+
+
+def _text(exc: BaseException) -> str:
+    """str(exc), or a stand-in when its `__str__` raises (or recurses)."""
+    try:
+        return str(exc)
+    except Exception as failure:
+        return f"<str() of the {type(exc).__name__} raised {type(failure).__name__}>"

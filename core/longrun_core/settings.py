@@ -7,7 +7,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from longrun_core.stamped_cache import DEFAULT_MAX_BYTES
+
 DEFAULT_TASK_MODULES = ("longrun_worker.builtin_tasks",)
+DEFAULT_CACHE_MAX_BYTES = DEFAULT_MAX_BYTES
+#: gRPC's default receive limit, so every default client takes what we send.
+DEFAULT_MESSAGE_BYTES = 4 * 1024 * 1024
+MIN_MESSAGE_BYTES = 256 * 1024
+#: Room a ListOperations page leaves under the max send size by default (the
+#: page token and framing are counted exactly; this is a margin on top).
+PAGE_HEADROOM_BYTES = 64 * 1024
 
 
 def default_sqlite_path() -> Path:
@@ -36,6 +45,9 @@ class BackendSettings:
     #: Seconds a received message stays invisible to other consumers (the
     #: queue lease); workers extend it while a task runs.
     visibility_timeout: float = 30.0
+    #: Bytes each in-memory cache of this process may hold (the SQLite
+    #: store's converted records; the server's Operation views).
+    cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
 
     def describe(self) -> str:
         """Where this process keeps operations and tasks, for the start-up log."""
@@ -77,6 +89,7 @@ class BackendSettings:
             pubsub_pull=e.get("LONGRUN_PUBSUB_PULL", d.pubsub_pull),
             max_deliveries=int(e.get("LONGRUN_MAX_DELIVERIES", d.max_deliveries)),
             visibility_timeout=float(e.get("LONGRUN_VISIBILITY_TIMEOUT", d.visibility_timeout)),
+            cache_max_bytes=int(e.get("LONGRUN_CACHE_MAX_BYTES", d.cache_max_bytes)),
         )
 
 
@@ -94,3 +107,36 @@ class ServerSettings:
     page_token_secret: bytes = field(default=b"", repr=False)
     grace: float = 5.0
     max_concurrent_rpcs: int = 100_000
+    #: Largest message the server sends (grpc.max_send_message_length), and
+    #: so the largest response the HTTP gateway's loopback channel accepts.
+    #: 4 MiB is what gRPC clients accept by default.
+    max_send_message_bytes: int = DEFAULT_MESSAGE_BYTES
+    #: Largest request the server accepts (grpc.max_receive_message_length);
+    #: also the HTTP gateway's largest request body.
+    max_receive_message_bytes: int = DEFAULT_MESSAGE_BYTES
+    #: Serialized bytes of operations one ListOperations page may hold before
+    #: it ends early with a next_page_token; 0: the max send size less
+    #: PAGE_HEADROOM_BYTES.
+    list_page_max_bytes: int = 0
+    #: Bytes the server's cache of Operation views may hold.
+    view_cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+
+    @property
+    def page_budget(self) -> int:
+        """Bytes of operations a ListOperations page may hold."""
+        return self.list_page_max_bytes or self.max_send_message_bytes - PAGE_HEADROOM_BYTES
+
+    def check(self) -> None:
+        """ValueError naming the setting when the limits do not fit together."""
+        if self.max_send_message_bytes < MIN_MESSAGE_BYTES:
+            raise ValueError(f"max_send_message_bytes must be at least {MIN_MESSAGE_BYTES}")
+        if self.max_receive_message_bytes < MIN_MESSAGE_BYTES:
+            raise ValueError(f"max_receive_message_bytes must be at least {MIN_MESSAGE_BYTES}")
+        if self.list_page_max_bytes < 0 or not (
+            0 < self.page_budget <= self.max_send_message_bytes - PAGE_HEADROOM_BYTES
+        ):
+            raise ValueError(
+                f"list_page_max_bytes must be at most max_send_message_bytes - "
+                f"{PAGE_HEADROOM_BYTES} ({self.max_send_message_bytes - PAGE_HEADROOM_BYTES}), "
+                f"got {self.list_page_max_bytes}"
+            )

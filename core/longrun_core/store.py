@@ -177,6 +177,13 @@ class OperationStore(abc.ABC):
     async def delete_expired(self, now: datetime, limit: int) -> int:
         """Delete up to `limit` finished records whose `expire_time` has passed."""
 
+    def max_outcome_bytes(self, rec: OperationRecord) -> int | None:
+        """The largest serialized response or error this store can keep for
+        `rec` (a document store's size limit less the rest of the record);
+        None when the store sets no limit of its own. Workers store no
+        bigger outcome (they fail the operation with RESULT_TOO_LARGE)."""
+        return None
+
     async def on_written(self, name: str) -> None:
         """Hook after a successful write (the SQLite store notifies other processes)."""
 

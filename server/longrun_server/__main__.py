@@ -19,7 +19,12 @@ from longrun_core.cli_options import (
     setup_logging,
     task_registry,
 )
-from longrun_core.settings import BackendSettings, ServerSettings
+from longrun_core.settings import (
+    MIN_MESSAGE_BYTES,
+    PAGE_HEADROOM_BYTES,
+    BackendSettings,
+    ServerSettings,
+)
 from longrun_core.tasks import TaskRegistry
 from longrun_server.app import create_server, load_services
 from longrun_server.health import HealthServicer
@@ -32,6 +37,7 @@ from longrun_server.rest import (
 )
 
 log = logging.getLogger("longrun.server")
+_S = ServerSettings()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -111,6 +117,35 @@ log = logging.getLogger("longrun.server")
     help="Write the bound HTTP port here once serving (written before --port-file).",
 )
 @click.option(
+    "--max-send-message-bytes",
+    type=click.IntRange(min=MIN_MESSAGE_BYTES),
+    default=_S.max_send_message_bytes,
+    envvar="LONGRUN_MAX_SEND_MESSAGE_BYTES",
+    show_envvar=True,
+    show_default=True,
+    help="Largest message the server sends (clients accept 4 MiB unless told "
+    "otherwise); ListOperations pages stop early below it.",
+)
+@click.option(
+    "--max-receive-message-bytes",
+    type=click.IntRange(min=MIN_MESSAGE_BYTES),
+    default=_S.max_receive_message_bytes,
+    envvar="LONGRUN_MAX_RECEIVE_MESSAGE_BYTES",
+    show_envvar=True,
+    show_default=True,
+    help="Largest request the server accepts, over gRPC and as an HTTP body.",
+)
+@click.option(
+    "--list-page-max-bytes",
+    type=click.IntRange(min=0),
+    default=_S.list_page_max_bytes,
+    envvar="LONGRUN_LIST_PAGE_MAX_BYTES",
+    show_envvar=True,
+    show_default=True,
+    help="Bytes of operations a ListOperations page holds before it ends early with a "
+    f"next_page_token (0: the max send size less {PAGE_HEADROOM_BYTES // 1024} KiB).",
+)
+@click.option(
     "--service-module",
     "service_modules",
     multiple=True,
@@ -132,7 +167,15 @@ def main(**kw: Any) -> None:
         sweep_interval=kw["sweep_interval"],
         page_token_secret=kw["page_token_secret"].encode(),
         grace=kw["grace"],
+        max_send_message_bytes=kw["max_send_message_bytes"],
+        max_receive_message_bytes=kw["max_receive_message_bytes"],
+        list_page_max_bytes=kw["list_page_max_bytes"],
+        view_cache_max_bytes=backends.cache_max_bytes,
     )
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--list-page-max-bytes") from exc
     http = None
     if kw["http_address"]:
         try:
@@ -188,6 +231,8 @@ async def serve(
             build_routes(served_services()),
             max_wait=settings.max_wait,
             grace=settings.grace,
+            max_request_bytes=settings.max_receive_message_bytes,
+            max_response_bytes=settings.max_send_message_bytes,
         )
         try:
             http_port = await gateway.start(http.host, http.port)

@@ -25,6 +25,7 @@ from longrun_server.dispatcher import Dispatcher
 from longrun_server.health import HealthServicer
 from longrun_server.jobs_service import JobsService
 from longrun_server.operations_service import OperationsService
+from longrun_server.pages import PageLimits
 from longrun_server.reflection import enable_reflection
 from longrun_server.status import service_handler
 
@@ -36,6 +37,22 @@ SERVER_OPTIONS = [
     ("grpc.server.max_pending_requests_hard_limit", 1_000_000),
     ("grpc.so_reuseport", 0),
 ]
+
+
+def message_limit_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """The server's message limits, set explicitly (gRPC's own default sends
+    messages of any size, which default clients then refuse above 4 MiB)."""
+    return [
+        ("grpc.max_send_message_length", settings.max_send_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+    ]
+
+
+def page_limits(settings: ServerSettings) -> PageLimits:
+    return PageLimits(
+        max_bytes=settings.page_budget, max_message_bytes=settings.max_send_message_bytes
+    )
+
 
 _ = (struct_pb2, operations_pb2)  # types reflection must resolve (Any metadata/response)
 
@@ -74,6 +91,7 @@ async def create_server(
     user_services: Sequence[UserService] = (),
 ) -> tuple[grpc.aio.Server, int, Dispatcher]:
     """Build and bind the server (not started). Returns (server, bound port, dispatcher)."""
+    settings.check()
     clock = clock or SystemClock()
     retention = timedelta(seconds=settings.retention)
     dispatcher = Dispatcher(
@@ -85,7 +103,8 @@ async def create_server(
         sweep_interval=settings.sweep_interval,
     )
     server = grpc.aio.server(
-        options=SERVER_OPTIONS, maximum_concurrent_rpcs=settings.max_concurrent_rpcs
+        options=[*SERVER_OPTIONS, *message_limit_options(settings)],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     operations = OperationsService(
         store,
@@ -93,6 +112,8 @@ async def create_server(
         tokens=PageTokens(settings.page_token_secret or secrets.token_bytes(32)),
         retention=retention,
         max_wait=settings.max_wait,
+        page_limits=page_limits(settings),
+        view_cache_bytes=settings.view_cache_max_bytes,
     )
     jobs = JobsService(
         store, dispatcher, registry, clock=clock, ids=ids, failpoints=Failpoints.from_env()

@@ -12,7 +12,12 @@ from longrun_core.failpoints import Failpoints
 from longrun_core.model import OperationRecord, State
 from longrun_core.store import OperationStore, request_fingerprint
 from longrun_core.tasks import TaskRegistry
-from longrun_core.validation import check_labels, check_params_size, check_request_id
+from longrun_core.validation import (
+    check_labels,
+    check_params_size,
+    check_params_values,
+    check_request_id,
+)
 from longrun_server.dispatcher import Dispatcher
 from longrun_server.status import rpc_errors
 
@@ -51,6 +56,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         the record; nothing is stored here."""
         params_bytes = request.params.SerializeToString(deterministic=True)
         check_params_size(params_bytes)
+        check_params_values(request.params)
         labels = dict(request.labels)
         check_labels(labels)
         request_id = check_request_id(request.request_id)

@@ -7,15 +7,19 @@ from datetime import timedelta
 
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
-from google.protobuf import empty_pb2
+from google.protobuf import duration_pb2, empty_pb2
 
 from longrun_core import transitions
 from longrun_core.clock import Clock
 from longrun_core.errors import InvalidArgument, Unimplemented
 from longrun_core.filtering import MAX_LENGTH as MAX_FILTER_LENGTH
 from longrun_core.filtering import Filter, parse_filter
+from longrun_core.model import OperationRecord
 from longrun_core.names import COLLECTION, parse_operation_name
+from longrun_core.settings import DEFAULT_MESSAGE_BYTES, PAGE_HEADROOM_BYTES
+from longrun_core.stamped_cache import DEFAULT_MAX_BYTES
 from longrun_core.store import OperationStore, PageTokens
+from longrun_server.pages import PageLimits, check_sendable, fill_page
 from longrun_server.status import rpc_errors
 from longrun_server.views import OperationViews
 
@@ -32,20 +36,32 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         tokens: PageTokens,
         retention: timedelta,
         max_wait: float,
+        page_limits: PageLimits | None = None,
+        view_cache_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.store = store
         self.clock = clock
         self.tokens = tokens
         self.retention = retention
         self.max_wait = max_wait
-        self.views = OperationViews()
+        self.page_limits = page_limits or PageLimits(
+            max_bytes=DEFAULT_MESSAGE_BYTES - PAGE_HEADROOM_BYTES,
+            max_message_bytes=DEFAULT_MESSAGE_BYTES,
+        )
+        self.views = OperationViews(max_bytes=view_cache_bytes)
+
+    def sendable_view(self, rec: OperationRecord) -> operations_pb2.Operation:
+        """The caller's view of `rec`; FAILED_PRECONDITION if it is too big to send."""
+        op, size = self.views.sized(rec)
+        check_sendable(op, size, self.page_limits.max_message_bytes)
+        return op
 
     @rpc_errors
     async def GetOperation(
         self, request: operations_pb2.GetOperationRequest, context: grpc.aio.ServicerContext
     ) -> operations_pb2.Operation:
         parse_operation_name(request.name)
-        return self.views.of(await self.store.get(request.name))
+        return self.sendable_view(await self.store.get(request.name))
 
     @rpc_errors
     async def ListOperations(
@@ -71,10 +87,14 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         flt = parse_list_filter(request.filter)
         binding = f"{COLLECTION}\n{flt.text if flt is not None else ''}"
         after = self.tokens.decode(request.page_token, binding) if request.page_token else None
-        page = await self.store.list(page_size=page_size, after=after, flt=flt)
-        response = operations_pb2.ListOperationsResponse(
-            operations=[self.views.of(rec) for rec in page.records]
+        page = await fill_page(
+            lambda size, cursor: self.store.list(page_size=size, after=cursor, flt=flt),
+            self.views.sized,
+            page_size=page_size,
+            after=after,
+            limits=self.page_limits,
         )
+        response = operations_pb2.ListOperationsResponse(operations=page.operations)
         if page.next_cursor is not None:
             response.next_page_token = self.tokens.encode(page.next_cursor, binding)
         return response
@@ -105,13 +125,12 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         self, request: operations_pb2.WaitOperationRequest, context: grpc.aio.ServicerContext
     ) -> operations_pb2.Operation:
         """Return as soon as the operation is done, or its latest state when the
-        shorter of `timeout` and the RPC deadline (minus a margin) runs out."""
+        shorter of `timeout` and the RPC deadline (minus a margin) runs out. A
+        timeout longer than the server's max wait is clamped to it."""
         parse_operation_name(request.name)
-        if request.timeout.seconds < 0 or request.timeout.nanos < 0:
-            raise InvalidArgument("timeout must not be negative", reason="TIMEOUT_NEGATIVE")
         budget = self.max_wait
         if request.HasField("timeout"):
-            budget = min(budget, request.timeout.ToTimedelta().total_seconds())
+            budget = min(budget, wait_timeout(request.timeout))
         remaining_rpc = context.time_remaining()
         if remaining_rpc is not None:
             # Answer before the caller's deadline so it gets the state, not DEADLINE_EXCEEDED.
@@ -126,7 +145,30 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
                     break
                 if await watch.changed(left):
                     rec = await self.store.get(request.name)
-        return self.views.of(rec)
+        return self.sendable_view(rec)
+
+
+#: The largest Duration.seconds protobuf defines (10,000 years).
+MAX_DURATION_SECONDS = 315_576_000_000
+
+
+def wait_timeout(timeout: duration_pb2.Duration) -> float:
+    """WaitOperation's timeout in seconds. Negative, or outside the range
+    google.protobuf.Duration defines, is INVALID_ARGUMENT (no timedelta
+    conversion, which overflows on such values); the caller clamps it to the
+    server's max wait."""
+    seconds, nanos = timeout.seconds, timeout.nanos
+    if seconds < 0 or nanos < 0:
+        raise InvalidArgument("timeout must not be negative", reason="TIMEOUT_NEGATIVE")
+    if seconds > MAX_DURATION_SECONDS or nanos > 999_999_999:
+        raise InvalidArgument(
+            f"timeout is not a valid google.protobuf.Duration (seconds {seconds}, nanos "
+            f"{nanos}): seconds must be at most {MAX_DURATION_SECONDS} and nanos at most "
+            "999999999; any timeout beyond the server's max wait is treated as the max wait",
+            reason="TIMEOUT_INVALID",
+            metadata={"seconds": str(seconds), "nanos": str(nanos)},
+        )
+    return seconds + nanos / 1e9
 
 
 def parse_list_filter(text: str) -> Filter | None:

@@ -24,7 +24,6 @@ them; errors are AIP-193 JSON (server/rest_errors.py).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from google.api import annotations_pb2, http_pb2
 from google.longrunning import operations_pb2
 from google.protobuf import json_format
@@ -46,7 +47,10 @@ from google.protobuf.message_factory import GetMessageClass
 from google.rpc import code_pb2, status_pb2
 
 from longrun.v1 import jobs_pb2
+from longrun_core.settings import DEFAULT_MESSAGE_BYTES
 from longrun_server.rest_errors import error_body, make_status, status_from_rpc_error
+from longrun_server.rest_json import dumps, loads_strict, message_json
+from longrun_server.rest_protocol import JsonErrorAppRunner
 from longrun_server.rest_templates import PathTemplate
 
 log = logging.getLogger("longrun.http")
@@ -59,8 +63,8 @@ EXTRA_RULES: Mapping[str, http_pb2.HttpRule] = {
     WAIT_METHOD: http_pb2.HttpRule(post="/v1/{name=operations/**}:wait", body="*"),
 }
 
-#: Request bodies larger than this are refused (params are limited to 256 KiB).
-MAX_BODY_BYTES = 1024 * 1024
+#: Content-Encodings of a request body the gateway decodes.
+BODY_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 
 #: Query parameters that configure the response rather than set a field
 #: (google-api-core REST transports send `$alt=json;enum-encoding=int`).
@@ -186,6 +190,8 @@ class GatewayError(Exception):
         self.status = status
         self.http = http
         self.headers = dict(headers or {})
+        #: Close the connection after the answer (the request was not read whole).
+        self.close = False
 
 
 def invalid(message: str, reason: str, **metadata: str) -> GatewayError:
@@ -347,7 +353,7 @@ def _parse_json_body(body: bytes, type_name: str) -> Any:
     if not body.strip():
         return {}
     try:
-        return json.loads(body)
+        return loads_strict(body)
     except (ValueError, RecursionError) as exc:
         raise invalid(
             f"request body is not valid JSON for {type_name}: {exc}", "BODY_MALFORMED"
@@ -357,7 +363,14 @@ def _parse_json_body(body: bytes, type_name: str) -> Any:
 def _merge_json(value: Any, request: Message, what: str, reason: str) -> None:
     try:
         json_format.ParseDict(value, request, ignore_unknown_fields=False)
-    except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as exc:
+    except (
+        json_format.ParseError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+        OverflowError,
+    ) as exc:
         raise invalid(f"invalid {what}: {exc}", reason) from exc
 
 
@@ -447,8 +460,14 @@ class RestGateway:
         call_timeout: float = 60.0,
         wait_margin: float = 2.0,
         grace: float = 5.0,
+        max_request_bytes: int = DEFAULT_MESSAGE_BYTES,
+        max_response_bytes: int = DEFAULT_MESSAGE_BYTES,
     ) -> None:
         self.target = target
+        #: The gRPC server's receive limit: also the largest HTTP body taken.
+        self.max_request_bytes = max_request_bytes
+        #: The gRPC server's send limit: the loopback channel receives that much.
+        self.max_response_bytes = max_response_bytes
         self.router = Router(routes)
         self.max_wait = max_wait
         self.call_timeout = call_timeout
@@ -458,17 +477,24 @@ class RestGateway:
         self._runner: web.AppRunner | None = None
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
 
+    def channel_options(self) -> list[tuple[str, int]]:
+        """The loopback channel's limits mirror the server's: it sends what the
+        server receives and receives what the server sends."""
+        return [
+            ("grpc.enable_http_proxy", 0),
+            ("grpc.max_send_message_length", self.max_request_bytes),
+            ("grpc.max_receive_message_length", self.max_response_bytes),
+        ]
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=self.max_request_bytes)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
     async def start(self, host: str | None, port: int) -> int:
         """Listen on host:port (port 0: any); returns the bound port."""
-        self._channel = grpc.aio.insecure_channel(
-            self.target, options=[("grpc.enable_http_proxy", 0)]
-        )
-        self._runner = web.AppRunner(
+        self._channel = grpc.aio.insecure_channel(self.target, options=self.channel_options())
+        self._runner = JsonErrorAppRunner(
             self.app(),
             handler_cancellation=True,
             shutdown_timeout=self.grace,
@@ -498,37 +524,69 @@ class RestGateway:
             options, query = system_params(request.query.items())
             body = await self._read_body(request) if route.body else b""
             message = build_request(route, values, query, body)
+            self._check_request_size(message)
             response = await self._invoke(route, message)
         except GatewayError as exc:
-            return _error_response(exc.status, exc.http, exc.headers)
+            refusal = _error_response(exc.status, exc.http, exc.headers)
+            if exc.close:
+                refusal.force_close()
+            return refusal
         except grpc.RpcError as exc:
             status = status_from_rpc_error(exc)
             if status.code in (code_pb2.INTERNAL, code_pb2.UNKNOWN, code_pb2.UNAVAILABLE):
                 log.warning("%s %s: %s", request.method, raw_path[:200], status.message)
             return _error_response(status)
-        try:
-            payload = json_format.MessageToDict(
-                response,
-                preserving_proto_field_name=False,
-                use_integers_for_enums=options.use_integers_for_enums,
-            )
-        except (TypeError, KeyError, json_format.Error) as exc:
-            log.exception("cannot print %s as JSON", route.response_cls.DESCRIPTOR.full_name)
-            return _error_response(
-                make_status(
-                    code_pb2.INTERNAL,
-                    f"the response cannot be printed as JSON ({exc}); load the module of "
-                    "every metadata/response type into the server (--task-module)",
-                    "RESPONSE_NOT_PRINTABLE",
-                )
-            )
+        # Never fails: what is not JSON-printable takes the fallback form (rest_json).
+        payload = message_json(response, use_integers_for_enums=options.use_integers_for_enums)
         return _json_response(200, payload)
 
     async def _read_body(self, request: web.Request) -> bytes:
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in BODY_ENCODINGS:
+            raise invalid(
+                f"Content-Encoding {encoding[:50]!r} is not supported; send the body as "
+                "identity, gzip or deflate",
+                "CONTENT_ENCODING_UNSUPPORTED",
+                encoding=encoding[:50],
+            )
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
-            raise invalid(f"request body exceeds {MAX_BODY_BYTES} bytes", "BODY_TOO_LARGE") from exc
+            raise invalid(
+                f"request body exceeds {self.max_request_bytes} bytes "
+                "(the server's --max-receive-message-bytes)",
+                "BODY_TOO_LARGE",
+                limit=str(self.max_request_bytes),
+            ) from exc
+        except (HttpProcessingError, RequestPayloadError) as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+            text = getattr(cause, "message", "") or type(cause).__name__
+            # The rest of the body cannot be read either: stop aiohttp from
+            # draining it after the answer (it would log the same error again);
+            # the answer closes the connection.
+            request.content.feed_eof()
+            error = invalid(
+                f"request body cannot be read as sent ({text}); "
+                "check its Content-Encoding and length",
+                "BODY_ENCODING_INVALID",
+                encoding=encoding or "identity",
+            )
+            error.close = True
+            raise error from exc
+
+    def _check_request_size(self, message: Message) -> None:
+        """A body within the limit can still make a bigger protobuf (a JSON
+        array of small numbers): refuse it here as INVALID_ARGUMENT, not as the
+        RESOURCE_EXHAUSTED (429, "retry later") the channel would raise."""
+        size = message.ByteSize()
+        if size > self.max_request_bytes:
+            raise invalid(
+                f"the request is {size} bytes as protobuf, more than the "
+                f"{self.max_request_bytes} the server accepts (--max-receive-message-bytes)",
+                "REQUEST_TOO_LARGE",
+                size=str(size),
+                limit=str(self.max_request_bytes),
+            )
 
     def _call(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
         call = self._calls.get(route.rpc_path)
@@ -551,7 +609,10 @@ class RestGateway:
             return self.call_timeout
         budget = self.max_wait
         if message.HasField("timeout"):
-            asked = message.timeout.ToTimedelta().total_seconds()  # type: ignore[attr-defined]
+            # Seconds and nanos as numbers: a Duration out of its valid range
+            # (the server answers INVALID_ARGUMENT for it) must not overflow here.
+            timeout = message.timeout  # type: ignore[attr-defined]
+            asked = timeout.seconds + timeout.nanos / 1e9
             budget = min(budget, max(asked, 0.0))
         return budget + self.wait_margin
 
@@ -564,7 +625,7 @@ def _json_response(
     status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        text=json.dumps(payload, indent=2, ensure_ascii=False) + "\n",
+        text=dumps(payload),
         status=status,
         content_type="application/json",
         charset="utf-8",

@@ -4,17 +4,17 @@ Google REST APIs send."""
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, json_format
+from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from longrun_core.errors import DOMAIN
+from longrun_server.rest_json import message_json
 
 log = logging.getLogger("longrun.http")
 
@@ -92,11 +92,6 @@ def error_body(status: status_pb2.Status, http: int | None = None) -> dict[str, 
 
 
 def detail_json(detail: any_pb2.Any) -> dict[str, Any]:
-    try:
-        return dict(json_format.MessageToDict(detail))
-    except (TypeError, KeyError, json_format.Error):
-        # A detail type this process does not know: keep it, base64 encoded.
-        return {
-            "@type": detail.type_url,
-            "value": base64.b64encode(detail.value).decode("ascii"),
-        }
+    """A detail as proto3 JSON; one this process cannot print (a type it does
+    not know) in the gateway's fallback form, base64 encoded."""
+    return dict(message_json(detail))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 
 import pytest
@@ -11,7 +12,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from longrun.v1 import jobs_pb2
 from longrun_core.errors import DOMAIN
-from longrun_core.packing import error_status, pack_result, struct_to_dict
+from longrun_core.packing import (
+    bounded_error,
+    error_status,
+    pack_result,
+    result_outcome,
+    struct_to_dict,
+)
 
 
 def unpack_any(data: bytes) -> any_pb2.Any:
@@ -187,3 +194,161 @@ def test_struct_to_dict_round_trips_a_struct() -> None:
     struct = struct_pb2.Struct()
     struct.update({"a": 1, "b": [True, None], "c": {"d": "e"}})
     assert struct_to_dict(struct) == {"a": 1, "b": [True, None], "c": {"d": "e"}}
+
+
+# ---- results that cannot be stored ----
+
+
+def _status_info(data: bytes | None) -> tuple[status_pb2.Status, error_details_pb2.ErrorInfo]:
+    assert data is not None
+    status = status_pb2.Status.FromString(data)
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.domain == DOMAIN
+    return status, info
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({"a": float("nan")}, "result.a is nan"),
+        ([1.0, float("-inf")], "result[1] is -inf"),
+        ({"a": {"b": 10**400}}, "result.a.b is an integer outside the range"),
+    ],
+)
+def test_a_result_with_a_number_json_cannot_hold_is_refused(value: Any, where: str) -> None:
+    with pytest.raises(TypeError, match=re.escape("not JSON-like: " + where)):
+        pack_result(value)
+
+
+def test_a_result_nested_deeper_than_clients_can_parse_is_refused() -> None:
+    deep: dict[str, Any] = {"leaf": 1}
+    for _ in range(40):
+        deep = {"a": deep}
+    with pytest.raises(TypeError, match="nested 33 levels deep"):
+        pack_result(deep)
+
+
+def test_a_message_result_holding_a_nan_struct_is_refused() -> None:
+    message = struct_pb2.Struct(fields={"x": struct_pb2.Value(number_value=float("nan"))})
+    with pytest.raises(TypeError, match=r"google\.protobuf\.Struct cannot be stored: .*NaN"):
+        pack_result(message)
+
+
+def test_a_message_result_too_deep_to_parse_back_is_refused() -> None:
+    inner = struct_pb2.Value(number_value=1)
+    for _ in range(40):
+        holder = struct_pb2.Value()
+        holder.struct_value.fields["a"].CopyFrom(inner)
+        inner = holder
+    with pytest.raises(TypeError, match=r"google\.protobuf\.Value cannot be stored"):
+        pack_result(inner)
+
+
+def test_a_message_with_an_any_of_a_type_unknown_here_is_still_packed() -> None:
+    """Printing it as JSON needs the type; a client that has it reads it."""
+    detail = any_pb2.Any(type_url="type.googleapis.com/no.such.Type", value=b"\x08\x01")
+    message = status_pb2.Status(code=3, details=[detail])
+    assert unpack_any(pack_result(message)).Is(status_pb2.Status.DESCRIPTOR)
+
+
+@pytest.mark.parametrize(
+    ("value", "exception", "text"),
+    [
+        ({"a": float("nan")}, "TypeError", "result.a is nan"),
+        (object(), "TypeError", "task returned object"),
+    ],
+)
+def test_result_outcome_turns_an_unstorable_result_into_an_error(
+    value: Any, exception: str, text: str
+) -> None:
+    response, error = result_outcome(value, limit=1024 * 1024, attempt=2, max_attempts=3)
+    assert response is None
+    status, info = _status_info(error)
+    assert status.code == code_pb2.UNKNOWN
+    assert text in status.message
+    assert info.reason == "RESULT_INVALID"
+    assert info.metadata["exception"] == exception
+    assert (info.metadata["attempt"], info.metadata["max_attempts"]) == ("2", "3")
+
+
+def test_result_outcome_never_raises_whatever_the_value_does() -> None:
+    class Evil(dict[str, Any]):
+        def items(self) -> Any:
+            raise RuntimeError("no items for you")
+
+    response, error = result_outcome(Evil(a=1), limit=1024 * 1024, attempt=1, max_attempts=1)
+    assert response is None
+    status, info = _status_info(error)
+    assert "task result cannot be packed: RuntimeError: no items for you" in status.message
+    assert info.metadata["exception"] == "RuntimeError"
+
+
+def test_a_result_over_the_limit_is_result_too_large_naming_size_and_limit() -> None:
+    value = {"blob": "x" * 200_000}
+    size = len(pack_result(value))
+    response, error = result_outcome(value, limit=100_000, attempt=1, max_attempts=3)
+    assert response is None
+    status, info = _status_info(error)
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED
+    assert info.reason == "RESULT_TOO_LARGE"
+    assert dict(info.metadata) == {
+        "what": "result",
+        "size": str(size),
+        "limit": "100000",
+        "attempt": "1",
+        "max_attempts": "3",
+    }
+    assert f"is {size} bytes serialized, more than the 100000" in status.message
+
+
+def test_a_result_at_the_limit_is_stored() -> None:
+    value = {"blob": "x" * 1000}
+    size = len(pack_result(value))
+    response, error = result_outcome(value, limit=size, attempt=1, max_attempts=1)
+    assert error is None and response == pack_result(value)
+
+
+def test_an_error_over_the_limit_is_replaced_keeping_its_code_and_message_start() -> None:
+    big = status_pb2.Status(code=code_pb2.NOT_FOUND, message="gone: " + "y" * 300_000)
+    data = big.SerializeToString()
+    replaced = bounded_error(data, limit=100_000, attempt=1, max_attempts=1)
+    status, info = _status_info(replaced)
+    assert status.code == code_pb2.RESOURCE_EXHAUSTED
+    assert info.reason == "RESULT_TOO_LARGE"
+    assert info.metadata["what"] == "error"
+    assert info.metadata["size"] == str(len(data))
+    assert "(code 5: gone: yyy" in status.message
+    assert len(replaced) < 4096
+    assert bounded_error(data, limit=len(data), attempt=1, max_attempts=1) == data
+
+
+# ---- exceptions that misbehave ----
+
+
+class StrRaises(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+class ReprRaises(Exception):
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class StrRecurses(Exception):
+    def __str__(self) -> str:
+        return str(self)
+
+
+@pytest.mark.parametrize("exc_type", [StrRaises, ReprRaises, StrRecurses])
+def test_error_status_survives_an_exception_whose_text_raises(exc_type: type[Exception]) -> None:
+    try:
+        raise exc_type("boom")
+    except exc_type as exc:
+        caught = exc
+    status = status_pb2.Status.FromString(error_status(caught, attempt=1, max_attempts=2))
+    assert status.message.startswith(f"{exc_type.__name__}: ")
+    info, debug = _details(status)
+    assert info.metadata["exception"] == exc_type.__name__
+    assert debug.stack_entries  # a traceback, or a line saying why there is none

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from longrun_core.clock import to_micros
-from longrun_core.model import OperationRecord, State, evolve
+from longrun_core.model import RECORD_OVERHEAD, OperationRecord, State, evolve
 from longrun_core.sqlite.store import _FIELDS, COLUMNS, RecordCache, to_row
 from tests.contract.records import make_record
 
@@ -70,3 +70,32 @@ def test_get_answers_only_for_the_exact_version_and_update_time() -> None:
     assert cache.get(rec.id, 6, update_us) is None
     assert cache.get(rec.id, 5, update_us + 1) is None
     assert cache.get("other", 5, update_us) is None
+
+
+def test_records_are_evicted_by_bytes_as_well_as_by_count() -> None:
+    """Records holding 200 KiB of params each: a 2 MiB cache keeps ten, not 4,096."""
+    cache = RecordCache(max_bytes=2 * 1024 * 1024)
+    big = [
+        make_record(version=1, params=b"\x0a" * (200 * 1024), response=b"r" * 100) for _ in range(8)
+    ]
+    for rec in big:
+        cache.put(rec)
+    kept = [rec.id for rec in big if rec.id in cache._records]
+    assert kept == [rec.id for rec in big[-10:]]
+    assert cache._records.bytes == sum(rec.approx_bytes() for rec in big[-10:])
+    assert cache._records.bytes <= 2 * 1024 * 1024
+
+
+def test_a_record_too_big_for_the_cache_is_not_kept() -> None:
+    cache = RecordCache(max_bytes=1024 * 1024)  # keeps records up to 128 KiB
+    small = make_record(version=1)
+    big = make_record(version=1, params=b"\x0a" * (200 * 1024))
+    cache.put(small)
+    cache.put(big)
+    assert small.id in cache._records
+    assert big.id not in cache._records
+
+
+def test_a_record_counts_its_blobs_labels_and_a_fixed_overhead() -> None:
+    rec = make_record(params=b"p" * 1000, response=b"r" * 500, labels={"k": "v"})
+    assert rec.approx_bytes() == RECORD_OVERHEAD + 1000 + 500 + (1 + 1 + 100)

@@ -107,15 +107,20 @@ async def test_responses_are_lower_camel_case_json(running: Running) -> None:
     }
 
 
-async def test_an_unprintable_any_is_500_saying_why(running: Running) -> None:
+async def test_an_any_of_an_unknown_type_is_served_base64_saying_why(running: Running) -> None:
+    """Stored data never makes the gateway fail: the Any it cannot print is
+    sent in the fallback form, the rest of the operation as usual."""
     running.stub.operation.name = "operations/abc"
     running.stub.operation.metadata.CopyFrom(
-        any_pb2.Any(type_url="type.googleapis.com/no.such.Metadata", value=b"")
+        any_pb2.Any(type_url="type.googleapis.com/no.such.Metadata", value=b"\x08\x01")
     )
     status, body = await _get(running.base + "/v1/operations/abc")
-    assert status == 500
-    assert body["error"]["status"] == "INTERNAL"
-    assert body["error"]["details"][0]["reason"] == "RESPONSE_NOT_PRINTABLE"
+    assert status == 200
+    assert body["name"] == "operations/abc"
+    metadata = body["metadata"]
+    assert metadata["@type"] == "type.googleapis.com/no.such.Metadata"
+    assert metadata["value"] == "CAE="
+    assert "no.such.Metadata" in metadata["@unprintable"]
 
 
 async def test_unimplemented_methods_come_back_as_501(running: Running) -> None:

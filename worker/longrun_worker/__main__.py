@@ -21,6 +21,7 @@ from longrun_core.cli_options import (
     task_registry,
 )
 from longrun_core.failpoints import Failpoints
+from longrun_core.packing import MAX_RESULT_BYTES, MIN_RESULT_BYTES
 from longrun_core.settings import BackendSettings
 from longrun_core.tasks import TaskRegistry
 from longrun_worker.push_cli import push_config, push_options, serve_push
@@ -76,6 +77,16 @@ _W = WorkerSettings()
     show_default=True,
 )
 @click.option(
+    "--max-result-bytes",
+    type=click.IntRange(min=MIN_RESULT_BYTES, max=MAX_RESULT_BYTES),
+    default=_W.max_result_bytes,
+    envvar="LONGRUN_MAX_RESULT_BYTES",
+    show_envvar=True,
+    show_default=True,
+    help="Largest serialized task result or error stored; a larger one fails the operation "
+    "with RESULT_TOO_LARGE. Keep it below the server's --max-send-message-bytes.",
+)
+@click.option(
     "--burst",
     is_flag=True,
     envvar="LONGRUN_BURST",
@@ -96,6 +107,7 @@ def main(**kw: Any) -> None:
         heartbeat=kw["heartbeat"],
         shutdown_grace=kw["shutdown_grace"],
         retention=kw["retention"],
+        max_result_bytes=kw["max_result_bytes"],
     )
     if push is not None:
         if kw["burst"]:

@@ -37,7 +37,13 @@ from longrun_core.clock import Clock, SystemClock
 from longrun_core.errors import LongrunError, NotFound, Unavailable
 from longrun_core.failpoints import Failpoints
 from longrun_core.model import OperationRecord, State
-from longrun_core.packing import error_status, pack_result, struct_to_dict
+from longrun_core.packing import (
+    DEFAULT_MAX_RESULT_BYTES,
+    bounded_error,
+    error_status,
+    result_outcome,
+    struct_to_dict,
+)
 from longrun_core.queue import Delivery, TaskQueue
 from longrun_core.store import OperationStore
 from longrun_core.tasks import TaskRegistry, TaskSpec
@@ -62,6 +68,9 @@ class WorkerSettings:
     shutdown_grace: float = 10.0
     #: How long one receive call waits for messages.
     receive_timeout: float = 5.0
+    #: Largest serialized result (or error) stored; a bigger one fails the
+    #: operation with RESULT_TOO_LARGE instead.
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
 
 def default_worker_id() -> str:
@@ -278,19 +287,35 @@ class Worker:
             err = transitions.cancelled_error(rec.attempt)
             await self._finish(delivery, rec, error=err)
         elif exc is None:
-            try:
-                packed = pack_result(result)
-            except TypeError as type_error:
-                err = error_status(type_error, attempt=rec.attempt, max_attempts=rec.max_attempts)
-                await self._finish(delivery, rec, error=err)
-                return
-            await self._finish(delivery, rec, response=packed)
+            # Never raises: a result that cannot be stored becomes an error saying why.
+            response, refused = result_outcome(
+                result,
+                limit=self.outcome_limit(rec),
+                attempt=rec.attempt,
+                max_attempts=rec.max_attempts,
+            )
+            await self._finish(delivery, rec, response=response, error=refused)
         elif spec.retry.is_retryable(exc) and rec.attempt < rec.max_attempts:
             await self._retry(delivery, rec, spec, exc)
         else:
-            code = code_pb2.UNKNOWN
-            err = error_status(exc, code=code, attempt=rec.attempt, max_attempts=rec.max_attempts)
+            err = self._error_of(exc, rec)
             await self._finish(delivery, rec, error=err)
+
+    def outcome_limit(self, rec: OperationRecord) -> int:
+        """The largest response or error stored for `rec`: the configured
+        limit, or less if the store cannot hold that much for it."""
+        limit = self.settings.max_result_bytes
+        store_limit = self.store.max_outcome_bytes(rec)
+        return limit if store_limit is None else min(limit, store_limit)
+
+    def _error_of(self, exc: BaseException, rec: OperationRecord) -> bytes:
+        """The status stored for a task's exception, within the outcome limit."""
+        return bounded_error(
+            error_status(exc, attempt=rec.attempt, max_attempts=rec.max_attempts),
+            limit=self.outcome_limit(rec),
+            attempt=rec.attempt,
+            max_attempts=rec.max_attempts,
+        )
 
     async def _await_handler(
         self, handler: asyncio.Future[Any], ctx: RunContext, spec: TaskSpec
@@ -430,7 +455,7 @@ class Worker:
         self, delivery: Delivery, rec: OperationRecord, spec: TaskSpec, exc: BaseException
     ) -> None:
         delay = spec.retry.backoff(rec.attempt)
-        err = error_status(exc, attempt=rec.attempt, max_attempts=rec.max_attempts)
+        err = self._error_of(exc, rec)
         try:
             await self.store.update(
                 rec.name,

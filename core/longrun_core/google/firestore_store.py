@@ -142,6 +142,12 @@ _STALE = (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted)
 LISTEN_READY_TIMEOUT = 10.0
 #: How many (version, update_time) pairs `_read` remembers for the CAS write.
 SEEN_CACHE_SIZE = 10_000
+#: Firestore's largest document, and its largest single field value (the
+#: emulator enforces the latter; production both).
+MAX_DOCUMENT_BYTES = 1_048_576
+MAX_FIELD_BYTES = 1_048_487
+#: Room kept for field names, the document name and what approx_bytes misses.
+DOCUMENT_MARGIN = 8 * 1024
 #: Listeners per listen client. Each listener is one gRPC stream, and
 #: Firestore allows 100 concurrent streams per connection; past that, new
 #: streams (and every other call on that connection) stall.
@@ -311,6 +317,12 @@ class FirestoreOperationStore(OperationStore):
             database=settings.firestore_database,
             collection=settings.firestore_collection,
         )
+
+    def max_outcome_bytes(self, rec: OperationRecord) -> int | None:
+        """One document holds the whole record: the outcome gets what its
+        params, labels and fields leave of Firestore's 1 MiB."""
+        rest = rec.approx_bytes() - len(rec.response or b"") - len(rec.error or b"")
+        return max(0, min(MAX_FIELD_BYTES, MAX_DOCUMENT_BYTES - rest - DOCUMENT_MARGIN))
 
     @property
     def active_listeners(self) -> int:

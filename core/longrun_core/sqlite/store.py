@@ -19,7 +19,7 @@ from longrun_core.names import operation_name, parse_operation_name
 from longrun_core.queue import TaskMessage, Transition
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.db import transaction
-from longrun_core.stamped_cache import StampedCache
+from longrun_core.stamped_cache import DEFAULT_MAX_BYTES, StampedCache
 from longrun_core.store import (
     CreateResult,
     Cursor,
@@ -158,8 +158,8 @@ class RecordCache:
     a hit is never stale (the update time tells apart an operation deleted
     and stored again under its id)."""
 
-    def __init__(self, capacity: int = 4096) -> None:
-        self._records: StampedCache[OperationRecord] = StampedCache(capacity)
+    def __init__(self, capacity: int = 4096, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._records: StampedCache[OperationRecord] = StampedCache(capacity, max_bytes)
 
     def get(self, op_id: str, version: int, update_us: int) -> OperationRecord | None:
         """The cached record of `op_id` if it is at this version and update time."""
@@ -176,14 +176,22 @@ class RecordCache:
 
     def put(self, rec: OperationRecord) -> None:
         """Remember a record this process wrote (its row is what `to_row` gives)."""
-        self._records.put(rec.id, (rec.version, to_micros(rec.update_time)), rec)
+        self._records.put(
+            rec.id, (rec.version, to_micros(rec.update_time)), rec, rec.approx_bytes()
+        )
 
 
 class SqliteOperationStore(OperationStore):
-    def __init__(self, backend: SqliteBackend, hub: WatchHub | None = None) -> None:
+    def __init__(
+        self,
+        backend: SqliteBackend,
+        hub: WatchHub | None = None,
+        *,
+        cache_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         super().__init__(hub or WatchHub())
         self.backend = backend
-        self._records = RecordCache()
+        self._records = RecordCache(max_bytes=cache_bytes)
         #: The queue in the same file, once `SqliteTaskQueue.attach` paired them:
         #: `create` then enqueues the task message in the same transaction.
         self.outbox: SqliteTaskQueue | None = None
