@@ -24,6 +24,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -162,11 +163,21 @@ class OperationStore(abc.ABC):
 
     @abc.abstractmethod
     async def list(
-        self, *, page_size: int, after: Cursor | None, flt: RecordFilter | None = None
+        self,
+        *,
+        page_size: int,
+        after: Cursor | None,
+        flt: RecordFilter | None = None,
+        budget: ScanBudget | None = None,
     ) -> ListPage:
         """Up to `page_size` matching records, newest first, starting after
         `after`. Records created after the walk began may or may not appear;
-        none appears twice and none present for the whole walk is skipped."""
+        none appears twice and none present for the whole walk is skipped.
+
+        The call reads at most `budget` (default `ScanBudget()`) and never on
+        the event loop's thread: when the budget runs out first, the page is
+        shorter (possibly empty) and `next_cursor` resumes just after the last
+        row read. Cancelling the call stops the scan."""
 
     @abc.abstractmethod
     async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
@@ -202,36 +213,112 @@ def not_found(name: str) -> NotFound:
     return NotFound(f"operation {name!r} not found", metadata={"name": name})
 
 
-#: Fetches up to `limit` records in list order, starting after the cursor.
-BatchFetch = Callable[[Cursor | None, int], Awaitable[Sequence[OperationRecord]]]
+#: Rows a list call may scan unless configured otherwise (`--list-scan-budget`).
+DEFAULT_SCAN_ROWS = 10_000
+#: Rows one window of a scan reads at most (one short query off the event loop).
+SCAN_WINDOW = 500
+#: Records `Filter.matches` checks between two yields to the event loop.
+MATCH_CHUNK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ScanBudget:
+    """How much one list call may read: at most `rows` stored rows (entries
+    of the index the scan walks, whether they match or not), and no new
+    window after `deadline` (a `time.monotonic()` instant). A page cut short
+    by either holds what was found so far plus a cursor just after the last
+    row read (AIP-158 allows short, even empty, pages)."""
+
+    rows: int = DEFAULT_SCAN_ROWS
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows < 1:
+            raise ValueError(f"a scan budget must allow at least 1 row, got {self.rows}")
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What one read of a list scan found."""
+
+    #: The rows of the window the query could not rule out, in list order, at
+    #: most `want` of them when `exact`. Light records (`params` empty,
+    #: `response` None) when the scan is not exact; `scan_page` completes the
+    #: ones it keeps.
+    records: Sequence[OperationRecord]
+    #: How many rows the window read (matching or not).
+    scanned: int
+    #: The position of the last row read; None if none was.
+    last: Cursor | None
+    #: True when nothing is left after `last`.
+    at_end: bool
+
+
+#: Reads the next window after the cursor: at most `limit` rows, of which at
+#: most `want` records need returning when the query is exact.
+WindowFetch = Callable[[Cursor | None, int, int], Awaitable[Window]]
+#: The full records of light ones (same order; a record gone meanwhile is left out).
+Complete = Callable[[Sequence[OperationRecord]], Awaitable[Sequence[OperationRecord]]]
 
 
 async def scan_page(
-    fetch: BatchFetch,
+    fetch: WindowFetch,
     *,
     page_size: int,
     after: Cursor | None,
     flt: RecordFilter | None,
     exact: bool,
+    budget: ScanBudget,
+    complete: Complete | None = None,
+    window: int = SCAN_WINDOW,
 ) -> ListPage:
     """One page of a list whose query pushes down all (`exact`) or part of
-    `flt`: fetch in batches, keep what `flt.matches`, and end the page at the
-    last record kept, so records the filter dropped never shift the next page."""
-    batch = page_size if exact else max(page_size * 2, 100)
+    `flt`: read windows of at most `window` rows, keep what `flt.matches`,
+    and end the page at the last record kept, so records the filter dropped
+    never shift the next page. The scan stops when the page is full, the
+    list ends, or the budget is spent (then the page ends just after the last
+    row read). Every await is a cancellation point: a caller that goes away
+    stops the scan after the window in progress."""
     records: list[OperationRecord] = []
     cursor = after
+    scanned = 0
     while True:
-        fetched = await fetch(cursor, batch + 1)
-        scanned = fetched[:batch]
-        for rec in scanned:
-            if exact or (flt is not None and flt.matches(rec)):
-                records.append(rec)
-                if len(records) == page_size:
-                    more = rec is not scanned[-1] or len(fetched) > batch
-                    return ListPage(records, Cursor.after(rec) if more else None)
-        if len(fetched) <= batch:
-            return ListPage(records, None)
-        cursor = Cursor.after(scanned[-1])
+        limit = min(window, budget.rows - scanned)
+        got = await fetch(cursor, limit, page_size - len(records) + 1)
+        scanned += got.scanned
+        for i, rec in enumerate(got.records):
+            if not exact:
+                if i and i % MATCH_CHUNK == 0:
+                    await asyncio.sleep(0)  # let other calls run between chunks
+                if flt is not None and not flt.matches(rec):
+                    continue
+            records.append(rec)
+            if len(records) == page_size:
+                more = i + 1 < len(got.records) or not got.at_end or Cursor.after(rec) != got.last
+                nxt = Cursor.after(rec) if more else None
+                return await _finish(records, nxt, flt, exact, complete)
+        if got.at_end or got.last is None:
+            return await _finish(records, None, flt, exact, complete)
+        cursor = got.last
+        if scanned >= budget.rows or budget.expired():
+            return await _finish(records, cursor, flt, exact, complete)
+
+
+async def _finish(
+    records: list[OperationRecord],
+    next_cursor: Cursor | None,
+    flt: RecordFilter | None,
+    exact: bool,
+    complete: Complete | None,
+) -> ListPage:
+    if exact or complete is None or not records:
+        return ListPage(records, next_cursor)
+    full = await complete(records)
+    # A record may have changed since its light copy matched: check it again.
+    return ListPage([r for r in full if flt is None or flt.matches(r)], next_cursor)
 
 
 def _id_of(name: str) -> str:
@@ -306,6 +393,8 @@ __all__ = [
     "OperationStore",
     "PageTokens",
     "RecordFilter",
+    "ScanBudget",
     "Watch",
+    "Window",
     "operation_name",
 ]

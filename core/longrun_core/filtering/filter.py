@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from longrun_core.filtering.ast import Expr, to_text
 from longrun_core.filtering.evaluate import evaluate
+from longrun_core.filtering.firestore import FirestoreQuery, to_firestore
+from longrun_core.filtering.index_terms import IndexTerms, index_terms
 from longrun_core.filtering.parser import parse
 from longrun_core.filtering.sql import SqlFilter, to_sql
 from longrun_core.model import OperationRecord
@@ -27,6 +29,14 @@ class Filter:
 
     def to_sql(self) -> SqlFilter:
         return to_sql(self.expr)
+
+    def index_terms(self) -> IndexTerms:
+        """The equalities and create_time bounds an index can serve."""
+        return index_terms(self.expr)
+
+    def to_firestore(self) -> FirestoreQuery:
+        """What a Firestore list query can push down (see `filtering.firestore`)."""
+        return to_firestore(self.index_terms())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Filter) and other.text == self.text

@@ -3,8 +3,9 @@
 Layout
     `{collection}/{operation id}`: one document per operation holding every
     `OperationRecord` field (bytes as bytes, datetimes as timestamps, labels
-    as a map, state as its integer) plus the query fields `done` (bool) and
-    `error_code` (int or null). `expire_time` is a timestamp field, so a
+    as a map, state as its integer) plus the query fields `done` (bool),
+    `error_code` (int or null) and `label_pairs` (one "key=value" string per
+    label, for `labels.KEY = "V"` filters). `expire_time` is a timestamp field, so a
     production TTL policy can use it (firestore.indexes.json declares it).
     `{collection}_request_ids/{sha256(request_id)}`: the request-id
     reservation, holding the operation id and the request fingerprint.
@@ -12,8 +13,12 @@ Layout
 Indexes and TTL (production; the emulator needs none)
     firestore.indexes.json at the repository root holds the composite indexes
     `due_for_dispatch` needs, (state, dispatch_due_time) and
-    (state, lease_expire_time); `list` and `delete_expired` use single-field
-    indexes. It also enables a TTL policy on `expire_time` and exempts the
+    (state, lease_expire_time), and those of filtered lists: (done |
+    state | task | label_pairs array-contains, create_time desc), one per
+    field a list filter pushes down (longrun_core.filtering.firestore);
+    unfiltered lists and `delete_expired` use single-field indexes.
+    Documents written before `label_pairs` existed lack it and are not found
+    by label filters until rewritten. It also enables a TTL policy on `expire_time` and exempts the
     blob fields from indexing. Deploy it with
     `firebase deploy --only firestore:indexes`, or set the TTL policy alone with
     `gcloud firestore fields ttls update expire_time --collection-group=operations
@@ -98,6 +103,7 @@ from google.rpc import status_pb2
 
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists, Unavailable
+from longrun_core.filtering.firestore import LABEL_PAIRS, label_pair
 from longrun_core.model import OperationRecord, State
 from longrun_core.names import operation_name, parse_operation_name
 from longrun_core.settings import BackendSettings
@@ -107,6 +113,8 @@ from longrun_core.store import (
     ListPage,
     OperationStore,
     RecordFilter,
+    ScanBudget,
+    Window,
     check_duplicate,
     scan_page,
 )
@@ -138,6 +146,8 @@ _TRANSIENT = (
 #: A guarded write whose precondition no longer holds.
 _STALE = (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted)
 
+#: Documents one list query reads at most (one RPC of a list scan).
+SCAN_WINDOW = 300
 #: How long `watch` waits for a new listener's initial snapshot.
 LISTEN_READY_TIMEOUT = 10.0
 #: How many (version, update_time) pairs `_read` remembers for the CAS write.
@@ -181,6 +191,7 @@ def to_document(rec: OperationRecord) -> dict[str, Any]:
             value = int(value)
         doc[name] = value
     doc["done"] = rec.done
+    doc[LABEL_PAIRS] = sorted(label_pair(k, v) for k, v in rec.labels.items())
     doc["error_code"] = (
         status_pb2.Status.FromString(rec.error).code if rec.done and rec.error else None
     )
@@ -522,27 +533,58 @@ class FirestoreOperationStore(OperationStore):
         )
 
     async def list(
-        self, *, page_size: int, after: Cursor | None, flt: RecordFilter | None = None
+        self,
+        *,
+        page_size: int,
+        after: Cursor | None,
+        flt: RecordFilter | None = None,
+        budget: ScanBudget | None = None,
     ) -> ListPage:
+        """See `OperationStore.list`. The pushed-down part of the filter is in
+        `longrun_core.filtering.firestore`; a filter not wholly pushed down is
+        checked on light documents (a projection without the payloads), and
+        the full documents of those kept are read with one batched get."""
         query = self._list_query()
         exact = True
         if flt is not None:
             to_firestore = getattr(flt, "to_firestore", None)
             pushdown: FirestorePushdown | None = to_firestore() if to_firestore else None
             if pushdown is not None:
+                if getattr(pushdown, "matches_nothing", False):
+                    return ListPage([], None)
                 query = pushdown.apply(query)
                 exact = bool(pushdown.exact)
             else:
                 exact = False
+        if not exact:
+            query = query.select(_LIGHT_FIELDS)
+        convert = from_document if exact else _from_light_document
 
-        async def fetch(cursor: Cursor | None, limit: int) -> builtins.list[OperationRecord]:
+        async def fetch(cursor: Cursor | None, limit: int, want: int) -> Window:
             q = query
             if cursor is not None:
                 q = q.start_after({"create_time": cursor.create_time, "__name__": cursor.id})
-            snaps = await self._call(functools.partial(_fetch, q.limit(limit)))
-            return [from_document(s.to_dict()) for s in snaps]
+            take = min(limit, want) if exact else limit
+            records = await self._call(functools.partial(_fetch_records, q.limit(take), convert))
+            last = Cursor.after(records[-1]) if records else None
+            return Window(records, len(records), last, at_end=len(records) < take)
 
-        return await scan_page(fetch, page_size=page_size, after=after, flt=flt, exact=exact)
+        async def complete(light: Sequence[OperationRecord]) -> Sequence[OperationRecord]:
+            refs = [self._ops.document(r.id) for r in light]
+            snaps = await self._call(lambda: builtins.list(self._client.get_all(refs)))
+            by_id = {s.id: from_document(s.to_dict()) for s in snaps if s.exists}
+            return [by_id[r.id] for r in light if r.id in by_id]
+
+        return await scan_page(
+            fetch,
+            page_size=page_size,
+            after=after,
+            flt=flt,
+            exact=exact,
+            budget=budget or ScanBudget(),
+            complete=complete,
+            window=SCAN_WINDOW,
+        )
 
     async def due_for_dispatch(self, now: datetime, limit: int) -> builtins.list[OperationRecord]:
         if limit <= 0:
@@ -696,6 +738,22 @@ class FirestoreOperationStore(OperationStore):
 
 def _fetch(query: Any) -> list[Any]:
     return list(query.stream())
+
+
+def _fetch_records(
+    query: Any, convert: Callable[[dict[str, Any]], OperationRecord]
+) -> list[OperationRecord]:
+    """Run `query` and convert its documents (on the calling pool thread)."""
+    return [convert(s.to_dict()) for s in query.stream()]
+
+
+#: What a list scan reads of a document when it must check the filter itself:
+#: everything but the payloads, which no filter reads.
+_LIGHT_FIELDS = [n for n in _FIELDS if n not in ("params", "response")]
+
+
+def _from_light_document(doc: dict[str, Any]) -> OperationRecord:
+    return from_document(doc | {"params": b"", "response": None})
 
 
 def _exists(rec: OperationRecord) -> AlreadyExists:

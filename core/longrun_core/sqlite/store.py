@@ -14,11 +14,19 @@ from google.rpc import status_pb2
 
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import AlreadyExists
+from longrun_core.filtering.index_terms import IndexTerms
 from longrun_core.model import OperationRecord, State
 from longrun_core.names import operation_name, parse_operation_name
 from longrun_core.queue import TaskMessage, Transition
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.db import transaction
+from longrun_core.sqlite.list_scan import (
+    ScanPlan,
+    ScanReader,
+    ensure_list_indexes,
+    make_plan,
+    read_window,
+)
 from longrun_core.stamped_cache import StampedCache
 from longrun_core.store import (
     CreateResult,
@@ -26,6 +34,8 @@ from longrun_core.store import (
     ListPage,
     OperationStore,
     RecordFilter,
+    ScanBudget,
+    Window,
     check_duplicate,
     next_version,
     not_found,
@@ -48,7 +58,14 @@ _TIME_FIELDS = {
 }
 _FIELDS = [f.name for f in fields(OperationRecord)]
 COLUMNS = [_TIME_FIELDS.get(n, n) for n in _FIELDS] + ["done", "error_code"]
-_SELECT = f"SELECT {', '.join(COLUMNS[: len(_FIELDS)])} FROM operations"
+_COLUMNS = ", ".join(COLUMNS[: len(_FIELDS)])
+_SELECT = f"SELECT {_COLUMNS} FROM operations"
+#: The columns of `_SELECT` without the payloads a filter never reads (a list
+#: scan checks these light records and reads the full rows of those it keeps).
+_LIGHT_COLUMNS = ", ".join(
+    {"params": "X'' AS params", "response": "NULL AS response"}.get(c, c)
+    for c in COLUMNS[: len(_FIELDS)]
+)
 
 
 def to_row(rec: OperationRecord) -> dict[str, Any]:
@@ -184,6 +201,7 @@ class SqliteOperationStore(OperationStore):
         super().__init__(hub or WatchHub())
         self.backend = backend
         self._records = RecordCache()
+        self._reader = ScanReader(backend.db.path)
         #: The queue in the same file, once `SqliteTaskQueue.attach` paired them:
         #: `create` then enqueues the task message in the same transaction.
         self.outbox: SqliteTaskQueue | None = None
@@ -192,8 +210,10 @@ class SqliteOperationStore(OperationStore):
 
     async def start(self) -> None:
         await self.backend.start()
+        await self.backend.db.call(ensure_list_indexes)
 
     async def close(self) -> None:
+        await self._reader.close()
         await self.backend.close()
 
     async def on_written(self, name: str) -> None:
@@ -276,44 +296,50 @@ class SqliteOperationStore(OperationStore):
         return bool(count == 1)
 
     async def list(
-        self, *, page_size: int, after: Cursor | None, flt: RecordFilter | None = None
+        self,
+        *,
+        page_size: int,
+        after: Cursor | None,
+        flt: RecordFilter | None = None,
+        budget: ScanBudget | None = None,
     ) -> ListPage:
-        where: list[str] = []
-        params: list[object] = []
-        exact = True
-        to_sql = getattr(flt, "to_sql", None)
-        if flt is not None:
-            if to_sql is not None:
-                sql = to_sql()
-                if sql.where:
-                    where.append(f"({sql.where})")
-                    params.extend(sql.params)
-                exact = bool(sql.exact)
-            else:
-                exact = False
+        """See `OperationStore.list`; the plan and the indexes are described in
+        `longrun_core.sqlite.list_scan`."""
+        plan = _plan(flt)
+        if plan is None:
+            return ListPage([], None)  # the filter matches nothing
+        reader = self._reader
 
-        async def fetch(cursor: Cursor | None, limit: int) -> Sequence[OperationRecord]:
-            clauses = list(where)
-            args = list(params)
-            if cursor is not None:
-                # A row value, so SQLite seeks operations_order instead of scanning it.
-                clauses.append("(create_us, id) < (?, ?)")
-                args.extend([to_micros(cursor.create_time), cursor.id])
-            query = (
-                _SELECT
-                + (" WHERE " + " AND ".join(clauses) if clauses else "")
-                + " ORDER BY create_us DESC, id DESC LIMIT ?"
+        async def fetch(cursor: Cursor | None, limit: int, want: int) -> Window:
+            return await reader.run(
+                lambda conn: read_window(
+                    conn,
+                    plan,
+                    cursor,
+                    limit,
+                    want,
+                    columns=_COLUMNS,
+                    light_columns=_LIGHT_COLUMNS,
+                    from_row=from_row,
+                )
             )
-            args.append(limit)
-            return [from_row(r) for r in await self._fetch(query, args)]
 
-        return await scan_page(fetch, page_size=page_size, after=after, flt=flt, exact=exact)
+        async def complete(light: Sequence[OperationRecord]) -> Sequence[OperationRecord]:
+            ids = [r.id for r in light]
+            sql = f"{_SELECT} WHERE id IN ({', '.join('?' * len(ids))})"
+            rows = await reader.run(lambda conn: conn.execute(sql, ids).fetchall())
+            by_id = {rec.id: rec for rec in map(from_row, rows)}
+            return [by_id[i] for i in ids if i in by_id]
 
-    async def _fetch(self, query: str, args: Sequence[object]) -> Sequence[tuple[Any, ...]]:
-        rows: Sequence[tuple[Any, ...]] = await self.backend.db.read(
-            lambda c: c.execute(query, args).fetchall()
+        return await scan_page(
+            fetch,
+            page_size=page_size,
+            after=after,
+            flt=flt,
+            exact=plan.exact,
+            budget=budget or ScanBudget(),
+            complete=complete,
         )
-        return rows
 
     async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
         us = to_micros(now)
@@ -345,3 +371,18 @@ class SqliteOperationStore(OperationStore):
         for op_id in ids:
             await self.on_written(operation_name(op_id))
         return len(ids)
+
+
+def _plan(flt: RecordFilter | None) -> ScanPlan | None:
+    """How to scan for `flt`; None when it can match nothing."""
+    if flt is None:
+        return make_plan(None, None, (), exact=True)
+    to_sql = getattr(flt, "to_sql", None)
+    get_terms = getattr(flt, "index_terms", None)
+    if to_sql is None:  # a filter that only knows `matches`
+        return make_plan(None, None, (), exact=False)
+    sql = to_sql()
+    terms: IndexTerms | None = get_terms() if get_terms is not None else None
+    if sql.where == "0" or (terms is not None and terms.empty_range):
+        return None
+    return make_plan(terms, sql.where, tuple(sql.params), exact=bool(sql.exact))

@@ -1,0 +1,315 @@
+"""ListOperations on SQLite: the indexes the scan walks, the plan that picks
+one, and the reader threads that run it off the event loop.
+
+Indexes (created by `ensure_list_indexes` when a store starts; existing
+databases are filled in once)
+    operations_order        (create_us desc, id desc)          no driver
+    operations_done_order   (done, create_us desc, id desc)    done = ...
+    operations_state_order  (state, create_us desc, id desc)   metadata.state = ...
+    operations_task_order   (task, create_us desc, id desc)    metadata.task = "..."
+    operation_labels        (key, value, create_us desc, op_id desc), a table
+                            kept by triggers on `operations`   labels.KEY = "..."
+
+Plan
+    A filter's top-level equalities (`longrun_core.filtering.index_terms`)
+    offer drivers; the first one with an index is walked, between the
+    create_time bounds and after the page cursor, in list order, so no sort
+    is needed. One *window* reads at most `limit` index entries: their keys,
+    then (unless the driver and bounds decide the whole filter) the rows
+    among them that pass the rest of the filter in SQL. The budget counts
+    index entries, so a selective indexed filter reads only what matches, and
+    a filter no index serves reads `limit` rows per window and no more.
+
+Threads
+    Windows run on `ScanReader`'s threads, each with its own read-only
+    connection (WAL readers never block the writer or each other), never on
+    the event loop's thread. A window is short; between windows the caller
+    may be cancelled, which ends the scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from longrun_core.clock import from_micros, to_micros
+from longrun_core.errors import Unavailable
+from longrun_core.filtering.index_terms import Equality, Indexed, IndexTerms
+from longrun_core.model import OperationRecord
+from longrun_core.store import Cursor, Window
+
+T = TypeVar("T")
+
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS operations_done_order ON operations(done, create_us DESC, id DESC)",
+    "CREATE INDEX IF NOT EXISTS operations_state_order "
+    "ON operations(state, create_us DESC, id DESC)",
+    "CREATE INDEX IF NOT EXISTS operations_task_order ON operations(task, create_us DESC, id DESC)",
+)
+
+# json_each cuts a value at its first NUL: an entry then holds a prefix of the
+# real value. Lookups by a value without NUL still find every row that has it
+# (and possibly some with NUL, which the per-row check drops).
+_DROP_OLD_LABELS = """DELETE FROM operation_labels WHERE (key, value, create_us, op_id) IN
+        (SELECT key, value, old.create_us, old.id FROM json_each(old.labels));"""
+_ADD_NEW_LABELS = """INSERT OR IGNORE INTO operation_labels (key, value, create_us, op_id)
+        SELECT key, value, new.create_us, new.id FROM json_each(new.labels);"""
+_LABELS = (
+    """CREATE TABLE operation_labels (
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    create_us INTEGER NOT NULL,
+    op_id TEXT NOT NULL,
+    PRIMARY KEY (key, value, create_us DESC, op_id DESC)
+) WITHOUT ROWID""",
+    f"""CREATE TRIGGER operation_labels_insert AFTER INSERT ON operations
+WHEN new.labels <> '{{}}' BEGIN {_ADD_NEW_LABELS} END""",
+    f"""CREATE TRIGGER operation_labels_delete AFTER DELETE ON operations
+WHEN old.labels <> '{{}}' BEGIN {_DROP_OLD_LABELS} END""",
+    f"""CREATE TRIGGER operation_labels_update AFTER UPDATE OF labels, create_us, id ON operations
+BEGIN {_DROP_OLD_LABELS} {_ADD_NEW_LABELS} END""",
+    """INSERT OR IGNORE INTO operation_labels (key, value, create_us, op_id)
+    SELECT j.key, j.value, o.create_us, o.id FROM operations AS o, json_each(o.labels) AS j
+    WHERE o.labels <> '{}'""",
+)
+
+
+def ensure_list_indexes(conn: sqlite3.Connection) -> None:
+    """Create the list indexes and the label table (filled from the
+    operations already stored) unless they exist. Safe to run from several
+    processes at once: one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _INDEXES:
+            conn.execute(statement)
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'operation_labels'"
+        ).fetchone()
+        if exists is None:
+            for statement in _LABELS:
+                conn.execute(statement)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPlan:
+    """How one list query reads the table (see the module docstring)."""
+
+    #: SELECT create_us, id ... in list order; its clauses take
+    #: `driver_params`, then the cursor and bounds `keys_sql` was built for.
+    table: str
+    index: str | None
+    id_column: str
+    driver_sql: str | None
+    driver_params: tuple[object, ...]
+    create_lo_us: int | None
+    create_hi_us: int | None
+    #: The rest of the filter in SQL (None: nothing), and whether SQL decides it.
+    where: str | None
+    where_params: tuple[object, ...]
+    #: The driver and the bounds decide the whole filter: one query per window.
+    window_exact: bool
+    #: SQL decides the whole filter (else `Filter.matches` checks each row).
+    exact: bool
+
+
+def make_plan(
+    terms: IndexTerms | None,
+    where: str | None,
+    where_params: tuple[object, ...],
+    exact: bool,
+) -> ScanPlan:
+    driver = _driver(terms) if terms is not None else None
+    lo = terms.create_lo_us if terms is not None else None
+    hi = terms.create_hi_us if terms is not None else None
+    decided = exact and (
+        terms is None or (terms.complete and all(e is driver for e in terms.equalities))
+    )
+    if driver is not None and driver.field is Indexed.LABEL:
+        return ScanPlan(
+            table="operation_labels",
+            index=None,
+            id_column="op_id",
+            driver_sql="key = ? AND value = ?",
+            driver_params=(driver.label_key, driver.value),
+            create_lo_us=lo,
+            create_hi_us=hi,
+            where=where,
+            where_params=where_params,
+            window_exact=False,  # entries hold values cut at a NUL
+            exact=exact,
+        )
+    index: str = "operations_order"
+    driver_sql: str | None = None
+    driver_params: tuple[object, ...] = ()
+    if driver is not None:
+        index, driver_sql, driver_params = _DRIVERS[driver.field](driver)
+    return ScanPlan(
+        table="operations",
+        index=index,
+        id_column="id",
+        driver_sql=driver_sql,
+        driver_params=driver_params,
+        create_lo_us=lo,
+        create_hi_us=hi,
+        where=where,
+        where_params=where_params,
+        window_exact=decided,
+        exact=exact,
+    )
+
+
+def _driver(terms: IndexTerms) -> Equality | None:
+    for equality in terms.equalities:
+        if equality.field is Indexed.STATE and not (
+            isinstance(equality.value, tuple) and len(equality.value) == 1
+        ):
+            continue  # several states would need a merge of index ranges
+        return equality
+    return None
+
+
+def _state(e: Equality) -> tuple[str, str, tuple[object, ...]]:
+    assert isinstance(e.value, tuple)
+    return "operations_state_order", "state = ?", (int(e.value[0]),)
+
+
+_DRIVERS: dict[Indexed, Callable[[Equality], tuple[str, str, tuple[object, ...]]]] = {
+    Indexed.DONE: lambda e: ("operations_done_order", "done = ?", (int(bool(e.value)),)),
+    Indexed.STATE: _state,
+    Indexed.TASK: lambda e: ("operations_task_order", "task = ?", (e.value,)),
+}
+
+
+def read_window(
+    conn: sqlite3.Connection,
+    plan: ScanPlan,
+    after: Cursor | None,
+    limit: int,
+    want: int,
+    *,
+    columns: str,
+    light_columns: str,
+    from_row: Callable[[tuple[Any, ...]], OperationRecord],
+) -> Window:
+    """One window of the scan (runs on a reader thread)."""
+    clauses: list[str] = []
+    args: list[object] = []
+    if plan.driver_sql is not None:
+        clauses.append(plan.driver_sql)
+        args.extend(plan.driver_params)
+    start = _start(after, plan.create_hi_us)
+    if start is not None:
+        # A row value, so SQLite seeks the index instead of scanning it.
+        clauses.append(f"(create_us, {plan.id_column}) < (?, ?)")
+        args.extend(start)
+    if plan.create_lo_us is not None:
+        clauses.append("create_us >= ?")
+        args.append(plan.create_lo_us)
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    indexed = f" INDEXED BY {plan.index}" if plan.index else ""
+    order = f" ORDER BY create_us DESC, {plan.id_column} DESC LIMIT ?"
+    if plan.window_exact:
+        take = min(limit, want)
+        rows = conn.execute(
+            f"SELECT {columns} FROM operations{indexed}{where}{order}", (*args, take)
+        ).fetchall()
+        records = [from_row(r) for r in rows]
+        last = Cursor.after(records[-1]) if records else None
+        return Window(records, len(records), last, at_end=len(records) < take)
+    conn.execute("BEGIN")  # one snapshot for the keys and their rows
+    try:
+        keys = conn.execute(
+            f"SELECT create_us, {plan.id_column} FROM {plan.table}{indexed}{where}{order}",
+            (*args, limit),
+        ).fetchall()
+        rows = []
+        if keys:
+            rows = _rows(conn, plan, [k[1] for k in keys], want, columns, light_columns)
+    finally:
+        conn.execute("COMMIT")
+    last = Cursor(from_micros(keys[-1][0]), keys[-1][1]) if keys else None
+    return Window([from_row(r) for r in rows], len(keys), last, at_end=len(keys) < limit)
+
+
+def _rows(
+    conn: sqlite3.Connection,
+    plan: ScanPlan,
+    ids: Sequence[str],
+    want: int,
+    columns: str,
+    light_columns: str,
+) -> list[tuple[Any, ...]]:
+    """The rows among `ids` that pass the SQL part of the filter, in list
+    order: full rows (at most `want`) when SQL decides the filter, else light
+    ones for `Filter.matches`. Ids are bound one by one (an id may hold a
+    NUL, which JSON or string functions would cut)."""
+    marks = ", ".join("?" * len(ids))
+    sql = f"SELECT {columns if plan.exact else light_columns} FROM operations WHERE id IN ({marks})"
+    args: list[object] = list(ids)
+    if plan.where:
+        sql += f" AND ({plan.where})"
+        args.extend(plan.where_params)
+    sql += " ORDER BY create_us DESC, id DESC"
+    if plan.exact:
+        sql += " LIMIT ?"
+        args.append(want)
+    return conn.execute(sql, args).fetchall()
+
+
+def _start(after: Cursor | None, hi_us: int | None) -> tuple[int, str] | None:
+    """The exclusive start of the walk: the cursor, or just above the upper
+    bound when that comes first (`create_us <= hi` is `(create_us, id) <
+    (hi + 1, '')`, as no id is empty)."""
+    start = None if after is None else (to_micros(after.create_time), after.id)
+    if hi_us is not None and (start is None or (hi_us + 1, "") < start):
+        return (hi_us + 1, "")
+    return start
+
+
+class ScanReader:
+    """Threads for list scans, each with its own read-only connection to the
+    database file. Their number bounds how many windows run at once; the
+    other scans wait their turn between windows."""
+
+    def __init__(self, path: Path, threads: int = 2) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqlite-scan")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(self._connection()))
+        except sqlite3.OperationalError as exc:
+            raise Unavailable(f"cannot read the operations list: {exc}") from exc
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
