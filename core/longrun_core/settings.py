@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_TASK_MODULES = ("longrun_worker.builtin_tasks",)
+#: Rows one ListOperations call may scan (longrun_core.store.ScanBudget).
+DEFAULT_LIST_SCAN_BUDGET = 10_000
 
 
 def default_sqlite_path() -> Path:
@@ -94,3 +96,5 @@ class ServerSettings:
     page_token_secret: bytes = field(default=b"", repr=False)
     grace: float = 5.0
     max_concurrent_rpcs: int = 100_000
+    #: Rows one ListOperations call may scan (longrun_core.store.ScanBudget).
+    list_scan_budget: int = DEFAULT_LIST_SCAN_BUDGET

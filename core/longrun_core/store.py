@@ -29,13 +29,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from longrun_core.model import OperationRecord, evolve
 from longrun_core.names import operation_name, parse_operation_name
+from longrun_core.settings import DEFAULT_LIST_SCAN_BUDGET
 from longrun_core.watch import WatchHub
+
+#: What a list scan checks the filter on (a record, a row, a document).
+R = TypeVar("R")
 
 
 class RecordFilter(Protocol):
@@ -214,9 +218,11 @@ def not_found(name: str) -> NotFound:
 
 
 #: Rows a list call may scan unless configured otherwise (`--list-scan-budget`).
-DEFAULT_SCAN_ROWS = 10_000
+DEFAULT_SCAN_ROWS = DEFAULT_LIST_SCAN_BUDGET
 #: Rows one window of a scan reads at most (one short query off the event loop).
 SCAN_WINDOW = 500
+#: Rows the first window of a scan reads at least (later windows grow to SCAN_WINDOW).
+FIRST_WINDOW = 32
 #: Records `Filter.matches` checks between two yields to the event loop.
 MATCH_CHUNK = 64
 
@@ -241,14 +247,13 @@ class ScanBudget:
 
 
 @dataclass(frozen=True, slots=True)
-class Window:
+class Window(Generic[R]):
     """What one read of a list scan found."""
 
-    #: The rows of the window the query could not rule out, in list order, at
-    #: most `want` of them when `exact`. Light records (`params` empty,
-    #: `response` None) when the scan is not exact; `scan_page` completes the
-    #: ones it keeps.
-    records: Sequence[OperationRecord]
+    #: The rows of the window the query could not rule out, in list order:
+    #: records, or whatever cheaper form the adapter checks the rest of the
+    #: filter on (see `scan_page`). At most `want` of them when exact.
+    records: Sequence[R]
     #: How many rows the window read (matching or not).
     scanned: int
     #: The position of the last row read; None if none was.
@@ -257,68 +262,61 @@ class Window:
     at_end: bool
 
 
-#: Reads the next window after the cursor: at most `limit` rows, of which at
-#: most `want` records need returning when the query is exact.
-WindowFetch = Callable[[Cursor | None, int, int], Awaitable[Window]]
-#: The full records of light ones (same order; a record gone meanwhile is left out).
-Complete = Callable[[Sequence[OperationRecord]], Awaitable[Sequence[OperationRecord]]]
-
-
 async def scan_page(
-    fetch: WindowFetch,
+    fetch: Callable[[Cursor | None, int, int], Awaitable[Window[R]]],
     *,
     page_size: int,
     after: Cursor | None,
-    flt: RecordFilter | None,
-    exact: bool,
     budget: ScanBudget,
-    complete: Complete | None = None,
+    position: Callable[[R], Cursor],
+    complete: Callable[[Sequence[R]], Awaitable[Sequence[OperationRecord]]],
+    keep: Callable[[R], bool] | None = None,
     window: int = SCAN_WINDOW,
 ) -> ListPage:
-    """One page of a list whose query pushes down all (`exact`) or part of
-    `flt`: read windows of at most `window` rows, keep what `flt.matches`,
-    and end the page at the last record kept, so records the filter dropped
-    never shift the next page. The scan stops when the page is full, the
-    list ends, or the budget is spent (then the page ends just after the last
-    row read). Every await is a cancellation point: a caller that goes away
-    stops the scan after the window in progress."""
-    records: list[OperationRecord] = []
+    """One page of a list scan.
+
+    `fetch(cursor, limit, want)` reads the next window after `cursor`: at
+    most `limit` rows, returning those its query could not rule out (at most
+    `want` when the query is exact, i.e. `keep` is None). `keep` checks the
+    rest of the filter on each, on the event loop, yielding between chunks;
+    `complete` turns the kept ones into the page's records (reading their
+    full rows; it drops any that changed and no longer match).
+
+    The page ends at the last record kept, so rows the filter dropped never
+    shift the next page. The scan stops when the page is full, the list
+    ends, or the budget is spent; then the page ends just after the last row
+    read. Every await is a cancellation point: a caller that goes away stops
+    the scan after the window in progress."""
+    kept: list[R] = []
     cursor = after
     scanned = 0
+    # Small windows first (a page of 1 rarely needs 500 rows), then larger.
+    size = min(window, max(2 * page_size + 2, FIRST_WINDOW))
     while True:
-        limit = min(window, budget.rows - scanned)
-        got = await fetch(cursor, limit, page_size - len(records) + 1)
+        got = await fetch(cursor, min(size, budget.rows - scanned), page_size - len(kept) + 1)
         scanned += got.scanned
-        for i, rec in enumerate(got.records):
-            if not exact:
+        size = min(window, size * 4)
+        for i, row in enumerate(got.records):
+            if keep is not None:
                 if i and i % MATCH_CHUNK == 0:
                     await asyncio.sleep(0)  # let other calls run between chunks
-                if flt is not None and not flt.matches(rec):
+                if not keep(row):
                     continue
-            records.append(rec)
-            if len(records) == page_size:
-                more = i + 1 < len(got.records) or not got.at_end or Cursor.after(rec) != got.last
-                nxt = Cursor.after(rec) if more else None
-                return await _finish(records, nxt, flt, exact, complete)
+            kept.append(row)
+            if len(kept) == page_size:
+                at = position(row)
+                more = i + 1 < len(got.records) or not got.at_end or at != got.last
+                return ListPage(await complete(kept), at if more else None)
         if got.at_end or got.last is None:
-            return await _finish(records, None, flt, exact, complete)
+            return ListPage(await complete(kept) if kept else [], None)
         cursor = got.last
         if scanned >= budget.rows or budget.expired():
-            return await _finish(records, cursor, flt, exact, complete)
+            return ListPage(await complete(kept) if kept else [], cursor)
 
 
-async def _finish(
-    records: list[OperationRecord],
-    next_cursor: Cursor | None,
-    flt: RecordFilter | None,
-    exact: bool,
-    complete: Complete | None,
-) -> ListPage:
-    if exact or complete is None or not records:
-        return ListPage(records, next_cursor)
-    full = await complete(records)
-    # A record may have changed since its light copy matched: check it again.
-    return ListPage([r for r in full if flt is None or flt.matches(r)], next_cursor)
+async def as_records(records: Sequence[OperationRecord]) -> Sequence[OperationRecord]:
+    """`complete` for a scan whose windows hold full records already."""
+    return records
 
 
 def _id_of(name: str) -> str:

@@ -87,6 +87,16 @@ log = logging.getLogger("longrun.server")
     help="Seconds in-flight RPCs get on SIGTERM.",
 )
 @click.option(
+    "--list-scan-budget",
+    type=click.IntRange(min=1),
+    default=ServerSettings.list_scan_budget,
+    envvar="LONGRUN_LIST_SCAN_BUDGET",
+    show_envvar=True,
+    show_default=True,
+    help="Rows one ListOperations call may read; past it the page is shorter (even empty) "
+    "and its next_page_token resumes the scan.",
+)
+@click.option(
     "--port-file",
     type=click.Path(),
     default=None,
@@ -132,6 +142,7 @@ def main(**kw: Any) -> None:
         sweep_interval=kw["sweep_interval"],
         page_token_secret=kw["page_token_secret"].encode(),
         grace=kw["grace"],
+        list_scan_budget=kw["list_scan_budget"],
     )
     http = None
     if kw["http_address"]:

@@ -93,6 +93,7 @@ async def create_server(
         tokens=PageTokens(settings.page_token_secret or secrets.token_bytes(32)),
         retention=retention,
         max_wait=settings.max_wait,
+        list_scan_budget=settings.list_scan_budget,
     )
     jobs = JobsService(
         store, dispatcher, registry, clock=clock, ids=ids, failpoints=Failpoints.from_env()

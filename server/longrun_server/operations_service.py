@@ -15,7 +15,7 @@ from longrun_core.errors import InvalidArgument, Unimplemented
 from longrun_core.filtering import MAX_LENGTH as MAX_FILTER_LENGTH
 from longrun_core.filtering import Filter, parse_filter
 from longrun_core.names import COLLECTION, parse_operation_name
-from longrun_core.store import OperationStore, PageTokens
+from longrun_core.store import DEFAULT_SCAN_ROWS, OperationStore, PageTokens, ScanBudget
 from longrun_server.status import rpc_errors
 from longrun_server.views import OperationViews
 
@@ -32,12 +32,14 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         tokens: PageTokens,
         retention: timedelta,
         max_wait: float,
+        list_scan_budget: int = DEFAULT_SCAN_ROWS,
     ) -> None:
         self.store = store
         self.clock = clock
         self.tokens = tokens
         self.retention = retention
         self.max_wait = max_wait
+        self.list_scan_budget = list_scan_budget
         self.views = OperationViews()
 
     @rpc_errors
@@ -71,7 +73,11 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         flt = parse_list_filter(request.filter)
         binding = f"{COLLECTION}\n{flt.text if flt is not None else ''}"
         after = self.tokens.decode(request.page_token, binding) if request.page_token else None
-        page = await self.store.list(page_size=page_size, after=after, flt=flt)
+        # The scan reads at most the budget and answers before the caller's
+        # deadline, with a shorter page and a token when either runs out; a
+        # caller that goes away cancels this coroutine, which stops the scan.
+        budget = ScanBudget(self.list_scan_budget, deadline=answer_by(context.time_remaining()))
+        page = await self.store.list(page_size=page_size, after=after, flt=flt, budget=budget)
         response = operations_pb2.ListOperationsResponse(
             operations=[self.views.of(rec) for rec in page.records]
         )
@@ -127,6 +133,14 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
                 if await watch.changed(left):
                     rec = await self.store.get(request.name)
         return self.views.of(rec)
+
+
+def answer_by(time_remaining: float | None) -> float | None:
+    """The monotonic instant a list scan stops to answer a caller with
+    `time_remaining` seconds left: a fifth of it (at most 0.1 s) earlier."""
+    if time_remaining is None:
+        return None
+    return time.monotonic() + time_remaining - min(0.1, max(time_remaining, 0.0) / 5)
 
 
 def parse_list_filter(text: str) -> Filter | None:

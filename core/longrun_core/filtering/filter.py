@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from longrun_core.filtering.ast import Expr, to_text
-from longrun_core.filtering.evaluate import evaluate
+from collections.abc import Iterator
+
+from longrun_core.filtering.ast import And, Expr, Not, Or, to_text
+from longrun_core.filtering.evaluate import Values, evaluate, evaluate_values
 from longrun_core.filtering.firestore import FirestoreQuery, to_firestore
 from longrun_core.filtering.index_terms import IndexTerms, index_terms
 from longrun_core.filtering.parser import parse
@@ -26,6 +28,15 @@ class Filter:
 
     def matches(self, rec: OperationRecord) -> bool:
         return evaluate(self.expr, rec)
+
+    def matches_values(self, values: Values) -> bool:
+        """`matches` on the values of `attrs` a store read for one record."""
+        return evaluate_values(self.expr, values)
+
+    @property
+    def attrs(self) -> frozenset[str]:
+        """The `attr` names (longrun_core.filtering.fields) of the fields the filter reads."""
+        return frozenset(_attrs(self.expr))
 
     def to_sql(self) -> SqlFilter:
         return to_sql(self.expr)
@@ -55,3 +66,13 @@ def parse_filter(text: str) -> Filter | None:
     if not text.strip():
         return None
     return Filter(parse(text))
+
+
+def _attrs(expr: Expr) -> Iterator[str]:
+    if isinstance(expr, And | Or):
+        for operand in expr.operands:
+            yield from _attrs(operand)
+    elif isinstance(expr, Not):
+        yield from _attrs(expr.operand)
+    else:
+        yield expr.field.attr

@@ -88,7 +88,7 @@ import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import MISSING, fields
 from datetime import UTC, datetime
@@ -104,6 +104,7 @@ from google.rpc import status_pb2
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists, Unavailable
 from longrun_core.filtering.firestore import LABEL_PAIRS, label_pair
+from longrun_core.google.list_values import DocValues, doc_position, value_fields
 from longrun_core.model import OperationRecord, State
 from longrun_core.names import operation_name, parse_operation_name
 from longrun_core.settings import BackendSettings
@@ -115,6 +116,7 @@ from longrun_core.store import (
     RecordFilter,
     ScanBudget,
     Window,
+    as_records,
     check_duplicate,
     scan_page,
 )
@@ -123,6 +125,7 @@ from longrun_core.watch import WatchHub
 log = logging.getLogger("longrun.firestore")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _FIELDS = [f.name for f in fields(OperationRecord)]
 _DEFAULTS: dict[str, Any] = {
@@ -556,35 +559,65 @@ class FirestoreOperationStore(OperationStore):
                 exact = bool(pushdown.exact)
             else:
                 exact = False
-        if not exact:
+        budget = budget or ScanBudget()
+        if exact or flt is None:
+            return await scan_page(
+                self._windows(query, from_document, exact=True),
+                page_size=page_size,
+                after=after,
+                budget=budget,
+                position=Cursor.after,
+                complete=as_records,
+                window=SCAN_WINDOW,
+            )
+        keep: Callable[[dict[str, Any]], bool]
+        matches_values = getattr(flt, "matches_values", None)
+        attrs: frozenset[str] | None = getattr(flt, "attrs", None)
+        if matches_values is not None and attrs is not None:
+            # Only the fields the filter reads, checked without building records.
+            query = query.select(value_fields(attrs))
+            keep = lambda doc: bool(matches_values(DocValues(doc)))  # noqa: E731
+        else:
             query = query.select(_LIGHT_FIELDS)
-        convert = from_document if exact else _from_light_document
+            keep = lambda doc: flt.matches(_from_light_document(doc))  # noqa: E731
+        return await scan_page(
+            self._windows(query, _identity, exact=False),
+            page_size=page_size,
+            after=after,
+            budget=budget,
+            position=doc_position,
+            complete=functools.partial(self._complete, flt),
+            keep=keep,
+            window=SCAN_WINDOW,
+        )
 
-        async def fetch(cursor: Cursor | None, limit: int, want: int) -> Window:
+    def _windows(
+        self, query: Any, convert: Callable[[dict[str, Any]], R], *, exact: bool
+    ) -> Callable[[Cursor | None, int, int], Awaitable[Window[R]]]:
+        """Window reads of a list scan: one query each, run and converted on
+        the pool (`want` bounds what an exact query reads)."""
+
+        async def fetch(cursor: Cursor | None, limit: int, want: int) -> Window[R]:
             q = query
             if cursor is not None:
                 q = q.start_after({"create_time": cursor.create_time, "__name__": cursor.id})
             take = min(limit, want) if exact else limit
-            records = await self._call(functools.partial(_fetch_records, q.limit(take), convert))
-            last = Cursor.after(records[-1]) if records else None
-            return Window(records, len(records), last, at_end=len(records) < take)
+            docs = await self._call(functools.partial(_fetch_docs, q.limit(take)))
+            last = doc_position(docs[-1]) if docs else None
+            return Window([convert(d) for d in docs], len(docs), last, len(docs) < take)
 
-        async def complete(light: Sequence[OperationRecord]) -> Sequence[OperationRecord]:
-            refs = [self._ops.document(r.id) for r in light]
-            snaps = await self._call(lambda: builtins.list(self._client.get_all(refs)))
-            by_id = {s.id: from_document(s.to_dict()) for s in snaps if s.exists}
-            return [by_id[r.id] for r in light if r.id in by_id]
+        return fetch
 
-        return await scan_page(
-            fetch,
-            page_size=page_size,
-            after=after,
-            flt=flt,
-            exact=exact,
-            budget=budget or ScanBudget(),
-            complete=complete,
-            window=SCAN_WINDOW,
-        )
+    async def _complete(
+        self, flt: RecordFilter, docs: Sequence[dict[str, Any]]
+    ) -> builtins.list[OperationRecord]:
+        """The full records of the documents a scan kept, in their order; one
+        that changed meanwhile and no longer matches (or is gone) is left out."""
+        ids = [str(d["id"]) for d in docs]
+        refs = [self._ops.document(i) for i in ids]
+        snaps = await self._call(lambda: builtins.list(self._client.get_all(refs)))
+        by_id = {s.id: from_document(s.to_dict()) for s in snaps if s.exists}
+        return [by_id[i] for i in ids if i in by_id and flt.matches(by_id[i])]
 
     async def due_for_dispatch(self, now: datetime, limit: int) -> builtins.list[OperationRecord]:
         if limit <= 0:
@@ -740,11 +773,17 @@ def _fetch(query: Any) -> list[Any]:
     return list(query.stream())
 
 
-def _fetch_records(
-    query: Any, convert: Callable[[dict[str, Any]], OperationRecord]
-) -> list[OperationRecord]:
-    """Run `query` and convert its documents (on the calling pool thread)."""
-    return [convert(s.to_dict()) for s in query.stream()]
+def _fetch_docs(query: Any) -> list[dict[str, Any]]:
+    docs = []
+    for snap in query.stream():
+        doc = snap.to_dict()
+        doc.setdefault("id", snap.id)
+        docs.append(doc)
+    return docs
+
+
+def _identity(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc
 
 
 #: What a list scan reads of a document when it must check the filter itself:

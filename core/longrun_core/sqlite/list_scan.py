@@ -30,6 +30,7 @@ Threads
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -40,11 +41,14 @@ from typing import Any, TypeVar
 
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Unavailable
+from longrun_core.filtering.evaluate import error_values
 from longrun_core.filtering.index_terms import Equality, Indexed, IndexTerms
-from longrun_core.model import OperationRecord
+from longrun_core.model import State
+from longrun_core.names import operation_name
 from longrun_core.store import Cursor, Window
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS operations_done_order ON operations(done, create_us DESC, id DESC)",
@@ -196,12 +200,11 @@ def read_window(
     after: Cursor | None,
     limit: int,
     want: int,
-    *,
     columns: str,
-    light_columns: str,
-    from_row: Callable[[tuple[Any, ...]], OperationRecord],
-) -> Window:
-    """One window of the scan (runs on a reader thread)."""
+    convert: Callable[[tuple[Any, ...]], R],
+) -> Window[R]:
+    """One window of the scan (runs on a reader thread): `convert` of each
+    row (`create_us, id, <columns>`) the query could not rule out."""
     clauses: list[str] = []
     args: list[object] = []
     if plan.driver_sql is not None:
@@ -221,49 +224,124 @@ def read_window(
     if plan.window_exact:
         take = min(limit, want)
         rows = conn.execute(
-            f"SELECT {columns} FROM operations{indexed}{where}{order}", (*args, take)
+            f"SELECT create_us, id, {columns} FROM operations{indexed}{where}{order}",
+            (*args, take),
         ).fetchall()
-        records = [from_row(r) for r in rows]
-        last = Cursor.after(records[-1]) if records else None
-        return Window(records, len(records), last, at_end=len(records) < take)
+        return Window([convert(r) for r in rows], len(rows), _last(rows), len(rows) < take)
     conn.execute("BEGIN")  # one snapshot for the keys and their rows
     try:
         keys = conn.execute(
             f"SELECT create_us, {plan.id_column} FROM {plan.table}{indexed}{where}{order}",
             (*args, limit),
         ).fetchall()
-        rows = []
-        if keys:
-            rows = _rows(conn, plan, [k[1] for k in keys], want, columns, light_columns)
+        rows = _rows(conn, plan, [k[1] for k in keys], want, columns) if keys else []
     finally:
         conn.execute("COMMIT")
-    last = Cursor(from_micros(keys[-1][0]), keys[-1][1]) if keys else None
-    return Window([from_row(r) for r in rows], len(keys), last, at_end=len(keys) < limit)
+    return Window([convert(r) for r in rows], len(keys), _last(keys), len(keys) < limit)
+
+
+def _last(rows: Sequence[tuple[Any, ...]]) -> Cursor | None:
+    return Cursor(from_micros(rows[-1][0]), rows[-1][1]) if rows else None
 
 
 def _rows(
-    conn: sqlite3.Connection,
-    plan: ScanPlan,
-    ids: Sequence[str],
-    want: int,
-    columns: str,
-    light_columns: str,
+    conn: sqlite3.Connection, plan: ScanPlan, ids: Sequence[str], want: int, columns: str
 ) -> list[tuple[Any, ...]]:
     """The rows among `ids` that pass the SQL part of the filter, in list
-    order: full rows (at most `want`) when SQL decides the filter, else light
-    ones for `Filter.matches`. Ids are bound one by one (an id may hold a
-    NUL, which JSON or string functions would cut)."""
-    marks = ", ".join("?" * len(ids))
-    sql = f"SELECT {columns if plan.exact else light_columns} FROM operations WHERE id IN ({marks})"
+    order (at most `want` when SQL decides the filter). Ids are bound one by
+    one: an id may hold a NUL, which JSON or string functions would cut."""
+    # CROSS JOIN keeps the id list outside, so each id is one primary-key
+    # lookup (SQLite might otherwise walk an index the filter names).
+    keys = ", ".join(["(?)"] * len(ids))
+    sql = (
+        f"WITH scan_keys(key_id) AS (VALUES {keys}) SELECT create_us, id, {columns} "
+        "FROM scan_keys CROSS JOIN operations ON operations.id = scan_keys.key_id"
+    )
     args: list[object] = list(ids)
     if plan.where:
-        sql += f" AND ({plan.where})"
+        sql += f" WHERE ({plan.where})"
         args.extend(plan.where_params)
     sql += " ORDER BY create_us DESC, id DESC"
     if plan.exact:
         sql += " LIMIT ?"
         args.append(want)
     return conn.execute(sql, args).fetchall()
+
+
+#: The columns each filter `attr` (longrun_core.filtering.fields) is read from.
+_ATTR_COLUMNS: dict[str, tuple[str, ...]] = {
+    "name": ("id",),
+    "done": ("state",),
+    "state": ("state",),
+    "task": ("task",),
+    "attempt": ("attempt",),
+    "max_attempts": ("max_attempts",),
+    "progress_percent": ("progress_percent",),
+    "progress_message": ("progress_message",),
+    "cancel_requested": ("cancel_requested",),
+    "create_time": ("create_us",),
+    "update_time": ("update_us",),
+    "start_time": ("start_us",),
+    "end_time": ("end_us",),
+    "expire_time": ("expire_us",),
+    "labels": ("labels",),
+    "error": ("state", "error"),
+    "error_code": ("state", "error"),
+    "error_message": ("state", "error"),
+}
+_TIME_COLUMNS = {
+    "create_time": "create_us",
+    "update_time": "update_us",
+    "start_time": "start_us",
+    "end_time": "end_us",
+    "expire_time": "expire_us",
+}
+_ERROR_ATTRS = {"error": 0, "error_code": 1, "error_message": 2}
+
+
+def value_columns(attrs: frozenset[str]) -> tuple[str, ...]:
+    """The columns to read for a filter that reads `attrs` (after create_us, id)."""
+    return tuple(sorted({c for a in attrs for c in _ATTR_COLUMNS[a]}))
+
+
+class RowValues:
+    """A filter's `Values` (longrun_core.filtering.evaluate) of one row read
+    as `create_us, id, <value_columns>`, converted only as the filter asks."""
+
+    __slots__ = ("_at", "_error", "_row")
+
+    def __init__(self, row: tuple[Any, ...], at: dict[str, int]) -> None:
+        self._row = row
+        self._at = at
+        self._error: tuple[Any, Any, Any] | None = None
+
+    def get(self, attr: str) -> Any:
+        row, at = self._row, self._at
+        if attr in _TIME_COLUMNS:
+            us = row[at[_TIME_COLUMNS[attr]]]
+            return None if us is None else us * 1000
+        if attr in _ERROR_ATTRS:
+            if self._error is None:
+                done = State(row[at["state"]]).done
+                self._error = error_values(done, row[at["error"]])
+            return self._error[_ERROR_ATTRS[attr]]
+        if attr == "name":
+            return operation_name(row[1])
+        if attr == "done":
+            return State(row[at["state"]]).done
+        if attr == "state":
+            return State(row[at["state"]])
+        if attr == "labels":
+            return json.loads(row[at["labels"]])
+        if attr == "cancel_requested":
+            return bool(row[at["cancel_requested"]])
+        return row[at[attr]]
+
+
+def row_values(columns: Sequence[str]) -> Callable[[tuple[Any, ...]], RowValues]:
+    """The `RowValues` of rows read as `create_us, id, <columns>`."""
+    at = {c: i + 2 for i, c in enumerate(columns)}
+    return lambda row: RowValues(row, at)
 
 
 def _start(after: Cursor | None, hi_us: int | None) -> tuple[int, str] | None:
@@ -305,7 +383,9 @@ class ScanReader:
         try:
             return await loop.run_in_executor(self._executor, lambda: fn(self._connection()))
         except sqlite3.OperationalError as exc:
-            raise Unavailable(f"cannot read the operations list: {exc}") from exc
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise Unavailable(f"cannot read the operations list now: {exc}") from exc
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)

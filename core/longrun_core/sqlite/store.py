@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.rpc import status_pb2
 
@@ -26,6 +26,8 @@ from longrun_core.sqlite.list_scan import (
     ensure_list_indexes,
     make_plan,
     read_window,
+    row_values,
+    value_columns,
 )
 from longrun_core.stamped_cache import StampedCache
 from longrun_core.store import (
@@ -36,6 +38,7 @@ from longrun_core.store import (
     RecordFilter,
     ScanBudget,
     Window,
+    as_records,
     check_duplicate,
     next_version,
     not_found,
@@ -308,38 +311,60 @@ class SqliteOperationStore(OperationStore):
         plan = _plan(flt)
         if plan is None:
             return ListPage([], None)  # the filter matches nothing
-        reader = self._reader
-
-        async def fetch(cursor: Cursor | None, limit: int, want: int) -> Window:
-            return await reader.run(
-                lambda conn: read_window(
-                    conn,
-                    plan,
-                    cursor,
-                    limit,
-                    want,
-                    columns=_COLUMNS,
-                    light_columns=_LIGHT_COLUMNS,
-                    from_row=from_row,
-                )
+        budget = budget or ScanBudget()
+        if plan.exact or flt is None:
+            return await scan_page(
+                self._windows(plan, _COLUMNS, _record_of),
+                page_size=page_size,
+                after=after,
+                budget=budget,
+                position=Cursor.after,
+                complete=as_records,
             )
-
-        async def complete(light: Sequence[OperationRecord]) -> Sequence[OperationRecord]:
-            ids = [r.id for r in light]
-            sql = f"{_SELECT} WHERE id IN ({', '.join('?' * len(ids))})"
-            rows = await reader.run(lambda conn: conn.execute(sql, ids).fetchall())
-            by_id = {rec.id: rec for rec in map(from_row, rows)}
-            return [by_id[i] for i in ids if i in by_id]
-
+        keep: Callable[[tuple[Any, ...]], bool]
+        matches_values = getattr(flt, "matches_values", None)
+        attrs: frozenset[str] | None = getattr(flt, "attrs", None)
+        if matches_values is not None and attrs is not None:
+            # Only the columns the filter reads, checked without building records.
+            value_cols = value_columns(attrs) or ("state",)
+            columns = ", ".join(value_cols)
+            values = row_values(value_cols)
+            keep = lambda row: bool(matches_values(values(row)))  # noqa: E731
+        else:
+            columns = _LIGHT_COLUMNS
+            keep = lambda row: flt.matches(_record_of(row))  # noqa: E731
         return await scan_page(
-            fetch,
+            self._windows(plan, columns, _identity),
             page_size=page_size,
             after=after,
-            flt=flt,
-            exact=plan.exact,
-            budget=budget or ScanBudget(),
-            complete=complete,
+            budget=budget,
+            position=_row_position,
+            complete=functools.partial(self._complete, flt),
+            keep=keep,
         )
+
+    def _windows(
+        self, plan: ScanPlan, columns: str, convert: Callable[[tuple[Any, ...]], R]
+    ) -> Callable[[Cursor | None, int, int], Awaitable[Window[R]]]:
+        reader = self._reader
+
+        async def fetch(cursor: Cursor | None, limit: int, want: int) -> Window[R]:
+            return await reader.run(
+                lambda conn: read_window(conn, plan, cursor, limit, want, columns, convert)
+            )
+
+        return fetch
+
+    async def _complete(
+        self, flt: RecordFilter, rows: Sequence[tuple[Any, ...]]
+    ) -> Sequence[OperationRecord]:
+        """The full records of the rows a scan kept, in their order; one that
+        changed meanwhile and no longer matches (or is gone) is left out."""
+        ids = [row[1] for row in rows]
+        sql = f"{_SELECT} WHERE id IN ({', '.join(['?'] * len(ids))})"
+        found = await self._reader.run(lambda conn: conn.execute(sql, ids).fetchall())
+        by_id = {rec.id: rec for rec in map(from_row, found)}
+        return [by_id[i] for i in ids if i in by_id and flt.matches(by_id[i])]
 
     async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
         us = to_micros(now)
@@ -386,3 +411,19 @@ def _plan(flt: RecordFilter | None) -> ScanPlan | None:
     if sql.where == "0" or (terms is not None and terms.empty_range):
         return None
     return make_plan(terms, sql.where, tuple(sql.params), exact=bool(sql.exact))
+
+
+R = TypeVar("R")
+
+
+def _record_of(row: tuple[Any, ...]) -> OperationRecord:
+    """The record of a row read as `create_us, id, <_COLUMNS or _LIGHT_COLUMNS>`."""
+    return from_row(row[2:])
+
+
+def _identity(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return row
+
+
+def _row_position(row: tuple[Any, ...]) -> Cursor:
+    return Cursor(from_micros(row[0]), row[1])
