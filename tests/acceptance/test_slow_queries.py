@@ -164,41 +164,36 @@ def test_a_slow_filter_answers_before_the_deadline_and_its_tokens_reach_the_end(
     assert calls >= 2
 
 
+@pytest.mark.parametrize("how", ["grpc", "http"])
 def test_callers_that_go_away_stop_their_scans(
-    big: Service, stub: operations_pb2_grpc.OperationsStub
+    big: Service, stub: operations_pb2_grpc.OperationsStub, how: str
 ) -> None:
     """Eight slow lists whose callers give up (gRPC cancel, HTTP disconnect):
     the server stops scanning for them, rather than reading 100k rows for
     each of them after they left."""
     assert big.server is not None
     pid = big.server.pid
-    http_port = int((big.workdir / "http-port").read_text())
-
-    for how in ("grpc", "http"):
-        start = cpu_seconds(pid)
-        if how == "grpc":
-            calls = [stub.ListOperations.future(slow_list(), timeout=120) for _ in range(8)]
-        else:
-            sockets = [socket.create_connection(("127.0.0.1", http_port)) for _ in range(8)]
-            for sock in sockets:
-                sock.sendall(
-                    b"GET /v1/operations?pageSize=1&filter=error.message%3D%22needle%22 "
-                    b"HTTP/1.1\r\nHost: x\r\n\r\n"
-                )
-        # The scans are under way: the server is burning CPU for them.
-        wait_for(lambda: cpu_seconds(pid) - start > 0.3, 60, f"the {how} scans to run")
-        if how == "grpc":
-            for call in calls:
-                call.cancel()
-        else:
-            for sock in sockets:
-                sock.close()
-        # Windows in flight end within milliseconds; then the server is idle.
-        time.sleep(0.3)
-        idle_from = cpu_seconds(pid)
-        time.sleep(1.0)
-        used = cpu_seconds(pid) - idle_from
-        print(f"{how}: server CPU in the second after the callers left: {used:.3f} s")
-        assert used < 0.3, (
-            f"the server kept scanning for {how} callers that left ({used:.2f} s CPU)"
-        )
+    start = cpu_seconds(pid)
+    if how == "grpc":
+        calls = [stub.ListOperations.future(slow_list(), timeout=120) for _ in range(8)]
+        leave = [call.cancel for call in calls]
+    else:
+        port = int((big.workdir / "http-port").read_text())
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+        for sock in sockets:
+            sock.sendall(
+                b"GET /v1/operations?pageSize=1&filter=error.message%3D%22needle%22 "
+                b"HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+        leave = [sock.close for sock in sockets]
+    # The scans are under way: the server is burning CPU for them.
+    wait_for(lambda: cpu_seconds(pid) - start > 0.3, 60, f"the {how} scans to run")
+    for go in leave:
+        go()
+    # Windows in flight end within milliseconds; then the server is idle.
+    time.sleep(0.3)
+    idle_from = cpu_seconds(pid)
+    time.sleep(1.0)
+    used = cpu_seconds(pid) - idle_from
+    print(f"{how}: server CPU in the second after the callers left: {used:.3f} s")
+    assert used < 0.3, f"the server kept scanning for {how} callers that left ({used:.2f} s CPU)"

@@ -51,7 +51,8 @@ def seed_operations(
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
-        sql = f"INSERT INTO operations ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        marks = ", ".join(["?"] * len(COLUMNS))
+        sql = f"INSERT INTO operations ({', '.join(COLUMNS)}) VALUES ({marks})"
         conn.execute("BEGIN")
         conn.executemany(sql, _rows(count, newest))
         conn.executemany(sql, ([to_row(r)[c] for c in COLUMNS] for r in extra))
@@ -71,5 +72,5 @@ def _rows(count: int, newest: datetime) -> Iterator[list[object]]:
         row = list(templates[0 if i % 3 == 0 else 1])
         row[at["id"]] = f"seed{i:09d}"
         row[at["create_us"]] = row[at["update_us"]] = base_us + i
-        row[at["labels"]] = '{"batch": "%d"}' % (i % 10)
+        row[at["labels"]] = f'{{"batch": "{i % 10}"}}'
         yield row
