@@ -24,6 +24,7 @@ them; errors are AIP-193 JSON (server/rest_errors.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -46,6 +47,7 @@ from google.protobuf.message_factory import GetMessageClass
 from google.rpc import code_pb2, status_pb2
 
 from longrun.v1 import jobs_pb2
+from longrun_server.rest_connections import ConnectionGuard, ConnectionLimits, GuardedSite
 from longrun_server.rest_errors import error_body, make_status, status_from_rpc_error
 from longrun_server.rest_templates import PathTemplate
 
@@ -61,6 +63,9 @@ EXTRA_RULES: Mapping[str, http_pb2.HttpRule] = {
 
 #: Request bodies larger than this are refused (params are limited to 256 KiB).
 MAX_BODY_BYTES = 1024 * 1024
+#: Seconds an unread request body is drained after the answer before the
+#: connection closes (closing with unread input would reset it, losing the answer).
+LINGER = 2.0
 
 #: Query parameters that configure the response rather than set a field
 #: (google-api-core REST transports send `$alt=json;enum-encoding=int`).
@@ -181,11 +186,15 @@ class GatewayError(Exception):
         status: status_pb2.Status,
         http: int | None = None,
         headers: Mapping[str, str] | None = None,
+        *,
+        close: bool = False,
     ) -> None:
         super().__init__(status.message)
         self.status = status
         self.http = http
         self.headers = dict(headers or {})
+        #: Close the connection after the answer (its input is in an unknown state).
+        self.close = close
 
 
 def invalid(message: str, reason: str, **metadata: str) -> GatewayError:
@@ -447,8 +456,11 @@ class RestGateway:
         call_timeout: float = 60.0,
         wait_margin: float = 2.0,
         grace: float = 5.0,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.target = target
+        self.limits = limits or ConnectionLimits()
+        self.connections = ConnectionGuard(self.limits)
         self.router = Router(routes)
         self.max_wait = max_wait
         self.call_timeout = call_timeout
@@ -473,9 +485,14 @@ class RestGateway:
             handler_cancellation=True,
             shutdown_timeout=self.grace,
             access_log=logging.getLogger("longrun.http.access"),
+            # Idle connections (none sent anything yet, or between requests).
+            keepalive_timeout=self.limits.idle_timeout,
+            # After an answer to a request whose body was not read: drain it
+            # this long, then close.
+            lingering_time=LINGER,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = GuardedSite(self._runner, self.connections, host=host, port=port, reuse_address=True)
         await site.start()
         addresses = self._runner.addresses
         bound = int(addresses[0][1]) if addresses else port
@@ -492,6 +509,13 @@ class RestGateway:
             self._channel = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.connections.request_started(request.transport)
+        try:
+            return await self._handle(request)
+        finally:
+            self.connections.request_finished(request.transport)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.raw_path.split("?", 1)[0].split("#", 1)[0]
         try:
             route, values = self.router.resolve(request.method, raw_path)
@@ -500,7 +524,10 @@ class RestGateway:
             message = build_request(route, values, query, body)
             response = await self._invoke(route, message)
         except GatewayError as exc:
-            return _error_response(exc.status, exc.http, exc.headers)
+            refusal = _error_response(exc.status, exc.http, exc.headers)
+            if exc.close:
+                refusal.force_close()
+            return refusal
         except grpc.RpcError as exc:
             status = status_from_rpc_error(exc)
             if status.code in (code_pb2.INTERNAL, code_pb2.UNKNOWN, code_pb2.UNAVAILABLE):
@@ -526,9 +553,21 @@ class RestGateway:
 
     async def _read_body(self, request: web.Request) -> bytes:
         try:
-            return await request.read()
+            async with asyncio.timeout(self.limits.body_timeout):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             raise invalid(f"request body exceeds {MAX_BODY_BYTES} bytes", "BODY_TOO_LARGE") from exc
+        except TimeoutError as exc:
+            raise GatewayError(
+                make_status(
+                    code_pb2.DEADLINE_EXCEEDED,
+                    f"the request body did not arrive within {self.limits.body_timeout:g} s",
+                    "BODY_TIMEOUT",
+                    {"timeout": f"{self.limits.body_timeout:g}s"},
+                ),
+                http=408,
+                close=True,
+            ) from exc
 
     def _call(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
         call = self._calls.get(route.rpc_path)
