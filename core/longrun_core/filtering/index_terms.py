@@ -118,8 +118,7 @@ def _equality(expr: Expr) -> Equality | None:
         return None
     if field.path == "metadata.task":
         return Equality(Indexed.TASK, value.literal)
-    if field.kind is Kind.LABEL and field.label_key is not None and "\x00" not in value.literal:
-        # A NUL is left to the per-row check: SQLite's JSON functions cut at it.
+    if field.kind is Kind.LABEL and field.label_key is not None:
         return Equality(Indexed.LABEL, value.literal, field.label_key)
     return None
 
