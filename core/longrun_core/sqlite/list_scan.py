@@ -84,10 +84,27 @@ BEGIN {_DROP_OLD_LABELS} {_ADD_NEW_LABELS} END""",
 )
 
 
+_OBJECTS = frozenset(
+    {
+        "operations_done_order",
+        "operations_state_order",
+        "operations_task_order",
+        "operation_labels",
+        "operation_labels_insert",
+        "operation_labels_delete",
+        "operation_labels_update",
+    }
+)
+
+
 def ensure_list_indexes(conn: sqlite3.Connection) -> None:
     """Create the list indexes and the label table (filled from the
     operations already stored) unless they exist. Safe to run from several
-    processes at once: one write transaction."""
+    processes at once (one write transaction), and a database that has them
+    all is only read."""
+    present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    if _OBJECTS <= present:
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         for statement in _INDEXES:
