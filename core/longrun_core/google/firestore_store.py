@@ -17,12 +17,12 @@ Indexes and TTL (production; the emulator needs none)
     state | task | label_pairs array-contains, create_time desc), one per
     field a list filter pushes down (longrun_core.filtering.firestore);
     unfiltered lists and `delete_expired` use single-field indexes.
-    Documents written before `label_pairs` existed lack it and are not found
-    by label filters until rewritten.
     tests/integration/test_firestore_indexes.py checks, with the emulator's
     index-usage report, that every query this store runs has its index
-    declared there (the emulator itself runs any query). It also enables a TTL policy on `expire_time` and exempts the
-    blob fields from indexing. Deploy it with
+    declared there (the emulator itself runs any query). Documents written
+    before `label_pairs` existed lack it and are not found by label filters
+    until rewritten. The file also enables a TTL policy on `expire_time` and
+    exempts the blob fields from indexing. Deploy it with
     `firebase deploy --only firestore:indexes`, or set the TTL policy alone with
     `gcloud firestore fields ttls update expire_time --collection-group=operations
     --enable-ttl`. Rename "operations" there if `firestore_collection` differs.

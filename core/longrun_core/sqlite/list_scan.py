@@ -103,7 +103,7 @@ def ensure_list_indexes(conn: sqlite3.Connection) -> None:
     processes at once (one write transaction), and a database that has them
     all is only read."""
     present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-    if _OBJECTS <= present:
+    if present >= _OBJECTS:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -125,13 +125,14 @@ def ensure_list_indexes(conn: sqlite3.Connection) -> None:
 class ScanPlan:
     """How one list query reads the table (see the module docstring)."""
 
-    #: SELECT create_us, id ... in list order; its clauses take
-    #: `driver_params`, then the cursor and bounds `keys_sql` was built for.
+    #: What the walk reads: `table` in `index` order (None: the table's own
+    #: key order), the row's id in `id_column`, restricted by `driver_sql`.
     table: str
     index: str | None
     id_column: str
     driver_sql: str | None
     driver_params: tuple[object, ...]
+    #: Inclusive create_us bounds of the walk.
     create_lo_us: int | None
     create_hi_us: int | None
     #: The rest of the filter in SQL (None: nothing), and whether SQL decides it.
@@ -152,8 +153,10 @@ def make_plan(
     driver = _driver(terms) if terms is not None else None
     lo = terms.create_lo_us if terms is not None else None
     hi = terms.create_hi_us if terms is not None else None
+    # The walk alone (driver and bounds) decides the filter: no per-row check.
     decided = exact and (
-        terms is None or (terms.complete and all(e is driver for e in terms.equalities))
+        where is None
+        or (terms is not None and terms.complete and all(e is driver for e in terms.equalities))
     )
     if driver is not None and driver.field is Indexed.LABEL:
         return ScanPlan(
