@@ -19,7 +19,9 @@ Requests: path variables and query parameters (proto or lowerCamelCase names,
 dotted for nested fields) set request fields; the body is parsed with
 `json_format` (unknown fields are an error). Responses are the proto3 JSON
 form in lowerCamelCase with default values left out, as Google REST APIs send
-them; errors are AIP-193 JSON (server/rest_errors.py).
+them; errors are AIP-193 JSON (server/rest_errors.py). Connections are
+bounded: idle, header and body timeouts and a connection cap
+(server/rest_connections.py).
 """
 
 from __future__ import annotations
