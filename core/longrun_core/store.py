@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -272,6 +273,7 @@ async def scan_page(
     complete: Callable[[Sequence[R]], Awaitable[Sequence[OperationRecord]]],
     keep: Callable[[R], bool] | None = None,
     window: int = SCAN_WINDOW,
+    gate: asyncio.Semaphore | None = None,
 ) -> ListPage:
     """One page of a list scan.
 
@@ -281,6 +283,10 @@ async def scan_page(
     rest of the filter on each, on the event loop, yielding between chunks;
     `complete` turns the kept ones into the page's records (reading their
     full rows; it drops any that changed and no longer match).
+
+    `gate`, shared by the store's scans, bounds how many windows (a read and
+    the checks of its rows) run at once: scans take turns window by window,
+    and the rest of the server keeps the CPU (and the GIL) it needs.
 
     The page ends at the last record kept, so rows the filter dropped never
     shift the next page. The scan stops when the page is full, the list
@@ -293,25 +299,37 @@ async def scan_page(
     # Small windows first (a page of 1 rarely needs 500 rows), then larger.
     size = min(window, max(2 * page_size + 2, FIRST_WINDOW))
     while True:
-        got = await fetch(cursor, min(size, budget.rows - scanned), page_size - len(kept) + 1)
-        scanned += got.scanned
-        size = min(window, size * 4)
-        for i, row in enumerate(got.records):
-            if keep is not None:
-                if i and i % MATCH_CHUNK == 0:
-                    await asyncio.sleep(0)  # let other calls run between chunks
-                if not keep(row):
-                    continue
-            kept.append(row)
-            if len(kept) == page_size:
-                at = position(row)
-                more = i + 1 < len(got.records) or not got.at_end or at != got.last
-                return ListPage(await complete(kept), at if more else None)
+        async with gate or contextlib.nullcontext():
+            got = await fetch(cursor, min(size, budget.rows - scanned), page_size - len(kept) + 1)
+            scanned += got.scanned
+            size = min(window, size * 4)
+            full = await _keep(got, kept, page_size, keep)
+        if full is not None:
+            at = position(got.records[full])
+            more = full + 1 < len(got.records) or not got.at_end or at != got.last
+            return ListPage(await complete(kept), at if more else None)
         if got.at_end or got.last is None:
             return ListPage(await complete(kept) if kept else [], None)
         cursor = got.last
         if scanned >= budget.rows or budget.expired():
             return ListPage(await complete(kept) if kept else [], cursor)
+
+
+async def _keep(
+    got: Window[R], kept: list[R], page_size: int, keep: Callable[[R], bool] | None
+) -> int | None:
+    """Add what `keep` keeps of the window to `kept`; the index of the row
+    that filled the page, if one did."""
+    for i, row in enumerate(got.records):
+        if keep is not None:
+            if i and i % MATCH_CHUNK == 0:
+                await asyncio.sleep(0)  # let other calls run between chunks
+            if not keep(row):
+                continue
+        kept.append(row)
+        if len(kept) == page_size:
+            return i
+    return None
 
 
 async def as_records(records: Sequence[OperationRecord]) -> Sequence[OperationRecord]:

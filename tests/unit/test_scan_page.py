@@ -257,3 +257,41 @@ async def test_windows_start_small_and_grow_to_the_window_size() -> None:
         window=500,
     )
     assert table.windows == [32, 128, 500, 500, 340]
+
+
+async def test_a_shared_gate_lets_one_window_run_at_a_time() -> None:
+    gate = asyncio.Semaphore(1)
+    running = 0
+    most = 0
+
+    class Counting(Table):
+        async def fetch(self, cursor: Cursor | None, limit: int, want: int) -> Window[Row]:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                await asyncio.sleep(0.001)
+                return await super().fetch(cursor, limit, want)
+            finally:
+                running -= 1
+
+    tables = [Counting(make_table([False] * 200, [False] * 200).rows) for _ in range(4)]
+    pages = await asyncio.gather(
+        *(
+            scan_page(
+                t.fetch,
+                page_size=1,
+                after=None,
+                budget=ScanBudget(200),
+                position=lambda r: r.position,
+                complete=complete,
+                keep=lambda r: r.matches,
+                window=10,
+                gate=gate,
+            )
+            for t in tables
+        )
+    )
+    assert all(p.records == [] and p.next_cursor is None for p in pages)
+    assert all(t.scanned == 200 for t in tables)
+    assert most == 1

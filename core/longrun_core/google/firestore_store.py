@@ -154,6 +154,8 @@ _STALE = (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted)
 
 #: Documents one list query reads at most (one RPC of a list scan).
 SCAN_WINDOW = 300
+#: List-scan windows (queries) in flight at once, over all list calls.
+SCAN_CONCURRENCY = 4
 #: How long `watch` waits for a new listener's initial snapshot.
 LISTEN_READY_TIMEOUT = 10.0
 #: How many (version, update_time) pairs `_read` remembers for the CAS write.
@@ -312,6 +314,9 @@ class FirestoreOperationStore(OperationStore):
         self._ops = self._client.collection(collection)
         self._rids = self._client.collection(f"{collection}_request_ids")
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="firestore")
+        #: List-scan windows in flight at once, so that many slow lists never
+        #: take the pool's threads from the other verbs.
+        self._scan_gate = asyncio.Semaphore(SCAN_CONCURRENCY)
         self._seen: collections.OrderedDict[str, tuple[int, Any]] = collections.OrderedDict()
         self._listeners: dict[str, _Listener] = {}
         self._listen_channels: list[_ListenChannel] = []
@@ -572,6 +577,7 @@ class FirestoreOperationStore(OperationStore):
                 position=Cursor.after,
                 complete=as_records,
                 window=SCAN_WINDOW,
+                gate=self._scan_gate,
             )
         keep: Callable[[dict[str, Any]], bool]
         matches_values = getattr(flt, "matches_values", None)
@@ -592,6 +598,7 @@ class FirestoreOperationStore(OperationStore):
             complete=functools.partial(self._complete, flt),
             keep=keep,
             window=SCAN_WINDOW,
+            gate=self._scan_gate,
         )
 
     def _windows(

@@ -21,10 +21,13 @@ Plan
     a filter no index serves reads `limit` rows per window and no more.
 
 Threads
-    Windows run on `ScanReader`'s threads, each with its own read-only
-    connection (WAL readers never block the writer or each other), never on
-    the event loop's thread. A window is short; between windows the caller
-    may be cancelled, which ends the scan.
+    Windows run on `ScanReader`'s thread, with its own read-only connection
+    (WAL readers never block the writer), never on the event loop's thread.
+    The store lets one window run at a time (`scan_page`'s gate): windows of
+    concurrent lists take turns, which scans as fast as more threads would
+    (a window holds the GIL most of its time) and leaves the other calls
+    their share. A window is short; between windows the caller may be
+    cancelled, which ends the scan.
 """
 
 from __future__ import annotations
@@ -379,7 +382,7 @@ class ScanReader:
     database file. Their number bounds how many windows run at once; the
     other scans wait their turn between windows."""
 
-    def __init__(self, path: Path, threads: int = 2) -> None:
+    def __init__(self, path: Path, threads: int = 1) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqlite-scan")
         self._local = threading.local()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import sqlite3
@@ -204,7 +205,11 @@ class SqliteOperationStore(OperationStore):
         super().__init__(hub or WatchHub())
         self.backend = backend
         self._records = RecordCache()
-        self._reader = ScanReader(backend.db.path)
+        #: One list-scan window at a time, on one reader thread: the windows
+        #: of concurrent lists take turns. More would not scan faster (every
+        #: window holds the GIL most of its time) and would slow other calls.
+        self._reader = ScanReader(backend.db.path, threads=1)
+        self._scan_gate = asyncio.Semaphore(1)
         #: The queue in the same file, once `SqliteTaskQueue.attach` paired them:
         #: `create` then enqueues the task message in the same transaction.
         self.outbox: SqliteTaskQueue | None = None
@@ -320,6 +325,7 @@ class SqliteOperationStore(OperationStore):
                 budget=budget,
                 position=Cursor.after,
                 complete=as_records,
+                gate=self._scan_gate,
             )
         keep: Callable[[tuple[Any, ...]], bool]
         matches_values = getattr(flt, "matches_values", None)
@@ -341,6 +347,7 @@ class SqliteOperationStore(OperationStore):
             position=_row_position,
             complete=functools.partial(self._complete, flt),
             keep=keep,
+            gate=self._scan_gate,
         )
 
     def _windows(
