@@ -201,6 +201,33 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None
         assert "open-file limit raised from 256 to 4096" in svc.logs()
 
 
+def test_the_push_worker_raises_its_open_file_limit_too(tmp_path: Path) -> None:
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("needs prlimit (util-linux)")
+    svc = Service(
+        tmp_path, backend_env("embedded", tmp_path), launcher=[prlimit, "--nofile=256:4096"]
+    )
+    port_file = tmp_path / "push-port"
+    with svc.kept():
+        worker = svc.start_worker(
+            "--push", "--push-auth", "none", "--http-address", "127.0.0.1:0",
+            "--push-port-file", str(port_file),
+        )  # fmt: skip
+        wait_for(
+            lambda: (
+                (port_file.exists() and port_file.read_text() != "") or worker.poll() is not None
+            ),
+            60,
+            "the push worker to listen",
+        )
+        assert worker.poll() is None, svc.logs()
+        limits = Path(f"/proc/{worker.pid}/limits").read_text()
+        row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert row.split()[3:5] == ["4096", "4096"], row
+        assert "open-file limit raised from 256 to 4096" in svc.logs()
+
+
 def test_at_the_fd_limit_new_clients_are_served_once_idle_ones_time_out(tmp_path: Path) -> None:
     """128 file descriptors, and 400 idle connections to the HTTP and gRPC
     ports: the server runs out, logs it briefly, and serves a new client of
