@@ -17,6 +17,8 @@ MIN_MESSAGE_BYTES = 256 * 1024
 #: Room a ListOperations page leaves under the max send size by default (the
 #: page token and framing are counted exactly; this is a margin on top).
 PAGE_HEADROOM_BYTES = 64 * 1024
+#: Rows one ListOperations call may scan (longrun_core.store.ScanBudget).
+DEFAULT_LIST_SCAN_BUDGET = 10_000
 
 
 def default_sqlite_path() -> Path:
@@ -140,3 +142,21 @@ class ServerSettings:
                 f"{PAGE_HEADROOM_BYTES} ({self.max_send_message_bytes - PAGE_HEADROOM_BYTES}), "
                 f"got {self.list_page_max_bytes}"
             )
+
+    #: Rows one ListOperations call may scan (longrun_core.store.ScanBudget).
+    list_scan_budget: int = DEFAULT_LIST_SCAN_BUDGET
+    # gRPC connections (seconds): ping an idle client this often and drop it
+    # if the ping is not answered in time (a peer gone without a FIN); close
+    # a connection without calls for this long, or older than this (after
+    # the longest WaitOperation may finish); drop one whose HTTP/2 handshake
+    # does not complete in time.
+    grpc_keepalive_time: float = 120.0
+    grpc_keepalive_timeout: float = 20.0
+    grpc_max_connection_idle: float = 300.0
+    grpc_max_connection_age: float = 1800.0
+    grpc_handshake_timeout: float = 10.0
+    # HTTP/JSON gateway connections (server/longrun_server/rest_connections.py).
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_idle_timeout: float = 60.0
+    http_max_connections: int = 1000

@@ -21,20 +21,26 @@ from __future__ import annotations
 import abc
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from longrun_core.model import OperationRecord, evolve
 from longrun_core.names import operation_name, parse_operation_name
+from longrun_core.settings import DEFAULT_LIST_SCAN_BUDGET
 from longrun_core.watch import WatchHub
+
+#: What a list scan checks the filter on (a record, a row, a document).
+R = TypeVar("R")
 
 
 class RecordFilter(Protocol):
@@ -61,6 +67,10 @@ class ListPage:
     records: Sequence[OperationRecord]
     #: Where the next page starts; None at the end of the list.
     next_cursor: Cursor | None
+    #: Stored rows the call read to make the page (counted against a
+    #: ScanBudget; a caller that makes several calls for one answer spends
+    #: one budget across them).
+    scanned: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +172,21 @@ class OperationStore(abc.ABC):
 
     @abc.abstractmethod
     async def list(
-        self, *, page_size: int, after: Cursor | None, flt: RecordFilter | None = None
+        self,
+        *,
+        page_size: int,
+        after: Cursor | None,
+        flt: RecordFilter | None = None,
+        budget: ScanBudget | None = None,
     ) -> ListPage:
         """Up to `page_size` matching records, newest first, starting after
         `after`. Records created after the walk began may or may not appear;
-        none appears twice and none present for the whole walk is skipped."""
+        none appears twice and none present for the whole walk is skipped.
+
+        The call reads at most `budget` (default `ScanBudget()`) and never on
+        the event loop's thread: when the budget runs out first, the page is
+        shorter (possibly empty) and `next_cursor` resumes just after the last
+        row read. Cancelling the call stops the scan."""
 
     @abc.abstractmethod
     async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
@@ -209,36 +229,123 @@ def not_found(name: str) -> NotFound:
     return NotFound(f"operation {name!r} not found", metadata={"name": name})
 
 
-#: Fetches up to `limit` records in list order, starting after the cursor.
-BatchFetch = Callable[[Cursor | None, int], Awaitable[Sequence[OperationRecord]]]
+#: Rows a list call may scan unless configured otherwise (`--list-scan-budget`).
+DEFAULT_SCAN_ROWS = DEFAULT_LIST_SCAN_BUDGET
+#: Rows one window of a scan reads at most (one short query off the event loop).
+SCAN_WINDOW = 500
+#: Rows the first window of a scan reads at least (later windows grow to SCAN_WINDOW).
+FIRST_WINDOW = 32
+#: Records `Filter.matches` checks between two yields to the event loop.
+MATCH_CHUNK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ScanBudget:
+    """How much one list call may read: at most `rows` stored rows (entries
+    of the index the scan walks, whether they match or not), and no new
+    window after `deadline` (a `time.monotonic()` instant). A page cut short
+    by either holds what was found so far plus a cursor just after the last
+    row read (AIP-158 allows short, even empty, pages)."""
+
+    rows: int = DEFAULT_SCAN_ROWS
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows < 1:
+            raise ValueError(f"a scan budget must allow at least 1 row, got {self.rows}")
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Window(Generic[R]):
+    """What one read of a list scan found."""
+
+    #: The rows of the window the query could not rule out, in list order:
+    #: records, or whatever cheaper form the adapter checks the rest of the
+    #: filter on (see `scan_page`). At most `want` of them when exact.
+    records: Sequence[R]
+    #: How many rows the window read (matching or not).
+    scanned: int
+    #: The position of the last row read; None if none was.
+    last: Cursor | None
+    #: True when nothing is left after `last`.
+    at_end: bool
 
 
 async def scan_page(
-    fetch: BatchFetch,
+    fetch: Callable[[Cursor | None, int, int], Awaitable[Window[R]]],
     *,
     page_size: int,
     after: Cursor | None,
-    flt: RecordFilter | None,
-    exact: bool,
+    budget: ScanBudget,
+    position: Callable[[R], Cursor],
+    complete: Callable[[Sequence[R]], Awaitable[Sequence[OperationRecord]]],
+    keep: Callable[[R], bool] | None = None,
+    window: int = SCAN_WINDOW,
+    gate: asyncio.Semaphore | None = None,
 ) -> ListPage:
-    """One page of a list whose query pushes down all (`exact`) or part of
-    `flt`: fetch in batches, keep what `flt.matches`, and end the page at the
-    last record kept, so records the filter dropped never shift the next page."""
-    batch = page_size if exact else max(page_size * 2, 100)
-    records: list[OperationRecord] = []
+    """One page of a list scan.
+
+    `fetch(cursor, limit, want)` reads the next window after `cursor`: at
+    most `limit` rows, returning those its query could not rule out (at most
+    `want` when the query is exact, i.e. `keep` is None). `keep` checks the
+    rest of the filter on each, on the event loop, yielding between chunks;
+    `complete` turns the kept ones into the page's records (reading their
+    full rows; it drops any that changed and no longer match).
+
+    `gate`, shared by the store's scans, bounds how many windows (a read and
+    the checks of its rows) run at once: scans take turns window by window,
+    and the rest of the server keeps the CPU (and the GIL) it needs.
+
+    The page ends at the last record kept, so rows the filter dropped never
+    shift the next page. The scan stops when the page is full, the list
+    ends, or the budget is spent; then the page ends just after the last row
+    read. Every await is a cancellation point: a caller that goes away stops
+    the scan after the window in progress."""
+    kept: list[R] = []
     cursor = after
+    scanned = 0
+    # Small windows first (a page of 1 rarely needs 500 rows), then larger.
+    size = min(window, max(2 * page_size + 2, FIRST_WINDOW))
     while True:
-        fetched = await fetch(cursor, batch + 1)
-        scanned = fetched[:batch]
-        for rec in scanned:
-            if exact or (flt is not None and flt.matches(rec)):
-                records.append(rec)
-                if len(records) == page_size:
-                    more = rec is not scanned[-1] or len(fetched) > batch
-                    return ListPage(records, Cursor.after(rec) if more else None)
-        if len(fetched) <= batch:
-            return ListPage(records, None)
-        cursor = Cursor.after(scanned[-1])
+        async with gate or contextlib.nullcontext():
+            got = await fetch(cursor, min(size, budget.rows - scanned), page_size - len(kept) + 1)
+            scanned += got.scanned
+            size = min(window, size * 4)
+            full = await _keep(got, kept, page_size, keep)
+        if full is not None:
+            at = position(got.records[full])
+            more = full + 1 < len(got.records) or not got.at_end or at != got.last
+            return ListPage(await complete(kept), at if more else None, scanned)
+        if got.at_end or got.last is None:
+            return ListPage(await complete(kept) if kept else [], None, scanned)
+        cursor = got.last
+        if scanned >= budget.rows or budget.expired():
+            return ListPage(await complete(kept) if kept else [], cursor, scanned)
+
+
+async def _keep(
+    got: Window[R], kept: list[R], page_size: int, keep: Callable[[R], bool] | None
+) -> int | None:
+    """Add what `keep` keeps of the window to `kept`; the index of the row
+    that filled the page, if one did."""
+    for i, row in enumerate(got.records):
+        if keep is not None:
+            if i and i % MATCH_CHUNK == 0:
+                await asyncio.sleep(0)  # let other calls run between chunks
+            if not keep(row):
+                continue
+        kept.append(row)
+        if len(kept) == page_size:
+            return i
+    return None
+
+
+async def as_records(records: Sequence[OperationRecord]) -> Sequence[OperationRecord]:
+    """`complete` for a scan whose windows hold full records already."""
+    return records
 
 
 def _id_of(name: str) -> str:
@@ -313,6 +420,8 @@ __all__ = [
     "OperationStore",
     "PageTokens",
     "RecordFilter",
+    "ScanBudget",
     "Watch",
+    "Window",
     "operation_name",
 ]

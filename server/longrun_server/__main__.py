@@ -19,6 +19,7 @@ from longrun_core.cli_options import (
     setup_logging,
     task_registry,
 )
+from longrun_core.process_limits import limit_accept_error_logs, raise_open_files_limit
 from longrun_core.settings import (
     MIN_MESSAGE_BYTES,
     PAGE_HEADROOM_BYTES,
@@ -35,6 +36,7 @@ from longrun_server.rest import (
     served_services,
     split_host_port,
 )
+from longrun_server.rest_connections import ConnectionLimits
 
 log = logging.getLogger("longrun.server")
 _S = ServerSettings()
@@ -91,6 +93,97 @@ _S = ServerSettings()
     show_envvar=True,
     show_default=True,
     help="Seconds in-flight RPCs get on SIGTERM.",
+)
+@click.option(
+    "--list-scan-budget",
+    type=click.IntRange(min=1),
+    default=ServerSettings.list_scan_budget,
+    envvar="LONGRUN_LIST_SCAN_BUDGET",
+    show_envvar=True,
+    show_default=True,
+    help="Rows one ListOperations call may read; past it the page is shorter (even empty) "
+    "and its next_page_token resumes the scan.",
+)
+@click.option(
+    "--grpc-keepalive-time",
+    type=click.FloatRange(min=0.001),
+    default=ServerSettings.grpc_keepalive_time,
+    envvar="LONGRUN_GRPC_KEEPALIVE_TIME",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds between keepalive pings to an idle gRPC client (a dead peer is dropped).",
+)
+@click.option(
+    "--grpc-keepalive-timeout",
+    type=click.FloatRange(min=0.001),
+    default=ServerSettings.grpc_keepalive_timeout,
+    envvar="LONGRUN_GRPC_KEEPALIVE_TIMEOUT",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds a gRPC keepalive ping may go unanswered before the connection is closed.",
+)
+@click.option(
+    "--grpc-max-connection-idle",
+    type=click.FloatRange(min=0.001),
+    default=ServerSettings.grpc_max_connection_idle,
+    envvar="LONGRUN_GRPC_MAX_CONNECTION_IDLE",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds a gRPC connection without calls stays open.",
+)
+@click.option(
+    "--grpc-max-connection-age",
+    type=click.FloatRange(min=0.001),
+    default=ServerSettings.grpc_max_connection_age,
+    envvar="LONGRUN_GRPC_MAX_CONNECTION_AGE",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds after which a gRPC connection is asked to go away (its calls may finish).",
+)
+@click.option(
+    "--grpc-handshake-timeout",
+    type=click.FloatRange(min=0.001),
+    default=ServerSettings.grpc_handshake_timeout,
+    envvar="LONGRUN_GRPC_HANDSHAKE_TIMEOUT",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds a new gRPC connection has to complete its HTTP/2 handshake.",
+)
+@click.option(
+    "--http-header-timeout",
+    type=click.FloatRange(min=0.001),
+    default=ServerSettings.http_header_timeout,
+    envvar="LONGRUN_HTTP_HEADER_TIMEOUT",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds an HTTP request's headers may take once it starts arriving.",
+)
+@click.option(
+    "--http-body-timeout",
+    type=click.FloatRange(min=0.001),
+    default=ServerSettings.http_body_timeout,
+    envvar="LONGRUN_HTTP_BODY_TIMEOUT",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds an HTTP request body may take (then 408).",
+)
+@click.option(
+    "--http-idle-timeout",
+    type=click.FloatRange(min=0.001),
+    default=ServerSettings.http_idle_timeout,
+    envvar="LONGRUN_HTTP_IDLE_TIMEOUT",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds an HTTP connection without a request in progress stays open.",
+)
+@click.option(
+    "--http-max-connections",
+    type=click.IntRange(min=1),
+    default=ServerSettings.http_max_connections,
+    envvar="LONGRUN_HTTP_MAX_CONNECTIONS",
+    show_envvar=True,
+    show_default=True,
+    help="HTTP connections open at once; more are answered 503 and closed.",
 )
 @click.option(
     "--port-file",
@@ -171,6 +264,16 @@ def main(**kw: Any) -> None:
         max_receive_message_bytes=kw["max_receive_message_bytes"],
         list_page_max_bytes=kw["list_page_max_bytes"],
         view_cache_max_bytes=backends.cache_max_bytes,
+        list_scan_budget=kw["list_scan_budget"],
+        grpc_keepalive_time=kw["grpc_keepalive_time"],
+        grpc_keepalive_timeout=kw["grpc_keepalive_timeout"],
+        grpc_max_connection_idle=kw["grpc_max_connection_idle"],
+        grpc_max_connection_age=kw["grpc_max_connection_age"],
+        grpc_handshake_timeout=kw["grpc_handshake_timeout"],
+        http_header_timeout=kw["http_header_timeout"],
+        http_body_timeout=kw["http_body_timeout"],
+        http_idle_timeout=kw["http_idle_timeout"],
+        http_max_connections=kw["http_max_connections"],
     )
     try:
         settings.check()
@@ -205,6 +308,8 @@ async def serve(
     http: HttpListener | None = None,
     service_modules: tuple[str, ...] = (),
 ) -> None:
+    raise_open_files_limit()
+    limit_accept_error_logs()
     user_services = load_services(service_modules)
     backends = build_backends(backend_cfg)
     stop = asyncio.Event()
@@ -233,6 +338,12 @@ async def serve(
             grace=settings.grace,
             max_request_bytes=settings.max_receive_message_bytes,
             max_response_bytes=settings.max_send_message_bytes,
+            limits=ConnectionLimits(
+                header_timeout=settings.http_header_timeout,
+                body_timeout=settings.http_body_timeout,
+                idle_timeout=settings.http_idle_timeout,
+                max_connections=settings.http_max_connections,
+            ),
         )
         try:
             http_port = await gateway.start(http.host, http.port)

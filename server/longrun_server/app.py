@@ -54,6 +54,27 @@ def page_limits(settings: ServerSettings) -> PageLimits:
     )
 
 
+def connection_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """gRPC options that close idle, old, dead and half-open connections
+    (see ServerSettings). A connection past its age gets GOAWAY and keeps
+    its calls until the longest WaitOperation could end."""
+
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    return [
+        ("grpc.keepalive_time_ms", ms(settings.grpc_keepalive_time)),
+        ("grpc.keepalive_timeout_ms", ms(settings.grpc_keepalive_timeout)),
+        ("grpc.max_connection_idle_ms", ms(settings.grpc_max_connection_idle)),
+        ("grpc.max_connection_age_ms", ms(settings.grpc_max_connection_age)),
+        ("grpc.max_connection_age_grace_ms", ms(settings.max_wait + settings.grace)),
+        ("grpc.server_handshake_timeout_ms", ms(settings.grpc_handshake_timeout)),
+        # Clients may ping idle connections too (at most every 10 s).
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+
+
 _ = (struct_pb2, operations_pb2)  # types reflection must resolve (Any metadata/response)
 
 
@@ -103,7 +124,11 @@ async def create_server(
         sweep_interval=settings.sweep_interval,
     )
     server = grpc.aio.server(
-        options=[*SERVER_OPTIONS, *message_limit_options(settings)],
+        options=[
+            *SERVER_OPTIONS,
+            *message_limit_options(settings),
+            *connection_options(settings),
+        ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     operations = OperationsService(
@@ -114,6 +139,7 @@ async def create_server(
         max_wait=settings.max_wait,
         page_limits=page_limits(settings),
         view_cache_bytes=settings.view_cache_max_bytes,
+        list_scan_budget=settings.list_scan_budget,
     )
     jobs = JobsService(
         store, dispatcher, registry, clock=clock, ids=ids, failpoints=Failpoints.from_env()

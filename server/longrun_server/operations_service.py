@@ -18,7 +18,14 @@ from longrun_core.model import OperationRecord
 from longrun_core.names import COLLECTION, parse_operation_name
 from longrun_core.settings import DEFAULT_MESSAGE_BYTES, PAGE_HEADROOM_BYTES
 from longrun_core.stamped_cache import DEFAULT_MAX_BYTES
-from longrun_core.store import OperationStore, PageTokens
+from longrun_core.store import (
+    DEFAULT_SCAN_ROWS,
+    Cursor,
+    ListPage,
+    OperationStore,
+    PageTokens,
+    ScanBudget,
+)
 from longrun_server.pages import PageLimits, check_sendable, fill_page
 from longrun_server.status import rpc_errors
 from longrun_server.views import OperationViews
@@ -38,12 +45,14 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         max_wait: float,
         page_limits: PageLimits | None = None,
         view_cache_bytes: int = DEFAULT_MAX_BYTES,
+        list_scan_budget: int = DEFAULT_SCAN_ROWS,
     ) -> None:
         self.store = store
         self.clock = clock
         self.tokens = tokens
         self.retention = retention
         self.max_wait = max_wait
+        self.list_scan_budget = list_scan_budget
         self.page_limits = page_limits or PageLimits(
             max_bytes=DEFAULT_MESSAGE_BYTES - PAGE_HEADROOM_BYTES,
             max_message_bytes=DEFAULT_MESSAGE_BYTES,
@@ -87,8 +96,26 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         flt = parse_list_filter(request.filter)
         binding = f"{COLLECTION}\n{flt.text if flt is not None else ''}"
         after = self.tokens.decode(request.page_token, binding) if request.page_token else None
+        # The scan reads at most the budget, across every store call the page
+        # makes, and answers before the caller's deadline, with a shorter page
+        # and a token when either runs out; a caller that goes away cancels
+        # this coroutine, which stops the scan.
+        deadline = answer_by(context.time_remaining())
+        spent = 0
+
+        async def batch(size: int, cursor: Cursor | None) -> ListPage:
+            nonlocal spent
+            left = self.list_scan_budget - spent
+            if left <= 0:
+                return ListPage([], cursor)
+            got = await self.store.list(
+                page_size=size, after=cursor, flt=flt, budget=ScanBudget(left, deadline=deadline)
+            )
+            spent += got.scanned
+            return got
+
         page = await fill_page(
-            lambda size, cursor: self.store.list(page_size=size, after=cursor, flt=flt),
+            batch,
             self.views.sized,
             page_size=page_size,
             after=after,
@@ -169,6 +196,14 @@ def wait_timeout(timeout: duration_pb2.Duration) -> float:
             metadata={"seconds": str(seconds), "nanos": str(nanos)},
         )
     return seconds + nanos / 1e9
+
+
+def answer_by(time_remaining: float | None) -> float | None:
+    """The monotonic instant a list scan stops to answer a caller with
+    `time_remaining` seconds left: a fifth of it (at most 0.1 s) earlier."""
+    if time_remaining is None:
+        return None
+    return time.monotonic() + time_remaining - min(0.1, max(time_remaining, 0.0) / 5)
 
 
 def parse_list_filter(text: str) -> Filter | None:

@@ -19,11 +19,14 @@ Requests: path variables and query parameters (proto or lowerCamelCase names,
 dotted for nested fields) set request fields; the body is parsed with
 `json_format` (unknown fields are an error). Responses are the proto3 JSON
 form in lowerCamelCase with default values left out, as Google REST APIs send
-them; errors are AIP-193 JSON (server/rest_errors.py).
+them; errors are AIP-193 JSON (server/rest_errors.py). Connections are
+bounded: idle, header and body timeouts and a connection cap
+(server/rest_connections.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +51,7 @@ from google.rpc import code_pb2, status_pb2
 
 from longrun.v1 import jobs_pb2
 from longrun_core.settings import DEFAULT_MESSAGE_BYTES
+from longrun_server.rest_connections import ConnectionGuard, ConnectionLimits, GuardedSite
 from longrun_server.rest_errors import error_body, make_status, status_from_rpc_error
 from longrun_server.rest_json import dumps, loads_strict, message_json
 from longrun_server.rest_protocol import JsonErrorAppRunner
@@ -65,6 +69,9 @@ EXTRA_RULES: Mapping[str, http_pb2.HttpRule] = {
 
 #: Content-Encodings of a request body the gateway decodes.
 BODY_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+#: Seconds an unread request body is drained after the answer before the
+#: connection closes (closing with unread input would reset it, losing the answer).
+LINGER = 2.0
 
 #: Query parameters that configure the response rather than set a field
 #: (google-api-core REST transports send `$alt=json;enum-encoding=int`).
@@ -185,13 +192,15 @@ class GatewayError(Exception):
         status: status_pb2.Status,
         http: int | None = None,
         headers: Mapping[str, str] | None = None,
+        *,
+        close: bool = False,
     ) -> None:
         super().__init__(status.message)
         self.status = status
         self.http = http
         self.headers = dict(headers or {})
-        #: Close the connection after the answer (the request was not read whole).
-        self.close = False
+        #: Close the connection after the answer (its input is in an unknown state).
+        self.close = close
 
 
 def invalid(message: str, reason: str, **metadata: str) -> GatewayError:
@@ -462,12 +471,15 @@ class RestGateway:
         grace: float = 5.0,
         max_request_bytes: int = DEFAULT_MESSAGE_BYTES,
         max_response_bytes: int = DEFAULT_MESSAGE_BYTES,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.target = target
         #: The gRPC server's receive limit: also the largest HTTP body taken.
         self.max_request_bytes = max_request_bytes
         #: The gRPC server's send limit: the loopback channel receives that much.
         self.max_response_bytes = max_response_bytes
+        self.limits = limits or ConnectionLimits()
+        self.connections = ConnectionGuard(self.limits)
         self.router = Router(routes)
         self.max_wait = max_wait
         self.call_timeout = call_timeout
@@ -499,9 +511,14 @@ class RestGateway:
             handler_cancellation=True,
             shutdown_timeout=self.grace,
             access_log=logging.getLogger("longrun.http.access"),
+            # Idle connections (none sent anything yet, or between requests).
+            keepalive_timeout=self.limits.idle_timeout,
+            # After an answer to a request whose body was not read: drain it
+            # this long, then close.
+            lingering_time=LINGER,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = GuardedSite(self._runner, self.connections, host=host, port=port, reuse_address=True)
         await site.start()
         addresses = self._runner.addresses
         bound = int(addresses[0][1]) if addresses else port
@@ -518,6 +535,13 @@ class RestGateway:
             self._channel = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.connections.request_started(request.transport)
+        try:
+            return await self._handle(request)
+        finally:
+            self.connections.request_finished(request.transport)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.raw_path.split("?", 1)[0].split("#", 1)[0]
         try:
             route, values = self.router.resolve(request.method, raw_path)
@@ -550,7 +574,8 @@ class RestGateway:
                 encoding=encoding[:50],
             )
         try:
-            return await request.read()
+            async with asyncio.timeout(self.limits.body_timeout):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             raise invalid(
                 f"request body exceeds {self.max_request_bytes} bytes "
@@ -573,6 +598,17 @@ class RestGateway:
             )
             error.close = True
             raise error from exc
+        except TimeoutError as exc:
+            raise GatewayError(
+                make_status(
+                    code_pb2.DEADLINE_EXCEEDED,
+                    f"the request body did not arrive within {self.limits.body_timeout:g} s",
+                    "BODY_TIMEOUT",
+                    {"timeout": f"{self.limits.body_timeout:g}s"},
+                ),
+                http=408,
+                close=True,
+            ) from exc
 
     def _check_request_size(self, message: Message) -> None:
         """A body within the limit can still make a bigger protobuf (a JSON

@@ -58,6 +58,8 @@ class Service:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     server: subprocess.Popen[bytes] | None = None
     port: int = 0
+    #: Words before the Python command of every process, e.g. ["prlimit", "--nofile=128"].
+    launcher: list[str] = field(default_factory=list)
 
     #: Flags every server/worker gets before the caller's: short sweeps,
     #: redispatch, leases and heartbeats, so fault tests finish quickly.
@@ -76,7 +78,11 @@ class Service:
         env = self.env | dict(extra_env or {})
         with (self.workdir / log).open("ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                [*self.launcher, sys.executable, *args],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         self.procs.append(proc)
         return proc

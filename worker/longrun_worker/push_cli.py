@@ -152,9 +152,12 @@ async def serve_push(
     # Imported here: the pull worker never loads aiohttp.
     from longrun_core.backends import build_backends
     from longrun_core.failpoints import Failpoints
+    from longrun_core.process_limits import limit_accept_error_logs, raise_open_files_limit
     from longrun_worker.push import PubSubDeadLetters, PushEndpoint, serve
     from longrun_worker.runtime import Worker
 
+    raise_open_files_limit()
+    limit_accept_error_logs()
     backends = build_backends(backend_cfg)
     # Only the store: the queue's start would create the pull subscription,
     # which a push deployment must not have (see docs/push.md).

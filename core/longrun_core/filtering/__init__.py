@@ -72,7 +72,13 @@ MAX_DEPTH = 32 nested parentheses, MAX_TERMS = 100 restrictions.
 
 `Filter.text` is a canonical spelling of the filter (for binding page
 tokens). `Filter.to_sql()` pushes the filter down to SQLite where it can
-(see `longrun_core.filtering.sql`); `Filter.matches` is always the full truth.
+(see `longrun_core.filtering.sql`); `Filter.index_terms()` names the
+equalities and create_time bounds a list index can walk
+(`longrun_core.filtering.index_terms`), and `Filter.to_firestore()` pushes
+them into a Firestore query (`longrun_core.filtering.firestore`).
+`Filter.matches` is always the full truth; `Filter.matches_values` is the
+same on values a store read without building a record (`Filter.attrs`
+names them).
 
 Every problem is `longrun_core.errors.InvalidArgument` with reason FILTER_INVALID, a
 message `filter: <what> at column <N>[; <hint>]` (N is the 1-based character

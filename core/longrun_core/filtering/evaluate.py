@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from google.rpc import status_pb2
 
@@ -27,9 +27,18 @@ _OPS: dict[Op, Callable[[Any, Any], bool]] = {
 _TIMES = frozenset({"create_time", "update_time", "start_time", "end_time", "expire_time"})
 
 
-class RecordView:
+class Values(Protocol):
     """The values a filter sees on one record (None: absent), by the `attr`
-    names of `longrun_core.filtering.fields`."""
+    names of `longrun_core.filtering.fields`: times as nanoseconds since the
+    epoch, `error` as the google.rpc.Status of a done operation (None
+    otherwise), `error_code` / `error_message` from it, `done` a bool,
+    `labels` a dict, the others as the record holds them."""
+
+    def get(self, attr: str) -> Any: ...
+
+
+class RecordView:
+    """`Values` of an OperationRecord."""
 
     def __init__(self, rec: OperationRecord) -> None:
         self.rec = rec
@@ -58,7 +67,21 @@ def evaluate(expr: Expr, rec: OperationRecord) -> bool:
     return _eval(expr, RecordView(rec))
 
 
-def _eval(expr: Expr, view: RecordView) -> bool:
+def evaluate_values(expr: Expr, values: Values) -> bool:
+    """`evaluate` on values a store read without building a record (a list
+    scan reads only the columns the filter names)."""
+    return _eval(expr, values)
+
+
+def error_values(done: bool, error: bytes | None) -> tuple[Any, Any, Any]:
+    """(`error`, `error_code`, `error_message`) of a record's error blob."""
+    if not done or error is None:
+        return None, None, None
+    status = status_pb2.Status.FromString(error)
+    return status, int(status.code), str(status.message)
+
+
+def _eval(expr: Expr, view: Values) -> bool:
     if isinstance(expr, And):
         return all(_eval(e, view) for e in expr.operands)
     if isinstance(expr, Or):
@@ -70,14 +93,14 @@ def _eval(expr: Expr, view: RecordView) -> bool:
     return _compare(expr, view)
 
 
-def _value(field: Field, view: RecordView) -> Any:
+def _value(field: Field, view: Values) -> Any:
     value = view.get(field.attr)
     if field.label_key is not None:
         return value.get(field.label_key)
     return value
 
 
-def _present(field: Field, view: RecordView) -> bool:
+def _present(field: Field, view: Values) -> bool:
     value = _value(field, view)
     if value is None:
         return False
@@ -87,7 +110,7 @@ def _present(field: Field, view: RecordView) -> bool:
     return bool(value)
 
 
-def _compare(expr: Compare, view: RecordView) -> bool:
+def _compare(expr: Compare, view: Values) -> bool:
     actual = _value(expr.field, view)
     if actual is None:  # absent: every comparison is false
         return False

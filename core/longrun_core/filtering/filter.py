@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from longrun_core.filtering.ast import Expr, to_text
-from longrun_core.filtering.evaluate import evaluate
+from collections.abc import Iterator
+
+from longrun_core.filtering.ast import And, Expr, Not, Or, to_text
+from longrun_core.filtering.evaluate import Values, evaluate, evaluate_values
+from longrun_core.filtering.firestore import FirestoreQuery, to_firestore
+from longrun_core.filtering.index_terms import IndexTerms, index_terms
 from longrun_core.filtering.parser import parse
 from longrun_core.filtering.sql import SqlFilter, to_sql
 from longrun_core.model import OperationRecord
@@ -25,8 +29,25 @@ class Filter:
     def matches(self, rec: OperationRecord) -> bool:
         return evaluate(self.expr, rec)
 
+    def matches_values(self, values: Values) -> bool:
+        """`matches` on the values of `attrs` a store read for one record."""
+        return evaluate_values(self.expr, values)
+
+    @property
+    def attrs(self) -> frozenset[str]:
+        """The `attr` names (longrun_core.filtering.fields) of the fields the filter reads."""
+        return frozenset(_attrs(self.expr))
+
     def to_sql(self) -> SqlFilter:
         return to_sql(self.expr)
+
+    def index_terms(self) -> IndexTerms:
+        """The equalities and create_time bounds an index can serve."""
+        return index_terms(self.expr)
+
+    def to_firestore(self) -> FirestoreQuery:
+        """What a Firestore list query can push down (see `filtering.firestore`)."""
+        return to_firestore(self.index_terms())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Filter) and other.text == self.text
@@ -45,3 +66,13 @@ def parse_filter(text: str) -> Filter | None:
     if not text.strip():
         return None
     return Filter(parse(text))
+
+
+def _attrs(expr: Expr) -> Iterator[str]:
+    if isinstance(expr, And | Or):
+        for operand in expr.operands:
+            yield from _attrs(operand)
+    elif isinstance(expr, Not):
+        yield from _attrs(expr.operand)
+    else:
+        yield expr.field.attr

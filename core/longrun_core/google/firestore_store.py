@@ -3,8 +3,9 @@
 Layout
     `{collection}/{operation id}`: one document per operation holding every
     `OperationRecord` field (bytes as bytes, datetimes as timestamps, labels
-    as a map, state as its integer) plus the query fields `done` (bool) and
-    `error_code` (int or null). `expire_time` is a timestamp field, so a
+    as a map, state as its integer) plus the query fields `done` (bool),
+    `error_code` (int or null) and `label_pairs` (one "key=value" string per
+    label, for `labels.KEY = "V"` filters). `expire_time` is a timestamp field, so a
     production TTL policy can use it (firestore.indexes.json declares it).
     `{collection}_request_ids/{sha256(request_id)}`: the request-id
     reservation, holding the operation id and the request fingerprint.
@@ -12,9 +13,16 @@ Layout
 Indexes and TTL (production; the emulator needs none)
     firestore.indexes.json at the repository root holds the composite indexes
     `due_for_dispatch` needs, (state, dispatch_due_time) and
-    (state, lease_expire_time); `list` and `delete_expired` use single-field
-    indexes. It also enables a TTL policy on `expire_time` and exempts the
-    blob fields from indexing. Deploy it with
+    (state, lease_expire_time), and those of filtered lists: (done |
+    state | task | label_pairs array-contains, create_time desc), one per
+    field a list filter pushes down (longrun_core.filtering.firestore);
+    unfiltered lists and `delete_expired` use single-field indexes.
+    tests/integration/test_firestore_indexes.py checks, with the emulator's
+    index-usage report, that every query this store runs has its index
+    declared there (the emulator itself runs any query). Documents written
+    before `label_pairs` existed lack it and are not found by label filters
+    until rewritten. The file also enables a TTL policy on `expire_time` and
+    exempts the blob fields from indexing. Deploy it with
     `firebase deploy --only firestore:indexes`, or set the TTL policy alone with
     `gcloud firestore fields ttls update expire_time --collection-group=operations
     --enable-ttl`. Rename "operations" there if `firestore_collection` differs.
@@ -83,7 +91,7 @@ import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import MISSING, fields
 from datetime import UTC, datetime
@@ -98,6 +106,8 @@ from google.rpc import status_pb2
 
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists, Unavailable
+from longrun_core.filtering.firestore import LABEL_PAIRS, label_pair
+from longrun_core.google.list_values import DocValues, doc_position, value_fields
 from longrun_core.model import OperationRecord, State
 from longrun_core.names import operation_name, parse_operation_name
 from longrun_core.settings import BackendSettings
@@ -107,6 +117,9 @@ from longrun_core.store import (
     ListPage,
     OperationStore,
     RecordFilter,
+    ScanBudget,
+    Window,
+    as_records,
     check_duplicate,
     scan_page,
 )
@@ -115,6 +128,7 @@ from longrun_core.watch import WatchHub
 log = logging.getLogger("longrun.firestore")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _FIELDS = [f.name for f in fields(OperationRecord)]
 _DEFAULTS: dict[str, Any] = {
@@ -138,6 +152,10 @@ _TRANSIENT = (
 #: A guarded write whose precondition no longer holds.
 _STALE = (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted)
 
+#: Documents one list query reads at most (one RPC of a list scan).
+SCAN_WINDOW = 300
+#: List-scan windows (queries) in flight at once, over all list calls.
+SCAN_CONCURRENCY = 4
 #: How long `watch` waits for a new listener's initial snapshot.
 LISTEN_READY_TIMEOUT = 10.0
 #: How many (version, update_time) pairs `_read` remembers for the CAS write.
@@ -187,6 +205,7 @@ def to_document(rec: OperationRecord) -> dict[str, Any]:
             value = int(value)
         doc[name] = value
     doc["done"] = rec.done
+    doc[LABEL_PAIRS] = sorted(label_pair(k, v) for k, v in rec.labels.items())
     doc["error_code"] = (
         status_pb2.Status.FromString(rec.error).code if rec.done and rec.error else None
     )
@@ -301,6 +320,9 @@ class FirestoreOperationStore(OperationStore):
         self._ops = self._client.collection(collection)
         self._rids = self._client.collection(f"{collection}_request_ids")
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="firestore")
+        #: List-scan windows in flight at once, so that many slow lists never
+        #: take the pool's threads from the other verbs.
+        self._scan_gate = asyncio.Semaphore(SCAN_CONCURRENCY)
         self._seen: collections.OrderedDict[str, tuple[int, Any]] = collections.OrderedDict()
         self._listeners: dict[str, _Listener] = {}
         self._listen_channels: list[_ListenChannel] = []
@@ -534,27 +556,90 @@ class FirestoreOperationStore(OperationStore):
         )
 
     async def list(
-        self, *, page_size: int, after: Cursor | None, flt: RecordFilter | None = None
+        self,
+        *,
+        page_size: int,
+        after: Cursor | None,
+        flt: RecordFilter | None = None,
+        budget: ScanBudget | None = None,
     ) -> ListPage:
+        """See `OperationStore.list`. The pushed-down part of the filter is in
+        `longrun_core.filtering.firestore`; a filter not wholly pushed down is
+        checked on light documents (a projection without the payloads), and
+        the full documents of those kept are read with one batched get."""
         query = self._list_query()
         exact = True
         if flt is not None:
             to_firestore = getattr(flt, "to_firestore", None)
             pushdown: FirestorePushdown | None = to_firestore() if to_firestore else None
             if pushdown is not None:
+                if getattr(pushdown, "matches_nothing", False):
+                    return ListPage([], None)
                 query = pushdown.apply(query)
                 exact = bool(pushdown.exact)
             else:
                 exact = False
+        budget = budget or ScanBudget()
+        if exact or flt is None:
+            return await scan_page(
+                self._windows(query, from_document, exact=True),
+                page_size=page_size,
+                after=after,
+                budget=budget,
+                position=Cursor.after,
+                complete=as_records,
+                window=SCAN_WINDOW,
+                gate=self._scan_gate,
+            )
+        keep: Callable[[dict[str, Any]], bool]
+        matches_values = getattr(flt, "matches_values", None)
+        attrs: frozenset[str] | None = getattr(flt, "attrs", None)
+        if matches_values is not None and attrs is not None:
+            # Only the fields the filter reads, checked without building records.
+            query = query.select(value_fields(attrs))
+            keep = lambda doc: bool(matches_values(DocValues(doc)))  # noqa: E731
+        else:
+            query = query.select(_LIGHT_FIELDS)
+            keep = lambda doc: flt.matches(_from_light_document(doc))  # noqa: E731
+        return await scan_page(
+            self._windows(query, _identity, exact=False),
+            page_size=page_size,
+            after=after,
+            budget=budget,
+            position=doc_position,
+            complete=functools.partial(self._complete, flt),
+            keep=keep,
+            window=SCAN_WINDOW,
+            gate=self._scan_gate,
+        )
 
-        async def fetch(cursor: Cursor | None, limit: int) -> builtins.list[OperationRecord]:
+    def _windows(
+        self, query: Any, convert: Callable[[dict[str, Any]], R], *, exact: bool
+    ) -> Callable[[Cursor | None, int, int], Awaitable[Window[R]]]:
+        """Window reads of a list scan: one query each, run and converted on
+        the pool (`want` bounds what an exact query reads)."""
+
+        async def fetch(cursor: Cursor | None, limit: int, want: int) -> Window[R]:
             q = query
             if cursor is not None:
                 q = q.start_after({"create_time": cursor.create_time, "__name__": cursor.id})
-            snaps = await self._call(functools.partial(_fetch, q.limit(limit)))
-            return [from_document(s.to_dict()) for s in snaps]
+            take = min(limit, want) if exact else limit
+            docs = await self._call(functools.partial(_fetch_docs, q.limit(take)))
+            last = doc_position(docs[-1]) if docs else None
+            return Window([convert(d) for d in docs], len(docs), last, len(docs) < take)
 
-        return await scan_page(fetch, page_size=page_size, after=after, flt=flt, exact=exact)
+        return fetch
+
+    async def _complete(
+        self, flt: RecordFilter, docs: Sequence[dict[str, Any]]
+    ) -> builtins.list[OperationRecord]:
+        """The full records of the documents a scan kept, in their order; one
+        that changed meanwhile and no longer matches (or is gone) is left out."""
+        ids = [str(d["id"]) for d in docs]
+        refs = [self._ops.document(i) for i in ids]
+        snaps = await self._call(lambda: builtins.list(self._client.get_all(refs)))
+        by_id = {s.id: from_document(s.to_dict()) for s in snaps if s.exists}
+        return [by_id[i] for i in ids if i in by_id and flt.matches(by_id[i])]
 
     async def due_for_dispatch(self, now: datetime, limit: int) -> builtins.list[OperationRecord]:
         if limit <= 0:
@@ -708,6 +793,28 @@ class FirestoreOperationStore(OperationStore):
 
 def _fetch(query: Any) -> list[Any]:
     return list(query.stream())
+
+
+def _fetch_docs(query: Any) -> list[dict[str, Any]]:
+    docs = []
+    for snap in query.stream():
+        doc = snap.to_dict()
+        doc.setdefault("id", snap.id)
+        docs.append(doc)
+    return docs
+
+
+def _identity(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc
+
+
+#: What a list scan reads of a document when it must check the filter itself:
+#: everything but the payloads, which no filter reads.
+_LIGHT_FIELDS = [n for n in _FIELDS if n not in ("params", "response")]
+
+
+def _from_light_document(doc: dict[str, Any]) -> OperationRecord:
+    return from_document(doc | {"params": b"", "response": None})
 
 
 def _exists(rec: OperationRecord) -> AlreadyExists:

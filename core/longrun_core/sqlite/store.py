@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.rpc import status_pb2
 
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import AlreadyExists
+from longrun_core.filtering.index_terms import IndexTerms
 from longrun_core.model import OperationRecord, State
 from longrun_core.names import operation_name, parse_operation_name
 from longrun_core.queue import TaskMessage, Transition
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.db import transaction
+from longrun_core.sqlite.list_scan import (
+    ScanPlan,
+    ScanReader,
+    ensure_list_indexes,
+    make_plan,
+    read_window,
+    row_values,
+    value_columns,
+)
 from longrun_core.stamped_cache import DEFAULT_MAX_BYTES, StampedCache
 from longrun_core.store import (
     CreateResult,
@@ -26,6 +37,9 @@ from longrun_core.store import (
     ListPage,
     OperationStore,
     RecordFilter,
+    ScanBudget,
+    Window,
+    as_records,
     check_duplicate,
     next_version,
     not_found,
@@ -48,7 +62,14 @@ _TIME_FIELDS = {
 }
 _FIELDS = [f.name for f in fields(OperationRecord)]
 COLUMNS = [_TIME_FIELDS.get(n, n) for n in _FIELDS] + ["done", "error_code"]
-_SELECT = f"SELECT {', '.join(COLUMNS[: len(_FIELDS)])} FROM operations"
+_COLUMNS = ", ".join(COLUMNS[: len(_FIELDS)])
+_SELECT = f"SELECT {_COLUMNS} FROM operations"
+#: The columns of `_SELECT` without the payloads a filter never reads (a list
+#: scan checks these light records and reads the full rows of those it keeps).
+_LIGHT_COLUMNS = ", ".join(
+    {"params": "X'' AS params", "response": "NULL AS response"}.get(c, c)
+    for c in COLUMNS[: len(_FIELDS)]
+)
 
 
 def to_row(rec: OperationRecord) -> dict[str, Any]:
@@ -192,6 +213,11 @@ class SqliteOperationStore(OperationStore):
         super().__init__(hub or WatchHub())
         self.backend = backend
         self._records = RecordCache(max_bytes=cache_bytes)
+        #: One list-scan window at a time, on one reader thread: the windows
+        #: of concurrent lists take turns. More would not scan faster (every
+        #: window holds the GIL most of its time) and would slow other calls.
+        self._reader = ScanReader(backend.db.path, threads=1)
+        self._scan_gate = asyncio.Semaphore(1)
         #: The queue in the same file, once `SqliteTaskQueue.attach` paired them:
         #: `create` then enqueues the task message in the same transaction.
         self.outbox: SqliteTaskQueue | None = None
@@ -200,8 +226,10 @@ class SqliteOperationStore(OperationStore):
 
     async def start(self) -> None:
         await self.backend.start()
+        await self.backend.db.call(ensure_list_indexes)
 
     async def close(self) -> None:
+        await self._reader.close()
         await self.backend.close()
 
     async def on_written(self, name: str) -> None:
@@ -284,44 +312,74 @@ class SqliteOperationStore(OperationStore):
         return bool(count == 1)
 
     async def list(
-        self, *, page_size: int, after: Cursor | None, flt: RecordFilter | None = None
+        self,
+        *,
+        page_size: int,
+        after: Cursor | None,
+        flt: RecordFilter | None = None,
+        budget: ScanBudget | None = None,
     ) -> ListPage:
-        where: list[str] = []
-        params: list[object] = []
-        exact = True
-        to_sql = getattr(flt, "to_sql", None)
-        if flt is not None:
-            if to_sql is not None:
-                sql = to_sql()
-                if sql.where:
-                    where.append(f"({sql.where})")
-                    params.extend(sql.params)
-                exact = bool(sql.exact)
-            else:
-                exact = False
-
-        async def fetch(cursor: Cursor | None, limit: int) -> Sequence[OperationRecord]:
-            clauses = list(where)
-            args = list(params)
-            if cursor is not None:
-                # A row value, so SQLite seeks operations_order instead of scanning it.
-                clauses.append("(create_us, id) < (?, ?)")
-                args.extend([to_micros(cursor.create_time), cursor.id])
-            query = (
-                _SELECT
-                + (" WHERE " + " AND ".join(clauses) if clauses else "")
-                + " ORDER BY create_us DESC, id DESC LIMIT ?"
+        """See `OperationStore.list`; the plan and the indexes are described in
+        `longrun_core.sqlite.list_scan`."""
+        plan = _plan(flt)
+        if plan is None:
+            return ListPage([], None)  # the filter matches nothing
+        budget = budget or ScanBudget()
+        if plan.exact or flt is None:
+            return await scan_page(
+                self._windows(plan, _COLUMNS, _record_of),
+                page_size=page_size,
+                after=after,
+                budget=budget,
+                position=Cursor.after,
+                complete=as_records,
+                gate=self._scan_gate,
             )
-            args.append(limit)
-            return [from_row(r) for r in await self._fetch(query, args)]
-
-        return await scan_page(fetch, page_size=page_size, after=after, flt=flt, exact=exact)
-
-    async def _fetch(self, query: str, args: Sequence[object]) -> Sequence[tuple[Any, ...]]:
-        rows: Sequence[tuple[Any, ...]] = await self.backend.db.read(
-            lambda c: c.execute(query, args).fetchall()
+        keep: Callable[[tuple[Any, ...]], bool]
+        matches_values = getattr(flt, "matches_values", None)
+        attrs: frozenset[str] | None = getattr(flt, "attrs", None)
+        if matches_values is not None and attrs is not None:
+            # Only the columns the filter reads, checked without building records.
+            value_cols = value_columns(attrs) or ("state",)
+            columns = ", ".join(value_cols)
+            values = row_values(value_cols)
+            keep = lambda row: bool(matches_values(values(row)))  # noqa: E731
+        else:
+            columns = _LIGHT_COLUMNS
+            keep = lambda row: flt.matches(_record_of(row))  # noqa: E731
+        return await scan_page(
+            self._windows(plan, columns, _identity),
+            page_size=page_size,
+            after=after,
+            budget=budget,
+            position=_row_position,
+            complete=functools.partial(self._complete, flt),
+            keep=keep,
+            gate=self._scan_gate,
         )
-        return rows
+
+    def _windows(
+        self, plan: ScanPlan, columns: str, convert: Callable[[tuple[Any, ...]], R]
+    ) -> Callable[[Cursor | None, int, int], Awaitable[Window[R]]]:
+        reader = self._reader
+
+        async def fetch(cursor: Cursor | None, limit: int, want: int) -> Window[R]:
+            return await reader.run(
+                lambda conn: read_window(conn, plan, cursor, limit, want, columns, convert)
+            )
+
+        return fetch
+
+    async def _complete(
+        self, flt: RecordFilter, rows: Sequence[tuple[Any, ...]]
+    ) -> Sequence[OperationRecord]:
+        """The full records of the rows a scan kept, in their order; one that
+        changed meanwhile and no longer matches (or is gone) is left out."""
+        ids = [row[1] for row in rows]
+        sql = f"{_SELECT} WHERE id IN ({', '.join(['?'] * len(ids))})"
+        found = await self._reader.run(lambda conn: conn.execute(sql, ids).fetchall())
+        by_id = {rec.id: rec for rec in map(from_row, found)}
+        return [by_id[i] for i in ids if i in by_id and flt.matches(by_id[i])]
 
     async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
         us = to_micros(now)
@@ -353,3 +411,34 @@ class SqliteOperationStore(OperationStore):
         for op_id in ids:
             await self.on_written(operation_name(op_id))
         return len(ids)
+
+
+def _plan(flt: RecordFilter | None) -> ScanPlan | None:
+    """How to scan for `flt`; None when it can match nothing."""
+    if flt is None:
+        return make_plan(None, None, (), exact=True)
+    to_sql = getattr(flt, "to_sql", None)
+    get_terms = getattr(flt, "index_terms", None)
+    if to_sql is None:  # a filter that only knows `matches`
+        return make_plan(None, None, (), exact=False)
+    sql = to_sql()
+    terms: IndexTerms | None = get_terms() if get_terms is not None else None
+    if sql.where == "0" or (terms is not None and terms.empty_range):
+        return None
+    return make_plan(terms, sql.where, tuple(sql.params), exact=bool(sql.exact))
+
+
+R = TypeVar("R")
+
+
+def _record_of(row: tuple[Any, ...]) -> OperationRecord:
+    """The record of a row read as `create_us, id, <_COLUMNS or _LIGHT_COLUMNS>`."""
+    return from_row(row[2:])
+
+
+def _identity(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return row
+
+
+def _row_position(row: tuple[Any, ...]) -> Cursor:
+    return Cursor(from_micros(row[0]), row[1])
