@@ -119,6 +119,16 @@ def backend_options(fn: F) -> F:
             help="Seconds a received message stays leased (extended while running).",
         ),
         click.option(
+            "--outage-retry-max",
+            type=click.FloatRange(min=0.05),
+            default=_D.outage_retry_max,
+            envvar="LONGRUN_OUTAGE_RETRY_MAX",
+            show_envvar=True,
+            show_default=True,
+            help="Longest pause in seconds between retries while the store or queue is "
+            "unavailable (disk full, read-only, unreachable): how soon work resumes after.",
+        ),
+        click.option(
             "--task-module",
             "task_modules",
             multiple=True,
@@ -162,6 +172,7 @@ def backend_settings(kw: dict[str, Any]) -> BackendSettings:
         pubsub_pull=kw.pop("pubsub_pull"),
         max_deliveries=kw.pop("max_deliveries"),
         visibility_timeout=kw.pop("visibility_timeout"),
+        outage_retry_max=kw.pop("outage_retry_max"),
     )
 
 

@@ -36,6 +36,10 @@ class BackendSettings:
     #: Seconds a received message stays invisible to other consumers (the
     #: queue lease); workers extend it while a task runs.
     visibility_timeout: float = 30.0
+    #: Longest pause (seconds) between retries while a backend is unavailable
+    #: (start-up, the worker's receive and outcome writes): how long work may
+    #: take to resume after an outage ends.
+    outage_retry_max: float = 5.0
 
     def describe(self) -> str:
         """Where this process keeps operations and tasks, for the start-up log."""
@@ -77,6 +81,7 @@ class BackendSettings:
             pubsub_pull=e.get("LONGRUN_PUBSUB_PULL", d.pubsub_pull),
             max_deliveries=int(e.get("LONGRUN_MAX_DELIVERIES", d.max_deliveries)),
             visibility_timeout=float(e.get("LONGRUN_VISIBILITY_TIMEOUT", d.visibility_timeout)),
+            outage_retry_max=float(e.get("LONGRUN_OUTAGE_RETRY_MAX", d.outage_retry_max)),
         )
 
 
@@ -94,3 +99,7 @@ class ServerSettings:
     page_token_secret: bytes = field(default=b"", repr=False)
     grace: float = 5.0
     max_concurrent_rpcs: int = 100_000
+    #: How often the operation store is probed for health (grpc.health.v1).
+    health_interval: float = 2.0
+    #: A probe taking longer than this counts as failed.
+    health_timeout: float = 10.0

@@ -22,7 +22,7 @@ from longrun_core.cli_options import (
 from longrun_core.settings import BackendSettings, ServerSettings
 from longrun_core.tasks import TaskRegistry
 from longrun_server.app import create_server, load_services
-from longrun_server.health import HealthServicer
+from longrun_server.health import HealthServicer, StoreHealth
 from longrun_server.rest import (
     RestGateway,
     build_routes,
@@ -87,6 +87,25 @@ log = logging.getLogger("longrun.server")
     help="Seconds in-flight RPCs get on SIGTERM.",
 )
 @click.option(
+    "--health-interval",
+    type=click.FloatRange(min=0.05),
+    default=ServerSettings.health_interval,
+    envvar="LONGRUN_HEALTH_INTERVAL",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds between probes of the operation store; grpc.health.v1 reports "
+    "NOT_SERVING while they fail (disk full, read-only, store unreachable).",
+)
+@click.option(
+    "--health-timeout",
+    type=click.FloatRange(min=0.05),
+    default=ServerSettings.health_timeout,
+    envvar="LONGRUN_HEALTH_TIMEOUT",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds a store probe may take before it counts as failed.",
+)
+@click.option(
     "--port-file",
     type=click.Path(),
     default=None,
@@ -132,6 +151,8 @@ def main(**kw: Any) -> None:
         sweep_interval=kw["sweep_interval"],
         page_token_secret=kw["page_token_secret"].encode(),
         grace=kw["grace"],
+        health_interval=kw["health_interval"],
+        health_timeout=kw["health_timeout"],
     )
     http = None
     if kw["http_address"]:
@@ -197,6 +218,13 @@ async def serve(
             raise SystemExit(f"cannot listen for HTTP on {http.host}:{http.port}: {exc}") from exc
     await server.start()
     dispatcher.start()
+    store_health = StoreHealth(
+        backends.probe,
+        health_servicer,
+        interval=settings.health_interval,
+        timeout=settings.health_timeout,
+    )
+    store_health.start()
     log.info(
         "serving on port %d; %s; tasks %s",
         port,
@@ -209,6 +237,7 @@ async def serve(
         Path(port_file).write_text(str(port))  # noqa: ASYNC240
     await stop.wait()
     log.info("stopping (grace %.1fs)", settings.grace)
+    await store_health.stop()
     await health_servicer.enter_graceful_shutdown()
     await dispatcher.stop()
     if gateway is not None:

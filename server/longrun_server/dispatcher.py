@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from longrun_core import transitions
 from longrun_core.clock import Clock
-from longrun_core.errors import LongrunError, NotFound
+from longrun_core.errors import LongrunError, NotFound, Unavailable
 from longrun_core.model import OperationRecord, State
 from longrun_core.queue import TaskMessage, TaskQueue
 from longrun_core.store import OperationStore
@@ -107,12 +107,21 @@ class Dispatcher:
         self._task = asyncio.create_task(self._loop(), name="sweeper")
 
     async def _loop(self) -> None:
+        outage = False
         while True:
             try:
                 acted = await self.sweep_once()
+            except Unavailable as exc:  # a storage outage: sweep again next interval
+                if not outage:
+                    log.warning("sweeper waits for the store: %s", exc)
+                outage, acted = True, 0
             except Exception:
                 log.exception("sweep failed; trying again")
                 acted = 0
+            else:
+                if outage:
+                    log.info("sweeper running again")
+                outage = False
             if acted < self.batch:
                 await asyncio.sleep(self.sweep_interval)
 

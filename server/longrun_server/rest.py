@@ -46,7 +46,12 @@ from google.protobuf.message_factory import GetMessageClass
 from google.rpc import code_pb2, status_pb2
 
 from longrun.v1 import jobs_pb2
-from longrun_server.rest_errors import error_body, make_status, status_from_rpc_error
+from longrun_server.rest_errors import (
+    error_body,
+    error_headers,
+    make_status,
+    status_from_rpc_error,
+)
 from longrun_server.rest_templates import PathTemplate
 
 log = logging.getLogger("longrun.http")
@@ -576,4 +581,4 @@ def _error_response(
     status: status_pb2.Status, http: int | None = None, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     body = error_body(status, http)
-    return _json_response(body["error"]["code"], body, headers)
+    return _json_response(body["error"]["code"], body, error_headers(status) | dict(headers or {}))

@@ -96,6 +96,7 @@ def main(**kw: Any) -> None:
         heartbeat=kw["heartbeat"],
         shutdown_grace=kw["shutdown_grace"],
         retention=kw["retention"],
+        outage_retry_max=backends.outage_retry_max,
     )
     if push is not None:
         if kw["burst"]:
