@@ -56,10 +56,13 @@ class Dispatcher:
         happens (crash, failed publish) the sweeper does it at this time."""
         return created + self.redispatch_after
 
-    async def dispatch(self, rec: OperationRecord, *, mark: bool = True) -> None:
+    async def dispatch(
+        self, rec: OperationRecord, *, mark: bool = True, outage_raises: bool = False
+    ) -> None:
         """Publish the task message for `rec` and (with `mark`) move its
         `dispatch_due_time` on. A failure is logged, not raised: the sweeper
-        publishes it later."""
+        publishes it later (`outage_raises`: an outage raises `Unavailable`,
+        so a sweep stops at the first instead of logging each operation)."""
         try:
             async with asyncio.timeout(self.publish_timeout):
                 await self.queue.publish(TaskMessage(rec.name, rec.task, rec.attempt))
@@ -73,6 +76,10 @@ class Dispatcher:
             )
         except NotFound:
             pass
+        except Unavailable:
+            if outage_raises:
+                raise
+            log.warning("dispatch of %s deferred to the sweeper: backend unavailable", rec.name)
         except (LongrunError, TimeoutError) as exc:
             log.warning("dispatch of %s deferred to the sweeper: %r", rec.name, exc)
 
@@ -99,7 +106,7 @@ class Dispatcher:
                     continue
                 if rec.done:
                     continue
-            await self.dispatch(rec)
+            await self.dispatch(rec, outage_raises=True)
         acted += await self.store.delete_expired(now, self.batch)
         return acted
 

@@ -148,8 +148,9 @@ class Worker:
                 max_messages, self.settings.receive_timeout, claim=self._claim_transition
             )
         except Unavailable as exc:
+            first = self._outage == 0.0
             self._outage = min(max(self._outage * 2, 0.1), self.settings.outage_retry_max)
-            log.warning(
+            (log.warning if first else log.debug)(
                 "queue unavailable (%s); retrying in %.1fs",
                 exc,
                 self._outage,
@@ -159,6 +160,8 @@ class Worker:
                 async with asyncio.timeout(self._outage):
                     await self._stopping.wait()
             return []
+        if self._outage:
+            log.info("queue available again", extra={"action": "receive_resumed"})
         self._outage = 0.0
         return deliveries
 
@@ -455,7 +458,7 @@ class Worker:
             except Unavailable as exc:
                 if self._stopping.is_set():
                     raise
-                _log_outage(what, rec, exc)
+                _log_outage(what, rec, exc, first=delay == 0.05)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stopping.wait()
@@ -525,8 +528,8 @@ async def _call(spec: TaskSpec, ctx: RunContext) -> Any:
     return result
 
 
-def _log_outage(what: str, rec: OperationRecord, exc: Unavailable) -> None:
-    log.warning(
+def _log_outage(what: str, rec: OperationRecord, exc: Unavailable, *, first: bool = True) -> None:
+    (log.warning if first else log.debug)(
         "%s of %s waits for the store: %s",
         what,
         rec.name,

@@ -80,6 +80,12 @@ _FATAL_AT_START = {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_
 #: creating it or switching it to WAL) before it reports the store unavailable.
 OPEN_ATTEMPTS = 8
 OPEN_BACKOFF = 0.05
+#: How long a write waits for another process's lock (ms).
+BUSY_TIMEOUT_MS = 30_000
+#: After a full-disk error: at most one checkpoint this often (s), waiting this
+#: long (ms) for readers.
+CHECKPOINT_EVERY = 0.5
+CHECKPOINT_BUSY_MS = 100
 
 
 def _primary(exc: sqlite3.Error) -> int | None:
@@ -210,6 +216,8 @@ class Database:
         self._recent_fault: Unavailable | None = None
         #: How many calls met a storage fault (for tests and metrics).
         self.faults = 0
+        #: When (monotonic) `_checkpoint` last ran.
+        self._checkpointed = -CHECKPOINT_EVERY
 
     # ---- opening ----
 
@@ -254,10 +262,9 @@ class Database:
             uri=True,
             isolation_level=None,
             check_same_thread=False,
-            timeout=30.0,
+            timeout=BUSY_TIMEOUT_MS / 1000,
         )
         try:
-            conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
@@ -339,10 +346,38 @@ class Database:
                 raise
             if record_fault:
                 self._fault(mapped)
+            if isinstance(mapped, StorageFull):
+                self._checkpoint(conn)
             raise mapped from exc
         # A write that raced the file's removal went to a file nobody sees: say so.
         self.check_file()
         return result
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """After a write failed for lack of space: copy the WAL into the
+        database and truncate it (at most every CHECKPOINT_EVERY seconds).
+        SQLite checkpoints on its own only once the WAL reaches 1000 pages,
+        and a full disk can be full of WAL, mostly old versions of the same
+        pages: without this, freeing some space would not be enough, the WAL
+        would take it again."""
+        now = time.monotonic()
+        if now - self._checkpointed < CHECKPOINT_EVERY:
+            return
+        self._checkpointed = now
+        try:
+            conn.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
+            busy, frames, moved = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            log.info(
+                "disk full: checkpoint %s (%s of %s WAL frames copied)",
+                "incomplete" if busy else "done, WAL truncated",
+                moved,
+                frames,
+            )
+        except sqlite3.Error as exc:
+            log.debug("disk full: checkpoint failed (%s)", exc)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _fault(self, error: Unavailable) -> None:
         self.faults += 1
