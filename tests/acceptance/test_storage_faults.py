@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -54,13 +55,15 @@ def on_tmpfs(tmp_path: Path) -> Iterator[Service]:
     with small_tmpfs(tmp_path / "disk", "16m") as disk:
         svc = Service(tmp_path, _env(tmp_path, disk / "longrun.db"))
         with svc.kept():
-            svc.start_server("--http-address", "127.0.0.1:0", "--http-port-file", str(tmp_path / "http"))
+            svc.start_server(
+                "--http-address", "127.0.0.1:0", "--http-port-file", str(tmp_path / "http")
+            )
             svc.start_worker("--concurrency", "4")
             svc.start_worker("--concurrency", "4")
             yield svc
 
 
-def _http_create(svc: Service) -> tuple[int, dict[str, str], dict[str, object]]:
+def _http_create(svc: Service) -> tuple[int, dict[str, str], dict[str, Any]]:
     port = (svc.workdir / "http").read_text()
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/jobs",
@@ -79,49 +82,131 @@ def _all_done(svc: Service, names: list[str]) -> bool:
     return all(get_operation(svc.target, n).done for n in names)
 
 
-@pytest.mark.timeout(300)
-def test_full_disk_is_an_outage_and_every_job_completes_after(on_tmpfs: Service) -> None:
-    svc = on_tmpfs
-    disk = Path(svc.env["LONGRUN_SQLITE_PATH"]).parent
+def _ride_out(
+    svc: Service,
+    begin: Callable[[], Callable[[], None]],
+    refused: grpc.StatusCode,
+    reasons: set[str],
+) -> JobStream:
+    """Jobs flow; `begin()` starts a storage fault and returns what ends it.
+    While it lasts (longer than the workers' 3 s leases): health NOT_SERVING,
+    creates refused with `refused` (an ErrorInfo reason in `reasons`, a
+    RetryInfo), no process exits. After: SERVING, creates go through, and
+    every accepted job completes, each once."""
     wait_health(svc, SERVING)
     with JobStream(svc.target, params={"seconds": 0.3}) as stream:
         wait_for(lambda: len(stream.created) >= 20, 60, "jobs to flow")
-        filler = fill(disk)
-        full_since = time.monotonic()
+        end = begin()
+        since = time.monotonic()
         wait_health(svc, NOT_SERVING)
-        wait_for(lambda: stream.codes()["RESOURCE_EXHAUSTED"] >= 3, 60, "creates to be refused")
-        status, headers, body = _http_create(svc)
-        wait_for(lambda: "waits for the store" in svc.logs(), 60, "an outcome to wait")
-        # The outage outlasts the workers' leases (3 s): their renewals fail too.
-        wait_for(lambda: time.monotonic() - full_since > 8, 30, "a long outage")
+        wait_for(lambda: stream.codes()[refused.name] >= 3, 60, f"creates refused {refused.name}")
+        wait_for(lambda: "waits for the store" in svc.logs(), 60, "a task's outcome to wait")
+        # The fault outlasts the workers' leases (3 s): their renewals fail too.
+        wait_for(lambda: time.monotonic() - since > 8, 30, "a long outage")
         assert not alive(svc), alive(svc)
-        filler.unlink()
+        end()
         wait_health(svc, SERVING)
-        refused = len(stream.errors)
-        wait_for(lambda: len(stream.created) >= 20 + 10, 60, "creates to succeed again")
-    # Clients saw a retryable RESOURCE_EXHAUSTED with the reason and a delay, never INTERNAL.
-    assert stream.errors, "the disk never filled up"
-    assert {e.code for e in stream.errors} <= {
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.UNAVAILABLE,
-    }, stream.codes()
-    full = [e for e in stream.errors if e.code is grpc.StatusCode.RESOURCE_EXHAUSTED]
-    assert {e.reason for e in full} == {"STORAGE_FULL"}
+        accepted = len(stream.created)
+        wait_for(lambda: len(stream.created) >= accepted + 10, 60, "creates to go through again")
+    # Clients saw the retryable code with its reason and a delay, never INTERNAL.
+    assert {e.code for e in stream.errors} <= {refused, grpc.StatusCode.UNAVAILABLE}, stream.codes()
+    assert {e.reason for e in stream.errors if e.code is refused} <= reasons
     assert all(e.retry_delay is not None and e.retry_delay > 0 for e in stream.errors)
-    assert len(stream.errors) >= refused
-    # HTTP: 429 (RESOURCE_EXHAUSTED's mapping) with Retry-After and the same details.
-    assert status == 429, body
-    assert int(headers["Retry-After"]) >= 1
-    error = body["error"]
-    assert isinstance(error, dict) and error["status"] == "RESOURCE_EXHAUSTED"
-    kinds = {d["@type"].rsplit("/", 1)[-1]: d for d in error["details"]}
-    assert kinds["google.rpc.ErrorInfo"]["reason"] == "STORAGE_FULL"
-    assert "google.rpc.RetryInfo" in kinds
-    # Nothing died, nothing was restarted, and every accepted job completes once.
+    # Nothing died, and every accepted job completes, none QUEUED or RUNNING for good.
     wait_for(lambda: _all_done(svc, stream.created), 120, "every accepted job to finish")
     assert not alive(svc), alive(svc)
     assert states(svc.target, stream.created) == {"SUCCEEDED": len(stream.created)}
     ran = executions(Path(svc.env["LONGRUN_TEST_RECORD_DIR"]))
     assert set(ran) == {n.rsplit("/", 1)[-1] for n in stream.created}
-    print(f"full disk: {len(stream.created)} jobs, refused {stream.codes()}, "
-          f"ran twice {sum(1 for c in ran.values() if c > 1)}")
+    twice = sum(1 for count in ran.values() if count > 1)
+    print(f"{len(stream.created)} jobs, refused {dict(stream.codes())}, ran twice: {twice}")
+    return stream
+
+
+@pytest.mark.timeout(300)
+def test_full_disk_is_an_outage_and_every_job_completes_after(on_tmpfs: Service) -> None:
+    svc = on_tmpfs
+    disk = Path(svc.env["LONGRUN_SQLITE_PATH"]).parent
+    seen_http: list[tuple[int, dict[str, str], dict[str, Any]]] = []
+
+    def begin() -> Callable[[], None]:
+        filler = fill(disk)
+        wait_health(svc, NOT_SERVING)
+        seen_http.append(_http_create(svc))
+        return filler.unlink
+
+    _ride_out(svc, begin, grpc.StatusCode.RESOURCE_EXHAUSTED, {"STORAGE_FULL"})
+    # HTTP: 429 (RESOURCE_EXHAUSTED's mapping) with Retry-After and the same details.
+    [(status, headers, body)] = seen_http
+    assert status == 429, body
+    assert int(headers["Retry-After"]) >= 1
+    error = body["error"]
+    assert error["status"] == "RESOURCE_EXHAUSTED"
+    kinds = {d["@type"].rsplit("/", 1)[-1]: d for d in error["details"]}
+    assert kinds["google.rpc.ErrorInfo"]["reason"] == "STORAGE_FULL"
+    assert float(kinds["google.rpc.RetryInfo"]["retryDelay"].rstrip("s")) > 0
+
+
+def _chattr(flag: str, *paths: Path) -> None:
+    subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
+
+
+def _require_immutable_blocks_writes(directory: Path) -> None:
+    """chattr +i must stop writes through a descriptor opened before (it does
+    on ext4 and xfs; tmpfs ignores it for open files)."""
+    require_root("chattr +i the database")
+    if shutil.which("chattr") is None:
+        pytest.skip("no chattr(1) on this machine")
+    probe = directory / "immutable-probe"
+    fd = os.open(probe, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        try:
+            _chattr("+i", probe)
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"chattr +i is not supported here: {exc.stderr.decode().strip()}")
+        try:
+            os.write(fd, b"x")
+        except OSError:
+            return
+        finally:
+            _chattr("-i", probe)
+        pytest.skip("chattr +i does not stop writes through open files on this file system")
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+@pytest.fixture
+def on_disk(tmp_path: Path) -> Iterator[Service]:
+    """Server + 2 workers on a database in tmp_path."""
+    svc = Service(tmp_path, _env(tmp_path, tmp_path / "db" / "longrun.db"))
+    with svc.kept():
+        svc.start_server()
+        svc.start_worker("--concurrency", "4")
+        svc.start_worker("--concurrency", "4")
+        yield svc
+
+
+@pytest.mark.timeout(300)
+def test_read_only_database_is_an_outage_and_every_job_completes_after(on_disk: Service) -> None:
+    svc = on_disk
+    db = Path(svc.env["LONGRUN_SQLITE_PATH"])
+    _require_immutable_blocks_writes(db.parent)
+    # The database and its WAL, not the -shm: SQLite maps that file, and a
+    # write to a mapped page of an immutable file is a SIGBUS that no process
+    # survives (docs/storage.md).
+    files = (db, db.with_name(db.name + "-wal"))
+
+    def begin() -> Callable[[], None]:
+        _chattr("+i", *files)
+        return lambda: _chattr("-i", *files)
+
+    try:
+        _ride_out(
+            svc,
+            begin,
+            grpc.StatusCode.UNAVAILABLE,
+            {"STORE_IO_ERROR", "STORE_READ_ONLY", "STORE_UNAVAILABLE"},
+        )
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, files)], check=False, capture_output=True)

@@ -86,6 +86,9 @@ BUSY_TIMEOUT_MS = 30_000
 #: long (ms) for readers.
 CHECKPOINT_EVERY = 0.5
 CHECKPOINT_BUSY_MS = 100
+#: Errors after which the connection is replaced (at most this often, s).
+_RECONNECT_AFTER = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
+RECONNECT_EVERY = 0.5
 
 
 def _primary(exc: sqlite3.Error) -> int | None:
@@ -218,6 +221,13 @@ class Database:
         self.faults = 0
         #: When (monotonic) `_checkpoint` last ran.
         self._checkpointed = -CHECKPOINT_EVERY
+        #: The connection met an error that a new connection may not meet
+        #: (see `_reconnect`), and when the last reconnection was tried.
+        self._stale = False
+        self._reconnected = -RECONNECT_EVERY
+        #: The reader connection is to be replaced too (set on the database
+        #: thread, acted on by `read` on the loop thread, which owns the reader).
+        self._reset_reader = False
 
     # ---- opening ----
 
@@ -257,13 +267,7 @@ class Database:
         if before is None and self.marker.exists():
             raise StartupError(self._deleted_at_start())
         # Never create the file by accident: only when it is known to be new.
-        conn = sqlite3.connect(
-            _uri(self.path, "rw" if before is not None else "rwc"),
-            uri=True,
-            isolation_level=None,
-            check_same_thread=False,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-        )
+        conn = self._connect("rw" if before is not None else "rwc")
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -279,6 +283,47 @@ class Database:
         if not self.marker.exists():
             self._write_marker(created=before is None)
         return conn
+
+    def _connect(self, mode: str) -> sqlite3.Connection:
+        return sqlite3.connect(
+            _uri(self.path, mode),
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+        )
+
+    def _reconnect(self) -> None:
+        """Replace the connection by a new one to the same file. SQLite opens
+        a file it may not write (chattr +i, a read-only mount) read-only for
+        good, and reports SQLITE_READONLY ever after; a new connection made
+        once the file is writable again writes. Database thread only."""
+        now = time.monotonic()
+        if now - self._reconnected < RECONNECT_EVERY:
+            return
+        self._reconnected = now
+        try:
+            conn = self._connect("rw")
+        except sqlite3.Error as exc:
+            log.debug("cannot reconnect to %s yet: %s", self.path, exc)
+            return
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            same = _identity(self.path) == self._identity
+        except (sqlite3.Error, OSError) as exc:
+            log.debug("cannot reconnect to %s yet: %s", self.path, exc)
+            same = False
+        if not same:  # another file by now: check_file refuses it
+            conn.close()
+            return
+        old, self._conn = self._conn, conn
+        self._stale = False
+        self._reset_reader = True
+        if old is not None:
+            with contextlib.suppress(sqlite3.Error):
+                old.close()
+        log.debug("reconnected to %s", self.path)
 
     def _deleted_at_start(self) -> str:
         try:
@@ -333,8 +378,11 @@ class Database:
         return await self.run(lambda: self._guarded(fn))
 
     def _guarded(self, fn: Callable[[sqlite3.Connection], T], *, record_fault: bool = True) -> T:
-        conn = self._connection()
+        self._connection()
         self.check_file()
+        if self._stale:
+            self._reconnect()
+        conn = self._connection()
         try:
             result = fn(conn)
         except sqlite3.Error as exc:
@@ -348,6 +396,8 @@ class Database:
                 self._fault(mapped)
             if isinstance(mapped, StorageFull):
                 self._checkpoint(conn)
+            if _primary(exc) in _RECONNECT_AFTER:
+                self._stale = True
             raise mapped from exc
         # A write that raced the file's removal went to a file nobody sees: say so.
         self.check_file()
@@ -465,6 +515,10 @@ class Database:
             raise RuntimeError("database not started")
         try:
             self.check_file(report=False)
+            if self._reset_reader and self._reader is not None:
+                self._reset_reader = False
+                self._reader.close()
+                self._reader = None
             if self._reader is None:
                 self._reader = self._open_reader()
             return fn(self._reader)
