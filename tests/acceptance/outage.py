@@ -170,6 +170,16 @@ def states(target: str, names: list[str]) -> Counter[str]:
     return out
 
 
+def wait_workers_started(svc: Service, timeout: float = 60) -> None:
+    """Until every worker logged that it started (its store is open)."""
+    logs = [svc.workdir / f"worker-{i}.log" for i in range(len(svc.workers))]
+    wait_for(
+        lambda: all(p.exists() and "worker started" in p.read_text() for p in logs),
+        timeout,
+        "the workers to start",
+    )
+
+
 def alive(svc: Service) -> list[str]:
     """Problems: every process the service started should still run."""
     return [

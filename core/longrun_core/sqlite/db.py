@@ -22,12 +22,13 @@ notices too. A database deleted or replaced under a running process is
 refused: every call raises `StoreReplaced`, with one ERROR log saying what
 happened, so nothing is written (or read) silently from a file nobody else
 sees. If the original file comes back at its path, calls go through again.
-When the file was deleted, the first process to notice copies what it still
-holds open to `<db>.rescued-<inode>` (SQLite's backup API), so the operations
-are not lost with it.
+The first process to notice copies what it still holds open to
+`<db>.rescued-<inode>` (SQLite's backup API), so the operations are not lost
+with the file; the ERROR log says how to put it back.
 
 The creation marker. Opening a database that does not exist creates it, and
-records that fact in a marker file beside it (`<db>-created`). A process that
+records that fact in a marker file beside it (`.<db>-created`: a dotfile, so
+`rm longrun.db*` leaves it). A process that
 finds the marker but not the database refuses to start (`StartupError`)
 instead of silently creating an empty database in place of a deleted one:
 restore the file, or delete the marker to start empty on purpose. Deleting
@@ -118,8 +119,9 @@ def storage_error(exc: sqlite3.Error) -> Unavailable | None:
 
 
 def marker_path(db_path: Path) -> Path:
-    """The file that records that a database was created at `db_path`."""
-    return db_path.with_name(db_path.name + "-created")
+    """The file that records that a database was created at `db_path`: a
+    dotfile, so `rm longrun.db*` (database, WAL and all) leaves it."""
+    return db_path.with_name(f".{db_path.name}-created")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -453,7 +455,7 @@ class Database:
                 self._lost = None
             return
         what = "deleted" if now is None else "replaced by another file"
-        if report and self._lost != what:
+        if report and self._lost is None:
             self._lost = what
             self._report_lost(what)
         lost = StoreReplaced(
@@ -466,25 +468,32 @@ class Database:
         raise lost
 
     def _report_lost(self, what: str) -> None:
-        rescued = self._rescue() if what == "deleted" and self._conn is not None else None
+        rescued = self._rescue() if self._conn is not None else None
+        saved = (
+            f"What this process still held open was copied to {rescued}."
+            if rescued is not None
+            else "Copying what this process still held open failed (see above)."
+        )
         log.error(
             "the SQLite database %s was %s while this process (pid %d) had it open. Refusing "
             "every read and write: they would go to a file no other process sees, or to a new "
-            "empty one. %s Then restart every longrun process that uses it.",
+            "empty one. %s To recover: stop every longrun process that uses it, delete any "
+            "%s-wal and %s-shm left at that path, move the copy (or a backup) to %s, and start "
+            "them again.",
             self.path,
             what,
             os.getpid(),
-            f"Its operations were copied to {rescued}: move that file to {self.path}."
-            if rescued is not None
-            else "Restore the file from a backup (or the .rescued-* copy another process "
-            "made beside it), or delete it and "
-            f"{self.marker} to start with an empty database on purpose.",
+            saved,
+            self.path.name,
+            self.path.name,
+            self.path,
             extra={"action": "store_file_lost"},
         )
 
     def _rescue(self) -> Path | None:
-        """Copy the deleted database this process still holds open to
-        `<db>.rescued-<inode>` (once per file: the first process to try makes it)."""
+        """Copy the lost database this process still holds open to
+        `<db>.rescued-<inode>` (once per file: the first process to try makes
+        it; the others name it). Database thread only."""
         assert self._identity is not None and self._conn is not None
         target = self.path.with_name(f"{self.path.name}.rescued-{self._identity[1]}")
         try:
