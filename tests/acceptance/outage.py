@@ -3,19 +3,12 @@ calls that records what clients saw, the server's health, a small tmpfs."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import shutil
-import subprocess
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import pytest
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,50 +19,6 @@ from tests.acceptance.harness import Service, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip(f"needs root to {what} (CI runs as root)")
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "3m") -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `path` for the block (root only)."""
-    require_root("mount a small tmpfs as a disk that fills up")
-    if shutil.which("mount") is None:
-        pytest.skip("no mount(8) on this machine")
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file into `directory` until its file system is full (down to
-    single bytes, so not even a small write fits)."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
-    try:
-        size = 1 << 16
-        while size >= 1:
-            try:
-                os.write(fd, b"\0" * size)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                size //= 2
-    finally:
-        os.close(fd)
-    return filler
 
 
 @dataclass(frozen=True)

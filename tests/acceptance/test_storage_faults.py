@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -29,14 +27,17 @@ from tests.acceptance.outage import (
     Seen,
     alive,
     executions,
-    fill,
     get_operation,
-    require_root,
     rich_error,
-    small_tmpfs,
     states,
     wait_health,
     wait_workers_started,
+)
+from tests.support.disk import (
+    chattr,
+    fill,
+    require_immutable_blocks_writes,
+    small_tmpfs,
 )
 
 FAULT_TASKS = "longrun_worker.builtin_tasks tests.support.fault_tasks"
@@ -154,35 +155,6 @@ def test_full_disk_is_an_outage_and_every_job_completes_after(on_tmpfs: Service)
     assert float(kinds["google.rpc.RetryInfo"]["retryDelay"].rstrip("s")) > 0
 
 
-def _chattr(flag: str, *paths: Path) -> None:
-    subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
-
-
-def _require_immutable_blocks_writes(directory: Path) -> None:
-    """chattr +i must stop writes through a descriptor opened before (it does
-    on ext4 and xfs; tmpfs ignores it for open files)."""
-    require_root("chattr +i the database")
-    if shutil.which("chattr") is None:
-        pytest.skip("no chattr(1) on this machine")
-    probe = directory / "immutable-probe"
-    fd = os.open(probe, os.O_CREAT | os.O_WRONLY, 0o600)
-    try:
-        try:
-            _chattr("+i", probe)
-        except subprocess.CalledProcessError as exc:
-            pytest.skip(f"chattr +i is not supported here: {exc.stderr.decode().strip()}")
-        try:
-            os.write(fd, b"x")
-        except OSError:
-            return
-        finally:
-            _chattr("-i", probe)
-        pytest.skip("chattr +i does not stop writes through open files on this file system")
-    finally:
-        os.close(fd)
-        probe.unlink()
-
-
 @pytest.fixture
 def on_disk(tmp_path: Path) -> Iterator[Service]:
     """Server + 2 workers on a database in tmp_path."""
@@ -199,15 +171,15 @@ def on_disk(tmp_path: Path) -> Iterator[Service]:
 def test_read_only_database_is_an_outage_and_every_job_completes_after(on_disk: Service) -> None:
     svc = on_disk
     db = Path(svc.env["LONGRUN_SQLITE_PATH"])
-    _require_immutable_blocks_writes(db.parent)
+    require_immutable_blocks_writes(db.parent)
     # The database and its WAL, not the -shm: SQLite maps that file, and a
     # write to a mapped page of an immutable file is a SIGBUS that no process
     # survives (docs/storage.md).
     files = (db, db.with_name(db.name + "-wal"))
 
     def begin() -> Callable[[], None]:
-        _chattr("+i", *files)
-        return lambda: _chattr("-i", *files)
+        chattr("+i", *files)
+        return lambda: chattr("-i", *files)
 
     try:
         _ride_out(

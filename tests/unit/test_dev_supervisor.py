@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import cast
 
 import pytest
 
@@ -37,7 +37,7 @@ def world() -> tuple[Supervisor, list[FakeProc], Clock]:
     def spawn(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         proc = FakeProc(100 + len(spawned))
         spawned.append(proc)
-        return cast(Any, proc)
+        return cast("subprocess.Popen[bytes]", proc)
 
     children = [Child("server", ("server",)), Child("worker-1", ("worker",))]
     sup = Supervisor(
@@ -64,10 +64,12 @@ def test_a_dead_worker_is_restarted_with_doubling_delays(
         assert worker.restart_at is not None  # not before its time
         clock.now = worker.restart_at
         sup.poll()
-        assert worker.restart_at is None and worker.proc is spawned[-1]
+        assert worker.restart_at is None and worker.proc is cast(object, spawned[-1])
     assert delays == [1.0, 2.0, 4.0, 8.0, 8.0]
     assert worker.restarts == 5
-    assert server.proc is spawned[0] and server.restarts == 0  # the server was left alone
+    assert (
+        server.proc is cast(object, spawned[0]) and server.restarts == 0
+    )  # the server was left alone
     assert sup.fatal is None
 
 
