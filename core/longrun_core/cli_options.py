@@ -71,6 +71,15 @@ def backend_options(fn: F) -> F:
             show_default=True,
         ),
         click.option(
+            "--firestore-timeout",
+            type=click.FloatRange(min=0.1),
+            default=_D.firestore_timeout,
+            envvar="LONGRUN_FIRESTORE_TIMEOUT",
+            show_envvar=True,
+            show_default=True,
+            help="Seconds one Firestore call may take before it fails UNAVAILABLE (an outage).",
+        ),
+        click.option(
             "--pubsub-topic",
             default=_D.pubsub_topic,
             envvar="LONGRUN_PUBSUB_TOPIC",
@@ -166,6 +175,7 @@ def backend_settings(kw: dict[str, Any]) -> BackendSettings:
         project=kw.pop("project"),
         firestore_database=kw.pop("firestore_database"),
         firestore_collection=kw.pop("firestore_collection"),
+        firestore_timeout=kw.pop("firestore_timeout"),
         pubsub_topic=kw.pop("pubsub_topic"),
         pubsub_subscription=kw.pop("pubsub_subscription"),
         pubsub_dead_letter_topic=kw.pop("pubsub_dead_letter_topic"),

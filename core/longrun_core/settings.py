@@ -26,6 +26,8 @@ class BackendSettings:
     project: str = "longrun-dev"
     firestore_database: str = "(default)"
     firestore_collection: str = "operations"
+    #: Seconds one Firestore call may take before it counts as an outage.
+    firestore_timeout: float = 10.0
     pubsub_topic: str = "longrun-tasks"
     pubsub_subscription: str = "longrun-workers"
     pubsub_dead_letter_topic: str = "longrun-dead-letters"
@@ -73,6 +75,7 @@ class BackendSettings:
             project=e.get("GOOGLE_CLOUD_PROJECT", d.project),
             firestore_database=e.get("LONGRUN_FIRESTORE_DATABASE", d.firestore_database),
             firestore_collection=e.get("LONGRUN_FIRESTORE_COLLECTION", d.firestore_collection),
+            firestore_timeout=float(e.get("LONGRUN_FIRESTORE_TIMEOUT", d.firestore_timeout)),
             pubsub_topic=e.get("LONGRUN_PUBSUB_TOPIC", d.pubsub_topic),
             pubsub_subscription=e.get("LONGRUN_PUBSUB_SUBSCRIPTION", d.pubsub_subscription),
             pubsub_dead_letter_topic=e.get(
