@@ -106,3 +106,6 @@ class ServerSettings:
     health_interval: float = 2.0
     #: A probe taking longer than this counts as failed.
     health_timeout: float = 10.0
+    #: After a storage outage, how long leases that expired are left to their
+    #: workers (who could not renew them meanwhile) before they are taken back.
+    outage_lease_grace: float = 15.0

@@ -106,6 +106,16 @@ log = logging.getLogger("longrun.server")
     help="Seconds a store probe may take before it counts as failed.",
 )
 @click.option(
+    "--outage-lease-grace",
+    type=click.FloatRange(min=0.0),
+    default=ServerSettings.outage_lease_grace,
+    envvar="LONGRUN_OUTAGE_LEASE_GRACE",
+    show_envvar=True,
+    show_default=True,
+    help="After a storage outage, seconds that leases which expired meanwhile are left "
+    "to their workers before the sweeper takes the operations back.",
+)
+@click.option(
     "--port-file",
     type=click.Path(),
     default=None,
@@ -153,6 +163,7 @@ def main(**kw: Any) -> None:
         grace=kw["grace"],
         health_interval=kw["health_interval"],
         health_timeout=kw["health_timeout"],
+        outage_lease_grace=kw["outage_lease_grace"],
     )
     http = None
     if kw["http_address"]:
