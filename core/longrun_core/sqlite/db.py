@@ -92,6 +92,10 @@ _RECONNECT_AFTER = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
 RECONNECT_EVERY = 0.5
 
 
+class _ChangedWhileOpening(sqlite3.OperationalError):
+    """The path named another file (or none) after opening than before."""
+
+
 def _primary(exc: sqlite3.Error) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
     return None if code is None else int(code) & 0xFF
@@ -243,7 +247,7 @@ class Database:
             except sqlite3.Error as exc:
                 primary = _primary(exc)
                 busy = primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-                if busy and attempt + 1 < OPEN_ATTEMPTS:
+                if (busy or isinstance(exc, _ChangedWhileOpening)) and attempt + 1 < OPEN_ATTEMPTS:
                     log.debug("database busy at open (%s); retrying in %.2fs", exc, delay)
                     time.sleep(delay)
                     delay *= 2
@@ -277,7 +281,7 @@ class Database:
             after = _identity(self.path)
             if after is None or (before is not None and after != before):
                 # Deleted or replaced while we opened it: look again.
-                raise sqlite3.OperationalError("database file changed while opening")
+                raise _ChangedWhileOpening(f"{self.path} changed while it was being opened")
         except BaseException:
             conn.close()
             raise
