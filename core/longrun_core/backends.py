@@ -4,11 +4,12 @@ settings name. The only place that knows every adapter."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from longrun_core.clock import Clock, SystemClock
-from longrun_core.errors import Unavailable
+from longrun_core.errors import NotFound, Unavailable
 from longrun_core.queue import TaskQueue
 from longrun_core.settings import BackendSettings
 from longrun_core.store import OperationStore
@@ -19,20 +20,47 @@ STORES = ("sqlite", "firestore")
 QUEUES = ("sqlite", "pubsub")
 
 
+#: The operation id `probe` reads on stores with no probe of their own.
+PROBE_OPERATION = "operations/longrun-health-probe"
+
+
 @dataclass
 class Backends:
     store: OperationStore
     queue: TaskQueue
+    #: Longest pause between start-up retries while a backend is unavailable.
+    retry_max: float = 5.0
+    _store_started: bool = field(default=False, init=False, repr=False)
+    _queue_started: bool = field(default=False, init=False, repr=False)
 
     async def start(self) -> None:
-        await self.store.start()
-        await self.queue.start()
+        """Start the store, then the queue; after a failure, a second call
+        starts only what did not start."""
+        if not self._store_started:
+            await self.store.start()
+            self._store_started = True
+        if not self._queue_started:
+            await self.queue.start()
+            self._queue_started = True
+
+    async def probe(self) -> None:
+        """Raise `Unavailable` (or a subclass) if the operation store cannot
+        serve writes now: the embedded store commits a one-row write (and
+        reports faults its calls met since the last probe); others read an
+        operation that does not exist."""
+        from longrun_core.sqlite.store import SqliteOperationStore
+
+        if isinstance(self.store, SqliteOperationStore):
+            await self.store.backend.probe()
+            return
+        with contextlib.suppress(NotFound):
+            await self.store.get(PROBE_OPERATION)
 
     async def start_patiently(self, stop: asyncio.Event | None = None) -> bool:
         """`start`, retrying while a backend is unavailable (a process started
         before its queue or store is up waits instead of crashing). False if
         `stop` was set first."""
-        delay = 0.5
+        delay = min(0.1, self.retry_max)
         while True:
             try:
                 await self.start()
@@ -44,7 +72,7 @@ class Backends:
                     await (stop or asyncio.Event()).wait()
                 return False
             except TimeoutError:
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, self.retry_max)
 
     async def close(self) -> None:
         await self.queue.close()
@@ -93,4 +121,4 @@ def build_backends(settings: BackendSettings, clock: Clock | None = None) -> Bac
 
         assert isinstance(queue, SqliteTaskQueue) and isinstance(store, SqliteOperationStore)
         queue.attach(store)  # one file: they share transactions
-    return Backends(store, queue)
+    return Backends(store, queue, retry_max=settings.outage_retry_max)

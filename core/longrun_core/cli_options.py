@@ -71,6 +71,15 @@ def backend_options(fn: F) -> F:
             show_default=True,
         ),
         click.option(
+            "--firestore-timeout",
+            type=click.FloatRange(min=0.1),
+            default=_D.firestore_timeout,
+            envvar="LONGRUN_FIRESTORE_TIMEOUT",
+            show_envvar=True,
+            show_default=True,
+            help="Seconds one Firestore call may take before it fails UNAVAILABLE (an outage).",
+        ),
+        click.option(
             "--pubsub-topic",
             default=_D.pubsub_topic,
             envvar="LONGRUN_PUBSUB_TOPIC",
@@ -129,6 +138,16 @@ def backend_options(fn: F) -> F:
             "also Operation views).",
         ),
         click.option(
+            "--outage-retry-max",
+            type=click.FloatRange(min=0.05),
+            default=_D.outage_retry_max,
+            envvar="LONGRUN_OUTAGE_RETRY_MAX",
+            show_envvar=True,
+            show_default=True,
+            help="Longest pause in seconds between retries while the store or queue is "
+            "unavailable (disk full, read-only, unreachable): how soon work resumes after.",
+        ),
+        click.option(
             "--task-module",
             "task_modules",
             multiple=True,
@@ -166,6 +185,7 @@ def backend_settings(kw: dict[str, Any]) -> BackendSettings:
         project=kw.pop("project"),
         firestore_database=kw.pop("firestore_database"),
         firestore_collection=kw.pop("firestore_collection"),
+        firestore_timeout=kw.pop("firestore_timeout"),
         pubsub_topic=kw.pop("pubsub_topic"),
         pubsub_subscription=kw.pop("pubsub_subscription"),
         pubsub_dead_letter_topic=kw.pop("pubsub_dead_letter_topic"),
@@ -173,6 +193,7 @@ def backend_settings(kw: dict[str, Any]) -> BackendSettings:
         max_deliveries=kw.pop("max_deliveries"),
         visibility_timeout=kw.pop("visibility_timeout"),
         cache_max_bytes=kw.pop("cache_max_bytes"),
+        outage_retry_max=kw.pop("outage_retry_max"),
     )
 
 

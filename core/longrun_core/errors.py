@@ -14,6 +14,9 @@ DOMAIN = "longrun.dev"
 class LongrunError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     default_reason = "INTERNAL"
+    #: Seconds a client should wait before retrying (sent as google.rpc.RetryInfo);
+    #: None for errors that a retry does not fix.
+    retry_delay: float | None = None
 
     def __init__(
         self,
@@ -53,13 +56,43 @@ class Aborted(LongrunError):
 
     code = grpc.StatusCode.ABORTED
     default_reason = "CONCURRENT_MODIFICATION"
+    retry_delay = 0.1
 
 
 class Unavailable(LongrunError):
-    """A backend could not be reached; safe to retry."""
+    """A backend cannot serve now (unreachable, busy, cannot write): an
+    outage, not a bug. Safe to retry; every process rides it out with backoff.
+    Subclasses refine the reason (and, for a full disk, the code)."""
 
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "BACKEND_UNAVAILABLE"
+    retry_delay = 1.0
+
+
+class StoreUnavailable(Unavailable):
+    """The embedded store's file cannot be written or read now: read-only,
+    an I/O error, locked for longer than the busy timeout."""
+
+    default_reason = "STORE_UNAVAILABLE"
+
+
+class StorageFull(Unavailable):
+    """The store's disk is full. RESOURCE_EXHAUSTED, as google.rpc.Code
+    documents it ("perhaps the entire file system is out of space"); retryable
+    once space is freed."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "STORAGE_FULL"
+    retry_delay = 5.0
+
+
+class StoreReplaced(Unavailable):
+    """The database file this process opened was deleted or replaced under it.
+    Refused until the original file is back at its path or the process is
+    restarted by an operator: never written to (or read from) silently."""
+
+    default_reason = "STORE_FILE_REPLACED"
+    retry_delay = 10.0
 
 
 class Unimplemented(LongrunError):

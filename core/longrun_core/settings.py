@@ -37,6 +37,8 @@ class BackendSettings:
     project: str = "longrun-dev"
     firestore_database: str = "(default)"
     firestore_collection: str = "operations"
+    #: Seconds one Firestore call may take before it counts as an outage.
+    firestore_timeout: float = 10.0
     pubsub_topic: str = "longrun-tasks"
     pubsub_subscription: str = "longrun-workers"
     pubsub_dead_letter_topic: str = "longrun-dead-letters"
@@ -50,6 +52,10 @@ class BackendSettings:
     #: Bytes each in-memory cache of this process may hold (the SQLite
     #: store's converted records; the server's Operation views).
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    #: Longest pause (seconds) between retries while a backend is unavailable
+    #: (start-up, the worker's receive and outcome writes): how long work may
+    #: take to resume after an outage ends.
+    outage_retry_max: float = 5.0
 
     def describe(self) -> str:
         """Where this process keeps operations and tasks, for the start-up log."""
@@ -83,6 +89,7 @@ class BackendSettings:
             project=e.get("GOOGLE_CLOUD_PROJECT", d.project),
             firestore_database=e.get("LONGRUN_FIRESTORE_DATABASE", d.firestore_database),
             firestore_collection=e.get("LONGRUN_FIRESTORE_COLLECTION", d.firestore_collection),
+            firestore_timeout=float(e.get("LONGRUN_FIRESTORE_TIMEOUT", d.firestore_timeout)),
             pubsub_topic=e.get("LONGRUN_PUBSUB_TOPIC", d.pubsub_topic),
             pubsub_subscription=e.get("LONGRUN_PUBSUB_SUBSCRIPTION", d.pubsub_subscription),
             pubsub_dead_letter_topic=e.get(
@@ -92,6 +99,7 @@ class BackendSettings:
             max_deliveries=int(e.get("LONGRUN_MAX_DELIVERIES", d.max_deliveries)),
             visibility_timeout=float(e.get("LONGRUN_VISIBILITY_TIMEOUT", d.visibility_timeout)),
             cache_max_bytes=int(e.get("LONGRUN_CACHE_MAX_BYTES", d.cache_max_bytes)),
+            outage_retry_max=float(e.get("LONGRUN_OUTAGE_RETRY_MAX", d.outage_retry_max)),
         )
 
 
@@ -122,6 +130,30 @@ class ServerSettings:
     list_page_max_bytes: int = 0
     #: Bytes the server's cache of Operation views may hold.
     view_cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    #: Rows one ListOperations call may scan (longrun_core.store.ScanBudget).
+    list_scan_budget: int = DEFAULT_LIST_SCAN_BUDGET
+    # gRPC connections (seconds): ping an idle client this often and drop it
+    # if the ping is not answered in time (a peer gone without a FIN); close
+    # a connection without calls for this long, or older than this (after
+    # the longest WaitOperation may finish); drop one whose HTTP/2 handshake
+    # does not complete in time.
+    grpc_keepalive_time: float = 120.0
+    grpc_keepalive_timeout: float = 20.0
+    grpc_max_connection_idle: float = 300.0
+    grpc_max_connection_age: float = 1800.0
+    grpc_handshake_timeout: float = 10.0
+    # HTTP/JSON gateway connections (server/longrun_server/rest_connections.py).
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_idle_timeout: float = 60.0
+    http_max_connections: int = 1000
+    #: How often the operation store is probed for health (grpc.health.v1).
+    health_interval: float = 2.0
+    #: A probe taking longer than this counts as failed.
+    health_timeout: float = 10.0
+    #: After a storage outage, how long leases that expired are left to their
+    #: workers (who could not renew them meanwhile) before they are taken back.
+    outage_lease_grace: float = 15.0
 
     @property
     def page_budget(self) -> int:
@@ -142,21 +174,3 @@ class ServerSettings:
                 f"{PAGE_HEADROOM_BYTES} ({self.max_send_message_bytes - PAGE_HEADROOM_BYTES}), "
                 f"got {self.list_page_max_bytes}"
             )
-
-    #: Rows one ListOperations call may scan (longrun_core.store.ScanBudget).
-    list_scan_budget: int = DEFAULT_LIST_SCAN_BUDGET
-    # gRPC connections (seconds): ping an idle client this often and drop it
-    # if the ping is not answered in time (a peer gone without a FIN); close
-    # a connection without calls for this long, or older than this (after
-    # the longest WaitOperation may finish); drop one whose HTTP/2 handshake
-    # does not complete in time.
-    grpc_keepalive_time: float = 120.0
-    grpc_keepalive_timeout: float = 20.0
-    grpc_max_connection_idle: float = 300.0
-    grpc_max_connection_age: float = 1800.0
-    grpc_handshake_timeout: float = 10.0
-    # HTTP/JSON gateway connections (server/longrun_server/rest_connections.py).
-    http_header_timeout: float = 10.0
-    http_body_timeout: float = 30.0
-    http_idle_timeout: float = 60.0
-    http_max_connections: int = 1000

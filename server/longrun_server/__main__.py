@@ -28,7 +28,7 @@ from longrun_core.settings import (
 )
 from longrun_core.tasks import TaskRegistry
 from longrun_server.app import create_server, load_services
-from longrun_server.health import HealthServicer
+from longrun_server.health import HealthServicer, StoreHealth
 from longrun_server.rest import (
     RestGateway,
     build_routes,
@@ -186,6 +186,35 @@ _S = ServerSettings()
     help="HTTP connections open at once; more are answered 503 and closed.",
 )
 @click.option(
+    "--health-interval",
+    type=click.FloatRange(min=0.05),
+    default=ServerSettings.health_interval,
+    envvar="LONGRUN_HEALTH_INTERVAL",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds between probes of the operation store; grpc.health.v1 reports "
+    "NOT_SERVING while they fail (disk full, read-only, store unreachable).",
+)
+@click.option(
+    "--health-timeout",
+    type=click.FloatRange(min=0.05),
+    default=ServerSettings.health_timeout,
+    envvar="LONGRUN_HEALTH_TIMEOUT",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds a store probe may take before it counts as failed.",
+)
+@click.option(
+    "--outage-lease-grace",
+    type=click.FloatRange(min=0.0),
+    default=ServerSettings.outage_lease_grace,
+    envvar="LONGRUN_OUTAGE_LEASE_GRACE",
+    show_envvar=True,
+    show_default=True,
+    help="After a storage outage, seconds that leases which expired meanwhile are left "
+    "to their workers before the sweeper takes the operations back.",
+)
+@click.option(
     "--port-file",
     type=click.Path(),
     default=None,
@@ -274,6 +303,9 @@ def main(**kw: Any) -> None:
         http_body_timeout=kw["http_body_timeout"],
         http_idle_timeout=kw["http_idle_timeout"],
         http_max_connections=kw["http_max_connections"],
+        health_interval=kw["health_interval"],
+        health_timeout=kw["health_timeout"],
+        outage_lease_grace=kw["outage_lease_grace"],
     )
     try:
         settings.check()
@@ -353,6 +385,13 @@ async def serve(
             raise SystemExit(f"cannot listen for HTTP on {http.host}:{http.port}: {exc}") from exc
     await server.start()
     dispatcher.start()
+    store_health = StoreHealth(
+        backends.probe,
+        health_servicer,
+        interval=settings.health_interval,
+        timeout=settings.health_timeout,
+    )
+    store_health.start()
     log.info(
         "serving on port %d; %s; tasks %s",
         port,
@@ -365,6 +404,7 @@ async def serve(
         Path(port_file).write_text(str(port))  # noqa: ASYNC240
     await stop.wait()
     log.info("stopping (grace %.1fs)", settings.grace)
+    await store_health.stop()
     await health_servicer.enter_graceful_shutdown()
     await dispatcher.stop()
     if gateway is not None:

@@ -122,6 +122,7 @@ async def create_server(
         redispatch_after=timedelta(seconds=settings.redispatch_after),
         retention=retention,
         sweep_interval=settings.sweep_interval,
+        outage_lease_grace=timedelta(seconds=settings.outage_lease_grace),
     )
     server = grpc.aio.server(
         options=[

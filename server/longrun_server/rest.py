@@ -52,7 +52,12 @@ from google.rpc import code_pb2, status_pb2
 from longrun.v1 import jobs_pb2
 from longrun_core.settings import DEFAULT_MESSAGE_BYTES
 from longrun_server.rest_connections import ConnectionGuard, ConnectionLimits, GuardedSite
-from longrun_server.rest_errors import error_body, make_status, status_from_rpc_error
+from longrun_server.rest_errors import (
+    error_body,
+    error_headers,
+    make_status,
+    status_from_rpc_error,
+)
 from longrun_server.rest_json import dumps, loads_strict, message_json
 from longrun_server.rest_protocol import JsonErrorAppRunner
 from longrun_server.rest_templates import PathTemplate
@@ -673,4 +678,4 @@ def _error_response(
     status: status_pb2.Status, http: int | None = None, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     body = error_body(status, http)
-    return _json_response(body["error"]["code"], body, headers)
+    return _json_response(body["error"]["code"], body, error_headers(status) | dict(headers or {}))

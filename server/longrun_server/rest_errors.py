@@ -5,6 +5,7 @@ Google REST APIs send."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,6 +77,19 @@ def status_from_rpc_error(error: grpc.RpcError) -> status_pb2.Status:
         return rich
     number = int(code.value[0]) if code is not None else code_pb2.UNKNOWN
     return make_status(number, details or code_name(number), reason=code_name(number))
+
+
+def error_headers(status: status_pb2.Status) -> dict[str, str]:
+    """HTTP headers for an error: `Retry-After` (whole seconds, rounded up)
+    when the status carries a google.rpc.RetryInfo, so plain HTTP clients and
+    proxies learn the delay the JSON body's RetryInfo detail gives."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            seconds = info.retry_delay.ToTimedelta().total_seconds()
+            return {"Retry-After": str(max(math.ceil(seconds), 0))}
+    return {}
 
 
 def error_body(status: status_pb2.Status, http: int | None = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -24,10 +25,21 @@ T = TypeVar("T")
 
 
 def to_status(error: LongrunError) -> status_pb2.Status:
+    """The google.rpc.Status of a domain error: its code and message, an
+    ErrorInfo (reason, domain longrun.dev, metadata) and, for an error a retry
+    can fix (AIP-194: UNAVAILABLE, a full disk's RESOURCE_EXHAUSTED, ...), a
+    RetryInfo with the delay to wait first."""
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
-    return status_pb2.Status(code=error.code.value[0], message=error.message, details=[detail])
+    details = [detail]
+    if error.retry_delay is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromTimedelta(timedelta(seconds=error.retry_delay))
+        packed = any_pb2.Any()
+        packed.Pack(retry)
+        details.append(packed)
+    return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
 
 
 def internal_status(exc: BaseException) -> status_pb2.Status:

@@ -6,12 +6,15 @@ import asyncio
 import time
 from dataclasses import replace
 from datetime import timedelta
+from typing import cast
 
 import pytest
 
 from longrun_core import transitions
+from longrun_core.backends import Backends
 from longrun_core.errors import AlreadyExists, InvalidArgument, NotFound
 from longrun_core.model import OperationRecord, State
+from longrun_core.queue import TaskQueue
 from longrun_core.store import Cursor, OperationStore, request_fingerprint
 from tests.contract.records import BASE, make_record
 
@@ -290,3 +293,15 @@ async def test_many_waiters_on_one_operation_all_wake(store: OperationStore) -> 
     await store.update(rec.name, lambda r: replace(r, progress_percent=1))
     await asyncio.gather(*tasks)
     assert woke == 20
+
+
+async def test_a_healthy_store_passes_the_health_probe(store: OperationStore) -> None:
+    """`Backends.probe` (grpc.health's source) succeeds on a store that can
+    take writes, and changes no operation. (It never touches the queue.)"""
+    rec = (await store.create(make_record())).record
+    backends = Backends(store, cast(TaskQueue, None))
+    await backends.probe()
+    await backends.probe()
+    assert await store.get(rec.name) == rec
+    page = await store.list(page_size=10, after=None)
+    assert [r.name for r in page.records] == [rec.name]

@@ -256,6 +256,58 @@ async def test_an_expired_lease_after_a_cancel_request_ends_cancelled(env: Env) 
     assert env.queue.published == []
 
 
+async def test_leases_that_expired_during_an_outage_are_left_to_their_workers_a_while(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storage outage stops renewals as surely as a dead worker: once the
+    store is back, an expired lease is kept `outage_lease_grace` (15 s) so a
+    live worker can renew it, and taken back only after that."""
+    running = await env.update(await env.create(), claim(env.clock))
+    env.clock.advance(LEASE.total_seconds() + 1)  # expired while the store was down
+
+    async def down(now: datetime, limit: int) -> list[OperationRecord]:
+        raise Unavailable("disk full (test)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(env.store, "due_for_dispatch", down)
+        with pytest.raises(Unavailable):
+            await env.dispatcher.sweep_once()
+    assert await env.dispatcher.sweep_once() == 0
+    assert (await env.store.get(running.name)).state is State.RUNNING
+    env.clock.advance(15 - 0.001)
+    assert await env.dispatcher.sweep_once() == 0
+    env.clock.advance(0.001)
+    assert await env.dispatcher.sweep_once() == 1
+    requeued = await env.store.get(running.name)
+    assert (requeued.state, requeued.lease_owner) == (State.QUEUED, None)
+
+
+async def test_a_renewal_within_the_grace_keeps_the_operation_with_its_worker(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = await env.update(await env.create(), claim(env.clock))
+    env.clock.advance(LEASE.total_seconds() + 1)
+
+    async def down(now: datetime, limit: int) -> list[OperationRecord]:
+        raise Unavailable("read-only (test)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(env.store, "due_for_dispatch", down)
+        with pytest.raises(Unavailable):
+            await env.dispatcher.sweep_once()
+    assert await env.dispatcher.sweep_once() == 0
+    env.clock.advance(2)
+    renewed = await env.update(
+        running,
+        lambda r: transitions.renew(
+            r, worker="gone", attempt=1, now=env.clock.now(), lease=3 * LEASE
+        ),
+    )
+    env.clock.advance(15)  # past the grace, within the renewed lease
+    assert await env.dispatcher.sweep_once() == 0
+    assert await env.store.get(running.name) == renewed
+
+
 # ---- deleting expired operations ----
 
 

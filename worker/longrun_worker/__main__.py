@@ -108,6 +108,7 @@ def main(**kw: Any) -> None:
         shutdown_grace=kw["shutdown_grace"],
         retention=kw["retention"],
         max_result_bytes=kw["max_result_bytes"],
+        outage_retry_max=backends.outage_retry_max,
     )
     if push is not None:
         if kw["burst"]:

@@ -24,10 +24,10 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2
@@ -51,6 +51,8 @@ from longrun_worker.context import RunContext
 
 log = logging.getLogger("longrun.worker")
 
+T = TypeVar("T")
+
 #: Seconds a handler runs before its guard (heartbeat + cancel watch) starts.
 GUARD_DELAY = 0.05
 
@@ -71,6 +73,8 @@ class WorkerSettings:
     #: Largest serialized result (or error) stored; a bigger one fails the
     #: operation with RESULT_TOO_LARGE instead.
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    #: Longest pause between retries while the store or queue is unavailable.
+    outage_retry_max: float = 5.0
 
 
 def default_worker_id() -> str:
@@ -153,8 +157,9 @@ class Worker:
                 max_messages, self.settings.receive_timeout, claim=self._claim_transition
             )
         except Unavailable as exc:
-            self._outage = min(max(self._outage * 2, 0.5), 30.0)
-            log.warning(
+            first = self._outage == 0.0
+            self._outage = min(max(self._outage * 2, 0.1), self.settings.outage_retry_max)
+            (log.warning if first else log.debug)(
                 "queue unavailable (%s); retrying in %.1fs",
                 exc,
                 self._outage,
@@ -164,6 +169,8 @@ class Worker:
                 async with asyncio.timeout(self._outage):
                     await self._stopping.wait()
             return []
+        if self._outage:
+            log.info("queue available again", extra={"action": "receive_resumed"})
         self._outage = 0.0
         return deliveries
 
@@ -199,6 +206,16 @@ class Worker:
     async def _handle_and_release(self, delivery: Delivery) -> None:
         try:
             await self.handle(delivery)
+        except Unavailable as exc:
+            # A storage outage: the message comes back (nack, or its lease ends).
+            log.warning(
+                "delivery of %s interrupted by an outage (%s); it will be redelivered",
+                delivery.message.operation,
+                exc,
+                extra={"action": "handle_unavailable"},
+            )
+            with contextlib.suppress(Exception):
+                await delivery.nack(1.0)
         except Exception:
             log.exception("delivery failed; it will be redelivered", extra={"action": "handle"})
             with contextlib.suppress(Exception):
@@ -358,6 +375,8 @@ class Worker:
                     except NotFound:
                         deleted = True
                         _log_deleted(rec)
+                    except Unavailable as exc:  # an outage: the task runs on; look again later
+                        _log_outage("cancel check", rec, exc)
                     else:
                         if current.cancel_requested or current.attempt != attempt or current.done:
                             ctx.cancel()
@@ -382,6 +401,8 @@ class Worker:
                     except transitions.Rejected:
                         ctx.cancel()
                         return
+                    except Unavailable as exc:  # an outage: renew at the next beat
+                        _log_outage("lease renewal", rec, exc)
                     next_beat = loop.time() + interval
                 if deleted:
                     await asyncio.sleep(max(next_beat - loop.time(), 0.0))
@@ -390,7 +411,8 @@ class Worker:
 
     async def _progress(self, rec: OperationRecord, percent: int, message: str) -> None:
         # A rejected write means the lease is gone: the guard notices and cancels.
-        with contextlib.suppress(transitions.Rejected, NotFound):
+        # Progress is best effort: during a storage outage it is dropped.
+        with contextlib.suppress(transitions.Rejected, NotFound, Unavailable):
             await self.store.update(
                 rec.name,
                 lambda r: transitions.renew(
@@ -412,20 +434,24 @@ class Worker:
         error: bytes | None = None,
     ) -> None:
         try:
-            final = await delivery.settle(
-                self.store,
-                rec.name,
-                lambda r: transitions.finish(
-                    r,
-                    worker=self.id,
-                    attempt=rec.attempt,
-                    now=self.clock.now(),
-                    retention=self.retention,
-                    response=response,
-                    error=error,
+            final = await self._outlasting(
+                rec,
+                "outcome",
+                lambda: delivery.settle(
+                    self.store,
+                    rec.name,
+                    lambda r: transitions.finish(
+                        r,
+                        worker=self.id,
+                        attempt=rec.attempt,
+                        now=self.clock.now(),
+                        retention=self.retention,
+                        response=response,
+                        error=error,
+                    ),
+                    dead_letter_if=_exhausted,
+                    between=lambda: self.failpoints.hit("before_ack"),
                 ),
-                dead_letter_if=_exhausted,
-                between=lambda: self.failpoints.hit("before_ack"),
             )
         except (transitions.Rejected, NotFound) as exc:
             log.info(
@@ -443,6 +469,25 @@ class Worker:
             final.state.name,
             extra={"action": "finish", "operation": final.name, "attempt": final.attempt},
         )
+
+    async def _outlasting(
+        self, rec: OperationRecord, what: str, write: Callable[[], Awaitable[T]]
+    ) -> T:
+        """`write()`, tried again with capped backoff while the store is
+        unavailable: a finished task's outcome waits out a storage outage
+        (the task is not run again for it) unless the worker is stopping."""
+        delay = 0.05
+        while True:
+            try:
+                return await write()
+            except Unavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                _log_outage(what, rec, exc, first=delay == 0.05)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+            delay = min(delay * 2, self.settings.outage_retry_max)
 
     async def _ack_or_dead_letter(self, delivery: Delivery, rec: OperationRecord) -> None:
         reason = _exhausted(rec)
@@ -506,6 +551,16 @@ async def _call(spec: TaskSpec, ctx: RunContext) -> Any:
     if isinstance(result, Awaitable):
         return await result
     return result
+
+
+def _log_outage(what: str, rec: OperationRecord, exc: Unavailable, *, first: bool = True) -> None:
+    (log.warning if first else log.debug)(
+        "%s of %s waits for the store: %s",
+        what,
+        rec.name,
+        exc,
+        extra={"action": "store_unavailable", "operation": rec.name},
+    )
 
 
 def _log_deleted(rec: OperationRecord) -> None:

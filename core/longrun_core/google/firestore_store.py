@@ -156,6 +156,8 @@ _STALE = (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted)
 SCAN_WINDOW = 300
 #: List-scan windows (queries) in flight at once, over all list calls.
 SCAN_CONCURRENCY = 4
+#: How long one call may take before it counts as an outage (Unavailable).
+CALL_TIMEOUT = 10.0
 #: How long `watch` waits for a new listener's initial snapshot.
 LISTEN_READY_TIMEOUT = 10.0
 #: How many (version, update_time) pairs `_read` remembers for the CAS write.
@@ -310,9 +312,12 @@ class FirestoreOperationStore(OperationStore):
         hub: WatchHub | None = None,
         max_workers: int = 32,
         listeners_per_client: int = LISTENERS_PER_CLIENT,
+        call_timeout: float = CALL_TIMEOUT,
     ) -> None:
         super().__init__(hub or WatchHub(self._start_listener))
         self.project = project
+        #: Seconds a call may take before it raises Unavailable (an outage).
+        self.call_timeout = call_timeout
         self.database = database
         self.collection = collection
         self._client: Any = client or firestore.Client(project=project, database=database)
@@ -338,6 +343,7 @@ class FirestoreOperationStore(OperationStore):
             project=settings.project,
             database=settings.firestore_database,
             collection=settings.firestore_collection,
+            call_timeout=settings.firestore_timeout,
         )
 
     def max_outcome_bytes(self, rec: OperationRecord) -> int | None:
@@ -358,9 +364,15 @@ class FirestoreOperationStore(OperationStore):
             raise Unavailable("the Firestore store is closed")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, fn)
+            async with asyncio.timeout(self.call_timeout):
+                return await loop.run_in_executor(self._pool, fn)
         except _TRANSIENT as exc:
             raise Unavailable(f"Firestore is unavailable: {exc}") from exc
+        except TimeoutError as exc:
+            # The client library retries an unreachable backend for up to a
+            # minute; an outage answers sooner. The call may still land later,
+            # like a crash just after sending it (see Guarantees).
+            raise Unavailable(f"Firestore did not answer within {self.call_timeout:g}s") from exc
 
     def _remember(self, op_id: str, version: int, update_time: Any) -> None:
         self._seen[op_id] = (version, update_time)

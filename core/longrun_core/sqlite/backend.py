@@ -6,16 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from longrun_core.errors import Unavailable
 from longrun_core.sqlite.db import Database
 from longrun_core.sqlite.notify import Notifier
 
+log = logging.getLogger("longrun.sqlite")
+
 OP_CHANGED = b"o"
 QUEUE_CHANGED = b"q"
+#: A health probe committed (nothing to do; it tells the safety net it was no missed change).
+PROBED = b"p"
 
 
 def notify_directory(db_path: Path) -> Path:
@@ -67,23 +73,41 @@ class SqliteBackend:
                 wake()
 
     async def start(self) -> None:
+        """Open the database (the store and the queue share it: the first
+        start opens it). Safe to call again after it raised."""
+        if not self._started:
+            await self.db.start()
+            self.notifier.listen()
+            self._net_task = asyncio.create_task(self._safety_net_loop(), name="sqlite-safety-net")
+            self._started = True
         self._users += 1
-        if self._started:
-            return
-        self._started = True
-        await self.db.start()
-        self.notifier.listen()
-        self._net_task = asyncio.create_task(self._safety_net_loop(), name="sqlite-safety-net")
 
     async def _safety_net_loop(self) -> None:
-        seen = await self.db.data_version()
+        """Every `safety_net` seconds: wake everyone if another process
+        committed unheard. Its call also checks that the database file is
+        still the one this process opened, so an idle process notices a
+        deleted or replaced file within a second. Storage faults are waited out."""
+        seen: int | None = None
         while True:
+            try:
+                version = await self.db.data_version()
+            except Unavailable as exc:
+                log.debug("safety-net check failed: %s", exc)
+                version = None
+            if version is not None:
+                if seen is not None and version != seen and not self._heard:
+                    for fn in self._on_missed:
+                        fn()
+                seen, self._heard = version, False
             await asyncio.sleep(self.safety_net)
-            version = await self.db.data_version()
-            if version != seen and not self._heard:
-                for fn in self._on_missed:
-                    fn()
-            seen, self._heard = version, False
+
+    async def probe(self) -> None:
+        """Raise `Unavailable` (or a subclass) if the database cannot take a
+        write now, or a call met a storage fault since the last probe (see
+        `Database.probe`). The probe's commit is announced, so other processes
+        do not take it for a missed notification."""
+        await self.db.probe()
+        self.notifier.send(PROBED)
 
     def operation_written(self, name: str) -> None:
         self.notifier.send(OP_CHANGED + name.encode())
@@ -92,8 +116,8 @@ class SqliteBackend:
         self.notifier.send(QUEUE_CHANGED)
 
     async def close(self) -> None:
-        self._users -= 1
-        if self._users > 0 or not self._started:
+        self._users = max(self._users - 1, 0)
+        if self._users > 0:
             return
         self._started = False
         if self._net_task is not None:

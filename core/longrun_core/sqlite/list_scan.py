@@ -43,11 +43,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from longrun_core.clock import from_micros, to_micros
-from longrun_core.errors import Unavailable
 from longrun_core.filtering.evaluate import error_values
 from longrun_core.filtering.index_terms import Equality, Indexed, IndexTerms
 from longrun_core.model import State
 from longrun_core.names import operation_name
+from longrun_core.sqlite.db import storage_error
 from longrun_core.store import Cursor, Window
 
 T = TypeVar("T")
@@ -382,8 +382,13 @@ class ScanReader:
     database file. Their number bounds how many windows run at once; the
     other scans wait their turn between windows."""
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    def __init__(
+        self, path: Path, threads: int = 1, check_file: Callable[[], None] | None = None
+    ) -> None:
         self.path = path
+        #: Raises when the path no longer names the database this process
+        #: opened (Database.check_file): a scan never reads a replacement.
+        self.check_file = check_file or (lambda: None)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sqlite-scan")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -403,12 +408,15 @@ class ScanReader:
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
+        self.check_file()
         try:
             return await loop.run_in_executor(self._executor, lambda: fn(self._connection()))
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+        except sqlite3.Error as exc:
+            # The same mapping as every other store call (sqlite/db.py).
+            mapped = storage_error(exc)
+            if mapped is None:
                 raise
-            raise Unavailable(f"cannot read the operations list now: {exc}") from exc
+            raise mapped from exc
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)

@@ -216,7 +216,9 @@ class SqliteOperationStore(OperationStore):
         #: One list-scan window at a time, on one reader thread: the windows
         #: of concurrent lists take turns. More would not scan faster (every
         #: window holds the GIL most of its time) and would slow other calls.
-        self._reader = ScanReader(backend.db.path, threads=1)
+        self._reader = ScanReader(
+            backend.db.path, threads=1, check_file=lambda: backend.db.check_file(report=False)
+        )
         self._scan_gate = asyncio.Semaphore(1)
         #: The queue in the same file, once `SqliteTaskQueue.attach` paired them:
         #: `create` then enqueues the task message in the same transaction.
