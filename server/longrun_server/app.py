@@ -83,6 +83,7 @@ async def create_server(
         redispatch_after=timedelta(seconds=settings.redispatch_after),
         retention=retention,
         sweep_interval=settings.sweep_interval,
+        lease_check_interval=settings.lease_check_interval,
     )
     server = grpc.aio.server(
         options=SERVER_OPTIONS, maximum_concurrent_rpcs=settings.max_concurrent_rpcs

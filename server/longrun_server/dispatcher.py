@@ -3,8 +3,10 @@
 `dispatch` publishes right after an operation is stored, then marks it
 dispatched. The sweeper catches everything that path can miss: a crash or a
 failed publish between store and publish (QUEUED past `dispatch_due_time`),
-a worker that died holding a lease (RUNNING past `lease_expire_time`), and a
-retry whose backoff ended. It also deletes expired finished operations in
+a worker that died holding a lease (RUNNING, and seen by this sweeper at one
+version for its whole lease on this process's monotonic clock: see
+longrun_core.leases; no worker's wall clock is trusted), and a retry whose
+backoff ended. It also deletes expired finished operations in
 batches (the emulator has no TTL; production may add a Firestore TTL policy on
 `expire_time` too). Publishing twice is harmless: claims are guarded.
 """
@@ -14,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import datetime, timedelta
 
 from longrun_core import transitions
 from longrun_core.clock import Clock
 from longrun_core.errors import LongrunError, NotFound
-from longrun_core.model import OperationRecord, State
+from longrun_core.leases import LeaseObserver, Monotonic
+from longrun_core.model import OperationRecord
 from longrun_core.queue import TaskMessage, TaskQueue
 from longrun_core.store import OperationStore
 
@@ -38,6 +42,9 @@ class Dispatcher:
         sweep_interval: float,
         batch: int = 200,
         publish_timeout: float = 5.0,
+        lease_check_interval: float = 0.0,
+        lease_batch: int = 1000,
+        monotonic: Monotonic = time.monotonic,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -47,6 +54,11 @@ class Dispatcher:
         self.sweep_interval = sweep_interval
         self.batch = batch
         self.publish_timeout = publish_timeout
+        self.lease_check_interval = lease_check_interval
+        self.lease_batch = lease_batch
+        self._monotonic = monotonic
+        self.leases = LeaseObserver(monotonic, capacity=lease_batch)
+        self._leases_checked: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -87,21 +99,54 @@ class Dispatcher:
     async def sweep_once(self) -> int:
         """One pass; returns how many operations it acted on."""
         now = self.clock.now()
-        acted = 0
+        acted = await self.check_leases()
         for rec in await self.store.due_for_dispatch(now, self.batch):
             acted += 1
-            if rec.state is State.RUNNING:
-                try:
-                    rec = await self.store.update(
-                        rec.name, lambda r: transitions.expire_lease(r, now, self.retention)
-                    )
-                except (transitions.Rejected, NotFound):
-                    continue
-                if rec.done:
-                    continue
             await self.dispatch(rec)
         acted += await self.store.delete_expired(now, self.batch)
         return acted
+
+    async def check_leases(self) -> int:
+        """Look at the RUNNING operations (every `lease_check_interval`) and take
+        back those whose lease this sweeper has seen lapse: requeue and publish
+        them, or end them (no attempts left, cancel requested). Returns how
+        many it took back."""
+        mono = self._monotonic()
+        if (
+            self._leases_checked is not None
+            and mono - self._leases_checked < self.lease_check_interval
+        ):
+            return 0
+        self._leases_checked = mono
+        running = await self.store.leased(self.lease_batch)
+        self.leases.keep_only(r.id for r in running)
+        taken = 0
+        for seen in running:
+            sighting = self.leases.sight(seen)
+            if transitions.lease_remaining(seen, sighting) > timedelta(0):
+                continue
+            try:
+                rec = await self.store.update(
+                    seen.name,
+                    lambda r, s=sighting: transitions.expire_lease(  # type: ignore[misc]
+                        r, self.clock.now(), self.retention, sighting=s
+                    ),
+                )
+            except (transitions.Rejected, NotFound):
+                continue  # it wrote meanwhile (alive after all), or finished, or went
+            self.leases.forget(seen.id)
+            taken += 1
+            log.warning(
+                "%s: no heartbeat from %s for its %ss lease; %s",
+                seen.name,
+                seen.lease_owner,
+                transitions.lease_duration(seen).total_seconds(),
+                "requeued" if not rec.done else f"ended {rec.state.name}",
+                extra={"action": "lease_lost", "operation": seen.name},
+            )
+            if not rec.done:
+                await self.dispatch(rec)
+        return taken
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="sweeper")

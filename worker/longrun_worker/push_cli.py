@@ -151,11 +151,13 @@ async def serve_push(
 ) -> None:
     # Imported here: the pull worker never loads aiohttp.
     from longrun_core.backends import build_backends
+    from longrun_core.clock import clock_from_env
     from longrun_core.failpoints import Failpoints
     from longrun_worker.push import PubSubDeadLetters, PushEndpoint, serve
     from longrun_worker.runtime import Worker
 
-    backends = build_backends(backend_cfg)
+    clock = clock_from_env()
+    backends = build_backends(backend_cfg, clock)
     # Only the store: the queue's start would create the pull subscription,
     # which a push deployment must not have (see docs/push.md).
     await backends.store.start()
@@ -169,6 +171,7 @@ async def serve_push(
         queue=backends.queue,  # unused: messages arrive over HTTP
         registry=registry,
         settings=settings,
+        clock=clock,
         failpoints=Failpoints.from_env(),
     )
     endpoint = PushEndpoint(worker, cfg.settings, dead_letters=dead_letters)
@@ -186,6 +189,7 @@ async def serve_push(
     try:
         await serve(endpoint, cfg.host, cfg.port, stop=stop, port_file=cfg.port_file)
     finally:
+        worker.close()
         if dead_letters is not None:
             await dead_letters.close()
         await backends.close()
