@@ -73,6 +73,8 @@ class LeaseLost(Rejected):
     """The caller's attempt no longer holds the lease (taken over, cancelled, deleted)."""
 
 
+_TICK = timedelta(microseconds=1)
+
 #: The lease of a record written before leases recorded their duration.
 LEGACY_LEASE = timedelta(seconds=10)
 
@@ -263,7 +265,9 @@ def renew(
     changes: dict[str, object] = {
         "lease_expire_time": now + lease,
         "lease_duration": lease,
-        "update_time": now,
+        # Never the same record twice, even from a clock that stood still or
+        # went back: each renew must advance the version observers watch.
+        "update_time": max(now, rec.update_time + _TICK),
     }
     if progress is not None:
         changes["progress_percent"], changes["progress_message"] = progress
