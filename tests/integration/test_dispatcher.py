@@ -124,6 +124,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         redispatch_after=REDISPATCH,
         retention=RETENTION,
         sweep_interval=0.05,
+        monotonic=clock.monotonic,
     )
     jobs = JobsService(store, dispatcher, REGISTRY, clock=clock, ids=uuid_ids)
     try:
@@ -207,8 +208,9 @@ async def test_dispatching_a_deleted_operation_is_harmless(env: Env) -> None:
 # ---- taking back expired leases ----
 
 
-async def test_an_expired_lease_with_attempts_left_is_requeued_and_published(env: Env) -> None:
+async def test_a_lease_seen_silent_for_its_duration_is_requeued_and_published(env: Env) -> None:
     rec = await env.update(await env.create(), claim(env.clock))
+    assert await env.dispatcher.sweep_once() == 0  # first seen: its silence starts now
 
     env.clock.advance(LEASE.total_seconds() - 0.000001)
     assert await env.dispatcher.sweep_once() == 0
@@ -226,8 +228,9 @@ async def test_an_expired_lease_with_attempts_left_is_requeued_and_published(env
     assert invocations == [(rec.name, 2)]
 
 
-async def test_an_expired_lease_on_the_last_attempt_fails_the_operation(env: Env) -> None:
+async def test_a_lapsed_lease_on_the_last_attempt_fails_the_operation(env: Env) -> None:
     rec = await env.update(await env.create(max_attempts=1), claim(env.clock))
+    assert await env.dispatcher.sweep_once() == 0
 
     env.clock.advance(LEASE.total_seconds())
     assert await env.dispatcher.sweep_once() == 1
@@ -241,11 +244,12 @@ async def test_an_expired_lease_on_the_last_attempt_fails_the_operation(env: Env
     assert await env.dispatcher.sweep_once() == 0
 
 
-async def test_an_expired_lease_after_a_cancel_request_ends_cancelled(env: Env) -> None:
+async def test_a_lapsed_lease_after_a_cancel_request_ends_cancelled(env: Env) -> None:
     rec = await env.update(await env.create(), claim(env.clock))
     await env.update(
         rec, lambda r: transitions.request_cancel(r, now=env.clock.now(), retention=RETENTION)
     )
+    assert await env.dispatcher.sweep_once() == 0
 
     env.clock.advance(LEASE.total_seconds())
     assert await env.dispatcher.sweep_once() == 1
@@ -254,6 +258,64 @@ async def test_an_expired_lease_after_a_cancel_request_ends_cancelled(env: Env) 
     assert cancelled.state is State.CANCELLED
     assert cancelled.to_operation().error.code == 1
     assert env.queue.published == []
+
+
+async def test_a_renewing_holder_is_never_taken_over_whatever_its_clock_says(env: Env) -> None:
+    """Its clock runs a minute behind the sweeper's, so every lease_expire_time
+    it writes is long past; it renews every 4 s of a 10 s lease: never lost."""
+    behind = FakeClock(env.clock.now() - timedelta(seconds=60))
+    rec = await env.update(await env.create(), claim(behind))
+    for _ in range(10):
+        assert await env.dispatcher.sweep_once() == 0
+        env.clock.advance(4)
+        behind.advance(4)
+        rec = await env.update(
+            rec,
+            lambda r: transitions.renew(r, worker="gone", attempt=1, now=behind.now(), lease=LEASE),
+        )
+    assert rec.lease_expire_time is not None and rec.lease_expire_time < env.clock.now()
+    assert await env.dispatcher.sweep_once() == 0
+    assert (await env.store.get(rec.name)).state is State.RUNNING
+    assert env.queue.published == []
+
+
+async def test_a_silent_holder_whose_clock_is_ahead_is_taken_over_after_its_lease(
+    env: Env,
+) -> None:
+    ahead = FakeClock(env.clock.now() + timedelta(seconds=60))
+    rec = await env.update(await env.create(), claim(ahead))  # lease "ends" in 70 s
+    assert await env.dispatcher.sweep_once() == 0
+
+    env.clock.advance(LEASE.total_seconds())  # 10 s of silence, 60 s before its stamp
+    assert await env.dispatcher.sweep_once() == 1
+    requeued = await env.store.get(rec.name)
+    assert (requeued.state, requeued.attempt) == (State.QUEUED, 1)
+    assert env.queue.published == [TaskMessage(rec.name, "noop", 1)]
+
+
+async def test_leases_are_read_once_per_lease_check_interval(env: Env) -> None:
+    checker = Dispatcher(
+        env.store,
+        env.queue,
+        clock=env.clock,
+        redispatch_after=REDISPATCH,
+        retention=RETENTION,
+        sweep_interval=0.05,
+        lease_check_interval=5,
+        monotonic=env.clock.monotonic,
+    )
+    rec = await env.update(await env.create(), claim(env.clock))
+    assert await checker.check_leases() == 0  # first look: silence starts
+    env.clock.advance(LEASE.total_seconds())
+    assert await checker.check_leases() == 1  # 10 s later: lapsed
+    other = await env.update(await env.create(), claim(env.clock))
+    env.clock.advance(4.9)
+    assert await checker.check_leases() == 0  # too soon to look again: not even seen
+    env.clock.advance(0.1)
+    assert await checker.check_leases() == 0  # seen now, for the first time
+    env.clock.advance(LEASE.total_seconds())
+    assert await checker.check_leases() == 1
+    assert {m.operation for m in env.queue.published} == {rec.name, other.name}
 
 
 # ---- deleting expired operations ----

@@ -63,7 +63,13 @@ class TaskLoop:
     def _main(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
         asyncio.set_event_loop(loop)
         loop.call_soon(ready.set)
-        loop.run_forever()
+        try:
+            loop.run_forever()
+        finally:
+            # Handlers still running here were abandoned: drop them with the loop.
+            for task in asyncio.all_tasks(loop):
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+            loop.close()
 
     def close(self) -> None:
         """Stop the loop (abandoning what runs on it); the thread then ends."""

@@ -31,7 +31,7 @@ from google.rpc import code_pb2, status_pb2
 from longrun_core.tasks import RetryPolicy
 from longrun_worker import frames
 from longrun_worker.calling import call_blocking
-from longrun_worker.context import CancelSignal
+from longrun_worker.context import SharedFlag
 from longrun_worker.outcome import Outcome, outcome_of
 
 #: How long the task process waits for the children it killed to be reaped.
@@ -47,7 +47,7 @@ class ChildContext:
         self.attempt: int = request["attempt"]
         self.params: dict[str, Any] = request["params"]
         self._channel = channel
-        self._cancel = CancelSignal()
+        self._cancel = SharedFlag()
 
     async def progress(self, percent: int, message: str = "") -> None:
         self.progress_threadsafe(percent, message)

@@ -15,8 +15,10 @@ ProgressSink = Callable[[int, str], Awaitable[None]]
 PROGRESS_TIMEOUT = 30.0
 
 
-class CancelSignal:
-    """A cancel flag that threads can read and any event loop can wait on."""
+class SharedFlag:
+    """A flag that any thread can set and read and any event loop can wait on
+    (a handler's cancel signal lives on the control loop and is awaited on
+    the task loop, a handler's own loop, or in a task process)."""
 
     def __init__(self) -> None:
         self._set = threading.Event()
@@ -90,7 +92,7 @@ class RunContext:
         self.params = params
         self.attempt = attempt
         self._progress_sink = progress_sink
-        self._cancel = CancelSignal()
+        self._cancel = SharedFlag()
         self.loop = asyncio.get_running_loop()
 
     async def progress(self, percent: int, message: str = "") -> None:
