@@ -300,20 +300,40 @@ def _worker_writes(
     clock: FakeClock, worker: str, attempt: int, releases: int = 0
 ) -> dict[str, Callable[[OperationRecord], OperationRecord]]:
     err = transitions.status_bytes(code_pb2.UNAVAILABLE, "flaky")
-    claim_id = {"worker": worker, "attempt": attempt, "releases": releases}
+    w, a, n = worker, attempt, releases
     return {
-        "renew": lambda r: transitions.renew(r, **claim_id, now=clock.now(), lease=LEASE),
+        "renew": lambda r: transitions.renew(
+            r, worker=w, attempt=a, releases=n, now=clock.now(), lease=LEASE
+        ),
         "finish": lambda r: transitions.finish(
-            r, **claim_id, now=clock.now(), retention=RETENTION, response=response_bytes()
+            r,
+            worker=w,
+            attempt=a,
+            releases=n,
+            now=clock.now(),
+            retention=RETENTION,
+            response=response_bytes(),
         ),
         "fail": lambda r: transitions.finish(
-            r, **claim_id, now=clock.now(), retention=RETENTION, error=err
+            r, worker=w, attempt=a, releases=n, now=clock.now(), retention=RETENTION, error=err
         ),
         "retry": lambda r: transitions.retry(
-            r, **claim_id, now=clock.now(), delay=timedelta(seconds=1), error=err
+            r,
+            worker=w,
+            attempt=a,
+            releases=n,
+            now=clock.now(),
+            delay=timedelta(seconds=1),
+            error=err,
         ),
         "release": lambda r: transitions.release(
-            r, **claim_id, now=clock.now(), retention=RETENTION, max_releases=MAX_RELEASES
+            r,
+            worker=w,
+            attempt=a,
+            releases=n,
+            now=clock.now(),
+            retention=RETENTION,
+            max_releases=MAX_RELEASES,
         ),
     }
 
@@ -604,11 +624,9 @@ def test_release_gives_the_operation_back_for_an_immediate_claim(clock: FakeCloc
 
 def test_release_gives_attempts_back_only_max_releases_times(clock: FakeClock) -> None:
     rec = new_record(clock, max_attempts=2)
-    claims = 0
-    for _ in range(MAX_RELEASES):
+    for released in range(1, MAX_RELEASES + 1):
         rec = release(claim(rec, clock), clock)
-        claims += 1
-        assert (rec.state, rec.attempt, rec.releases) == (State.QUEUED, 0, claims)
+        assert (rec.state, rec.attempt, rec.releases) == (State.QUEUED, 0, released)
 
     rec = release(claim(rec, clock), clock)  # this interruption counts
     assert (rec.state, rec.attempt, rec.releases) == (State.QUEUED, 1, MAX_RELEASES)

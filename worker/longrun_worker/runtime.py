@@ -445,6 +445,16 @@ class Worker:
         lease = _Lease(claimed_at, self.settings.lease, self._monotonic)
         guard: asyncio.Task[None] | None = None
         attempt: RunningAttempt | None = None
+
+        def start_guard() -> None:
+            nonlocal guard
+            guard = asyncio.create_task(self._guard(delivery, rec, ctx, lease))
+
+        # Most tasks of a busy queue are short: the guard (a watch and a read)
+        # starts only for those still running after a moment, counted from
+        # before the handler starts (a task process may take a while to start).
+        # Its first read sees any cancel that came before it started.
+        guard_timer = asyncio.get_running_loop().call_later(GUARD_DELAY, start_guard)
         try:
             try:
                 attempt = await self.runner.start(spec, ctx, max_attempts=rec.max_attempts)
@@ -458,12 +468,6 @@ class Worker:
                 await self._release(delivery, rec)
                 return
             finished = asyncio.ensure_future(attempt.wait())
-            # Most tasks of a busy queue are short: start the guard (a watch and a
-            # read) only for those still running after a moment. Its first read
-            # sees any cancel that came before it started.
-            await asyncio.wait({finished}, timeout=GUARD_DELAY)
-            if not finished.done():
-                guard = asyncio.create_task(self._guard(delivery, rec, ctx, lease))
             outcome, ending = await self._supervise(attempt, finished, ctx, spec, lease)
         except asyncio.CancelledError:
             # Worker shutdown past its grace: stop the handler, give the operation back.
@@ -473,6 +477,7 @@ class Worker:
             await self._release(delivery, rec)
             raise
         finally:
+            guard_timer.cancel()
             if guard is not None:
                 guard.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
