@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -34,12 +35,15 @@ from typing import Any, TypeVar
 
 from google.rpc import code_pb2
 
+from longrun_core.errors import LongrunError
 from longrun_core.tasks import TaskSpec
 from longrun_worker import child, frames
 from longrun_worker.context import RunContext
 from longrun_worker.outcome import Outcome, TaskCrashed, describe_exit, outcome_of
 
 T = TypeVar("T")
+
+log = logging.getLogger("longrun.worker")
 
 #: How long to wait for a task process to end after SIGKILL before giving
 #: up on it (a process in uninterruptible sleep); the fork server reaps it.
@@ -205,6 +209,14 @@ class ProcessAttempt:
         assert self._exited is not None
         try:
             await self._read(reader)
+        except Exception as exc:  # a malformed frame: the process is not to be trusted
+            self._outcome = outcome_of(
+                None,
+                TaskCrashed(f"the task process sent a malformed frame: {exc!r}"[:500]),
+                policy=self._spec.retry,
+                attempt=self._ctx.attempt,
+                max_attempts=self._max_attempts,
+            )
         finally:
             if self._outcome is not None:
                 # Sent its outcome: it ends by itself at once, or is made to.
@@ -253,7 +265,10 @@ class ProcessAttempt:
                 self._pgid = int(json.loads(payload)["pgid"])
             elif kind == frames.PROGRESS:
                 body = json.loads(payload)
-                await self._ctx.progress(int(body["percent"]), str(body["message"]))
+                try:
+                    await self._ctx.progress(int(body["percent"]), str(body["message"]))
+                except LongrunError as exc:  # the store is down: this progress is lost
+                    log.warning("progress of %s not recorded: %s", self._ctx.operation, exc)
             elif kind == frames.RESULT:
                 self._outcome = Outcome(response=payload)
                 return

@@ -508,7 +508,7 @@ class Worker:
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if finished in done:
-                return finished.result(), "cancelled" if ctx.cancelled else "done"
+                return _result_of(finished), "cancelled" if ctx.cancelled else "done"
             if lost in done:
                 ctx.cancel()
                 await attempt.stop(grace=False)
@@ -521,7 +521,7 @@ class Worker:
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if finished in done:
-                return finished.result(), ending
+                return _result_of(finished), ending
             if lost in done:
                 await attempt.stop(grace=False)
                 return None, "lost"
@@ -790,6 +790,21 @@ class Worker:
                 exc,
                 extra={"action": "release_failed", "operation": rec.name},
             )
+
+
+def _result_of(finished: asyncio.Future[Outcome]) -> Outcome:
+    """The attempt's outcome; a failure to make one (a bug, or an exception
+    that cannot even be described) fails the attempt without a retry."""
+    exc = finished.exception()
+    if exc is None:
+        return finished.result()
+    log.error("could not make the outcome of an attempt", exc_info=exc)
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # its str() fails too
+        text = type(exc).__name__
+    message = f"the attempt's outcome could not be recorded: {text}"[:2000]
+    return Outcome(error=transitions.status_bytes(code_pb2.INTERNAL, message))
 
 
 def _exhausted(rec: OperationRecord) -> str | None:
