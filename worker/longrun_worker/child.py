@@ -187,6 +187,8 @@ def _exit(code: int) -> None:
 def end_descendants() -> None:
     """Kill the rest of this process group and reap every child (including
     orphans this subreaper adopted), waiting at most REAP_WAIT seconds."""
+    if _SUBREAPER and not _has_children():
+        return  # a subreaper without children has no descendants: nothing to scan
     me = os.getpid()
     for pid in group_members(os.getpgid(0)):
         if pid != me:
@@ -218,11 +220,24 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def _has_children() -> bool:
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+_SUBREAPER = False
+
+
 def _become_subreaper() -> None:
+    global _SUBREAPER
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        _SUBREAPER = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 _NO_RETRY = RetryPolicy(max_attempts=1, retry_on=())

@@ -28,6 +28,7 @@ import multiprocessing.forkserver
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from multiprocessing.process import BaseProcess
@@ -45,6 +46,10 @@ T = TypeVar("T")
 
 log = logging.getLogger("longrun.worker")
 
+#: Tells the fork server the name the worker's main module was run under
+#: (longrun_worker.forkserver_ready).
+MAIN_VAR = "LONGRUN_FORKSERVER_MAIN"
+
 #: How long to wait for a task process to end after SIGKILL before giving
 #: up on it (a process in uninterruptible sleep); the fork server reaps it.
 KILL_WAIT = 5.0
@@ -56,23 +61,48 @@ class ProcessLauncher:
 
     def __init__(self, preload: Iterable[str] = ()) -> None:
         self._context = multiprocessing.get_context("forkserver")
-        self._preload = ["__main__", "longrun_worker.child", *dict.fromkeys(preload)]
-        self._started = False
+        self._main = _main_module_name()
+        self._preload = [
+            "__main__",
+            *([self._main] if self._main else []),
+            "longrun_worker.child",
+            *dict.fromkeys(preload),
+            "longrun_worker.forkserver_ready",  # last: see its docstring
+        ]
         self._lock = threading.Lock()
 
     def ensure_running(self) -> None:
-        """Start the fork server if it is not (blocks: call it off the loop)."""
+        """Start the fork server if it is not (blocks: call it off the loop).
+        The fork server is one per process (multiprocessing's): the first
+        launcher to start it chooses what it preloads."""
         with self._lock:
-            if not self._started:
-                self._context.set_forkserver_preload(self._preload)
-                self._started = True
-        multiprocessing.forkserver.ensure_running()
+            self._context.set_forkserver_preload(self._preload)
+            saved = os.environ.get(MAIN_VAR)
+            os.environ[MAIN_VAR] = self._main or ""
+            try:
+                multiprocessing.forkserver.ensure_running()
+            finally:
+                if saved is None:
+                    del os.environ[MAIN_VAR]
+                else:
+                    os.environ[MAIN_VAR] = saved
 
     def process(self, sock: socket.socket, name: str) -> BaseProcess:
         proc: BaseProcess = self._context.Process(  # type: ignore[attr-defined]
             target=child.main, args=(sock,), name=name, daemon=True
         )
         return proc
+
+
+def _main_module_name() -> str | None:
+    """The name `__main__` was run under (python -m NAME), if it was, and if
+    multiprocessing would import it again in each child (NAME not ending in
+    `.__main__`)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    if not isinstance(name, str) or name == "__main__" or name.endswith(".__main__"):
+        return None
+    return name
 
 
 def check_process_handler(spec: TaskSpec) -> None:
