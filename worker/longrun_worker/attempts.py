@@ -81,7 +81,7 @@ class TaskLoop:
 
 
 class InlineAttempt:
-    """A handler on the task loop."""
+    """A handler on the task loop: two hops between the loops (start, outcome)."""
 
     def __init__(
         self, task_loop: TaskLoop, spec: TaskSpec, ctx: RunContext, max_attempts: int
@@ -90,20 +90,29 @@ class InlineAttempt:
         self._ctx = ctx
         self._max_attempts = max_attempts
         self._loop = task_loop.loop
-        self._task: asyncio.Task[Outcome] | None = None
-        started = asyncio.run_coroutine_threadsafe(self._main(), self._loop)
-        self._outcome = asyncio.wrap_future(started)
+        self._control = asyncio.get_running_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._outcome: asyncio.Future[Outcome] = self._control.create_future()
+        self._loop.call_soon_threadsafe(self._start)
 
-    async def _main(self) -> Outcome:
-        self._task = asyncio.current_task()  # type: ignore[assignment]
+    def _start(self) -> None:  # on the task loop
+        self._task = self._loop.create_task(self._main())
+
+    async def _main(self) -> None:  # on the task loop
         result, exc = await call_async(self._spec.handler, self._ctx)
-        return outcome_of(
-            result,
-            exc,
-            policy=self._spec.retry,
-            attempt=self._ctx.attempt,
-            max_attempts=self._max_attempts,
-        )
+        try:
+            outcome = outcome_of(
+                result,
+                exc,
+                policy=self._spec.retry,
+                attempt=self._ctx.attempt,
+                max_attempts=self._max_attempts,
+            )
+        except Exception as failure:  # an exception that cannot even be described
+            self._control.call_soon_threadsafe(_fail, self._outcome, failure)
+            return
+        with contextlib.suppress(RuntimeError):  # the worker's loop is closed
+            self._control.call_soon_threadsafe(_settle, self._outcome, outcome)
 
     async def wait(self) -> Outcome:
         return await asyncio.shield(self._outcome)
@@ -112,10 +121,12 @@ class InlineAttempt:
         return self._outcome.done()
 
     async def stop(self, *, grace: bool = True) -> None:
-        task = self._task
-        if task is not None and not task.done():
-            with contextlib.suppress(RuntimeError):  # the task loop is closed
-                self._loop.call_soon_threadsafe(task.cancel)
+        with contextlib.suppress(RuntimeError):  # the task loop is closed
+            self._loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:  # on the task loop
+        if self._task is not None:
+            self._task.cancel()
 
 
 class ThreadAttempt:
@@ -161,6 +172,11 @@ class ThreadAttempt:
 def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
     if not future.done():
         future.set_result(outcome)
+
+
+def _fail(future: asyncio.Future[Outcome], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 class AttemptRunner:

@@ -498,6 +498,10 @@ class Worker:
         request or at its deadline after `cancel_grace`, at once when the lease
         is lost. Returns (its outcome if it produced one, why it ended: done,
         cancelled, deadline or lost)."""
+        # Most tasks of a busy queue are short: done before anything is watched.
+        await asyncio.wait({finished}, timeout=GUARD_DELAY)
+        if finished.done():
+            return _result_of(finished), "cancelled" if ctx.cancelled else "done"
         cancelled: asyncio.Future[object] = asyncio.ensure_future(ctx.wait_cancelled())
         lost: asyncio.Future[object] = asyncio.ensure_future(lease.lost.wait())
         watched: set[asyncio.Future[object]] = {finished, cancelled, lost}  # type: ignore[arg-type]
