@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Figure, note, percentile, ratio, standalone, summary_ms
-from longrun_core.tasks import TaskContext, TaskRegistry, TaskSpec
+from longrun_core.tasks import Isolation, TaskContext, TaskRegistry, TaskSpec
 from longrun_worker.attempts import AttemptRunner
 from longrun_worker.context import RunContext
 from longrun_worker.isolation import in_thread
 
 NAME = "8 Process isolation overhead"
-MODES = ("process", "thread", "inline")
+MODES: tuple[Isolation, ...] = ("process", "thread", "inline")
 CONCURRENCY = 4
 #: p50 a process attempt may add to a thread attempt, in ms.
 TARGET_MS = 25.0

@@ -24,7 +24,7 @@ from longrun_core.clock import Clock
 from longrun_core.errors import LongrunError, NotFound
 from longrun_core.leases import LeaseObserver, Monotonic
 from longrun_core.model import OperationRecord
-from longrun_core.queue import TaskMessage, TaskQueue
+from longrun_core.queue import TaskMessage, TaskQueue, Transition
 from longrun_core.store import OperationStore
 
 log = logging.getLogger("longrun.dispatcher")
@@ -126,12 +126,7 @@ class Dispatcher:
             if transitions.lease_remaining(seen, sighting) > timedelta(0):
                 continue
             try:
-                rec = await self.store.update(
-                    seen.name,
-                    lambda r, s=sighting: transitions.expire_lease(  # type: ignore[misc]
-                        r, self.clock.now(), self.retention, sighting=s
-                    ),
-                )
+                rec = await self.store.update(seen.name, self._expire(sighting))
             except (transitions.Rejected, NotFound):
                 continue  # it wrote meanwhile (alive after all), or finished, or went
             self.leases.forget(seen.id)
@@ -147,6 +142,11 @@ class Dispatcher:
             if not rec.done:
                 await self.dispatch(rec)
         return taken
+
+    def _expire(self, sighting: transitions.LeaseSighting) -> Transition:
+        return lambda r: transitions.expire_lease(
+            r, self.clock.now(), self.retention, sighting=sighting
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="sweeper")

@@ -166,14 +166,18 @@ async def serve_push(
         dead_letters = PubSubDeadLetters(
             f"projects/{backend_cfg.project}/topics/{backend_cfg.pubsub_dead_letter_topic}"
         )
-    worker = Worker(
-        store=backends.store,
-        queue=backends.queue,  # unused: messages arrive over HTTP
-        registry=registry,
-        settings=settings,
-        clock=clock,
-        failpoints=Failpoints.from_env(),
-    )
+    try:
+        worker = Worker(
+            store=backends.store,
+            queue=backends.queue,  # unused: messages arrive over HTTP
+            registry=registry,
+            settings=settings,
+            clock=clock,
+            failpoints=Failpoints.from_env(),
+        )
+    except ValueError as exc:  # a task that cannot run as declared
+        await backends.close()
+        raise click.UsageError(str(exc)) from exc
     endpoint = PushEndpoint(worker, cfg.settings, dead_letters=dead_letters)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
