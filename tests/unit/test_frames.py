@@ -49,9 +49,7 @@ def test_the_channel_sends_from_threads_without_interleaving_and_reads_eof() -> 
     ours, theirs = socket.socketpair()
     channel = frames.Channel(ours)
     payloads = [bytes([i]) * 50_000 for i in range(8)]
-    threads = [
-        threading.Thread(target=channel.send, args=(frames.PROGRESS, p)) for p in payloads
-    ]
+    threads = [threading.Thread(target=channel.send, args=(frames.PROGRESS, p)) for p in payloads]
     for thread in threads:
         thread.start()
     peer = frames.Channel(theirs)
