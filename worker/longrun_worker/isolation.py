@@ -12,9 +12,16 @@ protobuf frames (longrun_worker.frames).
 
 Stopping: SIGTERM to the task's process group, SIGKILL after `kill_grace`.
 After the task process ends, whatever is left of its group is killed too.
-The fork server reaps the task processes; a task process reaps its own
-descendants (longrun_worker.child). A task process whose worker dies kills
-itself (its end of the socket closes).
+The fork server reaps the task processes; a task process that ends by itself
+first kills and reaps its own descendants (longrun_worker.child); those of a
+killed one are orphans that init reaps. A task process whose worker dies
+kills its group (its end of the socket closes).
+
+The fork server is multiprocessing's, one per process: the first launcher to
+start it chooses its preloaded modules (later ones' modules are imported by
+each child instead). It imports the worker's main module, as multiprocessing
+requires: a program that runs a Worker itself guards its entry point with
+`if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
