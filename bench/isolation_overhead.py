@@ -1,4 +1,4 @@
-"""8. What process isolation costs per attempt: a trivial sync handler run
+"""9. What process isolation costs per attempt: a trivial sync handler run
 through the worker's `AttemptRunner` (start -> outcome: for a process, the
 fork from the fork server, the request and params out as JSON, the result
 back as a packed protobuf, the exit and the group clean-up), in a task
@@ -36,7 +36,7 @@ from longrun_worker.attempts import AttemptRunner
 from longrun_worker.context import RunContext
 from longrun_worker.isolation import in_thread
 
-NAME = "8 Process isolation overhead"
+NAME = "9 Process isolation overhead"
 MODES: tuple[Isolation, ...] = ("process", "thread", "inline")
 CONCURRENCY = 4
 #: p50 a process attempt may add to a thread attempt, in ms.
