@@ -338,7 +338,7 @@ async def test_a_cancel_kills_a_task_process_that_ignores_it_and_sigterm(env: En
 
     assert rec.to_operation().error.code == code_pb2.CANCELLED
     # cancel_grace 0.2 s, then SIGTERM (ignored), then SIGKILL after kill_grace 0.3 s
-    assert 0.5 <= took < 2.5
+    assert 0.5 <= took < 5
     await wait_until(lambda: not alive(pid), description="the task process is gone")
 
 
