@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.longrunning import operations_pb2
@@ -66,7 +66,15 @@ class OperationRecord:
     response: bytes | None = None  # serialized google.protobuf.Any
     error: bytes | None = None  # serialized google.rpc.Status
     lease_owner: str | None = None
+    #: The holder's own estimate of when its lease ends (its clock + `lease_duration`).
+    #: Informative only: no other process judges a lease by it (see `transitions.LeaseSighting`).
     lease_expire_time: datetime | None = None
+    #: How long the holder's lease lasts without a heartbeat, measured by whoever
+    #: watches it on their own monotonic clock; None while no lease is held.
+    lease_duration: timedelta | None = None
+    #: How many attempts a graceful worker shutdown gave back (`transitions.release`);
+    #: `attempt + releases` counts the claims, so with `lease_owner` it fences writes.
+    releases: int = 0
     #: When the sweeper must (re)publish the task message if nothing else has:
     #: set on create and on retry; cleared once a worker claims the operation.
     dispatch_due_time: datetime | None = None

@@ -110,6 +110,8 @@ class ServerSettings:
     redispatch_after: float = 30.0
     #: How often the sweeper looks for undispatched work and expired leases.
     sweep_interval: float = 1.0
+    #: How often the sweeper reads the RUNNING operations to judge their leases.
+    lease_check_interval: float = 2.0
     #: How long finished operations are kept (AIP-151 suggests 30 days).
     retention: float = 30 * 86400.0
     #: Longest WaitOperation when the caller gives no timeout and no deadline.

@@ -10,6 +10,18 @@ through `update`, a compare-and-set loop around a pure transition from
   transition to the fresh record (at most `max_conflicts` times, then `Aborted`).
 * Crash: a write is atomic and durable once the call returns; a crash before
   that leaves the previous version intact.
+* Versions: every write stores `version + 1`, and nothing else changes it.
+  Leases rest on this (below).
+
+Leases and clocks: no process decides that another's lease has ended by
+reading that process's timestamps with its own wall clock (machines' clocks
+may be minutes apart). A lease holder renews by writing, so the version
+advances; an observer (the sweeper, or a worker given a duplicate message)
+takes a lease back only after seeing, through `leased` or `get`, the same
+version for the record's `lease_duration` on its own monotonic clock
+(`longrun_core.leases`). `lease_expire_time` is the holder's estimate and
+decides nothing. `store_time` exposes the store's own clock so that
+processes can detect and log a skewed clock of their own.
 
 Adapters implement the primitives (`_read`, `_insert`, `_replace_if_version`,
 ...) and inherit the loop. The contract suite (tests/contract) runs against
@@ -190,8 +202,20 @@ class OperationStore(abc.ABC):
 
     @abc.abstractmethod
     async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
-        """QUEUED records whose `dispatch_due_time` has passed, and RUNNING
-        records whose lease has expired: the sweeper's work list."""
+        """QUEUED records whose `dispatch_due_time` has passed: the sweeper
+        publishes them."""
+
+    @abc.abstractmethod
+    async def leased(self, limit: int) -> Sequence[OperationRecord]:
+        """Up to `limit` RUNNING records, earliest `lease_expire_time` first
+        (those most likely lost, if there are more): the sweeper watches their
+        versions to find lost leases (see the module docstring)."""
+
+    async def store_time(self) -> datetime | None:
+        """The store's own clock, as near as this process can tell (None if
+        it cannot), to detect a skewed local clock. Never used to judge a
+        lease."""
+        return None
 
     @abc.abstractmethod
     async def delete_expired(self, now: datetime, limit: int) -> int:

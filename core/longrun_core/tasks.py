@@ -8,6 +8,23 @@ A task module holds a `TaskSet` named `tasks` and registers functions on it:
     @tasks.task("resize", retry=RetryPolicy(max_attempts=5), validate=check_resize)
     async def resize(ctx: TaskContext) -> dict[str, object]: ...
 
+Where a handler runs (`isolation`):
+
+* "process": in a child process of its own for each attempt (params and
+  result cross as JSON and a packed protobuf). A crash (os._exit, a
+  segfault), a hang, a blocked event loop or a leak costs that attempt, not
+  the worker: the worker kills the child on cancel (after `cancel_grace`),
+  at the attempt deadline (`timeout`) and at shutdown. The default for sync
+  handlers. The handler must be a module-level function.
+* "thread": in a thread of its own (an async handler gets its own event
+  loop there). A thread cannot be killed: one that ignores a cancel is
+  abandoned and keeps its worker slot until it returns.
+* "inline": on the worker's task event loop (a thread apart from the loop
+  that renews leases, so a blocking handler cannot lose its lease). The
+  default for async handlers: no per-attempt cost, but a handler that
+  blocks delays the other inline handlers, and one that crashes the
+  process takes the worker down.
+
 `load_tasks(["longrun_worker.builtin_tasks", "myapp.tasks"])` collects them into a
 `TaskRegistry`. Nothing is registered at import time anywhere global.
 """
@@ -15,12 +32,13 @@ A task module holds a `TaskSet` named `tasks` and registers functions on it:
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from longrun_core.errors import InvalidArgument
 
@@ -60,9 +78,17 @@ class RetryPolicy:
         return timedelta(seconds=ceiling)
 
     def is_retryable(self, exc: BaseException) -> bool:
+        """Whether `exc` from an attempt asks for another attempt. A
+        BaseException that is not an Exception (SystemExit, KeyboardInterrupt,
+        GeneratorExit...) is a failure of the task like any other: retried
+        when the policy retries every Exception."""
         if isinstance(exc, PermanentError):
             return False
-        return isinstance(exc, (TransientError, *self.retry_on))
+        if isinstance(exc, (TransientError, *self.retry_on)):
+            return True
+        return not isinstance(exc, Exception) and any(
+            issubclass(Exception, kind) for kind in self.retry_on
+        )
 
 
 class TaskContext(Protocol):
@@ -74,6 +100,10 @@ class TaskContext(Protocol):
 
     async def progress(self, percent: int, message: str = "") -> None: ...
 
+    def progress_threadsafe(self, percent: int, message: str = "") -> None:
+        """`progress` for a sync handler (blocks until recorded)."""
+        ...
+
     @property
     def cancelled(self) -> bool: ...
 
@@ -82,6 +112,8 @@ class TaskContext(Protocol):
 
 Handler = Callable[[TaskContext], Any | Awaitable[Any]]
 Validator = Callable[[Mapping[str, Any]], None]
+Isolation = Literal["process", "thread", "inline"]
+ISOLATIONS: tuple[Isolation, ...] = ("process", "thread", "inline")
 
 
 @dataclass(frozen=True)
@@ -91,8 +123,38 @@ class TaskSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: Raises ValueError with a message when params are unacceptable.
     validate: Validator | None = None
-    #: A cancelled handler that has not returned after this many seconds is abandoned.
+    #: A cancelled handler that has not returned after this many seconds is
+    #: stopped: its process killed, or (thread, inline) abandoned.
     cancel_grace: float = 5.0
+    #: Where the handler runs (see the module docstring); None: "process" for
+    #: a sync handler, "inline" for an async one.
+    isolation: Isolation | None = None
+    #: The attempt deadline in seconds (None: none). Past it the handler is
+    #: told to stop as on a cancel, then stopped, and the attempt fails with
+    #: DEADLINE_EXCEEDED (retried while attempts are left).
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.isolation is not None and self.isolation not in ISOLATIONS:
+            raise ValueError(
+                f"task {self.name!r}: isolation must be one of {', '.join(ISOLATIONS)}, "
+                f"got {self.isolation!r}"
+            )
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"task {self.name!r}: timeout must be a positive number of seconds")
+        if not self.cancel_grace >= 0:
+            raise ValueError(f"task {self.name!r}: cancel_grace must be >= 0")
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+    @property
+    def runs_in(self) -> Isolation:
+        """The isolation in effect (the default resolved)."""
+        if self.isolation is not None:
+            return self.isolation
+        return "inline" if self.is_async else "process"
 
 
 class TaskSet:
@@ -108,11 +170,21 @@ class TaskSet:
         retry: RetryPolicy | None = None,
         validate: Validator | None = None,
         cancel_grace: float = 5.0,
+        isolation: Isolation | None = None,
+        timeout: float | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
             if name in self.specs:
                 raise ValueError(f"task {name!r} declared twice")
-            self.specs[name] = TaskSpec(name, fn, retry or RetryPolicy(), validate, cancel_grace)
+            self.specs[name] = TaskSpec(
+                name,
+                fn,
+                retry or RetryPolicy(),
+                validate,
+                cancel_grace,
+                isolation=isolation,
+                timeout=timeout,
+            )
             return fn
 
         return register
@@ -132,6 +204,10 @@ class TaskRegistry:
     @property
     def names(self) -> list[str]:
         return sorted(self._specs)
+
+    @property
+    def specs(self) -> list[TaskSpec]:
+        return list(self._specs.values())
 
     def get(self, name: str) -> TaskSpec:
         spec = self._specs.get(name)

@@ -4,17 +4,35 @@ function here, applied by `OperationStore.update` under compare-and-set.
 A function returns the new record, returns None when there is nothing to
 change (an idempotent repeat), or raises a `Rejected` subclass telling the
 caller why the change does not apply. Writes by a worker are *fenced*: they
-apply only while the worker's attempt still holds the lease, so a stale worker
+apply only while the worker's claim still holds the lease, so a stale worker
 can never overwrite a newer attempt's outcome.
 
     QUEUED --claim--> RUNNING --finish--> SUCCEEDED | FAILED | CANCELLED
-      ^                 |  \\--retry (transient error, attempts left)--> QUEUED
+      ^  \\             |  \\--retry (transient error, attempts left)--> QUEUED
+      |   \\--claim with no attempts left--> FAILED
       |                 \\--release (graceful shutdown) / lease expiry--> QUEUED
       \\--cancel--> CANCELLED (a queued operation never runs)
+
+Attempts never exceed `max_attempts`: a claim starts attempt + 1 only while
+attempts are left, and ends the operation FAILED otherwise.
+
+Fencing: a claim is identified by (`lease_owner`, `attempt`, `releases`).
+`attempt + releases` counts the claims of an operation (a claim adds one to
+`attempt`; a release that gives the attempt back moves one from `attempt` to
+`releases`), so no two claims share the triple even when the same worker
+claims twice.
+
+Leases and clocks: whether a lease is lost is never judged by comparing the
+holder's timestamps with the observer's clock (two processes' wall clocks may
+disagree by any amount). The holder renews by writing, which advances the
+record's `version`; an observer declares the lease lost only once it has
+itself seen the record stay at one version for `lease_duration`, measured on
+its own monotonic clock (`LeaseSighting`, kept by `longrun_core.leases`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from google.rpc import code_pb2, status_pb2
@@ -35,11 +53,12 @@ class AlreadyDone(Rejected):
 
 
 class LeaseHeld(Rejected):
-    """Another attempt holds an unexpired lease (a redelivered duplicate): defer."""
+    """Another attempt's lease may still be live (a redelivered duplicate, or a
+    holder not yet seen silent for its whole lease): defer for `remaining`."""
 
-    def __init__(self, until: datetime) -> None:
-        super().__init__(f"lease held until {until.isoformat()}")
-        self.until = until
+    def __init__(self, remaining: timedelta) -> None:
+        super().__init__(f"lease may be held for {remaining.total_seconds():.3g}s more")
+        self.remaining = remaining
 
 
 class NotDue(Rejected):
@@ -52,6 +71,41 @@ class NotDue(Rejected):
 
 class LeaseLost(Rejected):
     """The caller's attempt no longer holds the lease (taken over, cancelled, deleted)."""
+
+
+_TICK = timedelta(microseconds=1)
+
+#: The lease of a record written before leases recorded their duration.
+LEGACY_LEASE = timedelta(seconds=10)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSighting:
+    """What one observer has seen of a RUNNING record: it has watched the
+    record stay at `version` for `silent_for`, on the observer's own monotonic
+    clock. `longrun_core.leases.LeaseObserver` keeps these."""
+
+    version: int
+    silent_for: timedelta
+
+
+def lease_duration(rec: OperationRecord) -> timedelta:
+    """How long `rec`'s holder may stay silent before its lease is lost."""
+    if rec.lease_duration is not None:
+        return rec.lease_duration
+    if rec.lease_expire_time is not None:  # written by an older holder: its own figure
+        return max(rec.lease_expire_time - rec.update_time, timedelta(0))
+    return LEGACY_LEASE
+
+
+def lease_remaining(rec: OperationRecord, sighting: LeaseSighting | None) -> timedelta:
+    """How much longer the observer behind `sighting` must see `rec` unchanged
+    before its lease counts as lost; zero when it is lost. A sighting of
+    another version (the holder wrote since) starts the count again."""
+    duration = lease_duration(rec)
+    if sighting is None or sighting.version != rec.version:
+        return duration
+    return max(duration - sighting.silent_for, timedelta(0))
 
 
 def status_bytes(code: int, message: str) -> bytes:
@@ -78,6 +132,7 @@ def _finished(
         update_time=now,
         lease_owner=None,
         lease_expire_time=None,
+        lease_duration=None,
         dispatch_due_time=None,
         expire_time=now + retention,
     )
@@ -93,16 +148,24 @@ def cancelled_error(attempt: int, *, running: bool = True) -> bytes:
     return status_bytes(code_pb2.CANCELLED, f"operation cancelled {where}")
 
 
-def expire_lease(rec: OperationRecord, now: datetime, retention: timedelta) -> OperationRecord:
-    """A RUNNING record whose lease has expired (its worker died) goes back to
-    QUEUED for takeover, or ends: CANCELLED if a cancel was requested, FAILED if
-    its attempts are used up. Raises if the lease is still live."""
+def expire_lease(
+    rec: OperationRecord,
+    now: datetime,
+    retention: timedelta,
+    *,
+    sighting: LeaseSighting | None,
+) -> OperationRecord:
+    """A RUNNING record whose lease is lost (its worker died: the observer has
+    seen no write for the whole lease) goes back to QUEUED for takeover, or
+    ends: CANCELLED if a cancel was requested, FAILED if its attempts are used
+    up. Raises LeaseHeld while the lease may be live."""
     if rec.done:
         raise AlreadyDone(rec.name)
     if rec.state is not State.RUNNING:
         raise Rejected(f"{rec.name} is {rec.state.name}, not RUNNING")
-    if rec.lease_expire_time is not None and rec.lease_expire_time > now:
-        raise LeaseHeld(rec.lease_expire_time)
+    remaining = lease_remaining(rec, sighting)
+    if remaining > timedelta(0):
+        raise LeaseHeld(remaining)
     if rec.cancel_requested:
         return _finished(rec, State.CANCELLED, now, retention, error=cancelled_error(rec.attempt))
     if rec.attempt >= rec.max_attempts:
@@ -118,6 +181,7 @@ def expire_lease(rec: OperationRecord, now: datetime, retention: timedelta) -> O
         state=State.QUEUED,
         lease_owner=None,
         lease_expire_time=None,
+        lease_duration=None,
         dispatch_due_time=now,
         update_time=now,
     )
@@ -130,15 +194,20 @@ def claim(
     now: datetime,
     lease: timedelta,
     retention: timedelta,
+    sighting: LeaseSighting | None = None,
 ) -> OperationRecord:
-    """QUEUED -> RUNNING with attempt + 1 and a lease for `worker`; an expired
-    RUNNING lease is first taken back (see `expire_lease`)."""
+    """QUEUED -> RUNNING with attempt + 1 and a lease for `worker`; a RUNNING
+    record whose lease the caller has seen lapse (`sighting`) is first taken
+    back (see `expire_lease`). With no attempts left it ends FAILED instead:
+    an operation never runs more than `max_attempts` times."""
     if rec.state is State.RUNNING:
-        rec = expire_lease(rec, now, retention)
+        rec = expire_lease(rec, now, retention, sighting=sighting)
         if rec.done:
             return rec
     if rec.done:
         raise AlreadyDone(rec.name, rec)
+    if rec.attempt >= rec.max_attempts:
+        return _finished(rec, State.FAILED, now, retention, error=attempts_used_up(rec))
     if rec.run_after is not None and rec.run_after > now:
         raise NotDue(rec.run_after)
     return evolve(
@@ -148,15 +217,34 @@ def claim(
         start_time=rec.start_time or now,
         lease_owner=worker,
         lease_expire_time=now + lease,
+        lease_duration=lease,
         dispatch_due_time=None,
         update_time=now,
     )
 
 
-def _check_fence(rec: OperationRecord, worker: str, attempt: int) -> None:
+def attempts_used_up(rec: OperationRecord) -> bytes:
+    """The error of an operation claimed with no attempts left, keeping the
+    last attempt's error message when there was one."""
+    message = (
+        f"no attempts left: {rec.attempt} of {rec.max_attempts} attempts were used; "
+        "the operation is not run again"
+    )
+    if rec.error is not None:
+        last = status_pb2.Status.FromString(rec.error)
+        message += f" (last error: {last.message})"
+    return status_bytes(code_pb2.ABORTED, message)
+
+
+def _check_fence(rec: OperationRecord, worker: str, attempt: int, releases: int) -> None:
     if rec.done:
         raise AlreadyDone(rec.name)
-    if rec.state is not State.RUNNING or rec.lease_owner != worker or rec.attempt != attempt:
+    if (
+        rec.state is not State.RUNNING
+        or rec.lease_owner != worker
+        or rec.attempt != attempt
+        or rec.releases != releases
+    ):
         raise LeaseLost(f"{rec.name}: attempt {attempt} of {worker} no longer holds the lease")
 
 
@@ -168,10 +256,19 @@ def renew(
     now: datetime,
     lease: timedelta,
     progress: tuple[int, str] | None = None,
+    releases: int = 0,
 ) -> OperationRecord:
-    """Heartbeat: extend the lease (and record progress). Fenced."""
-    _check_fence(rec, worker, attempt)
-    changes: dict[str, object] = {"lease_expire_time": now + lease, "update_time": now}
+    """Heartbeat: extend the lease (and record progress). Fenced. Every renew
+    is a write (the store advances the version), which is what observers of
+    the lease watch for."""
+    _check_fence(rec, worker, attempt, releases)
+    changes: dict[str, object] = {
+        "lease_expire_time": now + lease,
+        "lease_duration": lease,
+        # Never the same record twice, even from a clock that stood still or
+        # went back: each renew must advance the version observers watch.
+        "update_time": max(now, rec.update_time + _TICK),
+    }
     if progress is not None:
         changes["progress_percent"], changes["progress_message"] = progress
     return evolve(rec, **changes)  # type: ignore[arg-type]
@@ -186,10 +283,11 @@ def finish(
     retention: timedelta,
     response: bytes | None = None,
     error: bytes | None = None,
+    releases: int = 0,
 ) -> OperationRecord:
     """Record the outcome of `attempt`. Fenced. An error with code CANCELLED
     after a cancel request ends CANCELLED; other errors end FAILED."""
-    _check_fence(rec, worker, attempt)
+    _check_fence(rec, worker, attempt, releases)
     if response is not None:
         return _finished(
             evolve(rec, progress_percent=100), State.SUCCEEDED, now, retention, response=response
@@ -208,33 +306,60 @@ def retry(
     now: datetime,
     delay: timedelta,
     error: bytes,
+    releases: int = 0,
 ) -> OperationRecord:
     """A transient failure with attempts left: back to QUEUED, due after `delay`.
     The error is kept (not shown while not done) for the final outcome."""
-    _check_fence(rec, worker, attempt)
+    _check_fence(rec, worker, attempt, releases)
     return evolve(
         rec,
         state=State.QUEUED,
         error=error,
         lease_owner=None,
         lease_expire_time=None,
+        lease_duration=None,
         dispatch_due_time=now + delay,
         run_after=now + delay,
         update_time=now,
     )
 
 
-def release(rec: OperationRecord, *, worker: str, attempt: int, now: datetime) -> OperationRecord:
-    """Graceful shutdown: give the operation back so another worker takes it at once."""
-    _check_fence(rec, worker, attempt)
-    return evolve(
+def release(
+    rec: OperationRecord,
+    *,
+    worker: str,
+    attempt: int,
+    now: datetime,
+    retention: timedelta,
+    max_releases: int,
+    releases: int = 0,
+) -> OperationRecord:
+    """Graceful shutdown: give the operation back so another worker takes it
+    at once. The interrupted attempt is given back too (it was not the task's
+    fault), at most `max_releases` times per operation: past that it counts,
+    so an operation whose runs keep bringing workers down cannot loop forever,
+    and one with no attempts left ends FAILED. Fenced."""
+    _check_fence(rec, worker, attempt, releases)
+    requeued = evolve(
         rec,
         state=State.QUEUED,
         lease_owner=None,
         lease_expire_time=None,
+        lease_duration=None,
         dispatch_due_time=now,
         update_time=now,
     )
+    if rec.releases < max_releases:
+        return evolve(requeued, attempt=rec.attempt - 1, releases=rec.releases + 1)
+    if rec.attempt >= rec.max_attempts:
+        message = (
+            f"attempt {rec.attempt} of {rec.max_attempts} was interrupted by a worker shutdown "
+            f"after {rec.releases} earlier interruptions; no attempts left"
+        )
+        return _finished(
+            rec, State.FAILED, now, retention, error=status_bytes(code_pb2.ABORTED, message)
+        )
+    return requeued
 
 
 def request_cancel(

@@ -78,6 +78,16 @@ _S = ServerSettings()
     show_default=True,
 )
 @click.option(
+    "--lease-check-interval",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    envvar="LONGRUN_LEASE_CHECK_INTERVAL",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds between looks at the running operations' leases (one read each); "
+    "a dead worker's operation is taken over this long after its lease at most.",
+)
+@click.option(
     "--page-token-secret",
     default="",
     envvar="LONGRUN_PAGE_TOKEN_SECRET",
@@ -287,6 +297,7 @@ def main(**kw: Any) -> None:
         retention=kw["retention"],
         redispatch_after=kw["redispatch_after"],
         sweep_interval=kw["sweep_interval"],
+        lease_check_interval=kw["lease_check_interval"],
         page_token_secret=kw["page_token_secret"].encode(),
         grace=kw["grace"],
         max_send_message_bytes=kw["max_send_message_bytes"],

@@ -123,6 +123,7 @@ async def create_server(
         retention=retention,
         sweep_interval=settings.sweep_interval,
         outage_lease_grace=timedelta(seconds=settings.outage_lease_grace),
+        lease_check_interval=settings.lease_check_interval,
     )
     server = grpc.aio.server(
         options=[

@@ -3,8 +3,10 @@
 `dispatch` publishes right after an operation is stored, then marks it
 dispatched. The sweeper catches everything that path can miss: a crash or a
 failed publish between store and publish (QUEUED past `dispatch_due_time`),
-a worker that died holding a lease (RUNNING past `lease_expire_time`), and a
-retry whose backoff ended. It also deletes expired finished operations in
+a worker that died holding a lease (RUNNING, and seen by this sweeper at one
+version for its whole lease on this process's monotonic clock: see
+longrun_core.leases; no worker's wall clock is trusted), and a retry whose
+backoff ended. It also deletes expired finished operations in
 batches (the emulator has no TTL; production may add a Firestore TTL policy on
 `expire_time` too). Publishing twice is harmless: claims are guarded.
 
@@ -19,13 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import datetime, timedelta
 
 from longrun_core import transitions
 from longrun_core.clock import Clock
 from longrun_core.errors import LongrunError, NotFound, Unavailable
-from longrun_core.model import OperationRecord, State
-from longrun_core.queue import TaskMessage, TaskQueue
+from longrun_core.leases import LeaseObserver, Monotonic
+from longrun_core.model import OperationRecord
+from longrun_core.queue import TaskMessage, TaskQueue, Transition
 from longrun_core.store import OperationStore
 
 log = logging.getLogger("longrun.dispatcher")
@@ -44,6 +48,9 @@ class Dispatcher:
         batch: int = 200,
         publish_timeout: float = 5.0,
         outage_lease_grace: timedelta = timedelta(seconds=15),
+        lease_check_interval: float = 0.0,
+        lease_batch: int = 1000,
+        monotonic: Monotonic = time.monotonic,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -58,6 +65,11 @@ class Dispatcher:
         self._in_outage = False
         #: When (clock time) the last outage ended.
         self._outage_ended: datetime | None = None
+        self.lease_check_interval = lease_check_interval
+        self.lease_batch = lease_batch
+        self._monotonic = monotonic
+        self.leases = LeaseObserver(monotonic, capacity=lease_batch)
+        self._leases_checked: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -114,36 +126,74 @@ class Dispatcher:
         if self._in_outage:
             self._in_outage, self._outage_ended = False, now
             log.info(
-                "store back after an outage: expired leases are kept %.0fs for their workers",
+                "store back after an outage: leases are left to their workers for %.0fs",
                 self.outage_lease_grace.total_seconds(),
             )
         return acted
 
     def _leases_kept(self, now: datetime) -> bool:
-        """Whether expired leases are left alone now: during the first sweep
-        after an outage and for `outage_lease_grace` after it."""
+        """Whether leases are left alone now: during the first sweep after an
+        outage and for `outage_lease_grace` after it (holders could not renew
+        while the store was down)."""
         if self._in_outage:
             return True
         return self._outage_ended is not None and now < self._outage_ended + self.outage_lease_grace
 
     async def _sweep(self, now: datetime) -> int:
-        acted = 0
+        if self._leases_kept(now):
+            # Silence seen across an outage proves nothing: every lease's
+            # silence is measured afresh once the grace is over.
+            self.leases.keep_only(())
+            acted = 0
+        else:
+            acted = await self.check_leases()
         for rec in await self.store.due_for_dispatch(now, self.batch):
-            if rec.state is State.RUNNING and self._leases_kept(now):
-                continue
             acted += 1
-            if rec.state is State.RUNNING:
-                try:
-                    rec = await self.store.update(
-                        rec.name, lambda r: transitions.expire_lease(r, now, self.retention)
-                    )
-                except (transitions.Rejected, NotFound):
-                    continue
-                if rec.done:
-                    continue
             await self.dispatch(rec, outage_raises=True)
         acted += await self.store.delete_expired(now, self.batch)
         return acted
+
+    async def check_leases(self) -> int:
+        """Look at the RUNNING operations (every `lease_check_interval`) and take
+        back those whose lease this sweeper has seen lapse: requeue and publish
+        them, or end them (no attempts left, cancel requested). Returns how
+        many it took back."""
+        mono = self._monotonic()
+        if (
+            self._leases_checked is not None
+            and mono - self._leases_checked < self.lease_check_interval
+        ):
+            return 0
+        self._leases_checked = mono
+        running = await self.store.leased(self.lease_batch)
+        self.leases.keep_only(r.id for r in running)
+        taken = 0
+        for seen in running:
+            sighting = self.leases.sight(seen)
+            if transitions.lease_remaining(seen, sighting) > timedelta(0):
+                continue
+            try:
+                rec = await self.store.update(seen.name, self._expire(sighting))
+            except (transitions.Rejected, NotFound):
+                continue  # it wrote meanwhile (alive after all), or finished, or went
+            self.leases.forget(seen.id)
+            taken += 1
+            log.warning(
+                "%s: no heartbeat from %s for its %ss lease; %s",
+                seen.name,
+                seen.lease_owner,
+                transitions.lease_duration(seen).total_seconds(),
+                "requeued" if not rec.done else f"ended {rec.state.name}",
+                extra={"action": "lease_lost", "operation": seen.name},
+            )
+            if not rec.done:
+                await self.dispatch(rec)
+        return taken
+
+    def _expire(self, sighting: transitions.LeaseSighting) -> Transition:
+        return lambda r: transitions.expire_lease(
+            r, self.clock.now(), self.retention, sighting=sighting
+        )
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="sweeper")

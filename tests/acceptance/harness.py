@@ -63,7 +63,14 @@ class Service:
 
     #: Flags every server/worker gets before the caller's: short sweeps,
     #: redispatch, leases and heartbeats, so fault tests finish quickly.
-    server_flags: ClassVar[tuple[str, ...]] = ("--sweep-interval", "0.2", "--redispatch-after", "5")
+    server_flags: ClassVar[tuple[str, ...]] = (
+        "--sweep-interval",
+        "0.2",
+        "--lease-check-interval",
+        "0.2",
+        "--redispatch-after",
+        "5",
+    )
     worker_flags: ClassVar[tuple[str, ...]] = ("--lease", "3", "--heartbeat", "0.5")
     #: Seconds the server may take to listen.
     listen_timeout: ClassVar[float] = 60

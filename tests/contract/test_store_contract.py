@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import pytest
@@ -29,6 +29,8 @@ async def test_create_then_get_round_trips_every_field(store: OperationStore) ->
         request_hash="h",
         start_time=BASE + timedelta(microseconds=123456),
         run_after=BASE + timedelta(seconds=5, microseconds=7),
+        lease_duration=timedelta(seconds=12, microseconds=345678),
+        releases=2,
     )
     result = await store.create(rec)
     assert result.created
@@ -214,33 +216,87 @@ async def test_list_with_filter_pages_only_matches(store: OperationStore) -> Non
     assert seen == [n for n in expected if n in {r.name for r in recs if r.task == "sleep"}]
 
 
-async def test_due_for_dispatch_lists_stale_queued_and_expired_leases(
-    store: OperationStore,
-) -> None:
+async def test_due_for_dispatch_lists_stale_queued_records_only(store: OperationStore) -> None:
     now = BASE + timedelta(hours=2)
     due = make_record(dispatch_due_time=now - timedelta(seconds=1))
+    at_the_instant = make_record(dispatch_due_time=now)
     not_due = make_record(dispatch_due_time=now + timedelta(seconds=30))
-    expired = make_record(
+    # Leases are never judged by time: not even a long-past lease_expire_time.
+    past_lease = make_record(
         state=State.RUNNING,
         attempt=1,
         lease_owner="w",
-        lease_expire_time=now - timedelta(seconds=1),
-        dispatch_due_time=None,
-    )
-    live = make_record(
-        state=State.RUNNING,
-        attempt=1,
-        lease_owner="w",
-        lease_expire_time=now + timedelta(seconds=5),
+        lease_expire_time=now - timedelta(days=1),
+        lease_duration=LEASE,
         dispatch_due_time=None,
     )
     finished = make_record(
         state=State.SUCCEEDED, response=b"", dispatch_due_time=None, end_time=now
     )
-    for rec in (due, not_due, expired, live, finished):
+    for rec in (due, at_the_instant, not_due, past_lease, finished):
         await store.create(rec)
     got = {r.name for r in await store.due_for_dispatch(now, 100)}
-    assert got == {due.name, expired.name}
+    assert got == {due.name, at_the_instant.name}
+
+
+async def test_leased_lists_the_running_records_stalest_lease_first(store: OperationStore) -> None:
+    now = BASE + timedelta(hours=3)
+
+    def running(expires_in: float) -> OperationRecord:
+        return make_record(
+            state=State.RUNNING,
+            attempt=1,
+            lease_owner="w",
+            lease_expire_time=now + timedelta(seconds=expires_in),
+            lease_duration=LEASE,
+            dispatch_due_time=None,
+        )
+
+    late, early, middle = running(30), running(-600), running(5)
+    queued = make_record()
+    done = make_record(state=State.FAILED, error=b"", dispatch_due_time=None, end_time=now)
+    for rec in (late, early, middle, queued, done):
+        await store.create(rec)
+
+    assert [r.name for r in await store.leased(10)] == [early.name, middle.name, late.name]
+    assert [r.name for r in await store.leased(2)] == [early.name, middle.name]
+    assert await store.leased(0) == []
+    listed = (await store.leased(1))[0]
+    assert listed == await store.get(early.name)  # whole records, at their versions
+
+
+async def test_every_write_advances_the_version_a_lease_observer_watches(
+    store: OperationStore,
+) -> None:
+    """The lease rule rests on this: a holder's renew is a write, every write
+    stores version + 1, and an observer reading the record (by `get` or
+    `leased`) sees the new version, whatever the holder's clock says."""
+    rec = make_record()
+    await store.create(rec)
+    stuck = BASE + timedelta(hours=1)  # a holder clock that stands still
+    claimed = await store.update(
+        rec.name,
+        lambda r: transitions.claim(r, worker="w1", now=stuck, lease=LEASE, retention=RETENTION),
+    )
+    versions = [claimed.version]
+    for _ in range(3):
+        renewed = await store.update(
+            rec.name,
+            lambda r: transitions.renew(r, worker="w1", attempt=1, now=stuck, lease=LEASE),
+        )
+        versions.append(renewed.version)
+        assert (await store.get(rec.name)).version == renewed.version
+        assert [r.version for r in await store.leased(10)] == [renewed.version]
+    assert versions == list(range(versions[0], versions[0] + 4))
+
+
+async def test_store_time_tells_the_stores_clock(store: OperationStore) -> None:
+    """For skew warnings: the store's own clock (the emulator and the SQLite
+    engine run on this machine, so it is ours, within a second)."""
+    told = await store.store_time()
+    assert told is not None
+    assert abs((told - datetime.now(UTC)).total_seconds()) < 1.0
+    assert (await store.store_time() or told) >= told
 
 
 async def test_delete_expired_removes_only_expired(store: OperationStore) -> None:

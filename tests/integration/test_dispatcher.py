@@ -124,6 +124,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         redispatch_after=REDISPATCH,
         retention=RETENTION,
         sweep_interval=0.05,
+        monotonic=clock.monotonic,
     )
     jobs = JobsService(store, dispatcher, REGISTRY, clock=clock, ids=uuid_ids)
     try:
@@ -207,8 +208,9 @@ async def test_dispatching_a_deleted_operation_is_harmless(env: Env) -> None:
 # ---- taking back expired leases ----
 
 
-async def test_an_expired_lease_with_attempts_left_is_requeued_and_published(env: Env) -> None:
+async def test_a_lease_seen_silent_for_its_duration_is_requeued_and_published(env: Env) -> None:
     rec = await env.update(await env.create(), claim(env.clock))
+    assert await env.dispatcher.sweep_once() == 0  # first seen: its silence starts now
 
     env.clock.advance(LEASE.total_seconds() - 0.000001)
     assert await env.dispatcher.sweep_once() == 0
@@ -226,8 +228,9 @@ async def test_an_expired_lease_with_attempts_left_is_requeued_and_published(env
     assert invocations == [(rec.name, 2)]
 
 
-async def test_an_expired_lease_on_the_last_attempt_fails_the_operation(env: Env) -> None:
+async def test_a_lapsed_lease_on_the_last_attempt_fails_the_operation(env: Env) -> None:
     rec = await env.update(await env.create(max_attempts=1), claim(env.clock))
+    assert await env.dispatcher.sweep_once() == 0
 
     env.clock.advance(LEASE.total_seconds())
     assert await env.dispatcher.sweep_once() == 1
@@ -241,11 +244,12 @@ async def test_an_expired_lease_on_the_last_attempt_fails_the_operation(env: Env
     assert await env.dispatcher.sweep_once() == 0
 
 
-async def test_an_expired_lease_after_a_cancel_request_ends_cancelled(env: Env) -> None:
+async def test_a_lapsed_lease_after_a_cancel_request_ends_cancelled(env: Env) -> None:
     rec = await env.update(await env.create(), claim(env.clock))
     await env.update(
         rec, lambda r: transitions.request_cancel(r, now=env.clock.now(), retention=RETENTION)
     )
+    assert await env.dispatcher.sweep_once() == 0
 
     env.clock.advance(LEASE.total_seconds())
     assert await env.dispatcher.sweep_once() == 1
@@ -256,56 +260,151 @@ async def test_an_expired_lease_after_a_cancel_request_ends_cancelled(env: Env) 
     assert env.queue.published == []
 
 
+GRACE = 15.0  # the dispatcher's default outage_lease_grace
+
+
+def store_down(patch: pytest.MonkeyPatch, store: SqliteOperationStore, why: str) -> None:
+    """Every read a sweep makes fails as in a storage outage."""
+
+    async def leased(limit: int) -> list[OperationRecord]:
+        raise Unavailable(why)
+
+    async def due(now: datetime, limit: int) -> list[OperationRecord]:
+        raise Unavailable(why)
+
+    patch.setattr(store, "leased", leased)
+    patch.setattr(store, "due_for_dispatch", due)
+
+
 async def test_leases_that_expired_during_an_outage_are_left_to_their_workers_a_while(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A storage outage stops renewals as surely as a dead worker: once the
-    store is back, an expired lease is kept `outage_lease_grace` (15 s) so a
-    live worker can renew it, and taken back only after that."""
+    store is back, a lease is left to its holder for `outage_lease_grace`
+    (15 s), and its silence is measured afresh after that: it is taken back
+    only once the sweeper has seen it unchanged for its whole lease after the
+    grace, on the sweeper's monotonic clock."""
     running = await env.update(await env.create(), claim(env.clock))
-    env.clock.advance(LEASE.total_seconds() + 1)  # expired while the store was down
+    assert await env.dispatcher.sweep_once() == 0  # first seen: its silence starts
 
-    async def down(now: datetime, limit: int) -> list[OperationRecord]:
-        raise Unavailable("disk full (test)")
-
+    env.clock.advance(LEASE.total_seconds() / 2)
     with monkeypatch.context() as patch:
-        patch.setattr(env.store, "due_for_dispatch", down)
+        store_down(patch, env.store, "disk full (test)")
         with pytest.raises(Unavailable):
             await env.dispatcher.sweep_once()
+        env.clock.advance(LEASE.total_seconds())  # the outage outlasts the lease
+        with pytest.raises(Unavailable):
+            await env.dispatcher.sweep_once()
+
+    # Store back: 15 s of silence seen so far, more than the lease, yet kept.
     assert await env.dispatcher.sweep_once() == 0
     assert (await env.store.get(running.name)).state is State.RUNNING
-    env.clock.advance(15 - 0.001)
+    env.clock.advance(GRACE - 0.001)
     assert await env.dispatcher.sweep_once() == 0
-    env.clock.advance(0.001)
+    env.clock.advance(0.001)  # the grace is over: seen again for the first time
+    assert await env.dispatcher.sweep_once() == 0
+    assert (await env.store.get(running.name)).lease_owner == "gone"
+    env.clock.advance(LEASE.total_seconds() - 0.000001)
+    assert await env.dispatcher.sweep_once() == 0
+    assert env.queue.published == []
+
+    env.clock.advance(0.000001)  # a whole lease of silence after the grace
     assert await env.dispatcher.sweep_once() == 1
     requeued = await env.store.get(running.name)
     assert (requeued.state, requeued.lease_owner) == (State.QUEUED, None)
+    assert env.queue.published == [TaskMessage(running.name, "noop", 1)]
 
 
 async def test_a_renewal_within_the_grace_keeps_the_operation_with_its_worker(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     running = await env.update(await env.create(), claim(env.clock))
-    env.clock.advance(LEASE.total_seconds() + 1)
-
-    async def down(now: datetime, limit: int) -> list[OperationRecord]:
-        raise Unavailable("read-only (test)")
+    assert await env.dispatcher.sweep_once() == 0
 
     with monkeypatch.context() as patch:
-        patch.setattr(env.store, "due_for_dispatch", down)
+        store_down(patch, env.store, "read-only (test)")
+        env.clock.advance(LEASE.total_seconds() + 1)  # its lease lapsed in the outage
         with pytest.raises(Unavailable):
             await env.dispatcher.sweep_once()
     assert await env.dispatcher.sweep_once() == 0
-    env.clock.advance(2)
-    renewed = await env.update(
+
+    env.clock.advance(2)  # the worker renews within the grace
+    rec = await env.update(
         running,
-        lambda r: transitions.renew(
-            r, worker="gone", attempt=1, now=env.clock.now(), lease=3 * LEASE
-        ),
+        lambda r: transitions.renew(r, worker="gone", attempt=1, now=env.clock.now(), lease=LEASE),
     )
-    env.clock.advance(15)  # past the grace, within the renewed lease
+    env.clock.advance(GRACE)  # past the grace
+    for _ in range(6):  # and it goes on renewing every 4 s of its 10 s lease
+        assert await env.dispatcher.sweep_once() == 0
+        env.clock.advance(4)
+        rec = await env.update(
+            rec,
+            lambda r: transitions.renew(
+                r, worker="gone", attempt=1, now=env.clock.now(), lease=LEASE
+            ),
+        )
     assert await env.dispatcher.sweep_once() == 0
-    assert await env.store.get(running.name) == renewed
+    assert await env.store.get(running.name) == rec
+    assert rec.state is State.RUNNING
+    assert env.queue.published == []
+
+
+async def test_a_renewing_holder_is_never_taken_over_whatever_its_clock_says(env: Env) -> None:
+    """Its clock runs a minute behind the sweeper's, so every lease_expire_time
+    it writes is long past; it renews every 4 s of a 10 s lease: never lost."""
+    behind = FakeClock(env.clock.now() - timedelta(seconds=60))
+    rec = await env.update(await env.create(), claim(behind))
+    for _ in range(10):
+        assert await env.dispatcher.sweep_once() == 0
+        env.clock.advance(4)
+        behind.advance(4)
+        rec = await env.update(
+            rec,
+            lambda r: transitions.renew(r, worker="gone", attempt=1, now=behind.now(), lease=LEASE),
+        )
+    assert rec.lease_expire_time is not None and rec.lease_expire_time < env.clock.now()
+    assert await env.dispatcher.sweep_once() == 0
+    assert (await env.store.get(rec.name)).state is State.RUNNING
+    assert env.queue.published == []
+
+
+async def test_a_silent_holder_whose_clock_is_ahead_is_taken_over_after_its_lease(
+    env: Env,
+) -> None:
+    ahead = FakeClock(env.clock.now() + timedelta(seconds=60))
+    rec = await env.update(await env.create(), claim(ahead))  # lease "ends" in 70 s
+    assert await env.dispatcher.sweep_once() == 0
+
+    env.clock.advance(LEASE.total_seconds())  # 10 s of silence, 60 s before its stamp
+    assert await env.dispatcher.sweep_once() == 1
+    requeued = await env.store.get(rec.name)
+    assert (requeued.state, requeued.attempt) == (State.QUEUED, 1)
+    assert env.queue.published == [TaskMessage(rec.name, "noop", 1)]
+
+
+async def test_leases_are_read_once_per_lease_check_interval(env: Env) -> None:
+    checker = Dispatcher(
+        env.store,
+        env.queue,
+        clock=env.clock,
+        redispatch_after=REDISPATCH,
+        retention=RETENTION,
+        sweep_interval=0.05,
+        lease_check_interval=5,
+        monotonic=env.clock.monotonic,
+    )
+    rec = await env.update(await env.create(), claim(env.clock))
+    assert await checker.check_leases() == 0  # first look: silence starts
+    env.clock.advance(LEASE.total_seconds())
+    assert await checker.check_leases() == 1  # 10 s later: lapsed
+    other = await env.update(await env.create(), claim(env.clock))
+    env.clock.advance(4.9)
+    assert await checker.check_leases() == 0  # too soon to look again: not even seen
+    env.clock.advance(0.1)
+    assert await checker.check_leases() == 0  # seen now, for the first time
+    env.clock.advance(LEASE.total_seconds())
+    assert await checker.check_leases() == 1
+    assert {m.operation for m in env.queue.published} == {rec.name, other.name}
 
 
 # ---- deleting expired operations ----

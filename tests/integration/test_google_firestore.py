@@ -317,27 +317,28 @@ async def test_filtered_list_scans_past_batches_with_a_correct_cursor(
     assert pushed.calls == 0  # exact pushdown: no in-memory re-check
 
 
-async def test_due_for_dispatch_is_oldest_first_and_limited(
+async def test_due_for_dispatch_and_leased_are_oldest_first_and_limited(
     store: FirestoreOperationStore,
 ) -> None:
     now = BASE + timedelta(hours=3)
     queued = [make_record(dispatch_due_time=now - timedelta(seconds=s)) for s in (5, 50, 20)]
-    expired = [
+    running = [
         make_record(
             state=State.RUNNING,
             attempt=1,
             lease_owner="w",
             lease_expire_time=now - timedelta(seconds=s),
+            lease_duration=timedelta(seconds=10),
             dispatch_due_time=None,
         )
         for s in (30, 1)
     ]
-    await asyncio.gather(*(store.create(r) for r in [*queued, *expired]))
-    got = await store.due_for_dispatch(now, 3)
-    assert [r.id for r in got] == [queued[1].id, expired[0].id, queued[2].id]
-    assert {r.id for r in await store.due_for_dispatch(now, 100)} == {
-        r.id for r in [*queued, *expired]
-    }
+    await asyncio.gather(*(store.create(r) for r in [*queued, *running]))
+    got = await store.due_for_dispatch(now, 2)
+    assert [r.id for r in got] == [queued[1].id, queued[2].id]
+    assert {r.id for r in await store.due_for_dispatch(now, 100)} == {r.id for r in queued}
+    assert [r.id for r in await store.leased(100)] == [running[0].id, running[1].id]
+    assert [r.id for r in await store.leased(1)] == [running[0].id]
 
 
 async def test_delete_expired_respects_the_limit_and_removes_reservations(

@@ -40,6 +40,7 @@ from longrun_core.tasks import (
 )
 from longrun_server.dispatcher import Dispatcher
 from longrun_server.jobs_service import JobsService
+from longrun_worker.context import SharedFlag
 from longrun_worker.runtime import Worker, WorkerSettings
 from tests.support.queues import ForwardingQueue
 from tests.support.waiting import wait_until
@@ -59,8 +60,9 @@ class Probe:
     call_times: list[float] = field(default_factory=list)
     #: Operations whose handler returned or raised (not abandoned mid-way).
     returned: list[str] = field(default_factory=list)
-    #: Lets `gated` and `progress` handlers return.
-    release: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Lets `gated` and `progress` handlers return (they run on the worker's
+    #: task loop, another thread: hence a flag any loop can wait on).
+    release: SharedFlag = field(default_factory=SharedFlag)
     #: Lets the handlers that ignore cancellation return (thread-safe).
     unblock: threading.Event = field(default_factory=threading.Event)
     cancel_seen_at: float | None = None
@@ -86,7 +88,7 @@ async def noop(ctx: TaskContext) -> dict[str, Any]:
     return ctx.params
 
 
-@tasks.task("sync_noop")
+@tasks.task("sync_noop", isolation="thread")
 def sync_noop(ctx: TaskContext) -> dict[str, Any]:
     PROBE.record(ctx)
     return ctx.params
@@ -163,7 +165,7 @@ async def cooperative(ctx: TaskContext) -> None:
     PROBE.returned.append(ctx.operation)
 
 
-@tasks.task("ignores_cancel_in_thread", cancel_grace=0.3)
+@tasks.task("ignores_cancel_in_thread", cancel_grace=0.3, isolation="thread")
 def ignores_cancel_in_thread(ctx: TaskContext) -> dict[str, Any]:
     PROBE.record(ctx)
     PROBE.unblock.wait(10)  # a blocking call that never looks at ctx.cancelled
@@ -694,9 +696,11 @@ async def test_an_expired_lease_is_taken_over_and_the_stale_worker_is_fenced(env
     assert held.lease_expire_time is not None
     lease_end = held.lease_expire_time
 
+    first_look = time.monotonic()
     assert await env.dispatcher.sweep_once() == 0  # the lease is live: nothing to do
-    await wait_until(lambda: datetime.now(UTC) >= lease_end, description="A's lease ends")
-    assert await env.dispatcher.sweep_once() == 1
+    await wait_until(env.dispatcher.sweep_once, description="A's lease is seen to lapse")
+    assert time.monotonic() - first_look >= 0.3  # seen silent for the whole lease
+    assert datetime.now(UTC) >= lease_end
 
     requeued = await env.store.get(name)
     assert (requeued.state, requeued.lease_owner, requeued.attempt) == (State.QUEUED, None, 1)
@@ -758,15 +762,16 @@ async def test_graceful_shutdown_releases_the_lease_for_another_worker(
     await env.stop_worker(a, timeout=1.5)  # the grace is 0.2 s
 
     released = await env.store.get(name)
-    assert (released.state, released.lease_owner, released.attempt) == (State.QUEUED, None, 1)
+    assert (released.state, released.lease_owner) == (State.QUEUED, None)
+    assert (released.attempt, released.releases) == (0, 1)  # the attempt was given back
     assert PROBE.returned == []
 
     starting = time.monotonic()
     env.start_worker("worker-b")
     taken = await env.wait_state(name, State.RUNNING, timeout=2)
     assert time.monotonic() - starting < 1.0  # well before A's 2 s lease would have ended
-    assert (taken.lease_owner, taken.attempt) == ("worker-b", 2)
+    assert (taken.lease_owner, taken.attempt, taken.releases) == ("worker-b", 1, 1)
 
     PROBE.release.set()
     await env.wait_state(name, State.SUCCEEDED)
-    assert PROBE.attempts(name) == [1, 2]
+    assert PROBE.attempts(name) == [1, 1]

@@ -128,6 +128,15 @@ def test_retry_on_selects_the_other_exceptions() -> None:
     assert not narrow.is_retryable(ValueError("x"))
 
 
+@pytest.mark.parametrize(
+    "exc", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()], ids=lambda e: type(e).__name__
+)
+def test_a_base_exception_is_a_failure_like_any_other(exc: BaseException) -> None:
+    assert RetryPolicy().is_retryable(exc)  # the default policy retries every Exception
+    assert not RetryPolicy(retry_on=(ConnectionError,)).is_retryable(exc)
+    assert RetryPolicy(retry_on=(type(exc),)).is_retryable(exc)
+
+
 # ---- TaskRegistry ----
 
 
@@ -232,6 +241,41 @@ def test_task_set_defaults() -> None:
     assert spec.retry == RetryPolicy()
     assert spec.validate is None
     assert spec.cancel_grace == 5.0
+    assert (spec.isolation, spec.timeout) == (None, None)
+
+
+def _sync_handler(ctx: TaskContext) -> None:
+    return None
+
+
+def test_sync_handlers_run_in_a_process_and_async_ones_inline_by_default() -> None:
+    task_set = TaskSet()
+    task_set.task("a")(_handler)
+    task_set.task("s")(_sync_handler)
+    task_set.task("a_in_process", isolation="process", timeout=2.5)(_handler)
+    task_set.task("s_in_thread", isolation="thread")(_sync_handler)
+    runs_in = {name: spec.runs_in for name, spec in task_set.specs.items()}
+    assert runs_in == {
+        "a": "inline",
+        "s": "process",
+        "a_in_process": "process",
+        "s_in_thread": "thread",
+    }
+    assert task_set.specs["a_in_process"].timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"isolation": "fork"}, "isolation must be one of process, thread, inline"),
+        ({"timeout": 0}, "timeout must be a positive number"),
+        ({"timeout": -1.0}, "timeout must be a positive number"),
+        ({"cancel_grace": -1}, "cancel_grace must be >= 0"),
+    ],
+)
+def test_task_options_are_checked_when_declared(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TaskSet().task("bad", **options)(_handler)
 
 
 def test_a_task_declared_twice_in_one_set_is_an_error() -> None:

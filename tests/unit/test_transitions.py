@@ -16,12 +16,20 @@ from hypothesis import strategies as st
 from longrun.v1 import jobs_pb2
 from longrun_core import transitions
 from longrun_core.model import OperationRecord, State, pack
-from longrun_core.transitions import AlreadyDone, LeaseHeld, LeaseLost, NotDue, Rejected
+from longrun_core.transitions import (
+    AlreadyDone,
+    LeaseHeld,
+    LeaseLost,
+    LeaseSighting,
+    NotDue,
+    Rejected,
+)
 from tests.support.clock import FakeClock
 
 LEASE = timedelta(seconds=10)
 RETENTION = timedelta(days=30)
 REDISPATCH = timedelta(seconds=30)
+MAX_RELEASES = 2
 
 
 def new_record(clock: FakeClock, **changes: object) -> OperationRecord:
@@ -39,8 +47,38 @@ def new_record(clock: FakeClock, **changes: object) -> OperationRecord:
     return replace(rec, **changes)  # type: ignore[arg-type]
 
 
-def claim(rec: OperationRecord, clock: FakeClock, worker: str = "w1") -> OperationRecord:
-    return transitions.claim(rec, worker=worker, now=clock.now(), lease=LEASE, retention=RETENTION)
+def claim(
+    rec: OperationRecord,
+    clock: FakeClock,
+    worker: str = "w1",
+    sighting: LeaseSighting | None = None,
+) -> OperationRecord:
+    return transitions.claim(
+        rec, worker=worker, now=clock.now(), lease=LEASE, retention=RETENTION, sighting=sighting
+    )
+
+
+def silent(rec: OperationRecord, seconds: float) -> LeaseSighting:
+    """An observer has seen `rec` at its version for `seconds`."""
+    return LeaseSighting(version=rec.version, silent_for=timedelta(seconds=seconds))
+
+
+def lapsed(rec: OperationRecord) -> LeaseSighting:
+    return silent(rec, LEASE.total_seconds())
+
+
+def release(
+    rec: OperationRecord, clock: FakeClock, worker: str = "w1", max_releases: int = MAX_RELEASES
+) -> OperationRecord:
+    return transitions.release(
+        rec,
+        worker=worker,
+        attempt=rec.attempt,
+        releases=rec.releases,
+        now=clock.now(),
+        retention=RETENTION,
+        max_releases=max_releases,
+    )
 
 
 def response_bytes() -> bytes:
@@ -81,24 +119,41 @@ def test_claim_moves_queued_to_running_with_a_lease(clock: FakeClock) -> None:
     assert running.attempt == 1
     assert running.lease_owner == "w1"
     assert running.lease_expire_time == clock.now() + LEASE
+    assert running.lease_duration == LEASE
     assert running.start_time == clock.now()
     assert running.update_time == clock.now()
     assert running.dispatch_due_time is None
     assert not running.done
 
 
-def test_a_second_attempt_keeps_the_first_start_time(clock: FakeClock) -> None:
+def test_a_later_claim_keeps_the_first_start_time(clock: FakeClock) -> None:
     first = claim(new_record(clock), clock)
     started = clock.now()
     clock.advance(1)
-    queued = transitions.release(first, worker="w1", attempt=1, now=clock.now())
+    queued = release(first, clock)
     clock.advance(1)
 
     second = claim(queued, clock, worker="w2")
 
-    assert second.attempt == 2
+    assert second.attempt == 1  # the released attempt was given back
     assert second.start_time == started
     assert second.lease_owner == "w2"
+
+
+def test_claim_with_no_attempts_left_ends_failed_instead_of_running(clock: FakeClock) -> None:
+    last_error = transitions.status_bytes(code_pb2.UNKNOWN, "SystemExit: 3")
+    rec = new_record(clock, attempt=2, max_attempts=2, error=last_error)
+    clock.advance(1)
+
+    ended = claim(rec, clock)
+
+    assert ended.state is State.FAILED
+    assert ended.attempt == 2  # never 3 of 2
+    status = error_of(ended)
+    assert status.code == code_pb2.ABORTED
+    assert "no attempts left: 2 of 2 attempts were used" in status.message
+    assert "last error: SystemExit: 3" in status.message
+    assert (ended.end_time, ended.lease_owner) == (clock.now(), None)
 
 
 @pytest.mark.parametrize("state", [State.SUCCEEDED, State.FAILED, State.CANCELLED])
@@ -109,25 +164,48 @@ def test_claim_of_a_done_operation_is_rejected(clock: FakeClock, state: State) -
     assert info.value.record == rec  # so a redelivery can be dead-lettered if it failed
 
 
-def test_claim_while_another_attempt_holds_a_live_lease_is_deferred_until_it_ends(
+def test_claim_while_another_attempt_holds_a_live_lease_is_deferred_until_it_could_lapse(
     clock: FakeClock,
 ) -> None:
     running = claim(new_record(clock), clock, worker="w1")
-    clock.advance(LEASE.total_seconds() - 0.000001)
 
     with pytest.raises(LeaseHeld) as info:
-        claim(running, clock, worker="w2")
+        claim(running, clock, worker="w2")  # never seen before: a whole lease to wait
+    assert info.value.remaining == LEASE
 
-    assert info.value.until == running.lease_expire_time
-    assert running.lease_expire_time is not None
-    assert running.lease_expire_time.isoformat() in str(info.value)
+    with pytest.raises(LeaseHeld) as info:
+        claim(running, clock, worker="w2", sighting=silent(running, 9.999999))
+    assert info.value.remaining == timedelta(microseconds=1)
+    assert "1e-06s" in str(info.value)
 
 
-def test_claim_takes_over_an_expired_lease_with_the_next_attempt(clock: FakeClock) -> None:
+def test_claim_ignores_the_holders_wall_clock(clock: FakeClock) -> None:
+    """A holder whose clock is a minute behind wrote a lease_expire_time that is
+    long past for everyone else: the lease is still live until an observer has
+    seen it silent for the lease."""
     running = claim(new_record(clock), clock, worker="w1")
-    clock.advance(LEASE.total_seconds())  # expiry is inclusive: at the instant, it is over
+    behind = replace(running, lease_expire_time=clock.now() - timedelta(seconds=60))
+    clock.advance(120)
 
-    taken = claim(running, clock, worker="w2")
+    with pytest.raises(LeaseHeld):
+        claim(behind, clock, worker="w2", sighting=silent(behind, 1))
+    assert claim(behind, clock, worker="w2", sighting=lapsed(behind)).lease_owner == "w2"
+
+
+def test_a_sighting_of_an_older_version_counts_for_nothing(clock: FakeClock) -> None:
+    running = replace(claim(new_record(clock), clock, worker="w1"), version=7)
+    renewed = replace(running, version=8)  # the holder wrote since
+
+    with pytest.raises(LeaseHeld) as info:
+        claim(renewed, clock, worker="w2", sighting=lapsed(running))
+    assert info.value.remaining == LEASE
+
+
+def test_claim_takes_over_a_lapsed_lease_with_the_next_attempt(clock: FakeClock) -> None:
+    running = claim(new_record(clock), clock, worker="w1")
+    clock.advance(3)
+
+    taken = claim(running, clock, worker="w2", sighting=lapsed(running))  # inclusive
 
     assert taken.state is State.RUNNING
     assert taken.attempt == 2
@@ -135,18 +213,18 @@ def test_claim_takes_over_an_expired_lease_with_the_next_attempt(clock: FakeCloc
     assert taken.lease_expire_time == clock.now() + LEASE
 
 
-def test_claim_of_an_expired_lease_with_no_attempts_left_ends_failed(clock: FakeClock) -> None:
+def test_claim_of_a_lapsed_lease_with_no_attempts_left_ends_failed(clock: FakeClock) -> None:
     running = claim(new_record(clock, max_attempts=1), clock)
     clock.advance(60)
 
-    ended = claim(running, clock, worker="w2")
+    ended = claim(running, clock, worker="w2", sighting=lapsed(running))
 
     assert ended.state is State.FAILED
     assert ended.attempt == 1
     assert error_of(ended).code == code_pb2.ABORTED
 
 
-def test_claim_of_an_expired_lease_after_a_cancel_request_ends_cancelled(
+def test_claim_of_a_lapsed_lease_after_a_cancel_request_ends_cancelled(
     clock: FakeClock,
 ) -> None:
     running = claim(new_record(clock), clock)
@@ -154,7 +232,7 @@ def test_claim_of_an_expired_lease_after_a_cancel_request_ends_cancelled(
     assert asked is not None
     clock.advance(60)
 
-    ended = claim(asked, clock, worker="w2")
+    ended = claim(asked, clock, worker="w2", sighting=lapsed(asked))
 
     assert ended.state is State.CANCELLED
     assert error_of(ended).code == code_pb2.CANCELLED
@@ -184,9 +262,25 @@ def test_renew_extends_the_lease_and_records_progress(clock: FakeClock) -> None:
     )
 
     assert renewed.lease_expire_time == clock.now() + LEASE
+    assert renewed.lease_duration == LEASE
     assert renewed.update_time == clock.now()
     assert (renewed.progress_percent, renewed.progress_message) == (40, "resizing")
     assert renewed.state is State.RUNNING
+
+
+def test_every_renew_changes_the_record_even_if_the_clock_stood_still(clock: FakeClock) -> None:
+    running = claim(new_record(clock), clock)  # no clock.advance: the same instant
+
+    once = transitions.renew(running, worker="w1", attempt=1, now=clock.now(), lease=LEASE)
+    twice = transitions.renew(once, worker="w1", attempt=1, now=clock.now(), lease=LEASE)
+
+    assert running != once != twice  # so the store writes (and versions) each one
+    assert once.update_time == clock.now() + timedelta(microseconds=1)
+    assert twice.update_time == clock.now() + timedelta(microseconds=2)
+    earlier = clock.now() - timedelta(seconds=30)  # a clock stepped back
+    assert transitions.renew(
+        twice, worker="w1", attempt=1, now=earlier, lease=LEASE
+    ).update_time == twice.update_time + timedelta(microseconds=1)
 
 
 def test_renew_without_progress_keeps_the_last_progress(clock: FakeClock) -> None:
@@ -203,34 +297,43 @@ def test_renew_without_progress_keeps_the_last_progress(clock: FakeClock) -> Non
 
 
 def _worker_writes(
-    clock: FakeClock, worker: str, attempt: int
+    clock: FakeClock, worker: str, attempt: int, releases: int = 0
 ) -> dict[str, Callable[[OperationRecord], OperationRecord]]:
     err = transitions.status_bytes(code_pb2.UNAVAILABLE, "flaky")
+    w, a, n = worker, attempt, releases
     return {
         "renew": lambda r: transitions.renew(
-            r, worker=worker, attempt=attempt, now=clock.now(), lease=LEASE
+            r, worker=w, attempt=a, releases=n, now=clock.now(), lease=LEASE
         ),
         "finish": lambda r: transitions.finish(
             r,
-            worker=worker,
-            attempt=attempt,
+            worker=w,
+            attempt=a,
+            releases=n,
             now=clock.now(),
             retention=RETENTION,
             response=response_bytes(),
         ),
         "fail": lambda r: transitions.finish(
-            r, worker=worker, attempt=attempt, now=clock.now(), retention=RETENTION, error=err
+            r, worker=w, attempt=a, releases=n, now=clock.now(), retention=RETENTION, error=err
         ),
         "retry": lambda r: transitions.retry(
             r,
-            worker=worker,
-            attempt=attempt,
+            worker=w,
+            attempt=a,
+            releases=n,
             now=clock.now(),
             delay=timedelta(seconds=1),
             error=err,
         ),
         "release": lambda r: transitions.release(
-            r, worker=worker, attempt=attempt, now=clock.now()
+            r,
+            worker=w,
+            attempt=a,
+            releases=n,
+            now=clock.now(),
+            retention=RETENTION,
+            max_releases=MAX_RELEASES,
         ),
     }
 
@@ -254,10 +357,12 @@ def test_a_write_for_another_attempt_is_lease_lost(clock: FakeClock, write: str)
 
 @pytest.mark.parametrize("write", WRITES)
 def test_a_write_to_a_queued_operation_is_lease_lost(clock: FakeClock, write: str) -> None:
-    running = claim(new_record(clock), clock, worker="w1")
-    released = transitions.release(running, worker="w1", attempt=1, now=clock.now())
+    running = replace(claim(new_record(clock), clock, worker="w1"), attempt=2, max_attempts=3)
+    released = release(running, clock)
     with pytest.raises(LeaseLost):
-        _worker_writes(clock, "w1", 1)[write](released)
+        _worker_writes(clock, "w1", 2)[write](released)
+    with pytest.raises(LeaseLost):
+        _worker_writes(clock, "w1", 1, releases=1)[write](released)
 
 
 @pytest.mark.parametrize("write", WRITES)
@@ -278,13 +383,54 @@ def test_a_stale_attempt_can_never_write_after_a_takeover(
     stale = claim(new_record(clock), clock, worker="w1")
     clock.advance(LEASE.total_seconds() + 1)
     new_owner = "w1" if same_worker else "w2"
-    current = claim(stale, clock, worker=new_owner)  # attempt 2 takes over
+    current = claim(stale, clock, worker=new_owner, sighting=lapsed(stale))  # attempt 2
 
     with pytest.raises(LeaseLost):
         _worker_writes(clock, "w1", 1)[write](current)
     # ... while the new attempt's writes apply.
     clock.advance(1)
     assert _worker_writes(clock, new_owner, 2)[write](current) != current
+
+
+@pytest.mark.parametrize("write", WRITES)
+def test_a_stale_claim_cannot_write_after_a_release_and_a_new_claim_by_the_same_worker(
+    clock: FakeClock, write: str
+) -> None:
+    """Release gives the attempt back, so the next claim has the same attempt
+    number and owner: the release count tells the two claims apart."""
+    stale = claim(new_record(clock), clock, worker="w1")
+    current = claim(release(stale, clock), clock, worker="w1")
+    assert (current.lease_owner, current.attempt) == (stale.lease_owner, stale.attempt)
+
+    with pytest.raises(LeaseLost):
+        _worker_writes(clock, "w1", 1, releases=0)[write](current)
+    clock.advance(1)
+    assert _worker_writes(clock, "w1", 1, releases=1)[write](current) != current
+
+
+# ---- leases ----
+
+
+def test_lease_remaining_counts_down_on_the_observers_clock_only(clock: FakeClock) -> None:
+    running = replace(claim(new_record(clock), clock), version=3)
+
+    assert transitions.lease_remaining(running, None) == LEASE
+    assert transitions.lease_remaining(running, silent(running, 4)) == timedelta(seconds=6)
+    assert transitions.lease_remaining(running, silent(running, 11)) == timedelta(0)
+    other = LeaseSighting(version=2, silent_for=timedelta(seconds=11))
+    assert transitions.lease_remaining(running, other) == LEASE
+
+
+def test_lease_duration_of_a_record_from_before_durations_were_kept(clock: FakeClock) -> None:
+    running = claim(new_record(clock), clock)
+    legacy = replace(
+        running,
+        lease_duration=None,
+        lease_expire_time=running.update_time + timedelta(seconds=25),
+    )
+    assert transitions.lease_duration(legacy) == timedelta(seconds=25)
+    unknown = replace(legacy, lease_expire_time=None)
+    assert transitions.lease_duration(unknown) == transitions.LEGACY_LEASE
 
 
 # ---- expire_lease ----
@@ -294,12 +440,13 @@ def test_expire_lease_requeues_when_attempts_are_left(clock: FakeClock) -> None:
     running = claim(new_record(clock), clock)
     clock.advance(LEASE.total_seconds())
 
-    queued = transitions.expire_lease(running, clock.now(), RETENTION)
+    queued = transitions.expire_lease(running, clock.now(), RETENTION, sighting=lapsed(running))
 
     assert queued.state is State.QUEUED
     assert queued.attempt == 1
     assert queued.lease_owner is None
     assert queued.lease_expire_time is None
+    assert queued.lease_duration is None
     assert queued.dispatch_due_time == clock.now()
     assert queued.update_time == clock.now()
     assert queued.error is None
@@ -307,11 +454,12 @@ def test_expire_lease_requeues_when_attempts_are_left(clock: FakeClock) -> None:
 
 def test_expire_lease_fails_when_attempts_are_used_up(clock: FakeClock) -> None:
     rec = new_record(clock, max_attempts=2)
-    rec = transitions.release(claim(rec, clock), worker="w1", attempt=1, now=clock.now())
+    first = claim(rec, clock)
+    rec = transitions.expire_lease(first, clock.now(), RETENTION, sighting=lapsed(first))
     running = claim(rec, clock, worker="w2")
     clock.advance(LEASE.total_seconds() + 5)
 
-    failed = transitions.expire_lease(running, clock.now(), RETENTION)
+    failed = transitions.expire_lease(running, clock.now(), RETENTION, sighting=lapsed(running))
 
     assert failed.state is State.FAILED
     status = error_of(failed)
@@ -330,7 +478,7 @@ def test_expire_lease_ends_cancelled_when_a_cancel_was_requested(clock: FakeCloc
     assert asked is not None
     clock.advance(LEASE.total_seconds())
 
-    ended = transitions.expire_lease(asked, clock.now(), RETENTION)
+    ended = transitions.expire_lease(asked, clock.now(), RETENTION, sighting=lapsed(asked))
 
     assert ended.state is State.CANCELLED
     status = error_of(ended)
@@ -340,22 +488,24 @@ def test_expire_lease_ends_cancelled_when_a_cancel_was_requested(clock: FakeCloc
 
 def test_expire_lease_of_a_live_lease_is_lease_held(clock: FakeClock) -> None:
     running = claim(new_record(clock), clock)
-    clock.advance(1)
+    clock.advance(1000)  # the wall clock decides nothing
     with pytest.raises(LeaseHeld) as info:
-        transitions.expire_lease(running, clock.now(), RETENTION)
-    assert info.value.until == running.lease_expire_time
+        transitions.expire_lease(running, clock.now(), RETENTION, sighting=silent(running, 1))
+    assert info.value.remaining == timedelta(seconds=9)
+    with pytest.raises(LeaseHeld):
+        transitions.expire_lease(running, clock.now(), RETENTION, sighting=None)
 
 
 def test_expire_lease_rejects_queued_and_done_records(clock: FakeClock) -> None:
     queued = new_record(clock)
     with pytest.raises(Rejected) as info:
-        transitions.expire_lease(queued, clock.now(), RETENTION)
+        transitions.expire_lease(queued, clock.now(), RETENTION, sighting=lapsed(queued))
     assert not isinstance(info.value, (AlreadyDone, LeaseHeld, NotDue, LeaseLost))
     assert "QUEUED" in str(info.value)
 
     done = finish_ok(claim(queued, clock), clock)
     with pytest.raises(AlreadyDone):
-        transitions.expire_lease(done, clock.now(), RETENTION)
+        transitions.expire_lease(done, clock.now(), RETENTION, sighting=lapsed(done))
 
 
 # ---- finish ----
@@ -461,13 +611,51 @@ def test_release_gives_the_operation_back_for_an_immediate_claim(clock: FakeCloc
     running = claim(new_record(clock), clock)
     clock.advance(1)
 
-    released = transitions.release(running, worker="w1", attempt=1, now=clock.now())
+    released = release(running, clock)
 
     assert released.state is State.QUEUED
     assert released.lease_owner is None
     assert released.lease_expire_time is None
+    assert released.lease_duration is None
     assert released.dispatch_due_time == clock.now()
+    assert (released.attempt, released.releases) == (0, 1)  # the attempt was given back
     assert claim(released, clock, worker="w2").lease_owner == "w2"
+
+
+def test_release_gives_attempts_back_only_max_releases_times(clock: FakeClock) -> None:
+    rec = new_record(clock, max_attempts=2)
+    for released in range(1, MAX_RELEASES + 1):
+        rec = release(claim(rec, clock), clock)
+        assert (rec.state, rec.attempt, rec.releases) == (State.QUEUED, 0, released)
+
+    rec = release(claim(rec, clock), clock)  # this interruption counts
+    assert (rec.state, rec.attempt, rec.releases) == (State.QUEUED, 1, MAX_RELEASES)
+
+    last = release(claim(rec, clock), clock)  # and this one was the last attempt
+    assert last.state is State.FAILED
+    assert last.attempt == 2
+    status = error_of(last)
+    assert status.code == code_pb2.ABORTED
+    assert "attempt 2 of 2 was interrupted by a worker shutdown" in status.message
+    assert f"after {MAX_RELEASES} earlier interruptions; no attempts left" in status.message
+
+
+def test_a_release_loop_ends_after_max_attempts_plus_max_releases_claims(
+    clock: FakeClock,
+) -> None:
+    """A task whose every run brings its worker down gracefully: the
+    operation ends FAILED after a bounded number of runs."""
+    rec = new_record(clock, max_attempts=3)
+    runs = 0
+    while not rec.done:
+        rec = claim(rec, clock)
+        if rec.done:
+            break
+        runs += 1
+        assert rec.attempt <= rec.max_attempts
+        rec = release(rec, clock)
+    assert rec.state is State.FAILED
+    assert runs == 3 + MAX_RELEASES
 
 
 # ---- request_cancel ----
@@ -655,6 +843,8 @@ ACTIONS = st.sampled_from(
         "retry_a",
         "retry_b",
         "release_a",
+        "release_b",
+        "takeover_b",
         "cancel",
         "expire",
         "dispatched",
@@ -669,16 +859,21 @@ def _apply(action: str, rec: OperationRecord, clock: FakeClock) -> OperationReco
     if action == "cancel":
         return transitions.request_cancel(rec, now=clock.now(), retention=RETENTION)
     if action == "expire":
-        return transitions.expire_lease(rec, clock.now(), RETENTION)
+        return transitions.expire_lease(rec, clock.now(), RETENTION, sighting=lapsed(rec))
     if action == "dispatched":
         return transitions.mark_dispatched(rec, now=clock.now(), redispatch_after=REDISPATCH)
     verb, who = action.split("_")
     worker = {"a": "wa", "b": "wb"}[who]
     if verb == "claim":
         return claim(rec, clock, worker=worker)
-    # A worker writes for the attempt it last claimed; a stale one keeps its old number.
-    attempt = rec.attempt if rec.lease_owner == worker else max(rec.attempt - 1, 1)
-    writes = _worker_writes(clock, worker, attempt)
+    if verb == "takeover":
+        return claim(rec, clock, worker=worker, sighting=lapsed(rec))
+    # A worker writes for the claim it last made; a stale one keeps its old numbers.
+    if rec.lease_owner == worker:
+        attempt, releases = rec.attempt, rec.releases
+    else:
+        attempt, releases = max(rec.attempt - 1, 1), max(rec.releases - 1, 0)
+    writes = _worker_writes(clock, worker, attempt, releases)
     return writes["finish" if verb == "finish" else verb](rec)
 
 
@@ -700,7 +895,10 @@ def _check_invariants(rec: OperationRecord) -> None:
     if rec.state is State.RUNNING:
         assert rec.lease_owner is not None
         assert rec.lease_expire_time is not None
+        assert rec.lease_duration is not None
         assert rec.attempt >= 1
+    assert 0 <= rec.attempt <= rec.max_attempts
+    assert 0 <= rec.releases <= MAX_RELEASES
     if rec.state is State.QUEUED:
         assert rec.lease_owner is None
     md = jobs_pb2.JobMetadata()
@@ -721,6 +919,10 @@ def test_any_sequence_of_transitions_keeps_the_invariants(actions: list[str]) ->
             continue
         if new is not None:
             assert not before.done, f"{action} changed a finished operation"
+            # attempt + releases counts the claims: never goes back, one up per claim.
+            claimed = action.split("_")[0] in ("claim", "takeover") and not new.done
+            grew = (new.attempt + new.releases) - (before.attempt + before.releases)
+            assert grew == (1 if claimed else 0), action
             if action.split("_")[0] in ("renew", "finish", "fail", "retry", "release"):
                 owner = {"a": "wa", "b": "wb"}[action[-1]]
                 assert before.state is State.RUNNING

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import threading
 from typing import Any
 
 import click
@@ -20,6 +22,7 @@ from longrun_core.cli_options import (
     setup_logging,
     task_registry,
 )
+from longrun_core.clock import CLOCK_SKEW_VAR, clock_from_env
 from longrun_core.failpoints import Failpoints
 from longrun_core.packing import MAX_RESULT_BYTES, MIN_RESULT_BYTES
 from longrun_core.settings import BackendSettings
@@ -69,6 +72,35 @@ _W = WorkerSettings()
     help="On SIGTERM, seconds in-flight tasks may finish before their leases are released.",
 )
 @click.option(
+    "--kill-grace",
+    type=click.FloatRange(min=0),
+    default=_W.kill_grace,
+    envvar="LONGRUN_KILL_GRACE",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds between SIGTERM and SIGKILL when a task process is stopped "
+    "(cancelled, past its deadline, or at shutdown).",
+)
+@click.option(
+    "--max-releases",
+    type=click.IntRange(min=0),
+    default=_W.max_releases,
+    envvar="LONGRUN_MAX_RELEASES",
+    show_envvar=True,
+    show_default=True,
+    help="Attempts a shutdown may give back to one operation; past that an "
+    "interrupted attempt counts against its max_attempts.",
+)
+@click.option(
+    "--max-clock-skew",
+    type=click.FloatRange(min=0),
+    default=_W.max_clock_skew,
+    envvar="LONGRUN_MAX_CLOCK_SKEW",
+    show_envvar=True,
+    show_default=True,
+    help="Log a warning when this machine's clock is this many seconds off the store's.",
+)
+@click.option(
     "--retention",
     type=float,
     default=_W.retention,
@@ -101,15 +133,21 @@ def main(**kw: Any) -> None:
     backends = backend_settings(kw)
     registry = task_registry(kw)
     push = push_config(kw)
-    settings = WorkerSettings(
-        concurrency=kw["concurrency"],
-        lease=kw["lease"],
-        heartbeat=kw["heartbeat"],
-        shutdown_grace=kw["shutdown_grace"],
-        retention=kw["retention"],
-        max_result_bytes=kw["max_result_bytes"],
-        outage_retry_max=backends.outage_retry_max,
-    )
+    try:
+        settings = WorkerSettings(
+            concurrency=kw["concurrency"],
+            lease=kw["lease"],
+            heartbeat=kw["heartbeat"],
+            shutdown_grace=kw["shutdown_grace"],
+            retention=kw["retention"],
+            max_result_bytes=kw["max_result_bytes"],
+            outage_retry_max=backends.outage_retry_max,
+            kill_grace=kw["kill_grace"],
+            max_releases=kw["max_releases"],
+            max_clock_skew=kw["max_clock_skew"],
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     if push is not None:
         if kw["burst"]:
             raise click.UsageError("--burst does not apply to --push")
@@ -121,7 +159,10 @@ def main(**kw: Any) -> None:
 async def work(
     settings: WorkerSettings, backend_cfg: BackendSettings, registry: TaskRegistry, burst: bool
 ) -> None:
-    backends = build_backends(backend_cfg)
+    clock = clock_from_env()
+    if os.environ.get(CLOCK_SKEW_VAR):
+        log.warning("%s is set: this process's clock is skewed (a test hook)", CLOCK_SKEW_VAR)
+    backends = build_backends(backend_cfg, clock)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,16 +170,26 @@ async def work(
     if not await backends.start_patiently(stopping):
         await backends.close()
         return
-    worker = Worker(
-        store=backends.store,
-        queue=backends.queue,
-        registry=registry,
-        settings=settings,
-        failpoints=Failpoints.from_env(),
-    )
-    loop = asyncio.get_running_loop()
+    try:
+        worker = Worker(
+            store=backends.store,
+            queue=backends.queue,
+            registry=registry,
+            settings=settings,
+            clock=clock,
+            failpoints=Failpoints.from_env(),
+        )
+    except ValueError as exc:  # a task that cannot run as declared
+        await backends.close()
+        raise click.UsageError(str(exc)) from exc
+
+    def shut_down() -> None:
+        if not worker.stopping:
+            _exit_after(settings.shutdown_grace + settings.shutdown_bound + CLOSE_TIMEOUT)
+        worker.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(sig, shut_down)
     log.info(
         "worker %s: %s; tasks %s, concurrency %d",
         worker.id,
@@ -149,7 +200,32 @@ async def work(
     try:
         await worker.run(burst=burst)
     finally:
-        await backends.close()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await backends.close()
+        except TimeoutError:
+            log.warning("the store and queue did not close within %gs", CLOSE_TIMEOUT)
+
+
+#: Longest the store and queue may take to close at exit.
+CLOSE_TIMEOUT = 5.0
+#: Exit status when shutdown overran its bound and the process ended itself.
+OVERRAN = 70
+
+
+def _exit_after(seconds: float) -> None:
+    """The last resort behind the shutdown bound: end the process after
+    `seconds` even if something (a hung close, a thread the interpreter waits
+    for at exit) still holds it."""
+
+    def overran() -> None:
+        log.error("shutdown took over %gs; exiting now", seconds)
+        logging.shutdown()
+        os._exit(OVERRAN)
+
+    timer = threading.Timer(seconds, overran)
+    timer.daemon = True
+    timer.start()
 
 
 if __name__ == "__main__":

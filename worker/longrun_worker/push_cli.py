@@ -151,6 +151,7 @@ async def serve_push(
 ) -> None:
     # Imported here: the pull worker never loads aiohttp.
     from longrun_core.backends import build_backends
+    from longrun_core.clock import clock_from_env
     from longrun_core.failpoints import Failpoints
     from longrun_core.process_limits import limit_accept_error_logs, raise_open_files_limit
     from longrun_worker.push import PubSubDeadLetters, PushEndpoint, serve
@@ -158,7 +159,8 @@ async def serve_push(
 
     raise_open_files_limit()
     limit_accept_error_logs()
-    backends = build_backends(backend_cfg)
+    clock = clock_from_env()
+    backends = build_backends(backend_cfg, clock)
     # Only the store: the queue's start would create the pull subscription,
     # which a push deployment must not have (see docs/push.md).
     await backends.store.start()
@@ -167,13 +169,18 @@ async def serve_push(
         dead_letters = PubSubDeadLetters(
             f"projects/{backend_cfg.project}/topics/{backend_cfg.pubsub_dead_letter_topic}"
         )
-    worker = Worker(
-        store=backends.store,
-        queue=backends.queue,  # unused: messages arrive over HTTP
-        registry=registry,
-        settings=settings,
-        failpoints=Failpoints.from_env(),
-    )
+    try:
+        worker = Worker(
+            store=backends.store,
+            queue=backends.queue,  # unused: messages arrive over HTTP
+            registry=registry,
+            settings=settings,
+            clock=clock,
+            failpoints=Failpoints.from_env(),
+        )
+    except ValueError as exc:  # a task that cannot run as declared
+        await backends.close()
+        raise click.UsageError(str(exc)) from exc
     endpoint = PushEndpoint(worker, cfg.settings, dead_letters=dead_letters)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -189,6 +196,7 @@ async def serve_push(
     try:
         await serve(endpoint, cfg.host, cfg.port, stop=stop, port_file=cfg.port_file)
     finally:
+        worker.close()
         if dead_letters is not None:
             await dead_letters.close()
         await backends.close()

@@ -2,32 +2,42 @@
 their handlers, and records the outcome with fenced writes.
 
 Per delivery (at-least-once; every step is safe to repeat):
-1. claim: QUEUED -> RUNNING (attempt + 1, lease). Already done or deleted ->
-   ack; held by a live lease or not yet due -> nack with a delay (deferred).
-   A queue sharing the store's transactions claims while it hands out the
-   message (`TaskQueue.receive(claim=...)`), and step 3's write and ack are
-   then one transaction too (`Delivery.settle`).
-2. run the handler while a heartbeat renews the lease and the queue lease,
-   and a watch on the operation turns a cancel request into the context's
-   cancellation signal.
-3. write the outcome (fenced to this attempt), then ack. A crash before the
-   write leaves the message unacked and the lease expiring: another worker
+1. claim: QUEUED -> RUNNING (attempt + 1, lease), or FAILED when no
+   attempts are left. Already done or deleted -> ack (or dead-letter); held
+   by a lease not yet seen lapse, or not yet due -> nack with a delay
+   (deferred). A queue sharing the store's transactions claims while it
+   hands out the message (`TaskQueue.receive(claim=...)`), and step 3's
+   write and ack are then one transaction too (`Delivery.settle`).
+2. run the handler where its task's isolation says (longrun_worker.attempts:
+   a task process of its own, a thread, or the task loop; never this loop),
+   while a guard on this loop renews the lease and the queue lease and turns
+   a cancel request into the context's cancellation signal.
+3. write the outcome (fenced to this claim), then ack. A crash before the
+   write leaves the message unacked and the lease lapsing: another worker
    takes over. A crash after the write and before the ack redelivers a
    message whose claim finds the operation done: acked, nothing runs twice.
+
+Whatever a handler does, it ends only its own attempt: what it raises (even
+SystemExit) is its failure; a cancel, the attempt deadline and shutdown stop
+it after a grace (a task process is killed; a thread or coroutine is
+abandoned). If the lease cannot be renewed for 3/4 of its duration, the
+attempt is stopped at once, before anyone may take it over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2
@@ -36,18 +46,24 @@ from longrun_core import transitions
 from longrun_core.clock import Clock, SystemClock
 from longrun_core.errors import LongrunError, NotFound, Unavailable
 from longrun_core.failpoints import Failpoints
+from longrun_core.leases import LeaseObserver, Monotonic
 from longrun_core.model import OperationRecord, State
 from longrun_core.packing import (
     DEFAULT_MAX_RESULT_BYTES,
+    MAX_RESULT_BYTES,
+    MIN_RESULT_BYTES,
     bounded_error,
     error_status,
-    result_outcome,
     struct_to_dict,
+    too_large_status,
 )
 from longrun_core.queue import Delivery, TaskQueue
 from longrun_core.store import OperationStore
 from longrun_core.tasks import TaskRegistry, TaskSpec
+from longrun_worker.attempts import AttemptRunner, RunningAttempt, ThreadAttempt
 from longrun_worker.context import RunContext
+from longrun_worker.isolation import KILL_WAIT, in_thread
+from longrun_worker.outcome import AttemptTimedOut, Outcome, outcome_of
 
 log = logging.getLogger("longrun.worker")
 
@@ -55,6 +71,12 @@ T = TypeVar("T")
 
 #: Seconds a handler runs before its guard (heartbeat + cancel watch) starts.
 GUARD_DELAY = 0.05
+#: Share of the lease after which a holder that could not renew stops its attempt.
+SELF_FENCE = 0.75
+#: On shutdown, longest a lease release may take (the store may be down).
+RELEASE_TIMEOUT = 5.0
+#: How often the worker compares its clock with the store's.
+CLOCK_CHECK_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -70,15 +92,79 @@ class WorkerSettings:
     shutdown_grace: float = 10.0
     #: How long one receive call waits for messages.
     receive_timeout: float = 5.0
+    #: Seconds between SIGTERM and SIGKILL when a task process is stopped.
+    kill_grace: float = 3.0
+    #: Attempts a graceful shutdown may give back to one operation (past that
+    #: an interrupted attempt counts).
+    max_releases: int = 3
+    #: A clock this far (seconds) off the store's is logged as skewed.
+    max_clock_skew: float = 2.0
     #: Largest serialized result (or error) stored; a bigger one fails the
     #: operation with RESULT_TOO_LARGE instead.
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     #: Longest pause between retries while the store or queue is unavailable.
     outage_retry_max: float = 5.0
 
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if not 0 < self.heartbeat <= self.lease / 2:
+            raise ValueError(
+                f"heartbeat ({self.heartbeat}s) must be positive and at most half the lease "
+                f"({self.lease}s)"
+            )
+        if self.kill_grace < 0 or self.shutdown_grace < 0:
+            raise ValueError("kill_grace and shutdown_grace must be >= 0")
+        if self.max_releases < 0:
+            raise ValueError("max_releases must be >= 0")
+        if not MIN_RESULT_BYTES <= self.max_result_bytes <= MAX_RESULT_BYTES:
+            raise ValueError(
+                f"max_result_bytes ({self.max_result_bytes}) must be between "
+                f"{MIN_RESULT_BYTES} and {MAX_RESULT_BYTES}"
+            )
+        if self.outage_retry_max <= 0:
+            raise ValueError("outage_retry_max must be positive")
+
+    @property
+    def shutdown_bound(self) -> float:
+        """After `stop()`, `run` returns within shutdown_grace plus this many
+        seconds, whatever the handlers do: stop them (kill_grace, then up to
+        KILL_WAIT for a killed process) and release their leases."""
+        return self.kill_grace + KILL_WAIT + RELEASE_TIMEOUT + 1.0
+
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class _Lease:
+    """This worker's view of one claim's lease: when it last renewed (the
+    monotonic time the successful write was sent), and whether it is lost."""
+
+    def __init__(self, renewed_at: float, duration: float, monotonic: Monotonic) -> None:
+        self.renewed_at = renewed_at
+        self.window = duration * SELF_FENCE
+        self._monotonic = monotonic
+        self.lost = asyncio.Event()
+        self.why = ""
+
+    def time_left(self) -> float:
+        return self.renewed_at + self.window - self._monotonic()
+
+    def renewed(self, sent_at: float) -> None:
+        self.renewed_at = max(self.renewed_at, sent_at)
+
+    def lose(self, why: str) -> None:
+        if not self.lost.is_set():
+            self.why = why
+            self.lost.set()
+
+
+@dataclass
+class _Slot:
+    """A worker slot; an abandoned thread keeps it until it returns."""
+
+    held_until: concurrent.futures.Future[None] | None = field(default=None)
 
 
 class Worker:
@@ -92,6 +178,7 @@ class Worker:
         clock: Clock | None = None,
         worker_id: str | None = None,
         failpoints: Failpoints | None = None,
+        monotonic: Monotonic = time.monotonic,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -100,10 +187,20 @@ class Worker:
         self.clock = clock or SystemClock()
         self.id = worker_id or default_worker_id()
         self.failpoints = failpoints or Failpoints()
+        self._monotonic = monotonic
+        #: Leases of other workers seen through duplicate messages.
+        self.leases = LeaseObserver(monotonic)
+        self.runner = AttemptRunner(
+            registry,
+            kill_grace=self.settings.kill_grace,
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        )
         self._stopping = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Delivery] = {}
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self._outage = 0.0
+        self._claimed_at: dict[str, float] = {}
+        self._lingering: set[concurrent.futures.Future[None]] = set()
         self.completed = 0
 
     @property
@@ -114,14 +211,27 @@ class Worker:
     def retention(self) -> timedelta:
         return timedelta(seconds=self.settings.retention)
 
+    @property
+    def abandoned_threads(self) -> int:
+        """Handler threads that ignored a cancel and still hold their slots."""
+        return sum(1 for f in self._lingering if not f.done())
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def stop(self) -> None:
-        """Stop receiving; `run` then drains in-flight work and returns."""
+        """Stop receiving; `run` then drains in-flight work and returns (within
+        shutdown_grace + settings.shutdown_bound)."""
         self._stopping.set()
 
     async def run(self, *, burst: bool = False) -> None:
         """Receive and run tasks until `stop()` (or, with `burst`, until the
         queue is empty and nothing is in flight)."""
         log.info("worker started", extra={"action": "worker_start", "worker": self.id})
+        background = [asyncio.create_task(self._watch_clock(), name="clock-check")]
+        if self.runner.uses_processes:
+            background.append(asyncio.create_task(self._warm_up(), name="fork-server"))
         try:
             while not self._stopping.is_set():
                 free = await self._acquire_slots()
@@ -147,8 +257,43 @@ class Worker:
                 if burst and not deliveries and not self._inflight:
                     break
         finally:
+            for task in background:
+                task.cancel()
             await self._drain()
+            self.close()
             log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
+
+    def close(self) -> None:
+        """Release the task loop (a worker that served `handle` calls ends with this)."""
+        self.runner.close()
+
+    async def _warm_up(self) -> None:
+        """Start the fork server now rather than at the first task."""
+        try:
+            await in_thread(self.runner.launcher.ensure_running)
+        except Exception:
+            log.exception("could not start the fork server; task processes will retry it")
+
+    async def _watch_clock(self) -> None:
+        """Log when this process's clock is far off the store's (leases do not
+        depend on it; retry backoffs and timestamps shown to people do)."""
+        while True:
+            try:
+                store_now = await self.store.store_time()
+            except Exception as exc:  # a store outage is reported elsewhere
+                log.debug("cannot read the store's clock: %s", exc)
+                store_now = None
+            if store_now is not None:
+                skew = (self.clock.now() - store_now).total_seconds()
+                if abs(skew) > self.settings.max_clock_skew:
+                    log.warning(
+                        "clock skew: this worker's clock is %+.1fs off the store's (more than "
+                        "%gs); leases are safe, but retry delays and shown times are off",
+                        skew,
+                        self.settings.max_clock_skew,
+                        extra={"action": "clock_skew", "skew": skew},
+                    )
+            await asyncio.sleep(CLOCK_CHECK_INTERVAL)
 
     async def _receive(self, max_messages: int) -> list[Delivery]:
         """Receive, riding out a queue outage with capped exponential backoff."""
@@ -194,6 +339,8 @@ class Worker:
         return free
 
     async def _drain(self) -> None:
+        """Let in-flight attempts finish for shutdown_grace, then stop them and
+        release their leases, waiting at most `shutdown_bound` more."""
         if not self._inflight:
             return
         pending = set(self._inflight)
@@ -201,11 +348,18 @@ class Worker:
         for task in still:
             task.cancel()
         if still:
-            await asyncio.wait(still)
+            _, stuck = await asyncio.wait(still, timeout=self.settings.shutdown_bound)
+            if stuck:
+                log.error(
+                    "%d deliveries did not wind down within the shutdown bound; leaving them",
+                    len(stuck),
+                    extra={"action": "shutdown_stuck"},
+                )
 
     async def _handle_and_release(self, delivery: Delivery) -> None:
+        slot = _Slot()
         try:
-            await self.handle(delivery)
+            await self.handle(delivery, slot=slot)
         except Unavailable as exc:
             # A storage outage: the message comes back (nack, or its lease ends).
             log.warning(
@@ -221,15 +375,40 @@ class Worker:
             with contextlib.suppress(Exception):
                 await delivery.nack(1.0)
         finally:
-            self._slots.release()
+            held = slot.held_until
+            if held is None or held.done():
+                self._slots.release()
+            else:
+                self._hold_slot(held)
 
-    async def handle(self, delivery: Delivery) -> None:
+    def _hold_slot(self, held: concurrent.futures.Future[None]) -> None:
+        loop = asyncio.get_running_loop()
+        self._lingering.add(held)
+
+        def returned(_: concurrent.futures.Future[None]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to free
+                loop.call_soon_threadsafe(self._thread_returned, held)
+
+        held.add_done_callback(returned)
+        log.warning(
+            "an abandoned handler thread keeps its slot until it returns (%d of %d slots held)",
+            self.abandoned_threads,
+            self.settings.concurrency,
+            extra={"action": "thread_abandoned"},
+        )
+
+    def _thread_returned(self, held: concurrent.futures.Future[None]) -> None:
+        self._lingering.discard(held)
+        self._slots.release()
+
+    async def handle(self, delivery: Delivery, *, slot: _Slot | None = None) -> None:
         """Process one delivery from claim to ack (see the module docstring)."""
         name = delivery.message.operation
         try:
             spec: TaskSpec | None = self.registry.get(delivery.message.task)
         except LongrunError:
             spec = None
+        started = self._monotonic()
         try:
             claimed = delivery.claimed
             if claimed is None:
@@ -249,11 +428,17 @@ class Worker:
             else:
                 await delivery.ack()
             return
-        except (transitions.LeaseHeld, transitions.NotDue) as exc:
-            delay = (exc.until - self.clock.now()).total_seconds()
+        except transitions.LeaseHeld as held:
+            await delivery.nack(max(held.remaining.total_seconds(), 0.05))
+            return
+        except transitions.NotDue as early:
+            delay = (early.until - self.clock.now()).total_seconds()
             await delivery.nack(max(delay, 0.05))
             return
-        if rec.done:  # the claim ended it (lease expired with no attempts left, or cancelled)
+        finally:
+            claimed_at = self._claimed_at.pop(name, started)
+        self.leases.forget(rec.id)
+        if rec.done:  # the claim ended it (no attempts left, lease lapsed, cancelled)
             await self._ack_or_dead_letter(delivery, rec)
             return
         if spec is None:
@@ -265,58 +450,83 @@ class Worker:
             )
             await self._finish(delivery, rec, error=err)
             return
-        await self._run(delivery, rec, spec)
+        await self._run(delivery, rec, spec, claimed_at, slot or _Slot())
 
     def _claim_transition(self, rec: OperationRecord) -> OperationRecord:
+        # May run on a queue's database thread: only thread-safe state here.
+        sighting = self.leases.sight(rec) if rec.state is State.RUNNING else None
+        self._claimed_at[rec.name] = self._monotonic()
         return transitions.claim(
-            rec, worker=self.id, now=self.clock.now(), lease=self.lease, retention=self.retention
+            rec,
+            worker=self.id,
+            now=self.clock.now(),
+            lease=self.lease,
+            retention=self.retention,
+            sighting=sighting,
         )
 
-    async def _run(self, delivery: Delivery, rec: OperationRecord, spec: TaskSpec) -> None:
+    async def _run(
+        self,
+        delivery: Delivery,
+        rec: OperationRecord,
+        spec: TaskSpec,
+        claimed_at: float,
+        slot: _Slot,
+    ) -> None:
         ctx = RunContext(
             operation=rec.name,
             params=struct_to_dict(struct_pb2.Struct.FromString(rec.params)),
             attempt=rec.attempt,
             progress_sink=lambda p, m: self._progress(rec, p, m),
         )
-        handler = asyncio.ensure_future(_call(spec, ctx))
+        lease = _Lease(claimed_at, self.settings.lease, self._monotonic)
+        # The outcome limit is fixed for the attempt: its outcome is made
+        # where the handler runs (a task process, too) within it.
+        limit = self.outcome_limit(rec)
         guard: asyncio.Task[None] | None = None
+        attempt: RunningAttempt | None = None
+
+        def start_guard() -> None:
+            nonlocal guard
+            guard = asyncio.create_task(self._guard(delivery, rec, ctx, lease))
+
+        # Most tasks of a busy queue are short: the guard (a watch and a read)
+        # starts only for those still running after a moment, counted from
+        # before the handler starts (a task process may take a while to start).
+        # Its first read sees any cancel that came before it started.
+        guard_timer = asyncio.get_running_loop().call_later(GUARD_DELAY, start_guard)
         try:
-            # Most tasks of a busy queue are short: start the guard (a watch and a
-            # read) only for those still running after a moment. Its first read
-            # sees any cancel that came before it started.
-            await asyncio.wait({handler}, timeout=GUARD_DELAY)
-            if not handler.done():
-                guard = asyncio.create_task(self._guard(delivery, rec, ctx))
-            outcome = await self._await_handler(handler, ctx, spec)
+            try:
+                attempt = await self.runner.start(
+                    spec, ctx, max_attempts=rec.max_attempts, limit=limit
+                )
+            except Exception:
+                log.exception(
+                    "could not start %s for %s; giving the operation back",
+                    spec.name,
+                    rec.name,
+                    extra={"action": "start_failed", "operation": rec.name},
+                )
+                await self._release(delivery, rec)
+                return
+            finished = asyncio.ensure_future(attempt.wait())
+            outcome, ending = await self._supervise(attempt, finished, ctx, spec, lease)
         except asyncio.CancelledError:
-            # Worker shutdown past its grace: give the operation back at once.
-            handler.cancel()
+            # Worker shutdown past its grace: stop the handler, give the operation back.
+            ctx.cancel()
+            if attempt is not None:
+                await attempt.stop()
             await self._release(delivery, rec)
             raise
         finally:
+            guard_timer.cancel()
             if guard is not None:
                 guard.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await guard
-        result, exc = outcome
-        if ctx.cancelled:
-            err = transitions.cancelled_error(rec.attempt)
-            await self._finish(delivery, rec, error=err)
-        elif exc is None:
-            # Never raises: a result that cannot be stored becomes an error saying why.
-            response, refused = result_outcome(
-                result,
-                limit=self.outcome_limit(rec),
-                attempt=rec.attempt,
-                max_attempts=rec.max_attempts,
-            )
-            await self._finish(delivery, rec, response=response, error=refused)
-        elif spec.retry.is_retryable(exc) and rec.attempt < rec.max_attempts:
-            await self._retry(delivery, rec, spec, exc)
-        else:
-            err = self._error_of(exc, rec)
-            await self._finish(delivery, rec, error=err)
+            if isinstance(attempt, ThreadAttempt) and not attempt.finished.done():
+                slot.held_until = attempt.finished
+        await self._record(delivery, rec, spec, outcome, ending, lease, limit)
 
     def outcome_limit(self, rec: OperationRecord) -> int:
         """The largest response or error stored for `rec`: the configured
@@ -325,49 +535,146 @@ class Worker:
         store_limit = self.store.max_outcome_bytes(rec)
         return limit if store_limit is None else min(limit, store_limit)
 
-    def _error_of(self, exc: BaseException, rec: OperationRecord) -> bytes:
-        """The status stored for a task's exception, within the outcome limit."""
-        return bounded_error(
-            error_status(exc, attempt=rec.attempt, max_attempts=rec.max_attempts),
-            limit=self.outcome_limit(rec),
-            attempt=rec.attempt,
-            max_attempts=rec.max_attempts,
-        )
-
-    async def _await_handler(
-        self, handler: asyncio.Future[Any], ctx: RunContext, spec: TaskSpec
-    ) -> tuple[Any, BaseException | None]:
-        """Wait for the handler; once cancelled, give it `cancel_grace` seconds."""
-        if handler.done():  # most tasks of a busy queue: no watch needed
-            return _outcome(handler)
-        cancelled = asyncio.ensure_future(ctx.wait_cancelled())
+    async def _supervise(
+        self,
+        attempt: RunningAttempt,
+        finished: asyncio.Future[Outcome],
+        ctx: RunContext,
+        spec: TaskSpec,
+        lease: _Lease,
+    ) -> tuple[Outcome | None, str]:
+        """Wait for the attempt to end by itself, or end it: on a cancel
+        request or at its deadline after `cancel_grace`, at once when the lease
+        is lost. Returns (its outcome if it produced one, why it ended: done,
+        cancelled, deadline or lost)."""
+        # Most tasks of a busy queue are short: done before anything is watched.
+        await asyncio.wait({finished}, timeout=GUARD_DELAY)
+        if finished.done():
+            return _result_of(finished), "cancelled" if ctx.cancelled else "done"
+        cancelled: asyncio.Future[object] = asyncio.ensure_future(ctx.wait_cancelled())
+        lost: asyncio.Future[object] = asyncio.ensure_future(lease.lost.wait())
+        watched: set[asyncio.Future[object]] = {finished, cancelled, lost}  # type: ignore[arg-type]
         try:
-            await asyncio.wait({handler, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-            if not handler.done():
-                await asyncio.wait({handler}, timeout=spec.cancel_grace)
-            if not handler.done():
-                log.warning(
-                    "handler ignored cancellation; abandoned",
-                    extra={"action": "abandon", "operation": ctx.operation},
-                )
-                handler.cancel()
-                return None, asyncio.CancelledError()
+            done, _ = await asyncio.wait(
+                watched,
+                timeout=spec.timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if finished in done:
+                return _result_of(finished), "cancelled" if ctx.cancelled else "done"
+            if lost in done:
+                ctx.cancel()
+                await attempt.stop(grace=False)
+                return None, "lost"
+            ending = "cancelled" if cancelled in done else "deadline"
+            ctx.cancel()  # tell the handler; for a deadline, too
+            done, _ = await asyncio.wait(
+                watched - {cancelled},
+                timeout=spec.cancel_grace,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if finished in done:
+                return _result_of(finished), ending
+            if lost in done:
+                await attempt.stop(grace=False)
+                return None, "lost"
+            log.warning(
+                "handler did not stop within %gs of its %s; stopping it",
+                spec.cancel_grace,
+                "cancel" if ending == "cancelled" else "deadline",
+                extra={"action": "abandon", "operation": ctx.operation},
+            )
+            await attempt.stop()
+            return None, ending
         finally:
             cancelled.cancel()
-        return _outcome(handler)
+            lost.cancel()
+            if not finished.done():
+                finished.cancel()
 
-    async def _guard(self, delivery: Delivery, rec: OperationRecord, ctx: RunContext) -> None:
-        """Heartbeat the lease and turn a cancel request into ctx cancellation.
+    async def _record(
+        self,
+        delivery: Delivery,
+        rec: OperationRecord,
+        spec: TaskSpec,
+        outcome: Outcome | None,
+        ending: str,
+        lease: _Lease,
+        limit: int,
+    ) -> None:
+        """Write what the attempt came to (an outcome over `limit` as
+        RESULT_TOO_LARGE, wherever it was made)."""
+        if ending == "lost":
+            log.warning(
+                "%s attempt %d stopped: %s; its outcome is dropped",
+                rec.name,
+                rec.attempt,
+                lease.why,
+                extra={"action": "lease_lost", "operation": rec.name},
+            )
+            await delivery.nack(self.settings.lease)
+            return
+        if ending == "cancelled":
+            await self._finish(delivery, rec, error=transitions.cancelled_error(rec.attempt))
+            return
+        if outcome is None:  # past the deadline and stopped
+            assert spec.timeout is not None
+            outcome = outcome_of(
+                None,
+                AttemptTimedOut(f"attempt {rec.attempt} ran past its {spec.timeout:g}s deadline"),
+                policy=spec.retry,
+                attempt=rec.attempt,
+                max_attempts=rec.max_attempts,
+                limit=limit,
+                code=code_pb2.DEADLINE_EXCEEDED,
+            )
+        if outcome.response is not None:
+            if len(outcome.response) <= limit:
+                await self._finish(delivery, rec, response=outcome.response)
+                return
+            # Made outside this process and not within the limit: a net, not the rule.
+            too_large = too_large_status(
+                "result",
+                len(outcome.response),
+                limit,
+                attempt=rec.attempt,
+                max_attempts=rec.max_attempts,
+            )
+            await self._finish(delivery, rec, error=too_large)
+            return
+        assert outcome.error is not None
+        error = bounded_error(
+            outcome.error, limit=limit, attempt=rec.attempt, max_attempts=rec.max_attempts
+        )
+        if outcome.retryable and rec.attempt < rec.max_attempts:
+            await self._retry(delivery, rec, spec, error)
+        else:
+            await self._finish(delivery, rec, error=error)
+
+    def _holds(self, current: OperationRecord, rec: OperationRecord) -> bool:
+        """Whether this worker's claim `rec` still holds `current`'s lease."""
+        return (
+            current.state is State.RUNNING
+            and current.lease_owner == self.id
+            and current.attempt == rec.attempt
+            and current.releases == rec.releases
+        )
+
+    async def _guard(
+        self, delivery: Delivery, rec: OperationRecord, ctx: RunContext, lease: _Lease
+    ) -> None:
+        """Renew the lease, turn a cancel request into ctx cancellation, and
+        declare the lease lost when it was taken or could not be renewed in
+        time (the attempt is then stopped).
 
         A deleted operation is not cancelled (operations.proto: DeleteOperation
         "does not cancel the operation"): its task runs on, the message stays
         leased to this worker, and the outcome is dropped when it comes."""
-        name, attempt = rec.name, rec.attempt
+        name = rec.name
         interval = self.settings.heartbeat
         deleted = False
         async with self.store.watch(name) as watch:
-            loop = asyncio.get_running_loop()
-            next_beat = loop.time() + interval
+            next_beat = self._monotonic() + interval
             while True:
                 if not deleted:
                     try:
@@ -377,40 +684,72 @@ class Worker:
                         _log_deleted(rec)
                     except Unavailable as exc:  # an outage: the task runs on; look again later
                         _log_outage("cancel check", rec, exc)
+                    except LongrunError as exc:
+                        log.warning("cannot read %s: %s", name, exc)
                     else:
-                        if current.cancel_requested or current.attempt != attempt or current.done:
-                            ctx.cancel()
+                        if not self._holds(current, rec):
+                            lease.lose("the operation was taken over or finished elsewhere")
                             return
-                if loop.time() >= next_beat:
-                    try:
-                        if not deleted:
-                            await self.store.update(
-                                name,
-                                lambda r: transitions.renew(
-                                    r,
-                                    worker=self.id,
-                                    attempt=attempt,
-                                    now=self.clock.now(),
-                                    lease=self.lease,
-                                ),
-                            )
-                        await delivery.extend(self.settings.lease * 3)
-                    except NotFound:
-                        deleted = True
-                        _log_deleted(rec)
-                    except transitions.Rejected:
-                        ctx.cancel()
+                        if current.cancel_requested:
+                            ctx.cancel()  # and keep renewing while the handler stops
+                if self._monotonic() >= next_beat:
+                    deleted = await self._renew(delivery, rec, lease, deleted)
+                    if lease.lost.is_set():
                         return
-                    except Unavailable as exc:  # an outage: renew at the next beat
-                        _log_outage("lease renewal", rec, exc)
-                    next_beat = loop.time() + interval
+                    next_beat = self._monotonic() + interval
+                if lease.time_left() <= 0:
+                    lease.lose(f"the lease could not be renewed for {lease.window:.3g}s")
+                    return
+                wait = max(min(next_beat - self._monotonic(), lease.time_left()), 0.0)
                 if deleted:
-                    await asyncio.sleep(max(next_beat - loop.time(), 0.0))
+                    await asyncio.sleep(wait)
                 else:
-                    await watch.changed(max(next_beat - loop.time(), 0.0))
+                    await watch.changed(wait)
+
+    async def _renew(
+        self, delivery: Delivery, rec: OperationRecord, lease: _Lease, deleted: bool
+    ) -> bool:
+        """One heartbeat, given until the self-fence deadline; returns whether
+        the operation is (now known to be) deleted."""
+        sent = self._monotonic()
+        try:
+            async with asyncio.timeout(max(lease.time_left(), 0.0)):
+                if not deleted:
+                    await self.store.update(
+                        rec.name,
+                        lambda r: transitions.renew(
+                            r,
+                            worker=self.id,
+                            attempt=rec.attempt,
+                            releases=rec.releases,
+                            now=self.clock.now(),
+                            lease=self.lease,
+                        ),
+                    )
+                await delivery.extend(self.settings.lease * 3)
+        except NotFound:
+            _log_deleted(rec)
+            return True
+        except transitions.Rejected:
+            lease.lose("the lease was taken over")
+        except TimeoutError:
+            lease.lose(f"the lease could not be renewed for {lease.window:.3g}s")
+        except Unavailable as exc:  # an outage: renew at the next beat while time is left
+            _log_outage("lease renewal", rec, exc, left=lease.time_left())
+        except LongrunError as exc:
+            log.warning(
+                "heartbeat of %s failed (%s); %.1fs left to renew",
+                rec.name,
+                exc,
+                lease.time_left(),
+                extra={"action": "heartbeat_failed", "operation": rec.name},
+            )
+        else:
+            lease.renewed(sent)
+        return deleted
 
     async def _progress(self, rec: OperationRecord, percent: int, message: str) -> None:
-        # A rejected write means the lease is gone: the guard notices and cancels.
+        # A rejected write means the lease is gone: the guard notices and stops it.
         # Progress is best effort: during a storage outage it is dropped.
         with contextlib.suppress(transitions.Rejected, NotFound, Unavailable):
             await self.store.update(
@@ -419,6 +758,7 @@ class Worker:
                     r,
                     worker=self.id,
                     attempt=rec.attempt,
+                    releases=rec.releases,
                     now=self.clock.now(),
                     lease=self.lease,
                     progress=(percent, message),
@@ -444,6 +784,7 @@ class Worker:
                         r,
                         worker=self.id,
                         attempt=rec.attempt,
+                        releases=rec.releases,
                         now=self.clock.now(),
                         retention=self.retention,
                         response=response,
@@ -497,10 +838,9 @@ class Worker:
             await delivery.dead_letter(reason)
 
     async def _retry(
-        self, delivery: Delivery, rec: OperationRecord, spec: TaskSpec, exc: BaseException
+        self, delivery: Delivery, rec: OperationRecord, spec: TaskSpec, error: bytes
     ) -> None:
         delay = spec.retry.backoff(rec.attempt)
-        err = self._error_of(exc, rec)
         try:
             await self.store.update(
                 rec.name,
@@ -508,9 +848,10 @@ class Worker:
                     r,
                     worker=self.id,
                     attempt=rec.attempt,
+                    releases=rec.releases,
                     now=self.clock.now(),
                     delay=delay,
-                    error=err,
+                    error=error,
                 ),
             )
         except (transitions.Rejected, NotFound):
@@ -519,22 +860,49 @@ class Worker:
         await delivery.nack(delay.total_seconds())
 
     async def _release(self, delivery: Delivery, rec: OperationRecord) -> None:
-        with contextlib.suppress(transitions.Rejected, NotFound):
-            await self.store.update(
+        """Give the operation back (bounded: the store may be down; then the
+        lease lapses and another worker takes over)."""
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT):
+                with contextlib.suppress(transitions.Rejected, NotFound):
+                    released = await self.store.update(
+                        rec.name,
+                        lambda r: transitions.release(
+                            r,
+                            worker=self.id,
+                            attempt=rec.attempt,
+                            releases=rec.releases,
+                            now=self.clock.now(),
+                            retention=self.retention,
+                            max_releases=self.settings.max_releases,
+                        ),
+                    )
+                    if released.done:
+                        await self._ack_or_dead_letter(delivery, released)
+                        return
+                await delivery.nack(0)
+        except (TimeoutError, LongrunError) as exc:
+            log.warning(
+                "could not release %s (%r); its lease will lapse instead",
                 rec.name,
-                lambda r: transitions.release(
-                    r, worker=self.id, attempt=rec.attempt, now=self.clock.now()
-                ),
+                exc,
+                extra={"action": "release_failed", "operation": rec.name},
             )
-        await delivery.nack(0)
 
 
-def _outcome(handler: asyncio.Future[Any]) -> tuple[Any, BaseException | None]:
-    """(result, None) or (None, the exception) of a finished handler."""
-    if handler.cancelled():
-        return None, asyncio.CancelledError()
-    exc = handler.exception()
-    return (None, exc) if exc is not None else (handler.result(), None)
+def _result_of(finished: asyncio.Future[Outcome]) -> Outcome:
+    """The attempt's outcome; a failure to make one (a bug, or an exception
+    that cannot even be described) fails the attempt without a retry."""
+    exc = finished.exception()
+    if exc is None:
+        return finished.result()
+    log.error("could not make the outcome of an attempt", exc_info=exc)
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # its str() fails too
+        text = type(exc).__name__
+    message = f"the attempt's outcome could not be recorded: {text}"[:2000]
+    return Outcome(error=transitions.status_bytes(code_pb2.INTERNAL, message))
 
 
 def _exhausted(rec: OperationRecord) -> str | None:
@@ -544,21 +912,20 @@ def _exhausted(rec: OperationRecord) -> str | None:
     return None
 
 
-async def _call(spec: TaskSpec, ctx: RunContext) -> Any:
-    if asyncio.iscoroutinefunction(spec.handler):
-        return await spec.handler(ctx)
-    result = await asyncio.to_thread(spec.handler, ctx)
-    if isinstance(result, Awaitable):
-        return await result
-    return result
-
-
-def _log_outage(what: str, rec: OperationRecord, exc: Unavailable, *, first: bool = True) -> None:
+def _log_outage(
+    what: str,
+    rec: OperationRecord,
+    exc: Unavailable,
+    *,
+    first: bool = True,
+    left: float | None = None,
+) -> None:
     (log.warning if first else log.debug)(
-        "%s of %s waits for the store: %s",
+        "%s of %s waits for the store: %s%s",
         what,
         rec.name,
         exc,
+        "" if left is None else f"; {max(left, 0.0):.1f}s left before the lease is given up",
         extra={"action": "store_unavailable", "operation": rec.name},
     )
 

@@ -66,6 +66,11 @@ Guarantees
     * Crash: each verb is one atomic commit, so a crash leaves the old or the
       new documents and never half of a create or a delete (the operation and
       its reservation are deleted together).
+    * Leases: `leased` lists RUNNING records for the sweeper, which judges
+      them by their `version` on its own monotonic clock
+      (longrun_core.leases); `lease_expire_time` only orders that query.
+      `store_time` estimates the server's clock from the read and commit
+      times of recent responses, for skew warnings only.
     * Watch: one document listener per watched operation, shared by all
       waiters in this process through `WatchHub` and stopped after the last
       waiter leaves. `start_source` returns only once the listener has
@@ -91,10 +96,11 @@ import contextlib
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import MISSING, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -139,6 +145,13 @@ _DEFAULTS: dict[str, Any] = {
 _TIME_FIELDS = frozenset(
     n for n in _FIELDS if n.endswith("_time") or n in ("run_after", "dispatch_due_time")
 )
+#: Durations, stored as whole microseconds (Firestore has no duration type).
+_DURATION_FIELDS = frozenset({"lease_duration"})
+_MICRO = timedelta(microseconds=1)
+#: How old the last server time seen may be before `store_time` asks anew.
+SERVER_TIME_MAX_AGE = 60.0
+#: A document id no operation has (ids are 32 hex digits), read for its read time.
+CLOCK_PROBE_ID = "clock-probe"
 
 #: Errors that mean "the backend could not be reached; retry later".
 _TRANSIENT = (
@@ -205,6 +218,8 @@ def to_document(rec: OperationRecord) -> dict[str, Any]:
             value = dict(value)
         elif name == "state":
             value = int(value)
+        elif name in _DURATION_FIELDS and value is not None:
+            value = value // _MICRO
         doc[name] = value
     doc["done"] = rec.done
     doc[LABEL_PAIRS] = sorted(label_pair(k, v) for k, v in rec.labels.items())
@@ -224,6 +239,8 @@ def from_document(doc: dict[str, Any]) -> OperationRecord:
         value = doc[name]
         if name in _TIME_FIELDS:
             value = None if value is None else _plain_datetime(value)
+        elif name in _DURATION_FIELDS:
+            value = None if value is None else timedelta(microseconds=int(value))
         elif name == "labels":
             value = {str(k): str(v) for k, v in (value or {}).items()}
         elif name == "state":
@@ -336,6 +353,9 @@ class FirestoreOperationStore(OperationStore):
         self._closed = False
         #: How many listeners were ever started (tests check sharing with it).
         self.listeners_started = 0
+        #: The latest server time a response told (read or commit time), and
+        #: this process's monotonic time when it arrived.
+        self._server_time: tuple[datetime, float] | None = None
 
     @classmethod
     def from_settings(cls, settings: BackendSettings) -> FirestoreOperationStore:
@@ -374,6 +394,10 @@ class FirestoreOperationStore(OperationStore):
             # like a crash just after sending it (see Guarantees).
             raise Unavailable(f"Firestore did not answer within {self.call_timeout:g}s") from exc
 
+    def _saw_server_time(self, value: Any) -> None:
+        if isinstance(value, datetime):
+            self._server_time = (_plain_datetime(value), time.monotonic())
+
     def _remember(self, op_id: str, version: int, update_time: Any) -> None:
         self._seen[op_id] = (version, update_time)
         self._seen.move_to_end(op_id)
@@ -381,6 +405,7 @@ class FirestoreOperationStore(OperationStore):
             self._seen.popitem(last=False)
 
     def _wrote(self, op_id: str, version: int, update_time: Any) -> None:
+        self._saw_server_time(update_time)
         self._remember(op_id, version, update_time)
         listener = self._listeners.get(operation_name(op_id))
         if listener is not None:
@@ -389,6 +414,7 @@ class FirestoreOperationStore(OperationStore):
     async def _snapshot(self, op_id: str) -> Any:
         ref = self._ops.document(op_id)
         snap = await self._call(ref.get)
+        self._saw_server_time(snap.read_time)
         if snap.exists:
             self._remember(op_id, int(snap.get("version")), snap.update_time)
         else:
@@ -662,23 +688,34 @@ class FirestoreOperationStore(OperationStore):
             .order_by("dispatch_due_time")
             .limit(limit)
         )
-        expired = (
+        snaps = await self._call(functools.partial(_fetch, queued))
+        return [from_document(s.to_dict()) for s in snaps]
+
+    async def leased(self, limit: int) -> builtins.list[OperationRecord]:
+        if limit <= 0:
+            return []
+        query = (
             self._ops.where(filter=FieldFilter("state", "==", int(State.RUNNING)))
-            .where(filter=FieldFilter("lease_expire_time", "<=", now))
             .order_by("lease_expire_time")
             .limit(limit)
         )
-        results = await asyncio.gather(
-            *(self._call(functools.partial(_fetch, q)) for q in (queued, expired))
-        )
-        recs = [from_document(s.to_dict()) for snaps in results for s in snaps]
+        snaps = await self._call(functools.partial(_fetch, query))
+        for snap in snaps:
+            self._remember(snap.id, int(snap.get("version")), snap.update_time)
+        if snaps:
+            self._saw_server_time(snaps[-1].read_time)
+        return [from_document(s.to_dict()) for s in snaps]
 
-        def due(rec: OperationRecord) -> datetime:
-            when = rec.dispatch_due_time if rec.state is State.QUEUED else rec.lease_expire_time
-            assert when is not None
-            return when
-
-        return sorted(recs, key=due)[:limit]
+    async def store_time(self) -> datetime | None:
+        seen = self._server_time
+        if seen is None or time.monotonic() - seen[1] > SERVER_TIME_MAX_AGE:
+            # A read of a document that need not exist tells the server's time.
+            snap = await self._call(self._ops.document(CLOCK_PROBE_ID).get)
+            self._saw_server_time(snap.read_time)
+            seen = self._server_time
+        if seen is None:
+            return None
+        return seen[0] + timedelta(seconds=time.monotonic() - seen[1])
 
     async def delete_expired(self, now: datetime, limit: int) -> int:
         if limit <= 0:

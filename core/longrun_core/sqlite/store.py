@@ -8,7 +8,7 @@ import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.rpc import status_pb2
@@ -60,8 +60,15 @@ _TIME_FIELDS = {
     "run_after": "run_after_us",
     "expire_time": "expire_us",
 }
+#: Durations, kept as whole microseconds.
+_DURATION_FIELDS = {"lease_duration": "lease_us"}
+_COLUMN_OF = _TIME_FIELDS | _DURATION_FIELDS
+_MICRO = timedelta(microseconds=1)
+#: Columns added to `operations` after its first release (db.SCHEMA has the
+#: rest): `migrate` adds them to an older database file.
+ADDED_COLUMNS = {"lease_us": "INTEGER", "releases": "INTEGER NOT NULL DEFAULT 0"}
 _FIELDS = [f.name for f in fields(OperationRecord)]
-COLUMNS = [_TIME_FIELDS.get(n, n) for n in _FIELDS] + ["done", "error_code"]
+COLUMNS = [_COLUMN_OF.get(n, n) for n in _FIELDS] + ["done", "error_code"]
 _COLUMNS = ", ".join(COLUMNS[: len(_FIELDS)])
 _SELECT = f"SELECT {_COLUMNS} FROM operations"
 #: The columns of `_SELECT` without the payloads a filter never reads (a list
@@ -78,6 +85,8 @@ def to_row(rec: OperationRecord) -> dict[str, Any]:
         value = getattr(rec, name)
         if name in _TIME_FIELDS:
             row[_TIME_FIELDS[name]] = None if value is None else to_micros(value)
+        elif name in _DURATION_FIELDS:
+            row[_DURATION_FIELDS[name]] = None if value is None else value // _MICRO
         elif name == "labels":
             row["labels"] = json.dumps(dict(value), sort_keys=True)
         elif name in ("state", "cancel_requested"):
@@ -96,6 +105,8 @@ def from_row(row: sqlite3.Row | tuple[Any, ...]) -> OperationRecord:
     for name, value in zip(_FIELDS, row, strict=False):
         if name in _TIME_FIELDS:
             values[name] = None if value is None else from_micros(value)
+        elif name in _DURATION_FIELDS:
+            values[name] = None if value is None else timedelta(microseconds=value)
         elif name == "labels":
             values[name] = json.loads(value)
         elif name == "state":
@@ -128,7 +139,7 @@ def _changed_columns(previous: OperationRecord, new: OperationRecord) -> tuple[s
     entries of the others (it rewrites the entries of every indexed column a
     SET names, changed or not): a third less to commit."""
     columns = [
-        _TIME_FIELDS.get(name, name)
+        _COLUMN_OF.get(name, name)
         for name in _FIELDS
         if getattr(new, name) != getattr(previous, name)
     ]
@@ -165,6 +176,25 @@ def apply(
     if not write_if_version(conn, new, current.version, current):
         raise RuntimeError(f"{name} changed inside a write transaction")  # cannot happen
     return new, True
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the `ADDED_COLUMNS` an older database lacks (another process may
+    be adding them at the same moment)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(operations)")}
+    for column, decl in ADDED_COLUMNS.items():
+        if column in have:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE operations ADD COLUMN {column} {decl}")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
+
+
+def _database_now(conn: sqlite3.Connection) -> datetime:
+    row = conn.execute("SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)")
+    return from_micros(int(row.fetchone()[0]) * 1000)
 
 
 _SELECT_KEY = "SELECT version, update_us FROM operations WHERE id = ?"
@@ -228,6 +258,7 @@ class SqliteOperationStore(OperationStore):
 
     async def start(self) -> None:
         await self.backend.start()
+        await self.backend.db.call(migrate)
         await self.backend.db.call(ensure_list_indexes)
 
     async def close(self) -> None:
@@ -387,12 +418,31 @@ class SqliteOperationStore(OperationStore):
         us = to_micros(now)
         rows = await self.backend.db.call(
             lambda c: c.execute(
-                f"{_SELECT} WHERE (dispatch_due_us <= ? AND state = ?) "
-                f"OR (lease_expire_us <= ? AND state = ?) LIMIT ?",
-                (us, int(State.QUEUED), us, int(State.RUNNING), limit),
+                f"{_SELECT} WHERE dispatch_due_us <= ? AND state = ? LIMIT ?",
+                (us, int(State.QUEUED), limit),
             ).fetchall()
         )
         return [from_row(r) for r in rows]
+
+    async def leased(self, limit: int) -> Sequence[OperationRecord]:
+        # Only RUNNING records hold a lease_expire_us: the partial index
+        # operations_lease_expire holds exactly them.
+        rows = await self.backend.db.call(
+            lambda c: c.execute(
+                f"{_SELECT} WHERE lease_expire_us IS NOT NULL AND state = ? "
+                "ORDER BY lease_expire_us LIMIT ?",
+                (int(State.RUNNING), limit),
+            ).fetchall()
+        )
+        return [self._records.of(r) for r in rows]
+
+    async def store_time(self) -> datetime | None:
+        """SQLite has no clock of its own: this is the host's clock as the
+        database engine reads it, which every process sharing the file (one
+        host: WAL needs shared memory) also reads, whatever `Clock` it was
+        given."""
+        now: datetime = await self.backend.db.read(_database_now)
+        return now
 
     async def delete_expired(self, now: datetime, limit: int) -> int:
         us = to_micros(now)
