@@ -12,7 +12,7 @@ from pathlib import Path
 from longrun_core.filtering import parse_filter
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.db import SCHEMA
-from longrun_core.sqlite.store import _INSERT, SqliteOperationStore, to_row
+from longrun_core.sqlite.store import ADDED_COLUMNS, SqliteOperationStore, to_row
 from longrun_core.store import ScanBudget
 from tests.contract.records import make_record
 
@@ -26,8 +26,14 @@ async def test_an_old_database_gets_its_label_index_at_start(tmp_path: Path) -> 
     path = tmp_path / "old.db"
     old = [make_record(labels={"env": "prod", "team": "a"}), make_record(labels={})]
     with sqlite3.connect(path) as conn:  # as an older version left it
-        conn.executescript(SCHEMA)
-        conn.executemany(_INSERT, [to_row(r) for r in old])
+        conn.executescript(SCHEMA)  # without the columns `migrate` adds, too
+        rows = [{k: v for k, v in to_row(r).items() if k not in ADDED_COLUMNS} for r in old]
+        columns = list(rows[0])
+        conn.executemany(
+            f"INSERT INTO operations ({', '.join(columns)}) "
+            f"VALUES ({', '.join(':' + c for c in columns)})",
+            rows,
+        )
     store = SqliteOperationStore(SqliteBackend(path))
     await store.start()
     try:
