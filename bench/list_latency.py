@@ -41,7 +41,7 @@ from longrun_core.clock import SystemClock
 from longrun_core.model import OperationRecord, State, pack
 from longrun_core.names import COLLECTION
 from longrun_core.sqlite.db import SCHEMA
-from longrun_core.sqlite.store import _INSERT, to_row
+from longrun_core.sqlite.store import _INSERT, migrate, to_row
 from longrun_core.store import Cursor, PageTokens
 
 NAME = "6 ListOperations"
@@ -54,6 +54,7 @@ def populate(path: Path, n: int) -> list[OperationRecord]:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(SCHEMA)
+    migrate(conn)  # the columns added since SCHEMA
     now = SystemClock().now()
     response = pack(struct_pb2.Struct(fields={"i": struct_pb2.Value(number_value=1)}))
     params = struct_pb2.Struct().SerializeToString()

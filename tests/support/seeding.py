@@ -16,7 +16,7 @@ from longrun_core.clock import to_micros
 from longrun_core.model import OperationRecord, State, pack
 from longrun_core.sqlite.db import SCHEMA
 from longrun_core.sqlite.list_scan import ensure_list_indexes
-from longrun_core.sqlite.store import COLUMNS, to_row
+from longrun_core.sqlite.store import COLUMNS, migrate, to_row
 
 
 def finished(index: int, created: datetime) -> OperationRecord:
@@ -51,6 +51,7 @@ def seed_operations(
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
+        migrate(conn)  # the columns added since SCHEMA
         marks = ", ".join(["?"] * len(COLUMNS))
         sql = f"INSERT INTO operations ({', '.join(COLUMNS)}) VALUES ({marks})"
         conn.execute("BEGIN")
