@@ -56,7 +56,7 @@ from longrun_core.packing import (
     struct_to_dict,
     too_large_status,
 )
-from longrun_core.queue import Delivery, TaskQueue
+from longrun_core.queue import Delivery, TaskQueue, Transition
 from longrun_core.store import OperationStore
 from longrun_core.tasks import TaskRegistry, TaskSpec
 from longrun_worker.attempts import AttemptRunner, RunningAttempt, ThreadAttempt
@@ -715,17 +715,7 @@ class Worker:
         try:
             async with asyncio.timeout(max(lease.time_left(), 0.0)):
                 if not deleted:
-                    await self.store.update(
-                        rec.name,
-                        lambda r: transitions.renew(
-                            r,
-                            worker=self.id,
-                            attempt=rec.attempt,
-                            releases=rec.releases,
-                            now=self.clock.now(),
-                            lease=self.lease,
-                        ),
-                    )
+                    await self.store.update(rec.name, self._renewal(rec))
                 await delivery.extend(self.settings.lease * 3)
         except NotFound:
             _log_deleted(rec)
@@ -748,22 +738,23 @@ class Worker:
             lease.renewed(sent)
         return deleted
 
+    def _renewal(self, rec: OperationRecord, progress: tuple[int, str] | None = None) -> Transition:
+        """The heartbeat write of `rec`'s attempt (with `progress`, a progress report)."""
+        return lambda r: transitions.renew(
+            r,
+            worker=self.id,
+            attempt=rec.attempt,
+            releases=rec.releases,
+            now=self.clock.now(),
+            lease=self.lease,
+            progress=progress,
+        )
+
     async def _progress(self, rec: OperationRecord, percent: int, message: str) -> None:
         # A rejected write means the lease is gone: the guard notices and stops it.
         # Progress is best effort: during a storage outage it is dropped.
         with contextlib.suppress(transitions.Rejected, NotFound, Unavailable):
-            await self.store.update(
-                rec.name,
-                lambda r: transitions.renew(
-                    r,
-                    worker=self.id,
-                    attempt=rec.attempt,
-                    releases=rec.releases,
-                    now=self.clock.now(),
-                    lease=self.lease,
-                    progress=(percent, message),
-                ),
-            )
+            await self.store.update(rec.name, self._renewal(rec, (percent, message)))
 
     async def _finish(
         self,
