@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from longrun_core.clock import Clock, SystemClock
 from longrun_core.errors import Unavailable
 from longrun_core.queue import TaskQueue
 from longrun_core.settings import BackendSettings
+from longrun_core.signing import Rejections
 from longrun_core.store import OperationStore
 
 log = logging.getLogger("longrun.backends")
@@ -23,6 +24,9 @@ QUEUES = ("sqlite", "pubsub")
 class Backends:
     store: OperationStore
     queue: TaskQueue
+    #: Messages refused on receipt (unsigned, forged, tampered with, or naming
+    #: another task than their operation's); the queue and the worker share it.
+    rejections: Rejections = field(default_factory=Rejections)
 
     async def start(self) -> None:
         await self.store.start()
@@ -52,7 +56,10 @@ class Backends:
 
 
 def build_backends(settings: BackendSettings, clock: Clock | None = None) -> Backends:
+    """The store and queue `settings` name. A Pub/Sub queue without
+    `message_signing_keys` is a StartupError."""
     clock = clock or SystemClock()
+    rejections = Rejections()
     if settings.store not in STORES:
         raise ValueError(f"unknown store {settings.store!r}; choose one of {', '.join(STORES)}")
     if settings.queue not in QUEUES:
@@ -82,15 +89,17 @@ def build_backends(settings: BackendSettings, clock: Clock | None = None) -> Bac
             visibility_timeout=settings.visibility_timeout,
             max_deliveries=settings.max_deliveries,
             clock=clock,
+            signing_keys=settings.message_signing_keys,
+            rejections=rejections,
         )
     else:
         from longrun_core.google.pubsub_queue import PubSubTaskQueue
 
-        queue = PubSubTaskQueue.from_settings(settings)
+        queue = PubSubTaskQueue.from_settings(settings, rejections=rejections)
     if settings.store == settings.queue == "sqlite":
         from longrun_core.sqlite.queue import SqliteTaskQueue
         from longrun_core.sqlite.store import SqliteOperationStore
 
         assert isinstance(queue, SqliteTaskQueue) and isinstance(store, SqliteOperationStore)
         queue.attach(store)  # one file: they share transactions
-    return Backends(store, queue)
+    return Backends(store, queue, rejections)

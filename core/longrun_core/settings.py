@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from longrun_core.signing import SigningKeys
 from longrun_core.stamped_cache import DEFAULT_MAX_BYTES
 
 DEFAULT_TASK_MODULES = ("longrun_worker.builtin_tasks",)
@@ -48,6 +49,10 @@ class BackendSettings:
     #: Bytes each in-memory cache of this process may hold (the SQLite
     #: store's converted records; the server's Operation views).
     cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
+    #: Keys that sign and verify task messages (longrun_core.signing); None:
+    #: the SQLite queue keeps a generated key in its database, the Pub/Sub
+    #: queue refuses to start. Its repr shows the key ids only.
+    message_signing_keys: SigningKeys | None = None
 
     def describe(self) -> str:
         """Where this process keeps operations and tasks, for the start-up log."""
@@ -90,6 +95,11 @@ class BackendSettings:
             max_deliveries=int(e.get("LONGRUN_MAX_DELIVERIES", d.max_deliveries)),
             visibility_timeout=float(e.get("LONGRUN_VISIBILITY_TIMEOUT", d.visibility_timeout)),
             cache_max_bytes=int(e.get("LONGRUN_CACHE_MAX_BYTES", d.cache_max_bytes)),
+            message_signing_keys=(
+                SigningKeys.parse(e["LONGRUN_MESSAGE_SIGNING_KEYS"])
+                if e.get("LONGRUN_MESSAGE_SIGNING_KEYS")
+                else None
+            ),
         )
 
 

@@ -87,6 +87,15 @@ _W = WorkerSettings()
     "with RESULT_TOO_LARGE. Keep it below the server's --max-send-message-bytes.",
 )
 @click.option(
+    "--debug-errors/--no-debug-errors",
+    default=_W.debug_errors,
+    envvar="LONGRUN_DEBUG_ERRORS",
+    show_envvar=True,
+    show_default=True,
+    help="Put a DebugInfo (the traceback, with package-relative paths) into a failed "
+    "task's error. Every caller who may read the operation sees it: for development.",
+)
+@click.option(
     "--burst",
     is_flag=True,
     envvar="LONGRUN_BURST",
@@ -108,6 +117,7 @@ def main(**kw: Any) -> None:
         shutdown_grace=kw["shutdown_grace"],
         retention=kw["retention"],
         max_result_bytes=kw["max_result_bytes"],
+        debug_errors=kw["debug_errors"],
     )
     if push is not None:
         if kw["burst"]:
@@ -134,6 +144,7 @@ async def work(
         registry=registry,
         settings=settings,
         failpoints=Failpoints.from_env(),
+        rejections=backends.rejections,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -45,6 +45,7 @@ from longrun_core.packing import (
     struct_to_dict,
 )
 from longrun_core.queue import Delivery, TaskQueue
+from longrun_core.signing import MessageRejected, Rejections, guard_task
 from longrun_core.store import OperationStore
 from longrun_core.tasks import TaskRegistry, TaskSpec
 from longrun_worker.context import RunContext
@@ -71,6 +72,9 @@ class WorkerSettings:
     #: Largest serialized result (or error) stored; a bigger one fails the
     #: operation with RESULT_TOO_LARGE instead.
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    #: Put a DebugInfo (the traceback, package-relative paths) in a failed
+    #: task's error; off: callers see the exception's type and message only.
+    debug_errors: bool = False
 
 
 def default_worker_id() -> str:
@@ -88,6 +92,7 @@ class Worker:
         clock: Clock | None = None,
         worker_id: str | None = None,
         failpoints: Failpoints | None = None,
+        rejections: Rejections | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -101,6 +106,8 @@ class Worker:
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self._outage = 0.0
         self.completed = 0
+        #: Messages refused (share the queue's to count them all in one place).
+        self.rejections = rejections or Rejections()
 
     @property
     def lease(self) -> timedelta:
@@ -210,17 +217,20 @@ class Worker:
         """Process one delivery from claim to ack (see the module docstring)."""
         name = delivery.message.operation
         try:
-            spec: TaskSpec | None = self.registry.get(delivery.message.task)
-        except LongrunError:
-            spec = None
-        try:
             claimed = delivery.claimed
             if claimed is None:
-                rec = await self.store.update(name, self._claim_transition)
+                # The task and params that run are the record's: a message naming
+                # another task than its operation's is forged (signing.guard_task).
+                claim = guard_task(self._claim_transition, delivery.message.task)
+                rec = await self.store.update(name, claim)
             elif isinstance(claimed, Exception):
                 raise claimed
             else:
                 rec = claimed
+        except MessageRejected as forged:
+            self.rejections.record(forged, operation=name)
+            await delivery.dead_letter(forged.reason)
+            return
         except NotFound:
             await delivery.ack()
             return
@@ -239,12 +249,17 @@ class Worker:
         if rec.done:  # the claim ended it (lease expired with no attempts left, or cancelled)
             await self._ack_or_dead_letter(delivery, rec)
             return
+        try:
+            spec: TaskSpec | None = self.registry.get(rec.task)
+        except LongrunError:
+            spec = None
         if spec is None:
             err = error_status(
-                LookupError(f"no task named {delivery.message.task!r} on worker {self.id}"),
+                LookupError(f"no task named {rec.task!r} on worker {self.id}"),
                 code=code_pb2.UNIMPLEMENTED,
                 attempt=rec.attempt,
                 max_attempts=rec.max_attempts,
+                debug=self.settings.debug_errors,
             )
             await self._finish(delivery, rec, error=err)
             return
@@ -311,7 +326,12 @@ class Worker:
     def _error_of(self, exc: BaseException, rec: OperationRecord) -> bytes:
         """The status stored for a task's exception, within the outcome limit."""
         return bounded_error(
-            error_status(exc, attempt=rec.attempt, max_attempts=rec.max_attempts),
+            error_status(
+                exc,
+                attempt=rec.attempt,
+                max_attempts=rec.max_attempts,
+                debug=self.settings.debug_errors,
+            ),
             limit=self.outcome_limit(rec),
             attempt=rec.attempt,
             max_attempts=rec.max_attempts,
