@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from longrun_core.model import OperationRecord
-    from longrun_core.signing import SigningKeys
+    from longrun_core.signing import Rejections, SigningKeys
     from longrun_core.store import OperationStore
 
 #: A store transition (see `OperationStore.update`).
@@ -110,6 +110,8 @@ class TaskQueue(abc.ABC):
     #: The key ring that signs and verifies this queue's messages (a queue
     #: that loads its key when it starts has it from then on).
     signing_keys: SigningKeys | None = None
+    #: Messages `receive` refused, by kind (every adapter sets its own).
+    rejections: Rejections
 
     @abc.abstractmethod
     async def publish(self, message: TaskMessage) -> None:
