@@ -8,10 +8,10 @@ import logging
 from dataclasses import dataclass, field
 
 from longrun_core.clock import Clock, SystemClock
-from longrun_core.errors import Unavailable
+from longrun_core.errors import StartupError, Unavailable
 from longrun_core.queue import TaskQueue
 from longrun_core.settings import BackendSettings
-from longrun_core.signing import Rejections
+from longrun_core.signing import KEYS_REQUIRED, Rejections
 from longrun_core.store import OperationStore
 
 log = logging.getLogger("longrun.backends")
@@ -64,6 +64,8 @@ def build_backends(settings: BackendSettings, clock: Clock | None = None) -> Bac
         raise ValueError(f"unknown store {settings.store!r}; choose one of {', '.join(STORES)}")
     if settings.queue not in QUEUES:
         raise ValueError(f"unknown queue {settings.queue!r}; choose one of {', '.join(QUEUES)}")
+    if settings.queue == "pubsub" and settings.message_signing_keys is None:
+        raise StartupError(KEYS_REQUIRED)
     sqlite_backend = None
     if "sqlite" in (settings.store, settings.queue):
         from longrun_core.sqlite.backend import SqliteBackend

@@ -61,6 +61,13 @@ BAD_SIGNATURE = "bad_signature"
 TASK_MISMATCH = "task_mismatch"
 KINDS = (UNSIGNED, UNKNOWN_KEY, BAD_SIGNATURE, TASK_MISMATCH)
 
+#: Why a queue without a database of its own (Pub/Sub) will not start keyless.
+KEYS_REQUIRED = (
+    "the Pub/Sub queue needs message signing keys: set LONGRUN_MESSAGE_SIGNING_KEYS "
+    "(or --message-signing-keys) to kid:secret, the same on the server and every "
+    "worker, e.g. k1:$(openssl rand -hex 32) (see docs/security.md)"
+)
+
 
 class MessageRejected(Exception):
     """A message that must not run: `kind` is one of KINDS."""

@@ -88,7 +88,13 @@ from google.cloud.pubsub_v1.types import BatchSettings, FlowControl
 from longrun_core.errors import StartupError, Unavailable
 from longrun_core.queue import Delivery, TaskMessage, TaskQueue, Transition
 from longrun_core.settings import BackendSettings
-from longrun_core.signing import MessageRejected, Rejections, SigningKeys, message_fields
+from longrun_core.signing import (
+    KEYS_REQUIRED,
+    MessageRejected,
+    Rejections,
+    SigningKeys,
+    message_fields,
+)
 
 log = logging.getLogger("longrun.pubsub")
 
@@ -274,11 +280,7 @@ class PubSubTaskQueue(TaskQueue):
         rejections: Rejections | None = None,
     ) -> None:
         if signing_keys is None:
-            raise StartupError(
-                "the Pub/Sub queue needs message signing keys: set LONGRUN_MESSAGE_SIGNING_KEYS "
-                "(or --message-signing-keys) to kid:secret, the same on the server and every "
-                "worker, e.g. k1:$(openssl rand -hex 32) (see docs/security.md)"
-            )
+            raise StartupError(KEYS_REQUIRED)
         self.signing_keys = signing_keys
         self._keys: SigningKeys = signing_keys
         self.rejections = rejections or Rejections()
