@@ -4,6 +4,7 @@ behaviour is in tests/contract)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -65,6 +66,7 @@ async def test_start_creates_topics_and_subscriptions_with_the_policy() -> None:
         pubsub_dead_letter_topic="jobs-dead",
         visibility_timeout=2.5,
         max_deliveries=250,
+        message_signing_keys=TEST_SIGNING_KEYS,
     )
     q = PubSubTaskQueue.from_settings(settings)
     await q.start()
@@ -101,11 +103,16 @@ async def test_message_layout(queue: PubSubTaskQueue) -> None:
     d = await _receive_one(queue)
     raw = d._raw if queue.pull == "streaming" else d._received.message  # type: ignore[attr-defined]
     assert raw.data == b"operations/layout"
-    assert dict(raw.attributes) == {
+    attributes = dict(raw.attributes)
+    signature = attributes.pop("signature")
+    assert attributes == {
         "operation": "operations/layout",
         "task": "resize",
         "attempt": "3",
+        "signature_key": "test-k1",
     }
+    assert re.fullmatch(r"[0-9a-f]{64}", signature)
+    TEST_SIGNING_KEYS.verify(raw.data, dict(raw.attributes))
     assert d.delivery_attempt == 1
     await d.ack()
 

@@ -237,6 +237,11 @@ class Worker:
         except transitions.AlreadyDone as done:
             # Finished elsewhere (e.g. the sweeper failed it after its last lost
             # attempt): this message still ends in the dead-letter queue if so.
+            log.info(
+                "%s is already done: message acked, nothing runs",
+                name,
+                extra={"action": "already_done", "operation": name},
+            )
             if done.record is not None:
                 await self._ack_or_dead_letter(delivery, done.record)
             else:
