@@ -12,6 +12,8 @@ import time
 
 import click
 
+from longrun_core.signing import SigningKeys
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -44,6 +46,10 @@ def main(workers: int, store: str | None, queue: str | None) -> None:
         env["LONGRUN_STORE"] = store
     if queue:
         env["LONGRUN_QUEUE"] = queue
+    if env.get("LONGRUN_QUEUE") == "pubsub" and not env.get("LONGRUN_MESSAGE_SIGNING_KEYS"):
+        # A try-out: one key for this run, shared by the server and its workers.
+        env["LONGRUN_MESSAGE_SIGNING_KEYS"] = SigningKeys.generate("dev")[1]
+        click.echo("longrun-dev: signing task messages with a key made for this run", err=True)
     procs = [subprocess.Popen([sys.executable, "-m", "longrun_server"], env=env)]
     procs += [
         subprocess.Popen([sys.executable, "-m", "longrun_worker"], env=env) for _ in range(workers)
