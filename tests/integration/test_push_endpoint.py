@@ -680,6 +680,28 @@ async def test_the_audience_is_never_taken_from_the_request(
         await p.client.close()
 
 
+async def test_the_longest_token_lifetime_is_configurable(
+    env: Env, certs: CertsServer, keys: dict[str, Key]
+) -> None:
+    auth = AuthSettings(
+        mode="oidc",
+        audience=AUDIENCE,
+        allowed_emails=(PUSHER,),
+        certs_url=certs.url,
+        max_token_lifetime=7200,
+    )
+    p, _ = await start_push(env, auth)
+    try:
+        now = int(time.time())
+        rec = await create(env, "noop")
+        three_hours = token(keys[KID], iat=now, exp=now + 3 * 3600)
+        assert (await p.post(envelope(rec), bearer(three_hours)))[0] == 401
+        two_hours = token(keys[KID], iat=now, exp=now + 2 * 3600)
+        assert (await p.post(envelope(rec), bearer(two_hours)))[0] == 204
+    finally:
+        await p.client.close()
+
+
 async def test_another_oidc_issuer_by_its_jwks_url(
     env: Env, keys: dict[str, Key], aiohttp_jwks: str
 ) -> None:
