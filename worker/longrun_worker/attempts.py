@@ -205,18 +205,9 @@ def _fail(future: asyncio.Future[Outcome], exc: BaseException) -> None:
 class AttemptRunner:
     """Starts attempts; owns the task loop and the process launcher."""
 
-    def __init__(
-        self,
-        registry: TaskRegistry,
-        *,
-        kill_grace: float,
-        log_level: str,
-        debug_errors: bool = False,
-    ) -> None:
+    def __init__(self, registry: TaskRegistry, *, kill_grace: float, log_level: str) -> None:
         self.kill_grace = kill_grace
         self.log_level = log_level
-        #: Failed attempts' errors carry a DebugInfo (--debug-errors).
-        self.debug_errors = debug_errors
         self._process_specs = [s for s in registry.specs if s.runs_in == "process"]
         for spec in self._process_specs:
             check_process_handler(spec)
@@ -228,17 +219,22 @@ class AttemptRunner:
         return bool(self._process_specs)
 
     async def start(
-        self, spec: TaskSpec, ctx: RunContext, *, max_attempts: int, limit: int
+        self,
+        spec: TaskSpec,
+        ctx: RunContext,
+        *,
+        max_attempts: int,
+        limit: int,
+        debug: bool = False,
     ) -> RunningAttempt:
         """Start an attempt whose outcome (a result or an error) is made within
-        `limit` bytes. Raises only if a task process cannot be started."""
+        `limit` bytes, an error with a DebugInfo if `debug` (--debug-errors).
+        Raises only if a task process cannot be started."""
         mode = spec.runs_in
         if mode == "inline":
-            return InlineAttempt(
-                self.task_loop, spec, ctx, max_attempts, limit, debug=self.debug_errors
-            )
+            return InlineAttempt(self.task_loop, spec, ctx, max_attempts, limit, debug=debug)
         if mode == "thread":
-            return ThreadAttempt(spec, ctx, max_attempts, limit, debug=self.debug_errors)
+            return ThreadAttempt(spec, ctx, max_attempts, limit, debug=debug)
         attempt = ProcessAttempt(
             self.launcher,
             spec,
@@ -247,7 +243,7 @@ class AttemptRunner:
             limit=limit,
             kill_grace=self.kill_grace,
             log_level=self.log_level,
-            debug=self.debug_errors,
+            debug=debug,
         )
         await attempt.start()
         return attempt

@@ -199,7 +199,6 @@ class Worker:
             registry,
             kill_grace=self.settings.kill_grace,
             log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-            debug_errors=self.settings.debug_errors,
         )
         self._stopping = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Delivery] = {}
@@ -519,7 +518,11 @@ class Worker:
         try:
             try:
                 attempt = await self.runner.start(
-                    spec, ctx, max_attempts=rec.max_attempts, limit=limit
+                    spec,
+                    ctx,
+                    max_attempts=rec.max_attempts,
+                    limit=limit,
+                    debug=self.settings.debug_errors,
                 )
             except Exception:
                 log.exception(
