@@ -9,7 +9,8 @@ Usage: deploy/cloudrun.sh [options]
 
 Deploys longrun to a Google Cloud project with gcloud: APIs, service accounts with
 least privilege, the Firestore database with its composite indexes and TTL policy,
-the Pub/Sub topics and subscriptions, the page-token secret, the gRPC server as a
+the Pub/Sub topics and subscriptions, the page-token secret and the task-message
+signing keys (Secret Manager), the gRPC server as a
 Cloud Run service (end-to-end HTTP/2), and the workers. Every command is printed
 ("+ command") before it runs; resources that exist are kept (describe-or-create).
 Build and push the image first (docs/deploy.md).
@@ -38,7 +39,7 @@ Names and sizes (environment only; defaults in parentheses):
   SERVER_SA_NAME (longrun-server)   WORKER_SA_NAME (longrun-worker)   PUSH_SA_NAME (longrun-push)
   TOPIC (longrun-tasks)             DEAD_LETTER_TOPIC (longrun-dead-letters)
   SUBSCRIPTION (longrun-workers)    PUSH_SUBSCRIPTION (longrun-push)
-  SECRET_NAME (longrun-page-token-secret)
+  SECRET_NAME (longrun-page-token-secret)  SIGNING_SECRET_NAME (longrun-message-signing-keys)
   FIRESTORE_DATABASE ((default))    FIRESTORE_LOCATION (REGION)       COLLECTION (operations)
   MAX_DELIVERY_ATTEMPTS (10)        PULL_ACK_DEADLINE (60)            PUSH_ACK_DEADLINE (600)
   MIN_RETRY_DELAY (10s)             MAX_RETRY_DELAY (600s)
@@ -105,6 +106,7 @@ PUSH_SUBSCRIPTION=${PUSH_SUBSCRIPTION:-longrun-push}
 # The queue's `dead_letters()` reads this one; without any subscription a topic drops its messages.
 INSPECT_SUBSCRIPTION=${DEAD_LETTER_TOPIC}-inspect
 SECRET_NAME=${SECRET_NAME:-longrun-page-token-secret}
+SIGNING_SECRET_NAME=${SIGNING_SECRET_NAME:-longrun-message-signing-keys}
 FIRESTORE_DATABASE=${FIRESTORE_DATABASE:-(default)}
 FIRESTORE_LOCATION=${FIRESTORE_LOCATION:-$REGION}
 COLLECTION=${COLLECTION:-operations}
@@ -469,6 +471,28 @@ fi
 bind gcloud secrets add-iam-policy-binding "$SECRET_NAME" \
   --member="serviceAccount:$SERVER_SA" --role=roles/secretmanager.secretAccessor "$P"
 
+# ---- 5b. Task-message signing keys ----
+# The server signs every task message, workers verify it (docs/security.md): one
+# key ring, kid:secret[,kid:secret], shared by the server and the workers.
+section "Secret Manager: the task-message signing keys"
+if ((DRY_RUN)); then
+  printf '+ %s >/dev/null 2>&1 || { printf k1:; head -c 32 /dev/urandom | od -An -tx1 | tr -d %s; } | %s\n' \
+    "$(quote gcloud secrets describe "$SIGNING_SECRET_NAME" "$P")" "$(quote ' \n')" \
+    "$(quote gcloud secrets create "$SIGNING_SECRET_NAME" --replication-policy=automatic --data-file=- "$P")"
+elif gcloud secrets describe "$SIGNING_SECRET_NAME" "$P" >/dev/null 2>&1; then
+  note "exists, kept: secret $SIGNING_SECRET_NAME"
+else
+  note "creating secret $SIGNING_SECRET_NAME: key k1, 32 random bytes (the value is never printed)"
+  printf '+ %s\n' "$(quote gcloud secrets create "$SIGNING_SECRET_NAME" --replication-policy=automatic --data-file=- "$P")"
+  { printf k1:; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; } |
+    gcloud secrets create "$SIGNING_SECRET_NAME" --replication-policy=automatic --data-file=- "$P"
+fi
+for sa in "$SERVER_SA" "$WORKER_SA"; do
+  bind gcloud secrets add-iam-policy-binding "$SIGNING_SECRET_NAME" \
+    --member="serviceAccount:$sa" --role=roles/secretmanager.secretAccessor "$P"
+done
+signing_secret="LONGRUN_MESSAGE_SIGNING_KEYS=$SIGNING_SECRET_NAME:latest"
+
 # Settings every longrun process shares (names of lro settings; see docs/deploy.md).
 common_env=LONGRUN_STORE=firestore,LONGRUN_QUEUE=pubsub,GOOGLE_CLOUD_PROJECT=$PROJECT
 common_env+=,LONGRUN_FIRESTORE_DATABASE=$FIRESTORE_DATABASE,LONGRUN_FIRESTORE_COLLECTION=$COLLECTION
@@ -488,14 +512,15 @@ if [[ $WORKERS == push ]]; then
     printf '+ %s\n' "$(quote gcloud run services describe "$WORKER_SERVICE" "$R" "$P" --format='value(status.url)')"
     worker_url=$(gcloud run services describe "$WORKER_SERVICE" "$R" "$P" --format='value(status.url)' 2>/dev/null || true)
   fi
-  if [[ -n $worker_url ]]; then
-    push_env+=,LONGRUN_PUSH_AUDIENCE=$worker_url
-  fi
+  # The worker refuses to start without an explicit audience (it never takes one
+  # from the request): a first deploy gets the service's deterministic URL, and
+  # the URL Cloud Run reports is set below once the service exists.
+  push_env+=,LONGRUN_PUSH_AUDIENCE=${worker_url:-https://$WORKER_SERVICE-$PROJECT_NUMBER.$REGION.run.app}
   run gcloud run deploy "$WORKER_SERVICE" --image="$IMAGE" "$R" "$P" \
     --service-account="$WORKER_SA" --no-allow-unauthenticated \
     --command=longrun-worker --args=--push \
     --concurrency="$WORKER_CONCURRENCY" --timeout="$PUSH_ACK_DEADLINE" \
-    --set-env-vars="$push_env"
+    --set-env-vars="$push_env" --set-secrets="$signing_secret"
   if [[ -z $worker_url ]]; then
     capture worker_url https://WORKER_URL \
       gcloud run services describe "$WORKER_SERVICE" "$R" "$P" --format='value(status.url)'
@@ -530,7 +555,7 @@ else
   section "Pull workers: Cloud Run worker pool $WORKER_POOL ($WORKER_INSTANCES instances)"
   run gcloud beta run worker-pools deploy "$WORKER_POOL" --image="$IMAGE" "$R" "$P" \
     --service-account="$WORKER_SA" --command=longrun-worker \
-    --scaling="$WORKER_INSTANCES" --set-env-vars="$worker_env"
+    --scaling="$WORKER_INSTANCES" --set-env-vars="$worker_env" --set-secrets="$signing_secret"
 fi
 
 # ---- 7. Server ----
@@ -542,7 +567,7 @@ run gcloud run deploy "$SERVER_SERVICE" --image="$IMAGE" "$R" "$P" \
   --min-instances="$SERVER_MIN_INSTANCES" --no-cpu-throttling \
   --concurrency=1000 --timeout="$SERVER_TIMEOUT" \
   --set-env-vars="$server_env" \
-  --set-secrets="LONGRUN_PAGE_TOKEN_SECRET=$SECRET_NAME:latest"
+  --set-secrets="LONGRUN_PAGE_TOKEN_SECRET=$SECRET_NAME:latest,$signing_secret"
 for member in ${invokers[@]+"${invokers[@]}"}; do
   bind gcloud run services add-iam-policy-binding "$SERVER_SERVICE" "$R" "$P" \
     --member="$member" --role=roles/run.invoker

@@ -9,9 +9,10 @@ import logging
 from dataclasses import dataclass, field
 
 from longrun_core.clock import Clock, SystemClock
-from longrun_core.errors import NotFound, Unavailable
+from longrun_core.errors import NotFound, StartupError, Unavailable
 from longrun_core.queue import TaskQueue
 from longrun_core.settings import BackendSettings
+from longrun_core.signing import KEYS_REQUIRED, Rejections
 from longrun_core.store import OperationStore
 
 log = logging.getLogger("longrun.backends")
@@ -28,6 +29,9 @@ PROBE_OPERATION = "operations/longrun-health-probe"
 class Backends:
     store: OperationStore
     queue: TaskQueue
+    #: Messages refused on receipt (unsigned, forged, tampered with, or naming
+    #: another task than their operation's); the queue and the worker share it.
+    rejections: Rejections = field(default_factory=Rejections)
     #: Longest pause between start-up retries while a backend is unavailable.
     retry_max: float = 5.0
     _store_started: bool = field(default=False, init=False, repr=False)
@@ -80,11 +84,16 @@ class Backends:
 
 
 def build_backends(settings: BackendSettings, clock: Clock | None = None) -> Backends:
+    """The store and queue `settings` name. A Pub/Sub queue without
+    `message_signing_keys` is a StartupError."""
     clock = clock or SystemClock()
+    rejections = Rejections()
     if settings.store not in STORES:
         raise ValueError(f"unknown store {settings.store!r}; choose one of {', '.join(STORES)}")
     if settings.queue not in QUEUES:
         raise ValueError(f"unknown queue {settings.queue!r}; choose one of {', '.join(QUEUES)}")
+    if settings.queue == "pubsub" and settings.message_signing_keys is None:
+        raise StartupError(KEYS_REQUIRED)
     sqlite_backend = None
     if "sqlite" in (settings.store, settings.queue):
         from longrun_core.sqlite.backend import SqliteBackend
@@ -110,15 +119,17 @@ def build_backends(settings: BackendSettings, clock: Clock | None = None) -> Bac
             visibility_timeout=settings.visibility_timeout,
             max_deliveries=settings.max_deliveries,
             clock=clock,
+            signing_keys=settings.message_signing_keys,
+            rejections=rejections,
         )
     else:
         from longrun_core.google.pubsub_queue import PubSubTaskQueue
 
-        queue = PubSubTaskQueue.from_settings(settings)
+        queue = PubSubTaskQueue.from_settings(settings, rejections=rejections)
     if settings.store == settings.queue == "sqlite":
         from longrun_core.sqlite.queue import SqliteTaskQueue
         from longrun_core.sqlite.store import SqliteOperationStore
 
         assert isinstance(queue, SqliteTaskQueue) and isinstance(store, SqliteOperationStore)
         queue.attach(store)  # one file: they share transactions
-    return Backends(store, queue, retry_max=settings.outage_retry_max)
+    return Backends(store, queue, rejections, retry_max=settings.outage_retry_max)

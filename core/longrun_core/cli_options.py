@@ -13,6 +13,7 @@ import click
 
 from longrun_core.errors import StartupError
 from longrun_core.settings import DEFAULT_TASK_MODULES, BackendSettings
+from longrun_core.signing import SigningKeys
 from longrun_core.tasks import TaskModuleError, TaskRegistry, load_tasks
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -148,6 +149,16 @@ def backend_options(fn: F) -> F:
             "unavailable (disk full, read-only, unreachable): how soon work resumes after.",
         ),
         click.option(
+            "--message-signing-keys",
+            default=None,
+            envvar="LONGRUN_MESSAGE_SIGNING_KEYS",
+            show_envvar=True,
+            help="Keys that sign task messages, as kid:secret[,kid:secret] (the first signs, "
+            "all verify; secrets of 16+ bytes). Required with --queue pubsub; the SQLite queue "
+            "otherwise keeps a generated key in its database. Prefer the environment variable: "
+            "a flag shows in the process list.",
+        ),
+        click.option(
             "--task-module",
             "task_modules",
             multiple=True,
@@ -194,7 +205,17 @@ def backend_settings(kw: dict[str, Any]) -> BackendSettings:
         visibility_timeout=kw.pop("visibility_timeout"),
         cache_max_bytes=kw.pop("cache_max_bytes"),
         outage_retry_max=kw.pop("outage_retry_max"),
+        message_signing_keys=_signing_keys(kw.pop("message_signing_keys")),
     )
+
+
+def _signing_keys(text: str | None) -> SigningKeys | None:
+    if not text:
+        return None
+    try:
+        return SigningKeys.parse(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--message-signing-keys") from exc
 
 
 def task_registry(kw: dict[str, Any]) -> TaskRegistry:

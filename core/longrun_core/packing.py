@@ -10,6 +10,10 @@ on it and leaving the operation to be taken over as "worker lost".
 
 from __future__ import annotations
 
+import functools
+import os
+import re
+import sys
 import traceback
 from typing import Any
 
@@ -88,18 +92,25 @@ def _check_message(message: Message) -> None:
 
 
 def error_status(
-    exc: BaseException, *, code: int = code_pb2.UNKNOWN, attempt: int, max_attempts: int
+    exc: BaseException,
+    *,
+    code: int = code_pb2.UNKNOWN,
+    attempt: int,
+    max_attempts: int,
+    debug: bool = False,
 ) -> bytes:
     """A google.rpc.Status for a task's exception: the exception's type and text
-    as the message, an ErrorInfo with the attempt count, and DebugInfo with the
-    stack. Never raises, whatever the exception's `__str__` does."""
+    as the message and an ErrorInfo with the attempt count; with `debug`
+    (a worker's --debug-errors) also a DebugInfo with the stack, its paths
+    made relative (`relative_paths`). Never raises, whatever the exception's
+    `__str__` does."""
     name = type(exc).__name__
     return _status(
         code,
         f"{name}: {_text(exc)}",
         reason="TASK_FAILED",
         metadata={"exception": name, "attempt": str(attempt), "max_attempts": str(max_attempts)},
-        debug=_debug_info(exc),
+        debug=_debug_info(exc) if debug else None,
     )
 
 
@@ -212,8 +223,49 @@ def _debug_info(exc: BaseException) -> error_details_pb2.DebugInfo:
     except Exception:
         detail = f"<{type(exc).__name__} with a failing __repr__>"
     return error_details_pb2.DebugInfo(
-        stack_entries=[entry[:2000] for entry in stack], detail=detail[:1000]
+        stack_entries=[relative_paths(entry)[:2000] for entry in stack],
+        detail=relative_paths(detail)[:1000],
     )
+
+
+#: An absolute POSIX path: a '/' not preceded by a name character, ':' or '/'
+#: (so neither `a/b` nor `http://host/x` matches), then names joined by '/'.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[\w.@+-]+/)*[\w.@+-]+")
+
+
+def relative_paths(text: str) -> str:
+    """`text` without absolute paths. A Python file inside a package becomes
+    its package-relative form (`longrun_worker/builtin_tasks.py`), a path
+    under an import root (sys.path) the rest after that root
+    (`asyncio/tasks.py`), any other absolute path its last part
+    (`/srv/data/in.csv` -> `in.csv`)."""
+    return _ABSOLUTE_PATH.sub(lambda m: _relative(m.group(0)), text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _relative(path: str) -> str:
+    if path.endswith(".py") and os.path.isfile(path):
+        folder, parts = os.path.dirname(path), [os.path.basename(path)]
+        while os.path.isfile(os.path.join(folder, "__init__.py")):
+            folder, name = os.path.split(folder)
+            parts.append(name)
+        if len(parts) > 1:
+            return "/".join(reversed(parts))
+    for root in _import_roots():
+        if path.startswith(root) and len(path) > len(root):
+            return path[len(root) :]
+    return os.path.basename(path) or path
+
+
+def _import_roots() -> list[str]:
+    """sys.path's absolute folders with a trailing '/', longest first (so a
+    nested root wins over the folder holding it)."""
+    roots = {
+        os.path.join(os.path.abspath(p), "")
+        for p in sys.path
+        if p and os.path.isabs(p) and os.path.abspath(p) != os.sep
+    }
+    return sorted(roots, key=len, reverse=True)
 
 
 def _text(exc: BaseException) -> str:

@@ -14,6 +14,11 @@ at-least-once delivery:
 * Dead letters: a message delivered more than `max_deliveries` times, or
   dead-lettered explicitly, moves to the dead-letter destination and is not
   delivered again.
+* Signed: `publish` signs every message with the queue's `signing_keys`
+  (longrun_core.signing); `receive` verifies each one before reading
+  anything in it, and never hands out one that is unsigned, signed with an
+  unknown key id, or altered: it goes to the dead-letter destination with a
+  `rejected (...)` reason and is counted in the queue's `rejections`.
 
 Two steps of a worker touch both seams: claiming an operation right after
 its message is taken, and recording an outcome then acking. By default they
@@ -33,6 +38,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from longrun_core.model import OperationRecord
+    from longrun_core.signing import Rejections, SigningKeys
     from longrun_core.store import OperationStore
 
 #: A store transition (see `OperationStore.update`).
@@ -101,6 +107,12 @@ class Delivery(abc.ABC):
 
 
 class TaskQueue(abc.ABC):
+    #: The key ring that signs and verifies this queue's messages (a queue
+    #: that loads its key when it starts has it from then on).
+    signing_keys: SigningKeys | None = None
+    #: Messages `receive` refused, by kind (every adapter sets its own).
+    rejections: Rejections
+
     @abc.abstractmethod
     async def publish(self, message: TaskMessage) -> None:
         """Durably enqueue `message`; raises `longrun_core.errors.Unavailable` on failure."""

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from longrun_core.signing import SigningKeys
 from longrun_core.stamped_cache import DEFAULT_MAX_BYTES
 
 DEFAULT_TASK_MODULES = ("longrun_worker.builtin_tasks",)
@@ -56,6 +57,10 @@ class BackendSettings:
     #: (start-up, the worker's receive and outcome writes): how long work may
     #: take to resume after an outage ends.
     outage_retry_max: float = 5.0
+    #: Keys that sign and verify task messages (longrun_core.signing); None:
+    #: the SQLite queue keeps a generated key in its database, the Pub/Sub
+    #: queue refuses to start. Its repr shows the key ids only.
+    message_signing_keys: SigningKeys | None = None
 
     def describe(self) -> str:
         """Where this process keeps operations and tasks, for the start-up log."""
@@ -100,6 +105,11 @@ class BackendSettings:
             visibility_timeout=float(e.get("LONGRUN_VISIBILITY_TIMEOUT", d.visibility_timeout)),
             cache_max_bytes=int(e.get("LONGRUN_CACHE_MAX_BYTES", d.cache_max_bytes)),
             outage_retry_max=float(e.get("LONGRUN_OUTAGE_RETRY_MAX", d.outage_retry_max)),
+            message_signing_keys=(
+                SigningKeys.parse(e["LONGRUN_MESSAGE_SIGNING_KEYS"])
+                if e.get("LONGRUN_MESSAGE_SIGNING_KEYS")
+                else None
+            ),
         )
 
 

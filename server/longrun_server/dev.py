@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import click
 
+from longrun_core.signing import SigningKeys
+
 log = logging.getLogger("longrun.dev")
 
 #: Exit status of a usage error (click): restarting would not help.
@@ -190,6 +192,10 @@ def main(
         env["LONGRUN_STORE"] = store
     if queue:
         env["LONGRUN_QUEUE"] = queue
+    if env.get("LONGRUN_QUEUE") == "pubsub" and not env.get("LONGRUN_MESSAGE_SIGNING_KEYS"):
+        # A try-out: one key for this run, shared by the server and its workers.
+        env["LONGRUN_MESSAGE_SIGNING_KEYS"] = SigningKeys.generate("dev")[1]
+        click.echo("longrun-dev: signing task messages with a key made for this run", err=True)
     children = [Child("server", (sys.executable, "-m", "longrun_server"))]
     children += [
         Child(f"worker-{i + 1}", (sys.executable, "-m", "longrun_worker")) for i in range(workers)

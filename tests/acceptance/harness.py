@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 import grpc
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The message signing keys of every Google-backed acceptance deployment.
+ACCEPTANCE_SIGNING_KEYS = "acc-k1:" + "5ec2e7" * 8
 
 
 def _grpcurl() -> str:
@@ -196,6 +198,8 @@ def backend_env(backend: str, workdir: Path) -> dict[str, str]:
         env["LONGRUN_QUEUE"] = "pubsub"
         env["GOOGLE_CLOUD_PROJECT"] = f"acc-{uuid.uuid4().hex[:10]}"
         env["LONGRUN_VISIBILITY_TIMEOUT"] = "10"
+        # Pub/Sub needs configured keys (the embedded queue keeps one in its database).
+        env["LONGRUN_MESSAGE_SIGNING_KEYS"] = ACCEPTANCE_SIGNING_KEYS
         # The emulator keeps feeding a killed consumer's stream; unary pulls don't care.
         env["LONGRUN_PUBSUB_PULL"] = "unary"
     return env

@@ -6,12 +6,19 @@ tests/integration/test_push_endpoint.py with locally signed tokens."""
 
 from __future__ import annotations
 
+import base64
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from longrun_core.queue import TaskMessage
+from longrun_core.signing import SigningKeys, message_fields
+from tests.acceptance.forgery import Queue, rejection_summary
 from tests.acceptance.harness import Service, backend_env, wait_for
 
 pytestmark = pytest.mark.google
@@ -29,10 +36,10 @@ def _require_emulators() -> None:
 
 
 @pytest.fixture
-def pushed(tmp_path: Path) -> Iterator[tuple[Service, Any]]:
+def pushed(tmp_path: Path) -> Iterator[tuple[Service, Any, int]]:
     """Server + push worker on Firestore and Pub/Sub (emulators), wired through
     a push subscription created before the server starts, as in docs/push.md.
-    Yields the service and a subscriber client."""
+    Yields the service, a subscriber client and the push worker's port."""
     _require_emulators()
     from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
@@ -93,16 +100,16 @@ def pushed(tmp_path: Path) -> Iterator[tuple[Service, Any]]:
                 }
             )
             svc.start_server()
-            yield svc, subscriber
+            yield svc, subscriber, port
     finally:
         subscriber.close()
         publisher.transport.close()
 
 
 def test_jobs_run_retry_and_dead_letter_through_the_push_endpoint(
-    pushed: tuple[Service, Any],
+    pushed: tuple[Service, Any, int],
 ) -> None:
-    svc, subscriber = pushed
+    svc, subscriber, _ = pushed
     ok = svc.call(CREATE, {"task": "sleep", "params": {"worktime": 0.2}})
     flaky = svc.call(CREATE, {"task": "fail", "params": {"message": "flaky"}})
 
@@ -132,3 +139,94 @@ def test_jobs_run_retry_and_dead_letter_through_the_push_endpoint(
     log = (svc.workdir / "push-worker.log").read_text()
     assert "listening on 127.0.0.1" in log
     assert f"finished {ok['name']} attempt 1: SUCCEEDED" in log
+
+
+# ---- forged and replayed pushes ----
+
+
+def _post(port: int, doc: dict[str, Any]) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/push",
+        data=json.dumps(doc).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=60) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def _envelope(
+    name: str,
+    task: str,
+    message_id: str,
+    *,
+    keys: SigningKeys | None,
+    tamper: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    data, attributes = message_fields(TaskMessage(name, task))
+    if keys is not None:
+        attributes = keys.signed(data, attributes)
+    attributes |= tamper or {}
+    return {
+        "subscription": "projects/p/subscriptions/longrun-workers",
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "attributes": attributes,
+            "messageId": message_id,
+        },
+    }
+
+
+def test_forged_pushes_never_run_and_are_dead_lettered_and_counted(
+    pushed: tuple[Service, Any, int],
+) -> None:
+    svc, _, port = pushed
+    queue = Queue(svc, "google")
+    keys = queue.keys()
+    victim = queue.store_without_message("sleep", {"worktime": 3600})
+    # The task-confusion envelope: a valid signature, naming `noop`.
+    assert _post(port, _envelope(victim, "noop", "forged-1", keys=keys)) == 204
+    assert _post(port, _envelope(victim, "sleep", "forged-2", keys=None)) == 204
+    tampered = _envelope(victim, "sleep", "forged-3", keys=keys, tamper={"attempt": "2"})
+    assert _post(port, tampered) == 204
+    reasons: list[str] = []
+
+    def three() -> bool:
+        reasons[:] = [r for op, r in queue.dead_letters() if op == victim]
+        return len(reasons) >= 3
+
+    wait_for(three, 60, "three dead letters")
+    assert sorted(r.split(":")[0] for r in reasons) == [
+        "rejected (bad_signature)",
+        "rejected (task_mismatch)",
+        "rejected (unsigned)",
+    ], reasons
+    after = svc.call(f"{OPS}/GetOperation", {"name": victim})
+    assert after["metadata"]["state"] == "QUEUED", after
+    assert after["metadata"].get("attempt", 0) == 0
+    log = (svc.workdir / "push-worker.log").read_text()
+    summary = set(rejection_summary(log).split())
+    assert {"unsigned=1", "bad_signature=1", "task_mismatch=1"} <= summary, log
+
+
+def test_a_replayed_push_of_a_finished_operation_runs_nothing(
+    pushed: tuple[Service, Any, int],
+) -> None:
+    svc, _, port = pushed
+    name = svc.call(CREATE, {"task": "noop", "params": {"n": 1}})["name"]
+    done = svc.call(f"{OPS}/WaitOperation", {"name": name, "timeout": "60s"})
+    assert (done["metadata"]["state"], done["metadata"]["attempt"]) == ("SUCCEEDED", 1)
+    keys = Queue(svc, "google").keys()
+    replay = _envelope(name, "noop", "replayed-1", keys=keys)
+    assert _post(port, replay) == 204  # the store: already done, nothing runs
+    assert _post(port, replay) == 204  # this id was settled here: not even the store
+    after = svc.call(f"{OPS}/GetOperation", {"name": name})
+    assert (after["metadata"]["state"], after["metadata"]["attempt"]) == ("SUCCEEDED", 1)
+    log = (svc.workdir / "push-worker.log").read_text()
+    assert log.count(f"finished {name} attempt") == 1
+    assert f"{name} is already done: message acked, nothing runs" in log
+    assert "message replayed-1 was settled here before" in log

@@ -5,12 +5,15 @@ skip elsewhere, with a message naming what to install."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from longrun_core.queue import TaskQueue
+from longrun_core.clock import to_micros
+from longrun_core.queue import TaskMessage, TaskQueue
+from longrun_core.signing import KEY_ID_ATTR, SIGNATURE_ATTR, message_fields
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.queue import SqliteTaskQueue
 from longrun_core.sqlite.store import SqliteOperationStore
@@ -61,3 +64,43 @@ async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield q
     finally:
         await q.close()
+
+
+async def publish_raw(
+    queue: TaskQueue, message: TaskMessage, signature: Mapping[str, str] | None = None
+) -> None:
+    """Put `message` on `queue` the way an outsider could: past `publish`,
+    carrying `signature` (the two signature attributes, or none)."""
+    sig = dict(signature or {})
+    if isinstance(queue, SqliteTaskQueue):
+        now = to_micros(queue.clock.now())
+        await queue.backend.db.call(
+            lambda c: c.execute(
+                "INSERT INTO tasks (operation, task, attempt, visible_us, enqueued_us, "
+                "signature_key, signature) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message.operation,
+                    message.task,
+                    message.attempt,
+                    now,
+                    now,
+                    sig.get(KEY_ID_ATTR),
+                    sig.get(SIGNATURE_ATTR),
+                ),
+            )
+        )
+        queue.written()
+        return
+    from google.cloud.pubsub_v1 import PublisherClient
+
+    from longrun_core.google.pubsub_queue import PubSubTaskQueue
+
+    assert isinstance(queue, PubSubTaskQueue)
+    data, attributes = message_fields(message)
+    publisher = PublisherClient()
+    try:
+        await asyncio.to_thread(
+            lambda: publisher.publish(queue.topic_path, data, **attributes, **sig).result()
+        )
+    finally:
+        publisher.stop()

@@ -18,6 +18,10 @@ import pytest
 
 from longrun_core.google.firestore_store import FirestoreOperationStore
 from longrun_core.google.pubsub_queue import PubSubTaskQueue
+from longrun_core.signing import SigningKeys
+
+#: The key ring the Google test queues sign with.
+TEST_SIGNING_KEYS = SigningKeys.parse("test-k1:" + "t" * 32)
 
 EMULATOR_VARS = ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST")
 
@@ -76,6 +80,7 @@ async def make_pubsub_queue(
         max_deliveries=max_deliveries,
         concurrency=concurrency,
         pull=pull or os.environ.get("LONGRUN_PUBSUB_PULL", "streaming"),
+        signing_keys=TEST_SIGNING_KEYS,
     )
     await queue.start()
     return queue

@@ -5,8 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from longrun_core.queue import Delivery, TaskMessage, TaskQueue
-from tests.contract.conftest import visibility
+from longrun_core.signing import (
+    BAD_SIGNATURE,
+    UNKNOWN_KEY,
+    UNSIGNED,
+    SigningKeys,
+    message_fields,
+)
+from tests.contract.conftest import publish_raw, visibility
 
 
 async def _receive_one(queue: TaskQueue, timeout: float = 15.0) -> Delivery:
@@ -97,3 +106,61 @@ async def test_many_messages_each_delivered(queue: TaskQueue) -> None:
             seen.add(d.message.operation)
             await d.ack()
     assert seen == sent
+
+
+# ---- signed messages ----
+
+
+def _signature(keys: SigningKeys, message: TaskMessage) -> dict[str, str]:
+    return keys.sign(*message_fields(message))
+
+
+async def _dead_reason(queue: TaskQueue, operation: str) -> str:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for message, reason in await queue.dead_letters():
+            if message.operation == operation:
+                return reason
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no dead letter for {operation}")
+
+
+@pytest.mark.parametrize("case", ["unsigned", "tampered", "unknown-key", "other-secret"])
+async def test_a_message_not_signed_by_the_queue_is_never_delivered(
+    queue: TaskQueue, case: str
+) -> None:
+    """Published straight to the queue past `publish`: dead-lettered with the
+    reason, counted, never handed out; the queue goes on delivering."""
+    keys = queue.signing_keys
+    assert keys is not None
+    operation = f"operations/forged-{case}"
+    genuine = TaskMessage(operation, "sleep", 0)
+    sent, signature, kind = {
+        "unsigned": (genuine, {}, UNSIGNED),
+        # signed for task "sleep", delivered naming "noop"
+        "tampered": (
+            TaskMessage(operation, "noop", 0),
+            _signature(keys, genuine),
+            BAD_SIGNATURE,
+        ),
+        "unknown-key": (
+            genuine,
+            _signature(SigningKeys.parse("k9:" + "9" * 32), genuine),
+            UNKNOWN_KEY,
+        ),
+        "other-secret": (
+            genuine,
+            _signature(SigningKeys.parse(f"{keys.kids[0]}:" + "x" * 32), genuine),
+            BAD_SIGNATURE,
+        ),
+    }[case]
+    await publish_raw(queue, sent, signature)
+    assert await queue.receive(1, 2.0) == []
+    reason = await _dead_reason(queue, operation)
+    assert reason.startswith(f"rejected ({kind}): "), reason
+    assert queue.rejections.count(kind) == 1
+    assert queue.rejections.count() == 1
+    await queue.publish(TaskMessage("operations/genuine", "noop"))
+    delivery = await _receive_one(queue)
+    assert delivery.message == TaskMessage("operations/genuine", "noop")
+    await delivery.ack()

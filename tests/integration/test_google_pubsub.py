@@ -4,6 +4,7 @@ behaviour is in tests/contract)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -12,12 +13,14 @@ from pathlib import Path
 import pytest
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
-from longrun_core.errors import Unavailable
+from longrun_core.backends import build_backends
+from longrun_core.errors import StartupError, Unavailable
 from longrun_core.google import pubsub_queue
 from longrun_core.google.pubsub_queue import PubSubTaskQueue
 from longrun_core.queue import Delivery, TaskMessage
 from longrun_core.settings import BackendSettings
 from tests.contract.google_backends import (
+    TEST_SIGNING_KEYS,
     eventually,
     fresh_project,
     make_pubsub_queue,
@@ -63,6 +66,7 @@ async def test_start_creates_topics_and_subscriptions_with_the_policy() -> None:
         pubsub_dead_letter_topic="jobs-dead",
         visibility_timeout=2.5,
         max_deliveries=250,
+        message_signing_keys=TEST_SIGNING_KEYS,
     )
     q = PubSubTaskQueue.from_settings(settings)
     await q.start()
@@ -99,11 +103,16 @@ async def test_message_layout(queue: PubSubTaskQueue) -> None:
     d = await _receive_one(queue)
     raw = d._raw if queue.pull == "streaming" else d._received.message  # type: ignore[attr-defined]
     assert raw.data == b"operations/layout"
-    assert dict(raw.attributes) == {
+    attributes = dict(raw.attributes)
+    signature = attributes.pop("signature")
+    assert attributes == {
         "operation": "operations/layout",
         "task": "resize",
         "attempt": "3",
+        "signature_key": "test-k1",
     }
+    assert re.fullmatch(r"[0-9a-f]{64}", signature)
+    TEST_SIGNING_KEYS.verify(raw.data, dict(raw.attributes))
     assert d.delivery_attempt == 1
     await d.ack()
 
@@ -223,9 +232,11 @@ async def test_dead_letters_keep_reasons_order_and_can_be_read_again(
 
 
 async def test_foreign_message_goes_to_the_dead_letter_topic(queue: PubSubTaskQueue) -> None:
+    """Signed (so it passes verification) but no task message: forwarded."""
     publisher = PublisherClient()
+    attributes = TEST_SIGNING_KEYS.signed(b"hello", {"origin": "elsewhere"})
     await asyncio.to_thread(
-        lambda: publisher.publish(queue.topic_path, b"hello", origin="elsewhere").result()
+        lambda: publisher.publish(queue.topic_path, b"hello", **attributes).result()
     )
     assert await queue.receive(1, 2.0) == []
     subscriber = SubscriberClient()
@@ -254,7 +265,11 @@ async def test_publish_to_an_unreachable_service_is_unavailable(
     monkeypatch.setattr(pubsub_queue, "RPC_TIMEOUT", 0.5)
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:9")  # discard port: nothing listens
     q = PubSubTaskQueue(
-        project=fresh_project(), topic="tasks", subscription="subs", dead_letter_topic="dead"
+        project=fresh_project(),
+        topic="tasks",
+        subscription="subs",
+        dead_letter_topic="dead",
+        signing_keys=TEST_SIGNING_KEYS,
     )
     started = time.monotonic()
     with pytest.raises(Unavailable):
@@ -355,3 +370,13 @@ async def test_unary_pull_survives_a_killed_consumer_on_the_emulator() -> None:
         assert names <= seen
     finally:
         await q.close()
+
+
+def test_a_pubsub_queue_without_signing_keys_refuses_to_start(tmp_path: Path) -> None:
+    settings = BackendSettings(
+        store="sqlite", queue="pubsub", sqlite_path=tmp_path / "x.db", project=fresh_project()
+    )
+    with pytest.raises(StartupError, match="LONGRUN_MESSAGE_SIGNING_KEYS"):
+        build_backends(settings)
+    with pytest.raises(StartupError, match="message signing keys"):
+        PubSubTaskQueue(project=fresh_project(), topic="t", subscription="s", dead_letter_topic="d")

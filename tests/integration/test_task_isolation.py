@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,19 @@ async def exits_async(ctx: TaskContext) -> None:
 async def interrupts_async(ctx: TaskContext) -> None:
     _mark(ctx, f"attempt {ctx.attempt}")
     raise KeyboardInterrupt
+
+
+def _fails(ctx: TaskContext) -> None:
+    raise ValueError(f"bad input in {ctx.params['dir']}")
+
+
+async def _fails_async(ctx: TaskContext) -> None:
+    _fails(ctx)
+
+
+tasks.task("fails_in_process", isolation="process")(_fails)
+tasks.task("fails_in_thread", isolation="thread")(_fails)
+tasks.task("fails_inline", isolation="inline")(_fails_async)
 
 
 @tasks.task("hard_exit", retry=TWICE)
@@ -305,6 +319,43 @@ async def test_system_exit_from_a_task_is_that_tasks_failure(
     after = await env.submit("in_child", echo="still here")
     (env.dir / "gate").touch()
     assert (await env.wait_state(after, State.SUCCEEDED)).attempt == 1
+
+
+def _debug_info(rec: OperationRecord) -> error_details_pb2.DebugInfo | None:
+    for detail in rec.to_operation().error.details:
+        debug = error_details_pb2.DebugInfo()
+        if detail.Unpack(debug):
+            return debug
+    return None
+
+
+@pytest.mark.parametrize("task", ["fails_in_process", "fails_in_thread", "fails_inline"])
+@pytest.mark.parametrize("debug_errors", [False, True])
+async def test_debug_errors_reach_the_error_wherever_the_handler_ran(
+    env: Env, task: str, debug_errors: bool
+) -> None:
+    """The outcome is made where the handler ran (a task process too): a
+    DebugInfo (package-relative paths, nothing absolute) only with --debug-errors."""
+    env.start_worker(replace(SETTINGS, debug_errors=debug_errors))
+    name = await env.submit(task)
+
+    failed = await env.wait_state(name, State.FAILED)
+
+    status, info = status_of(failed)
+    assert status.message == f"ValueError: bad input in {env.dir}"
+    assert info.metadata["exception"] == "ValueError"
+    debug = _debug_info(failed)
+    if not debug_errors:
+        assert debug is None
+        assert b"Traceback" not in (failed.error or b"")
+        return
+    assert debug is not None
+    stack = "".join(debug.stack_entries)
+    assert "integration/test_task_isolation.py" in stack, stack
+    assert "in _fails" in stack, stack
+    assert "ValueError: bad input in" in stack, stack
+    # The message keeps what the task wrote; the traceback names no absolute path.
+    assert re.search(r"(^|[\s'\"(])/[\w.-]+/", stack + debug.detail) is None, stack
 
 
 @pytest.mark.parametrize(

@@ -228,9 +228,14 @@ async def test_the_store_limit_applies_when_it_is_the_smaller(env: Env) -> None:
 
 
 async def test_an_error_over_the_limit_is_replaced_by_result_too_large(env: Env) -> None:
-    """error_status keeps errors small; a limit below even that still holds."""
+    """error_status keeps errors small; a limit below even that (with the
+    DebugInfo of --debug-errors) still holds."""
     env.worker.settings = WorkerSettings(
-        lease=LEASE, heartbeat=LEASE / 4, receive_timeout=0.2, max_result_bytes=10_000
+        lease=LEASE,
+        heartbeat=LEASE / 4,
+        receive_timeout=0.2,
+        max_result_bytes=10_000,
+        debug_errors=True,
     )
     rec = await env.done(await env.submit("long_error"))
     status, info = failure(rec)

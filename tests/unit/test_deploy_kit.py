@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -32,8 +33,9 @@ CONFIG_VARS = {
     "PROJECT", "REGION", "IMAGE", "WORKERS", "DRY_RUN", "STRICT_IAM", "ENABLE_CLOUDBUILD",
     "SERVER_INVOKERS", "SERVER_SERVICE", "WORKER_SERVICE", "WORKER_POOL", "SERVER_SA_NAME",
     "WORKER_SA_NAME", "PUSH_SA_NAME", "TOPIC", "DEAD_LETTER_TOPIC", "SUBSCRIPTION",
-    "PUSH_SUBSCRIPTION", "SECRET_NAME", "FIRESTORE_DATABASE", "FIRESTORE_LOCATION",
-    "COLLECTION", "MAX_DELIVERY_ATTEMPTS", "PULL_ACK_DEADLINE", "PUSH_ACK_DEADLINE",
+    "PUSH_SUBSCRIPTION", "SECRET_NAME", "SIGNING_SECRET_NAME", "FIRESTORE_DATABASE",
+    "FIRESTORE_LOCATION", "COLLECTION", "MAX_DELIVERY_ATTEMPTS", "PULL_ACK_DEADLINE",
+    "PUSH_ACK_DEADLINE",
     "MIN_RETRY_DELAY", "MAX_RETRY_DELAY", "SERVER_MIN_INSTANCES", "SERVER_TIMEOUT",
     "WORKER_INSTANCES", "WORKER_CONCURRENCY", "SHUTDOWN_GRACE", "PROJECT_NUMBER", "INDEXES_FILE",
 }  # fmt: skip
@@ -242,6 +244,31 @@ def test_push_worker_service_is_private_and_checks_the_token(push_plan: list[Com
     assert env_vars(update, "update-env-vars") == {"LONGRUN_PUSH_AUDIENCE": "https://WORKER_URL"}
 
 
+def test_server_and_workers_share_the_message_signing_keys(tmp_path: Path) -> None:
+    secret = "LONGRUN_MESSAGE_SIGNING_KEYS=longrun-message-signing-keys:latest"
+    for mode in ("--push-workers", "--pull-workers"):
+        cmds = commands(dry_run(tmp_path, mode))
+        create = only(gcloud(cmds, "secrets", "create", "longrun-message-signing-keys"))
+        assert flag(create, "data-file") == "-"  # from stdin: never on a command line
+        deploys = gcloud(cmds, "run", "deploy") + gcloud(cmds, "beta", "run", "worker-pools")
+        assert len(deploys) == 2
+        for deploy in deploys:
+            assert secret in flag(deploy, "set-secrets").split(","), shlex.join(deploy)
+        readers = {
+            member
+            for kind, resource, member, role in bindings(cmds)
+            if resource == "longrun-message-signing-keys"
+            and role == "roles/secretmanager.secretAccessor"
+        }
+        assert readers == {f"serviceAccount:{SERVER_SA}", f"serviceAccount:{WORKER_SA}"}
+
+
+def test_the_push_worker_always_deploys_with_an_audience(push_plan: list[Command]) -> None:
+    deploy = only([c for c in gcloud(push_plan, "run", "deploy") if c[3] == "longrun-worker"])
+    audience = env_vars(deploy)["LONGRUN_PUSH_AUDIENCE"]
+    assert audience == f"https://longrun-worker-PROJECT_NUMBER.{REGION}.run.app"
+
+
 def test_invoker_role_scoped_to_the_worker_service(push_plan: list[Command]) -> None:
     invokers = [b for b in bindings(push_plan) if b[3] == "roles/run.invoker"]
     assert invokers == [("run services", "longrun-worker", f"serviceAccount:{PUSH_SA}",
@@ -371,7 +398,7 @@ elif args[:2] == ["run", "deploy"]:
 elif "describe" in args:
     sys.exit(1)
 elif args[:2] == ["secrets", "create"]:
-    (here / "secret").write_bytes(sys.stdin.buffer.read())
+    (here / ("secret-" + args[2])).write_bytes(sys.stdin.buffer.read())
 elif args[:4] == ["firestore", "indexes", "composite", "create"]:
     sys.exit("ERROR: (gcloud...composite.create) ALREADY_EXISTS: index already exists")
 """
@@ -404,6 +431,14 @@ def test_real_run_against_a_recording_gcloud(tmp_path: Path) -> None:
     indexes = len(json.loads(INDEXES.read_text())["indexes"])
     assert len(gcloud(calls, "firestore", "indexes", "composite", "create")) == indexes
     assert result.stdout.count("# exists, kept\n") == indexes
-    secret = (tmp_path / "bin" / "secret").read_text()
+    secret = (tmp_path / "bin" / "secret-longrun-page-token-secret").read_text()
     assert len(secret) == 44 and "\n" not in secret  # 32 random bytes, base64
     assert secret not in result.stdout + result.stderr
+    # The signing keys: one key k1 of 32 random bytes, never printed either.
+    keys = (tmp_path / "bin" / "secret-longrun-message-signing-keys").read_text()
+    assert re.fullmatch(r"k1:[0-9a-f]{64}", keys), keys
+    assert keys.split(":")[1] not in result.stdout + result.stderr
+    # The first worker deploy has an explicit audience (the deterministic URL).
+    deploy = only(gcloud(calls, "run", "deploy", "longrun-worker"))
+    first = "https://longrun-worker-123456789.us-central1.run.app"
+    assert env_vars(deploy)["LONGRUN_PUSH_AUDIENCE"] == first

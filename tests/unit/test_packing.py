@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,11 +13,13 @@ from google.protobuf import any_pb2, duration_pb2, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from longrun.v1 import jobs_pb2
+from longrun_core import packing
 from longrun_core.errors import DOMAIN
 from longrun_core.packing import (
     bounded_error,
     error_status,
     pack_result,
+    relative_paths,
     result_outcome,
     struct_to_dict,
 )
@@ -151,7 +155,7 @@ def _details(
 def test_error_status_describes_the_exception_and_the_attempt() -> None:
     exc = _raise_here("disk full")
 
-    status = status_pb2.Status.FromString(error_status(exc, attempt=2, max_attempts=5))
+    status = status_pb2.Status.FromString(error_status(exc, attempt=2, max_attempts=5, debug=True))
 
     assert status.code == code_pb2.UNKNOWN
     assert status.message == "ValueError: disk full"
@@ -167,7 +171,13 @@ def test_error_status_describes_the_exception_and_the_attempt() -> None:
 
 def test_error_status_takes_the_given_code() -> None:
     status = status_pb2.Status.FromString(
-        error_status(LookupError("no task"), code=code_pb2.UNIMPLEMENTED, attempt=1, max_attempts=1)
+        error_status(
+            LookupError("no task"),
+            code=code_pb2.UNIMPLEMENTED,
+            attempt=1,
+            max_attempts=1,
+            debug=True,
+        )
     )
     assert status.code == code_pb2.UNIMPLEMENTED
     info, _ = _details(status)
@@ -177,7 +187,7 @@ def test_error_status_takes_the_given_code() -> None:
 def test_error_status_truncates_the_message_and_the_detail() -> None:
     exc = _raise_here("x" * 100_000)
 
-    status = status_pb2.Status.FromString(error_status(exc, attempt=1, max_attempts=1))
+    status = status_pb2.Status.FromString(error_status(exc, attempt=1, max_attempts=1, debug=True))
 
     assert status.message == ("ValueError: " + "x" * 100_000)[:2000]
     _, debug = _details(status)
@@ -187,7 +197,55 @@ def test_error_status_truncates_the_message_and_the_detail() -> None:
 
 def test_error_status_stays_small_whatever_the_exception_says() -> None:
     exc = _raise_here("x" * 2_000_000)
-    assert len(error_status(exc, attempt=1, max_attempts=1)) < 64 * 1024
+    assert len(error_status(exc, attempt=1, max_attempts=1, debug=True)) < 64 * 1024
+
+
+def test_error_status_has_no_debug_info_by_default() -> None:
+    exc = _raise_here("disk full")
+    data = error_status(exc, attempt=1, max_attempts=1)
+    status = status_pb2.Status.FromString(data)
+    assert status.message == "ValueError: disk full"
+    assert [d.type_url for d in status.details] == ["type.googleapis.com/google.rpc.ErrorInfo"]
+    assert b"_raise_here" not in data
+    assert __file__.encode() not in data
+
+
+def _raise_with_paths() -> BaseException:
+    try:
+        open(Path(__file__).parent / "no-such-dir" / "input.csv")  # noqa: SIM115
+    except OSError as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+def test_debug_info_holds_no_absolute_path() -> None:
+    exc = _raise_with_paths()
+    status = status_pb2.Status.FromString(error_status(exc, attempt=1, max_attempts=1, debug=True))
+    _, debug = _details(status)
+    text = "".join(debug.stack_entries) + debug.detail
+    assert str(Path(__file__).parent) not in text
+    assert re.search(r"(^|[\s'\"(])/[\w.-]+/", text) is None, text
+    # This file is in package `tests.unit`: its frames name it package-relative.
+    assert 'File "tests/unit/test_packing.py"' in text
+    assert "_raise_with_paths" in text
+    assert "input.csv" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f'File "{packing.__file__}", line 3', 'File "longrun_core/packing.py", line 3'),
+        (f"at {asyncio.__file__}", "at asyncio/__init__.py"),
+        ("cannot open '/srv/data/in.csv'", "cannot open 'in.csv'"),
+        (
+            "see https://example.test/a/b, a/b/c and 1/2",
+            "see https://example.test/a/b, a/b/c and 1/2",
+        ),
+    ],
+    ids=["package-file", "stdlib", "other-path", "not-paths"],
+)
+def test_relative_paths(text: str, expected: str) -> None:
+    assert relative_paths(text) == expected
 
 
 def test_struct_to_dict_round_trips_a_struct() -> None:
@@ -347,7 +405,9 @@ def test_error_status_survives_an_exception_whose_text_raises(exc_type: type[Exc
         raise exc_type("boom")
     except exc_type as exc:
         caught = exc
-    status = status_pb2.Status.FromString(error_status(caught, attempt=1, max_attempts=2))
+    status = status_pb2.Status.FromString(
+        error_status(caught, attempt=1, max_attempts=2, debug=True)
+    )
     assert status.message.startswith(f"{exc_type.__name__}: ")
     info, debug = _details(status)
     assert info.metadata["exception"] == exc_type.__name__

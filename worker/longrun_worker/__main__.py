@@ -119,6 +119,15 @@ _W = WorkerSettings()
     "with RESULT_TOO_LARGE. Keep it below the server's --max-send-message-bytes.",
 )
 @click.option(
+    "--debug-errors/--no-debug-errors",
+    default=_W.debug_errors,
+    envvar="LONGRUN_DEBUG_ERRORS",
+    show_envvar=True,
+    show_default=True,
+    help="Put a DebugInfo (the traceback, with package-relative paths) into a failed "
+    "task's error. Every caller who may read the operation sees it: for development.",
+)
+@click.option(
     "--burst",
     is_flag=True,
     envvar="LONGRUN_BURST",
@@ -145,6 +154,7 @@ def main(**kw: Any) -> None:
             kill_grace=kw["kill_grace"],
             max_releases=kw["max_releases"],
             max_clock_skew=kw["max_clock_skew"],
+            debug_errors=kw["debug_errors"],
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -178,6 +188,7 @@ async def work(
             settings=settings,
             clock=clock,
             failpoints=Failpoints.from_env(),
+            rejections=backends.rejections,
         )
     except ValueError as exc:  # a task that cannot run as declared
         await backends.close()

@@ -84,12 +84,20 @@ class InlineAttempt:
     """A handler on the task loop: two hops between the loops (start, outcome)."""
 
     def __init__(
-        self, task_loop: TaskLoop, spec: TaskSpec, ctx: RunContext, max_attempts: int, limit: int
+        self,
+        task_loop: TaskLoop,
+        spec: TaskSpec,
+        ctx: RunContext,
+        max_attempts: int,
+        limit: int,
+        *,
+        debug: bool = False,
     ) -> None:
         self._spec = spec
         self._ctx = ctx
         self._max_attempts = max_attempts
         self._limit = limit
+        self._debug = debug
         self._loop = task_loop.loop
         self._control = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None
@@ -109,6 +117,7 @@ class InlineAttempt:
                 attempt=self._ctx.attempt,
                 max_attempts=self._max_attempts,
                 limit=self._limit,
+                debug=self._debug,
             )
         except Exception as failure:  # an exception that cannot even be described
             self._control.call_soon_threadsafe(_fail, self._outcome, failure)
@@ -136,11 +145,20 @@ class ThreadAttempt:
     own there). `finished` completes when the thread returns: an abandoned
     thread keeps its worker slot until then."""
 
-    def __init__(self, spec: TaskSpec, ctx: RunContext, max_attempts: int, limit: int) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        ctx: RunContext,
+        max_attempts: int,
+        limit: int,
+        *,
+        debug: bool = False,
+    ) -> None:
         self._spec = spec
         self._ctx = ctx
         self._max_attempts = max_attempts
         self._limit = limit
+        self._debug = debug
         self._control = asyncio.get_running_loop()
         self._outcome: asyncio.Future[Outcome] = self._control.create_future()
         self.finished: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -157,6 +175,7 @@ class ThreadAttempt:
                 attempt=self._ctx.attempt,
                 max_attempts=self._max_attempts,
                 limit=self._limit,
+                debug=self._debug,
             )
             with contextlib.suppress(RuntimeError):  # the worker's loop is closed
                 self._control.call_soon_threadsafe(_settle, self._outcome, outcome)
@@ -200,15 +219,22 @@ class AttemptRunner:
         return bool(self._process_specs)
 
     async def start(
-        self, spec: TaskSpec, ctx: RunContext, *, max_attempts: int, limit: int
+        self,
+        spec: TaskSpec,
+        ctx: RunContext,
+        *,
+        max_attempts: int,
+        limit: int,
+        debug: bool = False,
     ) -> RunningAttempt:
         """Start an attempt whose outcome (a result or an error) is made within
-        `limit` bytes. Raises only if a task process cannot be started."""
+        `limit` bytes, an error with a DebugInfo if `debug` (--debug-errors).
+        Raises only if a task process cannot be started."""
         mode = spec.runs_in
         if mode == "inline":
-            return InlineAttempt(self.task_loop, spec, ctx, max_attempts, limit)
+            return InlineAttempt(self.task_loop, spec, ctx, max_attempts, limit, debug=debug)
         if mode == "thread":
-            return ThreadAttempt(spec, ctx, max_attempts, limit)
+            return ThreadAttempt(spec, ctx, max_attempts, limit, debug=debug)
         attempt = ProcessAttempt(
             self.launcher,
             spec,
@@ -217,6 +243,7 @@ class AttemptRunner:
             limit=limit,
             kill_grace=self.kill_grace,
             log_level=self.log_level,
+            debug=debug,
         )
         await attempt.start()
         return attempt

@@ -105,6 +105,7 @@ def main(sock: socket.socket) -> None:
             attempt=int(request["attempt"]),
             max_attempts=int(request["max_attempts"]),
             limit=int(request["limit"]),
+            debug=bool(request.get("debug", False)),
         )
         assert too_big.error is not None
         channel.send(frames.ERROR, b"\x00" + too_big.error)
@@ -116,6 +117,7 @@ def run_request(request: dict[str, Any], ctx: ChildContext) -> Outcome:
     """Call the handler the request names and make its outcome."""
     attempt, max_attempts = int(request["attempt"]), int(request["max_attempts"])
     limit = int(request["limit"])  # the worker's outcome limit for this attempt
+    debug = bool(request.get("debug", False))  # the worker's --debug-errors
     try:
         handler = resolve(request["handler"])
         policy = RetryPolicy(retry_on=tuple(resolve(path) for path in request["retry_on"]))
@@ -127,10 +129,17 @@ def run_request(request: dict[str, Any], ctx: ChildContext) -> Outcome:
             attempt=attempt,
             max_attempts=max_attempts,
             limit=limit,
+            debug=debug,
         )
     result, exc = call_blocking(handler, ctx)
     return outcome_of(
-        result, exc, policy=policy, attempt=attempt, max_attempts=max_attempts, limit=limit
+        result,
+        exc,
+        policy=policy,
+        attempt=attempt,
+        max_attempts=max_attempts,
+        limit=limit,
+        debug=debug,
     )
 
 

@@ -171,18 +171,21 @@ class ProcessAttempt:
         limit: int,
         kill_grace: float,
         log_level: str,
+        debug: bool = False,
     ) -> None:
         self._launcher = launcher
         self._spec = spec
         self._ctx = ctx
         self._max_attempts = max_attempts
         self._limit = limit
+        self._debug = debug
         self._kill_grace = kill_grace
         self._request = {
             "operation": ctx.operation,
             "attempt": ctx.attempt,
             "max_attempts": max_attempts,
             "limit": limit,
+            "debug": debug,
             "params": ctx.params,
             "handler": child.path_of(spec.handler),
             "retry_on": [child.path_of(kind) for kind in spec.retry.retry_on],
@@ -257,6 +260,7 @@ class ProcessAttempt:
                 attempt=self._ctx.attempt,
                 max_attempts=self._max_attempts,
                 limit=self._limit,
+                debug=self._debug,
             )
         finally:
             if self._outcome is not None:
@@ -282,6 +286,7 @@ class ProcessAttempt:
             attempt=self._ctx.attempt,
             max_attempts=self._max_attempts,
             limit=self._limit,
+            debug=self._debug,
         )
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
@@ -296,6 +301,7 @@ class ProcessAttempt:
                     attempt=self._ctx.attempt,
                     max_attempts=self._max_attempts,
                     limit=self._limit,
+                    debug=self._debug,
                     code=code_pb2.RESOURCE_EXHAUSTED,
                 )
                 return

@@ -42,13 +42,15 @@ def outcome_of(
     max_attempts: int,
     limit: int,
     code: int = code_pb2.UNKNOWN,
+    debug: bool = False,
 ) -> Outcome:
     """The outcome of a handler that returned `result` or raised `exc` (any
     BaseException: SystemExit and friends are the task's failure too), within
     `limit` bytes (the worker's `Worker.outcome_limit`). Never raises for the
     result: one that cannot be packed (RESULT_INVALID) or is over `limit`
     (RESULT_TOO_LARGE) fails at once, without a retry; an error over `limit`
-    becomes RESULT_TOO_LARGE keeping the start of its message."""
+    becomes RESULT_TOO_LARGE keeping the start of its message. With `debug`
+    (the worker's --debug-errors) an error carries a DebugInfo."""
     if exc is None:
         response, refused = result_outcome(
             result, limit=limit, attempt=attempt, max_attempts=max_attempts
@@ -56,7 +58,7 @@ def outcome_of(
         if refused is None:
             return Outcome(response=response)
         return Outcome(error=refused)
-    error = error_status(exc, code=code, attempt=attempt, max_attempts=max_attempts)
+    error = error_status(exc, code=code, attempt=attempt, max_attempts=max_attempts, debug=debug)
     return Outcome(
         error=bounded_error(error, limit=limit, attempt=attempt, max_attempts=max_attempts),
         retryable=policy.is_retryable(exc),

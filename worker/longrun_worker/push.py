@@ -24,6 +24,8 @@ choose the response:
     all slots busy          429: Pub/Sub slows its push rate
     shutting down           503
     401 / 403               see longrun_worker.push_auth
+    not signed by our keys  dead-lettered (reason `rejected (...)`), counted, 204
+    a settled message id    204 at once (see Replays)
 
 Malformed input:
 * A body that is not a wrapped push envelope (not JSON, no `message` object
@@ -36,6 +38,30 @@ Malformed input:
   operation, `attempt` not a number) -> logged, copied to the dead-letter
   topic when configured, and acked (204): it can never succeed, so retrying
   it would only loop. This matches the pull adapter.
+
+Forged and replayed messages:
+* Every task message is signed by its publisher (longrun_core.signing). The
+  signature is checked right after the envelope is decoded, before anything
+  in the message is read: an unsigned, forged or tampered-with message is
+  dead-lettered with its reason, counted in the worker's `rejections`, and
+  acked (204). It never runs, whatever its token.
+* The worker runs the task and params of the operation's record, never those
+  of the message: a message naming another task than its operation's is
+  treated as forged (dead-lettered, counted, 204; the operation is left
+  untouched, and the sweeper republishes it if it is still queued).
+
+Replays. "Settled" means this endpoint answered 2xx for the message id.
+* A push of a message id this process settled (the last `replay_cache` of
+  them) is acked at once: nothing is read from the store, nothing runs.
+* Everywhere else (another instance, after a restart, a captured message
+  sent under a new id) the operation store decides, as for every
+  at-least-once redelivery: a message for an operation that is finished,
+  cancelled or deleted is acked and runs nothing; one for an operation
+  whose attempt is running (lease held) or waiting out a retry backoff is
+  deferred (503) and runs nothing; outcomes are fenced to the attempt that
+  holds the lease. A valid message can therefore only ever start the
+  operation's next due attempt, which its own pending message would start
+  anyway, never an extra one, and never beyond `max_attempts`.
 
 The operation store's lease and fenced writes still decide who may run and
 record an attempt, exactly as with pull workers.
@@ -50,6 +76,7 @@ import contextlib
 import json
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +86,7 @@ from aiohttp import web
 
 from longrun_core.errors import Unavailable
 from longrun_core.queue import Delivery, TaskMessage
+from longrun_core.signing import MessageRejected, Rejections, SigningKeys
 from longrun_worker.push_auth import (
     CertsUnavailable,
     OidcVerifier,
@@ -269,6 +297,28 @@ async def _dead_letter(
     )
 
 
+class SettledMessages:
+    """The ids of the last `size` messages this process answered 2xx."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, message_id: str) -> None:
+        if self.size <= 0:
+            return
+        self._ids[message_id] = None
+        self._ids.move_to_end(message_id)
+        while len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+
+
 class PushEndpoint:
     """The aiohttp app: POST `path` runs one task message; GET /healthz."""
 
@@ -277,12 +327,20 @@ class PushEndpoint:
         worker: Worker,
         settings: PushSettings | None = None,
         *,
+        signing: SigningKeys,
         dead_letters: DeadLetterSink | None = None,
         verifier: OidcVerifier | None = None,
+        rejections: Rejections | None = None,
     ) -> None:
         self.worker = worker
         self.settings = settings or PushSettings()
-        self.settings.auth.check()
+        self.settings.check()
+        self.signing = signing
+        #: Shared with the worker (it counts task mismatches there).
+        self.rejections = rejections or worker.rejections
+        self.settled = SettledMessages(self.settings.replay_cache)
+        #: Pushes of a settled message id, acked without running.
+        self.replays = 0
         self.dead_letters = dead_letters
         if self.settings.auth.mode == "oidc":
             self.verifier: OidcVerifier | None = verifier or OidcVerifier(self.settings.auth)
@@ -313,12 +371,6 @@ class PushEndpoint:
                 self.settings.path,
                 extra={"action": "push_auth_off"},
             )
-        elif self.settings.auth.audience is None:
-            log.warning(
-                "no --push-audience: tokens must name the URL each request was sent to; "
-                "set it to the push endpoint URL in production",
-                extra={"action": "push_audience_default"},
-            )
 
     async def _on_shutdown(self, app: web.Application) -> None:
         await self.drain(self.worker.settings.shutdown_grace)
@@ -345,12 +397,6 @@ class PushEndpoint:
             return web.Response(status=503, text="stopping\n")
         return web.Response(text="ok\n")
 
-    def _audience(self, request: web.Request) -> str:
-        if self.settings.auth.audience is not None:
-            return self.settings.auth.audience
-        proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
-        return f"{proto}://{request.host}{request.path_qs}"
-
     async def handle_push(self, request: web.Request) -> web.Response:
         if self._stopping:
             return web.Response(status=503, text="shutting down\n")
@@ -364,6 +410,18 @@ class PushEndpoint:
         except BadEnvelope as exc:
             log.warning("rejected push: %s", exc, extra={"action": "push_bad_envelope"})
             return web.Response(status=400, text=f"{exc}\n")
+        try:
+            self.signing.verify(pushed.data, pushed.attributes)
+        except MessageRejected as rejected:
+            return await self._rejected(pushed, rejected)
+        if pushed.message_id in self.settled:
+            self.replays += 1
+            log.info(
+                "message %s was settled here before: acked, nothing runs",
+                pushed.message_id,
+                extra={"action": "push_replay", "operation": pushed.attributes.get("operation")},
+            )
+            return web.Response(status=204)
         message = task_message(pushed)
         if message is None:
             return await self._not_a_task(pushed)
@@ -388,14 +446,14 @@ class PushEndpoint:
             if not task.done():
                 raise  # this request was cancelled; the task runs on
         outcome = delivery.outcome or Outcome(self.settings.nack_status, "not finished")
+        if 200 <= outcome.status < 300:
+            self.settled.add(pushed.message_id)
         return outcome.response()
 
     async def _authenticate(self, request: web.Request) -> web.Response | None:
         assert self.verifier is not None
         try:
-            identity = await self.verifier.verify(
-                request.headers.get("Authorization"), self._audience(request)
-            )
+            identity = await self.verifier.verify(request.headers.get("Authorization"))
         except Unauthenticated as exc:
             log.warning("unauthenticated push: %s", exc, extra={"action": "push_unauthenticated"})
             return web.Response(
@@ -412,6 +470,12 @@ class PushEndpoint:
         log.debug("push from %s", identity.email)
         return None
 
+    async def _rejected(self, pushed: PushedMessage, rejected: MessageRejected) -> web.Response:
+        self.rejections.record(
+            rejected, message_id=pushed.message_id, operation=pushed.attributes.get("operation")
+        )
+        return await self._dead_letter_and_ack(pushed, rejected.reason)
+
     async def _not_a_task(self, pushed: PushedMessage) -> web.Response:
         reason = "not a task message (needs attributes operation, task, attempt)"
         log.warning(
@@ -421,6 +485,9 @@ class PushEndpoint:
             reason,
             extra={"action": "push_not_a_task"},
         )
+        return await self._dead_letter_and_ack(pushed, reason)
+
+    async def _dead_letter_and_ack(self, pushed: PushedMessage, reason: str) -> web.Response:
         attrs = dict(pushed.attributes)
         attrs["reason"] = reason
         try:

@@ -6,12 +6,21 @@ service account (`email`, `email_verified`), the audience (`aud`: the
 subscription's `--push-auth-token-audience`, by default the endpoint URL) and
 the issuer (`iss`: accounts.google.com). A request passes when
 
-* the token's signature verifies against Google's public certificates
-  (`certs_url`, cached for the Cache-Control max-age of their response and
-  fetched again early when a token names a key id not in the cache: key
-  rotation), it has not expired (`clock_skew` seconds of slack) and its
-  audience is the configured one (else 401), its issuer is Google's (else 401);
-* and its `email` is one of the allowed service accounts, verified (else 403).
+* the token's signature verifies against the issuer's public keys
+  (`certs_url`: Google's `{key id: PEM certificate}` document, or any
+  issuer's JWK set, converted here to PEM; cached for the Cache-Control
+  max-age of their response and fetched again early when a token names a
+  key id not in the cache: key rotation), it has not expired and was not
+  issued in the future (`clock_skew` seconds of slack), else 401;
+* its audience is the configured one, exactly (else 401). The audience is
+  always configured: never derived from the request's Host or
+  X-Forwarded-Proto, which whoever sends the request chooses;
+* its issuer is one of `issuers` (else 401);
+* it lives no longer than `max_token_lifetime`: `exp - iat` and `exp - now`
+  at most that plus `clock_skew` (else 401; Google's tokens live an hour, a
+  token valid for years is a stolen signing key's or a misissued one);
+* its `email` is one of the allowed service accounts and `email_verified` is
+  the JSON boolean true (the string "true" is not) (else 403).
 
 Anyone can mint a Google-signed token for any audience, so the audience alone
 proves nothing: oidc mode refuses to start without allowed service accounts.
@@ -34,11 +43,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from google.auth import exceptions as gauth_exceptions
 from google.auth import transport
 from google.oauth2 import id_token
 
-from longrun_worker.push_config import GOOGLE_ISSUERS, AuthSettings
+from longrun_worker.push_config import AuthSettings
 
 log = logging.getLogger("longrun.push")
 
@@ -169,15 +180,54 @@ class CertsCache:
         doc = json.loads(body)
         if not isinstance(doc, dict):
             raise ValueError("the certificates are not a JSON object")
-        if "keys" in doc:  # a JWK set
-            key_ids = frozenset(
-                str(k.get("kid")) for k in doc["keys"] if isinstance(k, dict) and k.get("kid")
-            )
-        else:
-            key_ids = frozenset(doc)
+        if "keys" in doc:  # a JWK set: served to google-auth as {kid: PEM public key}
+            doc = jwks_to_pem(doc)
+            body = json.dumps(doc).encode()
+        key_ids = frozenset(doc)
         match = _MAX_AGE.search(cache_control)
         ttl = float(match.group(1)) if match else DEFAULT_CERTS_TTL
         return _Certs(body=body, key_ids=key_ids, expires=now + ttl, fetched=now)
+
+
+_EC_CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}
+
+
+def _b64_int(value: object) -> int:
+    if not isinstance(value, str):
+        raise ValueError("not a base64url string")
+    return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
+
+
+def jwks_to_pem(jwks: Mapping[str, Any]) -> dict[str, str]:
+    """An OIDC issuer's JWK set as `{kid: PEM public key}` (the form
+    google-auth verifies with, like Google's certificates). Signing keys of
+    type RSA and EC (P-256, P-384) with a `kid` are kept; others are skipped."""
+    keys = jwks.get("keys")
+    if not isinstance(keys, list):
+        raise ValueError("the JWK set has no `keys` list")
+    out: dict[str, str] = {}
+    for jwk in keys:
+        if not isinstance(jwk, dict) or not jwk.get("kid") or jwk.get("use") not in (None, "sig"):
+            continue
+        try:
+            public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+            if jwk.get("kty") == "RSA":
+                public = rsa.RSAPublicNumbers(_b64_int(jwk["e"]), _b64_int(jwk["n"])).public_key()
+            elif jwk.get("kty") == "EC" and jwk.get("crv") in _EC_CURVES:
+                curve = _EC_CURVES[jwk["crv"]]
+                public = ec.EllipticCurvePublicNumbers(
+                    _b64_int(jwk["x"]), _b64_int(jwk["y"]), curve
+                ).public_key()
+            else:
+                continue
+        except (KeyError, ValueError, binascii.Error):
+            log.warning("skipping JWK %r: not a valid public key", str(jwk.get("kid"))[:64])
+            continue
+        pem = public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        out[str(jwk["kid"])] = pem.decode()
+    return out
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -204,12 +254,17 @@ def _key_id(token: str) -> str | None:
 
 
 class OidcVerifier:
-    """Checks `Authorization: Bearer <Google ID token>` against AuthSettings."""
+    """Checks `Authorization: Bearer <ID token>` against AuthSettings."""
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, *, clock: Callable[[], float] = time.time) -> None:
         settings.check()
+        if settings.audience is None:
+            raise ValueError("the OIDC verifier needs an audience")
         self.settings = settings
+        self.audience: str = settings.audience
         self._allowed = frozenset(e.lower() for e in settings.allowed_emails)
+        self._issuers = frozenset(settings.issuers)
+        self._clock = clock
         self._http: aiohttp.ClientSession | None = None
         self.certs = CertsCache(settings.certs_url, session=self._session)
 
@@ -223,7 +278,7 @@ class OidcVerifier:
             await self._http.close()
             self._http = None
 
-    async def verify(self, authorization: str | None, audience: str) -> Identity:
+    async def verify(self, authorization: str | None) -> Identity:
         token = bearer_token(authorization)
         kid = _key_id(token)
         certs = await self.certs.get()
@@ -233,18 +288,42 @@ class OidcVerifier:
             claims = id_token.verify_token(
                 token,
                 _ServedCerts(self.settings.certs_url, certs.body),
-                audience=audience,
+                audience=self.audience,
                 certs_url=self.settings.certs_url,
                 clock_skew_in_seconds=self.settings.clock_skew,
             )
         except (ValueError, gauth_exceptions.GoogleAuthError) as exc:
             raise Unauthenticated(f"invalid token: {exc}") from exc
-        if claims.get("iss") not in GOOGLE_ISSUERS:
-            raise Unauthenticated(f"token issuer {claims.get('iss')!r} is not Google")
-        email = str(claims.get("email") or "")
-        verified = claims.get("email_verified")
-        if not email or verified not in (True, "true"):
+        issuer = claims.get("iss")
+        if not isinstance(issuer, str) or issuer not in self._issuers:
+            raise Unauthenticated(f"token issuer {str(issuer)[:100]!r} is not accepted")
+        self._check_lifetime(claims)
+        email = claims.get("email")
+        if not isinstance(email, str) or not email or claims.get("email_verified") is not True:
+            # Only the JSON boolean true: "true" (a string) is some issuer's bug or a forgery.
             raise PermissionDenied("the token carries no verified email")
         if email.lower() not in self._allowed:
             raise PermissionDenied(f"{email} may not push to this endpoint")
         return Identity(email=email, subject=str(claims.get("sub") or ""))
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        """Unauthenticated for a token that lives longer than the bound."""
+        iat, exp = _number(claims.get("iat")), _number(claims.get("exp"))
+        if iat is None or exp is None:
+            raise Unauthenticated("the token has no numeric iat and exp")
+        bound = self.settings.max_token_lifetime + self.settings.clock_skew
+        if exp - iat > bound:
+            raise Unauthenticated(
+                f"the token lives {exp - iat:.0f}s (exp - iat), more than the "
+                f"{self.settings.max_token_lifetime}s accepted"
+            )
+        if exp - self._clock() > bound:
+            raise Unauthenticated(
+                f"the token expires more than {self.settings.max_token_lifetime}s from now"
+            )
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)

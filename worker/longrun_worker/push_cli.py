@@ -15,7 +15,15 @@ import click
 
 from longrun_core.settings import BackendSettings
 from longrun_core.tasks import TaskRegistry
-from longrun_worker.push_config import AUTH_MODES, GOOGLE_CERTS_URL, AuthSettings, PushSettings
+from longrun_worker.push_config import (
+    AUTH_MODES,
+    GOOGLE_CERTS_URL,
+    MAX_CLOCK_SKEW,
+    MAX_REPLAY_CACHE,
+    MAX_TOKEN_LIFETIME_LIMIT,
+    AuthSettings,
+    PushSettings,
+)
 from longrun_worker.runtime import WorkerSettings
 
 log = logging.getLogger("longrun.push")
@@ -85,7 +93,9 @@ def push_options(fn: F) -> F:
             default=None,
             envvar="LONGRUN_PUSH_AUDIENCE",
             show_envvar=True,
-            help="Expected token audience [default: the URL each request was sent to].",
+            help="Expected token audience: the push subscription's --push-auth-token-audience "
+            "(by default its push endpoint URL). Required with --push-auth oidc; never taken "
+            "from the request.",
         ),
         click.option(
             "--push-allowed-sa",
@@ -103,7 +113,44 @@ def push_options(fn: F) -> F:
             envvar="LONGRUN_PUSH_CERTS_URL",
             show_envvar=True,
             show_default=True,
-            help="Where the token-signing certificates are fetched ({key id: PEM}).",
+            help="Where the token-signing keys are fetched: Google's {key id: PEM} "
+            "certificates, or another OIDC issuer's JWK set (jwks_uri).",
+        ),
+        click.option(
+            "--push-issuer",
+            "push_issuers",
+            multiple=True,
+            envvar="LONGRUN_PUSH_ISSUERS",
+            show_envvar=True,
+            help="Accepted token issuer (iss); repeat for several (env: space-separated) "
+            "[default: accounts.google.com, https://accounts.google.com].",
+        ),
+        click.option(
+            "--push-max-token-lifetime",
+            type=click.IntRange(60, MAX_TOKEN_LIFETIME_LIMIT),
+            default=_P.auth.max_token_lifetime,
+            envvar="LONGRUN_PUSH_MAX_TOKEN_LIFETIME",
+            show_envvar=True,
+            show_default=True,
+            help="Longest token lifetime accepted (exp - iat, and exp - now), in seconds.",
+        ),
+        click.option(
+            "--push-clock-skew",
+            type=click.IntRange(0, MAX_CLOCK_SKEW),
+            default=_P.auth.clock_skew,
+            envvar="LONGRUN_PUSH_CLOCK_SKEW",
+            show_envvar=True,
+            show_default=True,
+            help="Seconds of slack on the token's iat, exp and lifetime.",
+        ),
+        click.option(
+            "--push-replay-cache",
+            type=click.IntRange(0, MAX_REPLAY_CACHE),
+            default=_P.replay_cache,
+            envvar="LONGRUN_PUSH_REPLAY_CACHE",
+            show_envvar=True,
+            show_default=True,
+            help="Settled message ids remembered; a push of one is acked without running.",
         ),
         click.option(
             "--push-port-file",
@@ -124,23 +171,28 @@ def push_config(kw: dict[str, Any]) -> PushConfig | None:
     enabled = kw.pop("push")
     address = kw.pop("http_address") or default_http_address()
     path = kw.pop("push_path")
+    issuers = tuple(kw.pop("push_issuers"))
     auth = AuthSettings(
         mode=kw.pop("push_auth"),
         audience=kw.pop("push_audience") or None,
         allowed_emails=tuple(kw.pop("push_allowed_sa")),
         certs_url=kw.pop("push_certs_url"),
+        issuers=issuers or _P.auth.issuers,
+        max_token_lifetime=kw.pop("push_max_token_lifetime"),
+        clock_skew=kw.pop("push_clock_skew"),
     )
+    settings = PushSettings(path=path, auth=auth, replay_cache=kw.pop("push_replay_cache"))
     port_file = kw.pop("push_port_file")
     if not enabled:
         return None
     if not path.startswith("/"):
         raise click.BadParameter("must start with /", param_hint="--push-path")
     try:
-        auth.check()
+        settings.check()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     host, port = parse_address(address)
-    return PushConfig(host, port, PushSettings(path=path, auth=auth), port_file)
+    return PushConfig(host, port, settings, port_file)
 
 
 async def serve_push(
@@ -152,8 +204,10 @@ async def serve_push(
     # Imported here: the pull worker never loads aiohttp.
     from longrun_core.backends import build_backends
     from longrun_core.clock import clock_from_env
+    from longrun_core.errors import StartupError
     from longrun_core.failpoints import Failpoints
     from longrun_core.process_limits import limit_accept_error_logs, raise_open_files_limit
+    from longrun_core.sqlite.queue import SqliteTaskQueue
     from longrun_worker.push import PubSubDeadLetters, PushEndpoint, serve
     from longrun_worker.runtime import Worker
 
@@ -161,9 +215,15 @@ async def serve_push(
     limit_accept_error_logs()
     clock = clock_from_env()
     backends = build_backends(backend_cfg, clock)
-    # Only the store: the queue's start would create the pull subscription,
-    # which a push deployment must not have (see docs/push.md).
+    # Only the store: the Pub/Sub queue's start would create the pull
+    # subscription, which a push deployment must not have (see docs/push.md).
+    # A SQLite queue is started: it holds the database's signing key.
     await backends.store.start()
+    if isinstance(backends.queue, SqliteTaskQueue):
+        await backends.queue.start()
+    signing = backends.queue.signing_keys
+    if signing is None:  # unreachable: both queues have keys once started
+        raise StartupError("the push endpoint has no message signing keys")
     dead_letters = None
     if backend_cfg.queue == "pubsub":
         dead_letters = PubSubDeadLetters(
@@ -177,11 +237,12 @@ async def serve_push(
             settings=settings,
             clock=clock,
             failpoints=Failpoints.from_env(),
+            rejections=backends.rejections,
         )
     except ValueError as exc:  # a task that cannot run as declared
         await backends.close()
         raise click.UsageError(str(exc)) from exc
-    endpoint = PushEndpoint(worker, cfg.settings, dead_letters=dead_letters)
+    endpoint = PushEndpoint(worker, cfg.settings, signing=signing, dead_letters=dead_letters)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -57,6 +57,7 @@ from longrun_core.packing import (
     too_large_status,
 )
 from longrun_core.queue import Delivery, TaskQueue, Transition
+from longrun_core.signing import MessageRejected, Rejections, guard_task
 from longrun_core.store import OperationStore
 from longrun_core.tasks import TaskRegistry, TaskSpec
 from longrun_worker.attempts import AttemptRunner, RunningAttempt, ThreadAttempt
@@ -103,6 +104,9 @@ class WorkerSettings:
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     #: Longest pause between retries while the store or queue is unavailable.
     outage_retry_max: float = 5.0
+    #: Put a DebugInfo (the traceback, package-relative paths) in a failed
+    #: task's error; off: callers see the exception's type and message only.
+    debug_errors: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -179,6 +183,7 @@ class Worker:
         worker_id: str | None = None,
         failpoints: Failpoints | None = None,
         monotonic: Monotonic = time.monotonic,
+        rejections: Rejections | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -202,6 +207,8 @@ class Worker:
         self._claimed_at: dict[str, float] = {}
         self._lingering: set[concurrent.futures.Future[None]] = set()
         self.completed = 0
+        #: Messages refused (share the queue's to count them all in one place).
+        self.rejections = rejections or Rejections()
 
     @property
     def lease(self) -> timedelta:
@@ -404,25 +411,33 @@ class Worker:
     async def handle(self, delivery: Delivery, *, slot: _Slot | None = None) -> None:
         """Process one delivery from claim to ack (see the module docstring)."""
         name = delivery.message.operation
-        try:
-            spec: TaskSpec | None = self.registry.get(delivery.message.task)
-        except LongrunError:
-            spec = None
         started = self._monotonic()
         try:
             claimed = delivery.claimed
             if claimed is None:
-                rec = await self.store.update(name, self._claim_transition)
+                # The task and params that run are the record's: a message naming
+                # another task than its operation's is forged (signing.guard_task).
+                claim = guard_task(self._claim_transition, delivery.message.task)
+                rec = await self.store.update(name, claim)
             elif isinstance(claimed, Exception):
                 raise claimed
             else:
                 rec = claimed
+        except MessageRejected as forged:
+            self.rejections.record(forged, operation=name)
+            await delivery.dead_letter(forged.reason)
+            return
         except NotFound:
             await delivery.ack()
             return
         except transitions.AlreadyDone as done:
             # Finished elsewhere (e.g. the sweeper failed it after its last lost
             # attempt): this message still ends in the dead-letter queue if so.
+            log.info(
+                "%s is already done: message acked, nothing runs",
+                name,
+                extra={"action": "already_done", "operation": name},
+            )
             if done.record is not None:
                 await self._ack_or_dead_letter(delivery, done.record)
             else:
@@ -441,12 +456,17 @@ class Worker:
         if rec.done:  # the claim ended it (no attempts left, lease lapsed, cancelled)
             await self._ack_or_dead_letter(delivery, rec)
             return
+        try:
+            spec: TaskSpec | None = self.registry.get(rec.task)
+        except LongrunError:
+            spec = None
         if spec is None:
             err = error_status(
-                LookupError(f"no task named {delivery.message.task!r} on worker {self.id}"),
+                LookupError(f"no task named {rec.task!r} on worker {self.id}"),
                 code=code_pb2.UNIMPLEMENTED,
                 attempt=rec.attempt,
                 max_attempts=rec.max_attempts,
+                debug=self.settings.debug_errors,
             )
             await self._finish(delivery, rec, error=err)
             return
@@ -498,7 +518,11 @@ class Worker:
         try:
             try:
                 attempt = await self.runner.start(
-                    spec, ctx, max_attempts=rec.max_attempts, limit=limit
+                    spec,
+                    ctx,
+                    max_attempts=rec.max_attempts,
+                    limit=limit,
+                    debug=self.settings.debug_errors,
                 )
             except Exception:
                 log.exception(
@@ -627,6 +651,7 @@ class Worker:
                 max_attempts=rec.max_attempts,
                 limit=limit,
                 code=code_pb2.DEADLINE_EXCEEDED,
+                debug=self.settings.debug_errors,
             )
         if outcome.response is not None:
             if len(outcome.response) <= limit:

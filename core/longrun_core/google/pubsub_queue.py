@@ -12,8 +12,13 @@ Resources (created by `start` when absent)
     roles/pubsub.subscriber on the subscription for dead-lettering to work.
 
 Message
-    data = operation name (UTF-8), attributes `operation`, `task`, `attempt`;
-    dead letters add `reason`.
+    data = operation name (UTF-8), attributes `operation`, `task`, `attempt`,
+    signed (longrun_core.signing: attributes `signature_key`, `signature`);
+    dead letters add `reason`. The queue needs `signing_keys` (StartupError
+    without). A received message is verified before anything in it is read:
+    one that is unsigned, forged or tampered with is copied to the
+    dead-letter topic with its `reason`, acked, counted in `rejections`, and
+    never handed out.
 
 Receiving
     A streaming pull starts on the first `receive` with
@@ -80,9 +85,16 @@ from google.api_core import retry as gretry
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.types import BatchSettings, FlowControl
 
-from longrun_core.errors import Unavailable
+from longrun_core.errors import StartupError, Unavailable
 from longrun_core.queue import Delivery, TaskMessage, TaskQueue, Transition
 from longrun_core.settings import BackendSettings
+from longrun_core.signing import (
+    KEYS_REQUIRED,
+    MessageRejected,
+    Rejections,
+    SigningKeys,
+    message_fields,
+)
 
 log = logging.getLogger("longrun.pubsub")
 
@@ -145,7 +157,7 @@ def _retry(total: float) -> gretry.Retry:
 
 
 def _attributes(message: TaskMessage) -> dict[str, str]:
-    return {"operation": message.operation, "task": message.task, "attempt": str(message.attempt)}
+    return message_fields(message)[1]
 
 
 def parse_message(data: bytes, attributes: Any) -> TaskMessage | None:
@@ -264,7 +276,14 @@ class PubSubTaskQueue(TaskQueue):
         pull: str = "streaming",
         publisher: Any | None = None,
         subscriber: Any | None = None,
+        signing_keys: SigningKeys | None = None,
+        rejections: Rejections | None = None,
     ) -> None:
+        if signing_keys is None:
+            raise StartupError(KEYS_REQUIRED)
+        self.signing_keys = signing_keys
+        self._keys: SigningKeys = signing_keys
+        self.rejections = rejections or Rejections()
         self.project = project
         self.ack_deadline = ack_deadline_for(visibility_timeout)
         self.max_delivery_attempts = delivery_attempts_for(max_deliveries)
@@ -296,7 +315,11 @@ class PubSubTaskQueue(TaskQueue):
 
     @classmethod
     def from_settings(
-        cls, settings: BackendSettings, *, concurrency: int | None = None
+        cls,
+        settings: BackendSettings,
+        *,
+        concurrency: int | None = None,
+        rejections: Rejections | None = None,
     ) -> PubSubTaskQueue:
         return cls(
             project=settings.project,
@@ -307,6 +330,8 @@ class PubSubTaskQueue(TaskQueue):
             max_deliveries=settings.max_deliveries,
             concurrency=concurrency,
             pull=settings.pubsub_pull,
+            signing_keys=settings.message_signing_keys,
+            rejections=rejections,
         )
 
     # ---- lifecycle ----
@@ -410,7 +435,8 @@ class PubSubTaskQueue(TaskQueue):
     # ---- publishing ----
 
     async def publish(self, message: TaskMessage) -> None:
-        data, attributes = message.operation.encode(), _attributes(message)
+        data, attributes = message_fields(message)
+        attributes = self._keys.signed(data, attributes)
         try:
             await self._publish(self.topic_path, data, attributes)
         except Unavailable as exc:
@@ -572,13 +598,30 @@ class PubSubTaskQueue(TaskQueue):
         for item in batch:
             raw = item.raw
             raw.drop()
+            rejected = self._check(raw)
+            if rejected is not None:
+                self._forward_to_dead_letters(raw, rejected)
+                continue
             message = parse_message(raw.data, raw.attributes)
             if message is None:
                 log.warning("dead-lettering message %s: not a task message", raw.message_id)
-                self._forward_malformed(raw)
+                self._forward_to_dead_letters(raw, MALFORMED_REASON)
                 continue
             out.append(PubSubDelivery(self, raw, message))
         return out
+
+    def _check(self, raw: Any) -> str | None:
+        """None if `raw` is signed by our keys; else counts it and returns the
+        dead-letter reason. Nothing else in the message is read before."""
+        attributes = dict(raw.attributes)
+        try:
+            self._keys.verify(raw.data, attributes)
+        except MessageRejected as rejected:
+            self.rejections.record(
+                rejected, message_id=raw.message_id, operation=attributes.get("operation")
+            )
+            return rejected.reason
+        return None
 
     def _modack_now(self, ack_ids: list[str]) -> None:
         self._subscriber.modify_ack_deadline(
@@ -590,9 +633,9 @@ class PubSubTaskQueue(TaskQueue):
             **self._rpc,
         )
 
-    def _forward_malformed(self, raw: Any) -> None:
+    def _forward_to_dead_letters(self, raw: Any, reason: str) -> None:
         attrs = dict(raw.attributes)
-        attrs["reason"] = MALFORMED_REASON
+        attrs["reason"] = reason
         future = self._publisher.publish(self.dead_letter_topic_path, raw.data, **attrs)
         future.add_done_callback(lambda f: raw.ack() if f.exception() is None else raw.nack())
 
@@ -622,9 +665,16 @@ class PubSubTaskQueue(TaskQueue):
                 return []
             out: list[Delivery] = []
             for r in received:
+                rejected = self._check(r.message)
+                if rejected is not None:
+                    await self._forward_pulled_to_dead_letters(r, rejected)
+                    continue
                 message = parse_message(r.message.data, r.message.attributes)
                 if message is None:
-                    await self._forward_malformed_pulled(r)
+                    log.warning(
+                        "dead-lettering message %s: not a task message", r.message.message_id
+                    )
+                    await self._forward_pulled_to_dead_letters(r, MALFORMED_REASON)
                     continue
                 out.append(PulledDelivery(self, r, message))
             if out or loop.time() >= deadline:
@@ -641,11 +691,10 @@ class PubSubTaskQueue(TaskQueue):
             return []
         return list(response.received_messages)
 
-    async def _forward_malformed_pulled(self, received: Any) -> None:
+    async def _forward_pulled_to_dead_letters(self, received: Any, reason: str) -> None:
         raw = received.message
-        log.warning("dead-lettering message %s: not a task message", raw.message_id)
         attrs = dict(raw.attributes)
-        attrs["reason"] = MALFORMED_REASON
+        attrs["reason"] = reason
         try:
             await self._publish(self.dead_letter_topic_path, raw.data, attrs)
         except Unavailable:

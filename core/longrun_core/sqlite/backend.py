@@ -14,7 +14,7 @@ from pathlib import Path
 
 from longrun_core.errors import Unavailable
 from longrun_core.sqlite.db import Database
-from longrun_core.sqlite.notify import Notifier
+from longrun_core.sqlite.notify import Notifier, socket_path_fits
 
 log = logging.getLogger("longrun.sqlite")
 
@@ -25,8 +25,15 @@ PROBED = b"p"
 
 
 def notify_directory(db_path: Path) -> Path:
-    """Where the processes sharing `db_path` meet: a short directory named by
-    the file's absolute path (Unix socket paths are limited to ~107 bytes)."""
+    """Where the processes sharing `db_path` meet: `<db>.notify/` beside the
+    file, so that processes in other containers mounting the same volume hear
+    each other; when a socket path there would pass the Unix limit (~107
+    bytes), a short directory in the temp folder named by the file's absolute
+    path. Either is created private (0700) and refused if it is not
+    (`notify.ensure_private_directory`)."""
+    beside = db_path.absolute().with_name(db_path.name + ".notify")
+    if socket_path_fits(beside):
+        return beside
     digest = hashlib.sha256(str(db_path.resolve()).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"longrun-{os.getuid()}-{digest}"
 

@@ -12,6 +12,11 @@ its listing, and the earlier one gets its greeting, so every pair knows of
 each other. Dead listeners are dropped when a send finds nobody bound, and
 the directory is listed again every `RELIST` seconds in case a greeting was lost.
 
+The directory is private: created with mode 0700, and a process refuses to
+start (StartupError) if it exists with another owner or a looser mode, or
+is not a plain directory: another local user could otherwise bind a socket
+there and receive the names of the operations written.
+
 This is a wake-up hint, not a log. Writes of one loop iteration go out
 together, payloads joined by newlines in as few datagrams as fit. A listener
 whose queue is full (Linux holds only `net.unix.max_dgram_qlen`, 10 by
@@ -28,10 +33,13 @@ import contextlib
 import logging
 import os
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from longrun_core.errors import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,51 @@ RELIST = 2.0
 #: A notifier-internal payload: "a listener bound at <name>" (never newline-free
 #: payloads of the backend start with it: they start with a letter).
 HELLO = b"\x00hello:"
+#: Longest Unix socket path (sun_path is 108 bytes with its terminating NUL).
+MAX_SOCKET_PATH = 107
+#: Bytes a socket's name adds to its directory: "/" + 12 hex digits + ".sock".
+_SOCKET_NAME = 1 + 12 + len(".sock")
+
+
+def socket_path_fits(directory: Path) -> bool:
+    """Whether the notifier's sockets in `directory` stay within the Unix limit."""
+    return len(os.fsencode(directory)) + _SOCKET_NAME <= MAX_SOCKET_PATH
+
+
+def ensure_private_directory(directory: Path) -> None:
+    """Create `directory` with mode 0700 (its parents as needed), or check that
+    the existing one is a directory owned by this user with no group or other
+    permissions; StartupError saying what to do otherwise."""
+    uid = os.getuid()
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700)
+        os.chmod(directory, 0o700)  # exactly 0700, whatever the umask
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StartupError(f"cannot create the notify directory {directory}: {exc}") from exc
+    try:
+        info = os.lstat(directory)
+    except OSError as exc:
+        raise StartupError(f"cannot check the notify directory {directory}: {exc}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise StartupError(
+            f"the notify directory {directory} is not a directory (a symlink or a file): "
+            "remove it; longrun creates it private (0700)"
+        )
+    if info.st_uid != uid:
+        raise StartupError(
+            f"the notify directory {directory} belongs to uid {info.st_uid}, not to this "
+            f"process's uid {uid}: another user could receive the names of operations "
+            "through it; remove it (every process sharing the database must run as one user)"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise StartupError(
+            f"the notify directory {directory} has mode {mode:04o}, open to other users "
+            f"(it must be 0700): remove it, or `chmod 700 {directory}` if you made it"
+        )
 
 
 class Notifier:
@@ -72,7 +125,7 @@ class Notifier:
         """Start receiving on the running loop (idempotent)."""
         if self._sock is not None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
+        ensure_private_directory(self.directory)
         # Unix socket paths are limited to ~107 bytes: keep the file name short.
         path = self.directory / f"{uuid.uuid4().hex[:12]}.sock"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -6,7 +6,16 @@ becomes visible, never on a fixed polling interval.
 Paired with the SQLite store of the same file (`attach`), the queue shares
 its transactions: CreateJob stores the operation and enqueues its message
 in one, a worker takes a message and claims its operation in one, and
-records an outcome and acks in one."""
+records an outcome and acks in one.
+
+Every row is signed (longrun_core.signing, columns `signature_key` and
+`signature`, over the same fields a Pub/Sub message carries). A row that is
+unsigned, forged or tampered with is moved to `dead_letters` with the reason
+as it is taken, before its operation is claimed, and counted in
+`rejections`. With no keys configured the queue signs with a key it
+generates once and keeps in the database's `settings` table, so every
+process sharing the file shares it (see docs/security.md for what that does
+and does not protect)."""
 
 from __future__ import annotations
 
@@ -20,6 +29,15 @@ from typing import TYPE_CHECKING
 from longrun_core.clock import Clock, SystemClock, to_micros
 from longrun_core.model import OperationRecord
 from longrun_core.queue import Delivery, TaskMessage, TaskQueue, Transition
+from longrun_core.signing import (
+    KEY_ID_ATTR,
+    SIGNATURE_ATTR,
+    MessageRejected,
+    Rejections,
+    SigningKeys,
+    guard_task,
+    message_fields,
+)
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.db import transaction
 from longrun_core.sqlite.store import SqliteOperationStore, apply
@@ -127,6 +145,33 @@ def _claim(
         return exc, False
 
 
+#: The key the queue generates when none is configured, in table `settings`.
+GENERATED_KEY_SETTING = "message_signing_key"
+
+
+def _prepare(conn: sqlite3.Connection, *, want_key: bool) -> str | None:
+    """Add the signature columns to a `tasks` table made before them; with
+    `want_key`, the database's generated signing key (`kid:secret`), made
+    now if there is none yet. Run in a write transaction (processes starting
+    together then agree)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    for column in ("signature_key", "signature"):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE tasks ADD COLUMN {column} TEXT")
+    if not want_key:
+        return None
+    conn.execute("CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    _, fresh = SigningKeys.generate()
+    conn.execute(
+        "INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)",
+        (GENERATED_KEY_SETTING, fresh),
+    )
+    row = conn.execute(
+        "SELECT value FROM settings WHERE name = ?", (GENERATED_KEY_SETTING,)
+    ).fetchone()
+    return str(row[0])
+
+
 def _next_visible(conn: sqlite3.Connection) -> int | None:
     """When the first task becomes visible (microseconds), None if there is none."""
     row = conn.execute("SELECT MIN(visible_us) FROM tasks").fetchone()
@@ -141,11 +186,17 @@ class SqliteTaskQueue(TaskQueue):
         visibility_timeout: float = 30.0,
         max_deliveries: int = 10,
         clock: Clock | None = None,
+        signing_keys: SigningKeys | None = None,
+        rejections: Rejections | None = None,
     ) -> None:
         self.backend = backend
         self.visibility_timeout = visibility_timeout
         self.max_deliveries = max_deliveries
         self.clock = clock or SystemClock()
+        self._configured_keys = signing_keys
+        #: The key ring in use: the configured one, else (from `start`) the database's.
+        self.signing_keys: SigningKeys | None = signing_keys
+        self.rejections = rejections or Rejections()
         self._wakeup: asyncio.Event | None = None
         #: The store sharing this file, once `attach`ed.
         self.store: SqliteOperationStore | None = None
@@ -167,6 +218,17 @@ class SqliteTaskQueue(TaskQueue):
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
         await self.backend.start()
+        want_key = self._configured_keys is None
+        generated = await self.backend.db.call(
+            lambda c: transaction(c, lambda c: _prepare(c, want_key=want_key))
+        )
+        if generated is not None:
+            self.signing_keys = SigningKeys.parse(generated)
+
+    def _keys(self) -> SigningKeys:
+        if self.signing_keys is None:
+            raise RuntimeError("the SQLite queue is not started: it has no signing key yet")
+        return self.signing_keys
 
     async def close(self) -> None:
         self.wake()
@@ -180,10 +242,19 @@ class SqliteTaskQueue(TaskQueue):
         """Enqueue `message` on `conn` (maybe inside the caller's transaction);
         call `written` after the commit."""
         now = to_micros(self.clock.now())
+        signature = self._keys().sign(*message_fields(message))
         conn.execute(
-            "INSERT INTO tasks (operation, task, attempt, visible_us, enqueued_us) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (message.operation, message.task, message.attempt, now, now),
+            "INSERT INTO tasks (operation, task, attempt, visible_us, enqueued_us, "
+            "signature_key, signature) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.operation,
+                message.task,
+                message.attempt,
+                now,
+                now,
+                signature[KEY_ID_ATTR],
+                signature[SIGNATURE_ATTR],
+            ),
         )
 
     def written(self) -> None:
@@ -191,21 +262,41 @@ class SqliteTaskQueue(TaskQueue):
         self.wake()
         self.backend.queue_written()
 
+    def _verify(
+        self, message: TaskMessage, kid: str | None, signature: str | None
+    ) -> MessageRejected | None:
+        data, attributes = message_fields(message)
+        if kid is not None and signature is not None:
+            attributes |= {KEY_ID_ATTR: kid, SIGNATURE_ATTR: signature}
+        try:
+            self._keys().verify(data, attributes)
+        except MessageRejected as rejected:
+            return rejected
+        return None
+
     def _take(
         self, conn: sqlite3.Connection, max_messages: int, claim: Transition | None
-    ) -> tuple[list[tuple], int | None]:  # type: ignore[type-arg]
+    ) -> tuple[list[tuple], int | None, list[tuple[int, str, MessageRejected]]]:  # type: ignore[type-arg]
         now = to_micros(self.clock.now())
         lease_until = now + int(self.visibility_timeout * 1_000_000)
         rows = conn.execute(
-            "SELECT seq, operation, task, attempt, deliveries FROM tasks "
-            "WHERE visible_us <= ? ORDER BY visible_us, seq LIMIT ?",
+            "SELECT seq, operation, task, attempt, deliveries, signature_key, signature "
+            "FROM tasks WHERE visible_us <= ? ORDER BY visible_us, seq LIMIT ?",
             (now, max_messages),
         ).fetchall()
         taken = []
-        for seq, operation, task, attempt, deliveries in rows:
+        rejected: list[tuple[int, str, MessageRejected]] = []
+        for seq, operation, task, attempt, deliveries, kid, signature in rows:
             if deliveries >= self.max_deliveries:
                 conn.execute("UPDATE tasks SET lease_token = NULL WHERE seq = ?", (seq,))
                 _move_to_dead(conn, seq, None, f"delivered {deliveries} times without an ack", now)
+                continue
+            message = TaskMessage(operation, task, attempt)
+            problem = self._verify(message, kid, signature)
+            if problem is not None:  # never handed out, its operation never claimed
+                conn.execute("UPDATE tasks SET lease_token = NULL WHERE seq = ?", (seq,))
+                _move_to_dead(conn, seq, None, problem.reason, now)
+                rejected.append((seq, operation, problem))
                 continue
             token = uuid.uuid4().hex
             conn.execute(
@@ -213,13 +304,13 @@ class SqliteTaskQueue(TaskQueue):
                 "WHERE seq = ?",
                 (lease_until, token, seq),
             )
-            claimed = None if claim is None else _claim(conn, operation, claim)
+            claimed = None if claim is None else _claim(conn, operation, guard_task(claim, task))
             taken.append((seq, token, operation, task, attempt, deliveries + 1, claimed))
         next_visible = None
         if not taken:
             row = conn.execute("SELECT MIN(visible_us) FROM tasks").fetchone()
             next_visible = row[0]
-        return taken, next_visible
+        return taken, next_visible, rejected
 
     async def receive(
         self, max_messages: int, timeout: float, *, claim: Transition | None = None
@@ -237,9 +328,11 @@ class SqliteTaskQueue(TaskQueue):
             now_us = to_micros(self.clock.now())
             taken: list[tuple] = []  # type: ignore[type-arg]
             if next_visible is not None and next_visible <= now_us:
-                taken, next_visible = await self.backend.db.call(
+                taken, next_visible, rejected = await self.backend.db.call(
                     lambda c: transaction(c, lambda c: self._take(c, max_messages, claim))
                 )
+                for seq, operation, problem in rejected:
+                    self.rejections.record(problem, message_id=f"tasks/{seq}", operation=operation)
             if taken:
                 return await self._deliveries(taken)
             remaining = deadline - loop.time()
