@@ -103,3 +103,27 @@ class Unimplemented(LongrunError):
 class StartupError(Exception):
     """A process cannot start with its configuration (a database it cannot
     open or create, say): reported as one line, never retried."""
+
+
+class Unauthenticated(LongrunError):
+    """No credentials, or credentials that do not verify (AIP-193: UNAUTHENTICATED)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(LongrunError):
+    """The caller is known but holds no role granting the permission on the
+    resource. Raised whether or not the resource exists (AIP-211)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "IAM_PERMISSION_DENIED"
+
+
+class QuotaExceeded(LongrunError):
+    """A per-principal quota ran out (requests per second, open operations):
+    RESOURCE_EXHAUSTED with RetryInfo (and QuotaFailure at the edge)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RATE_LIMIT_EXCEEDED"
+    retry_delay = 1.0
