@@ -17,7 +17,7 @@ from google.protobuf.message_factory import GetMessageClass
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from longrun_core.errors import DOMAIN, InvalidArgument, LongrunError
+from longrun_core.errors import DOMAIN, InvalidArgument, LongrunError, QuotaExceeded
 
 log = logging.getLogger("longrun.server")
 
@@ -38,6 +38,17 @@ def to_status(error: LongrunError) -> status_pb2.Status:
         retry.retry_delay.FromTimedelta(timedelta(seconds=error.retry_delay))
         packed = any_pb2.Any()
         packed.Pack(retry)
+        details.append(packed)
+    if isinstance(error, QuotaExceeded):
+        failure = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=error.metadata.get("principal", ""), description=error.message
+                )
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(failure)
         details.append(packed)
     return status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
 
