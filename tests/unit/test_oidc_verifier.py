@@ -162,7 +162,7 @@ async def test_a_bad_signature_is_refused(server: KeyServer, keys: dict[str, Sig
         forged = id_token(keys["impostor"], kid="k1")  # claims k1, signed by another key
         assert (await refused(v, forged)).reason == "TOKEN_INVALID"
         good = id_token(keys["k1"])
-        head, body, sig = good.split(".")
+        head, _body, sig = good.split(".")
         tampered = id_token(keys["k1"], email="mallory@example.com").split(".")[1]
         assert (await refused(v, f"{head}.{tampered}.{sig}")).reason == "TOKEN_INVALID"
     finally:
