@@ -394,7 +394,17 @@ async def serve(
         await backends.close()
         raise
     auth.reload_on_sighup(loop)
-    if not settings.authentication_configured:
+    if settings.authentication_configured:
+        a = settings.auth
+        log.info(
+            "authentication: %s; %s; policy %s",
+            f"ID tokens for audience {a.oidc_audience!r} from {', '.join(a.oidc_issuer_keys())}"
+            if a.oidc_audience
+            else "no ID tokens",
+            "API keys" if a.api_keys else "no API keys",
+            a.policy_file or "(API keys' own bindings only)",
+        )
+    else:
         log.warning(
             "no authentication configured: every caller may read, create, cancel and delete "
             "every operation (see docs/security.md)"
