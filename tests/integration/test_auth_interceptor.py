@@ -73,7 +73,8 @@ class Bare:
 
     async def unary(self, metadata: Sequence[tuple[str, str]] = ()) -> str:
         call = self.channel.unary_unary(f"/{SERVICE}/Unary")
-        return (await call(b"", metadata=metadata)).decode()
+        reply: bytes = await call(b"", metadata=metadata)
+        return reply.decode()
 
     async def stream(self, method: str, metadata: Sequence[tuple[str, str]] = ()) -> list[str]:
         call = self.channel.unary_stream(f"/{SERVICE}/{method}")
