@@ -322,7 +322,12 @@ async def http(
         aiohttp.ClientSession() as session,
         session.request(method, edge.http + path, headers=headers, json=body) as resp,
     ):
-        return resp.status, json.loads(await resp.read())
+        payload = json.loads(await resp.read())
+        if resp.status == 401:
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        else:
+            assert "WWW-Authenticate" not in resp.headers
+        return resp.status, payload
 
 
 def reason_of(body: dict[str, Any]) -> str:
