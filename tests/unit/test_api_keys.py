@@ -13,7 +13,7 @@ from longrun_core.access import Permission, Principal, acting_as
 from longrun_core.auth.api_keys import ApiKeyVerifier, mint, parse_key, secret_hash
 from longrun_core.auth.policy import PolicyAccess
 from longrun_core.auth.roles import Role
-from longrun_core.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from longrun_core.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 from longrun_core.sqlite.api_keys import SqliteKeyStore
 from longrun_core.sqlite.db import Database
 
@@ -193,3 +193,19 @@ async def test_a_key_carries_its_own_binding(store: SqliteKeyStore) -> None:
             access.require(Permission.GET, "payroll")
     with acting_as(Principal("key:0123456789abcdef")), pytest.raises(PermissionDenied):
         access.require(Permission.GET, "billing")
+
+
+async def test_a_failed_last_use_write_does_not_refuse_the_call(
+    store: SqliteKeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    minted = mint("billing", Role.EDITOR, T0)
+    await store.add(minted.key)
+
+    async def outage(key_id: str, when: datetime) -> None:
+        raise Unavailable("disk full")
+
+    monkeypatch.setattr(store, "touch", outage)
+    verifier = make_verifier(store, clock)
+    assert (await verifier.verify(minted.secret)).key_id == minted.key.key_id
+    assert verifier.touches == 0

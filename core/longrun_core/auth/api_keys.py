@@ -255,4 +255,7 @@ class ApiKeyVerifier:
             self.touches += 1
         except Unavailable as exc:  # a missed last-use time must not refuse the call
             log.warning("cannot record the use of API key %s: %s", key.key_id, exc)
-        self.remember(replace(key, last_use_time=now))
+            return
+        entry = self._records.get(key.key_id)
+        if entry is not None:  # keep when it was read: the TTL counts from the store read
+            self._records[key.key_id] = (entry[0], replace(entry[1], last_use_time=now))
