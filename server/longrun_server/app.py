@@ -158,7 +158,7 @@ async def create_server(
             service_handler(jobs_pb2.DESCRIPTOR.services_by_name["Jobs"], jobs),
         )
     )
-    served = ["google.longrunning.Operations", "longrun.v1.Jobs"]
+    served = ["longrun.v1.Jobs", "google.longrunning.Operations"]
     if auth.key_store is not None:
         keys_service = api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeys"]
         server.add_generic_rpc_handlers(
