@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 
 import click
 
+from longrun_core.auth.oidc_limits import MAX_TOKEN_LIFETIME_LIMIT
 from longrun_core.errors import StartupError
-from longrun_core.settings import DEFAULT_TASK_MODULES, BackendSettings
+from longrun_core.settings import DEFAULT_TASK_MODULES, AuthenticationSettings, BackendSettings
 from longrun_core.signing import SigningKeys
 from longrun_core.tasks import TaskModuleError, TaskRegistry, load_tasks
 
@@ -244,4 +245,121 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+_A = AuthenticationSettings()
+
+
+def _issuer_url(text: str) -> tuple[str, str]:
+    issuer, sep, url = text.partition("=")
+    if not sep or not issuer or not url.startswith(("https://", "http://")):
+        raise click.BadParameter(
+            f"expected ISSUER=URL, got {text[:100]!r}", param_hint="--oidc-jwks"
+        )
+    return issuer, url
+
+
+def auth_options(fn: F) -> F:
+    """`longrun-server`'s authentication flags (docs/security.md)."""
+    options = [
+        click.option(
+            "--oidc-audience",
+            default=None,
+            envvar="LONGRUN_OIDC_AUDIENCE",
+            show_envvar=True,
+            help="Accept OIDC ID tokens (authorization: Bearer) minted for exactly this audience "
+            "(e.g. the service URL). Default: ID tokens are not accepted.",
+        ),
+        click.option(
+            "--oidc-issuer",
+            "oidc_issuers",
+            multiple=True,
+            default=_A.oidc_issuers,
+            envvar="LONGRUN_OIDC_ISSUERS",
+            show_envvar=True,
+            show_default=True,
+            help="Accepted `iss` of tokens checked against --oidc-certs-url; repeatable "
+            "(env: space-separated).",
+        ),
+        click.option(
+            "--oidc-certs-url",
+            default=_A.oidc_certs_url,
+            envvar="LONGRUN_OIDC_CERTS_URL",
+            show_envvar=True,
+            show_default=True,
+            help="Keys of the --oidc-issuer issuers ({kid: PEM} or a JWK set).",
+        ),
+        click.option(
+            "--oidc-jwks",
+            "oidc_jwks",
+            multiple=True,
+            metavar="ISSUER=URL",
+            envvar="LONGRUN_OIDC_JWKS",
+            show_envvar=True,
+            help="Another OIDC issuer and its JWKS URL; repeatable (env: space-separated).",
+        ),
+        click.option(
+            "--max-token-lifetime",
+            type=click.IntRange(60, MAX_TOKEN_LIFETIME_LIMIT),
+            default=_A.max_token_lifetime,
+            envvar="LONGRUN_MAX_TOKEN_LIFETIME",
+            show_envvar=True,
+            show_default=True,
+            help="Longest exp - iat (seconds) of an accepted ID token.",
+        ),
+        click.option(
+            "--token-cache-entries",
+            type=click.IntRange(0, 1_000_000),
+            default=_A.token_cache_entries,
+            envvar="LONGRUN_TOKEN_CACHE_ENTRIES",
+            show_envvar=True,
+            show_default=True,
+            help="Verified ID tokens kept (by sha256) until they expire (0: verify every call).",
+        ),
+        click.option(
+            "--api-keys/--no-api-keys",
+            default=_A.api_keys,
+            envvar="LONGRUN_API_KEYS",
+            show_envvar=True,
+            show_default=True,
+            help="Accept API keys (x-goog-api-key or authorization: Bearer lrk_...), kept in "
+            "the operation store's backend, and serve longrun.v1.ApiKeys.",
+        ),
+        click.option(
+            "--api-key-cache-ttl",
+            type=click.FloatRange(0, 300),
+            default=_A.api_key_cache_ttl,
+            envvar="LONGRUN_API_KEY_CACHE_TTL",
+            show_envvar=True,
+            show_default=True,
+            help="Seconds an API key's record is reused before it is read again (how soon a "
+            "revocation made through another server is seen here).",
+        ),
+        click.option(
+            "--policy-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            envvar="LONGRUN_POLICY_FILE",
+            show_envvar=True,
+            help="TOML file of groups and role bindings; reloaded on SIGHUP (docs/security.md).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def auth_settings(kw: dict[str, Any]) -> AuthenticationSettings:
+    audience = kw.pop("oidc_audience")
+    return AuthenticationSettings(
+        oidc_audience=audience or None,
+        oidc_issuers=tuple(kw.pop("oidc_issuers")) or _A.oidc_issuers,
+        oidc_certs_url=kw.pop("oidc_certs_url"),
+        oidc_jwks=tuple(_issuer_url(t) for t in kw.pop("oidc_jwks")),
+        max_token_lifetime=kw.pop("max_token_lifetime"),
+        token_cache_entries=kw.pop("token_cache_entries"),
+        api_keys=kw.pop("api_keys"),
+        api_key_cache_ttl=kw.pop("api_key_cache_ttl"),
+        policy_file=kw.pop("policy_file"),
     )

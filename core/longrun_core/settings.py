@@ -7,6 +7,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from longrun_core.auth.oidc_limits import (
+    DEFAULT_MAX_TOKEN_LIFETIME,
+    GOOGLE_CERTS_URL,
+    GOOGLE_ISSUERS,
+)
 from longrun_core.signing import SigningKeys
 from longrun_core.stamped_cache import DEFAULT_MAX_BYTES
 
@@ -113,6 +118,54 @@ class BackendSettings:
         )
 
 
+#: Verified ID tokens kept (by sha256) until they expire.
+DEFAULT_TOKEN_CACHE_ENTRIES = 10_000
+#: Seconds an API key's record is reused before it is read again (how long a
+#: revocation made through another server takes to reach this one).
+DEFAULT_API_KEY_CACHE_TTL = 5.0
+
+
+@dataclass(frozen=True)
+class AuthenticationSettings:
+    """How callers prove who they are (docs/security.md). Nothing set: no
+    authentication, every caller may do everything (`make run`)."""
+
+    #: The exact `aud` ID tokens must carry; None: ID tokens are not accepted.
+    oidc_audience: str | None = None
+    #: Issuers whose tokens are checked with `oidc_certs_url`.
+    oidc_issuers: tuple[str, ...] = GOOGLE_ISSUERS
+    oidc_certs_url: str = GOOGLE_CERTS_URL
+    #: Other issuers, each with its JWKS URL: ((issuer, url), ...).
+    oidc_jwks: tuple[tuple[str, str], ...] = ()
+    max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
+    token_cache_entries: int = DEFAULT_TOKEN_CACHE_ENTRIES
+    #: Accept API keys (kept in the operation store's backend).
+    api_keys: bool = False
+    api_key_cache_ttl: float = DEFAULT_API_KEY_CACHE_TTL
+    #: TOML file of groups and role bindings (reloaded on SIGHUP).
+    policy_file: Path | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.oidc_audience) or self.api_keys
+
+    def oidc_issuer_keys(self) -> dict[str, str]:
+        """issuer -> URL of its keys."""
+        keys = dict.fromkeys(self.oidc_issuers, self.oidc_certs_url)
+        keys.update(dict(self.oidc_jwks))
+        return keys
+
+    def check(self) -> None:
+        if self.policy_file is not None and not self.configured:
+            raise ValueError(
+                "a policy file needs authentication: set --oidc-audience and/or --api-keys"
+            )
+        if self.oidc_audience is not None and not self.oidc_audience.strip():
+            raise ValueError("--oidc-audience must not be empty")
+        if self.token_cache_entries < 0 or self.api_key_cache_ttl < 0:
+            raise ValueError("cache bounds must be >= 0")
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     address: str = "localhost:50051"
@@ -166,6 +219,12 @@ class ServerSettings:
     #: After a storage outage, how long leases that expired are left to their
     #: workers (who could not renew them meanwhile) before they are taken back.
     outage_lease_grace: float = 15.0
+    auth: AuthenticationSettings = field(default_factory=AuthenticationSettings)
+
+    @property
+    def authentication_configured(self) -> bool:
+        """Whether callers must authenticate (ID tokens or API keys)."""
+        return self.auth.configured
 
     @property
     def page_budget(self) -> int:
@@ -174,6 +233,7 @@ class ServerSettings:
 
     def check(self) -> None:
         """ValueError naming the setting when the limits do not fit together."""
+        self.auth.check()
         if self.max_send_message_bytes < MIN_MESSAGE_BYTES:
             raise ValueError(f"max_send_message_bytes must be at least {MIN_MESSAGE_BYTES}")
         if self.max_receive_message_bytes < MIN_MESSAGE_BYTES:

@@ -11,8 +11,11 @@ from typing import Any
 
 import click
 
+from longrun_core.auth.key_stores import build_key_store
 from longrun_core.backends import build_backends
 from longrun_core.cli_options import (
+    auth_options,
+    auth_settings,
     backend_options,
     backend_settings,
     run_main,
@@ -28,7 +31,9 @@ from longrun_core.settings import (
 )
 from longrun_core.tasks import TaskRegistry
 from longrun_server.app import create_server, load_services
+from longrun_server.auth_setup import build_auth
 from longrun_server.health import HealthServicer, StoreHealth
+from longrun_server.keys_cli import keys
 from longrun_server.rest import (
     RestGateway,
     build_routes,
@@ -42,7 +47,10 @@ log = logging.getLogger("longrun.server")
 _S = ServerSettings()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "--address",
     default="localhost:50051",
@@ -286,11 +294,23 @@ _S = ServerSettings()
     help="Module whose `register(server, jobs)` mounts a user service on this server, "
     "e.g. examples.convert.service; repeat for several (env: space-separated).",
 )
+@auth_options
 @backend_options
-def main(**kw: Any) -> None:
-    """Serve google.longrunning.Operations and longrun.v1.Jobs."""
+@click.pass_context
+def main(ctx: click.Context, /, **kw: Any) -> None:
+    """Serve google.longrunning.Operations and longrun.v1.Jobs (and
+    longrun.v1.ApiKeys with --api-keys). `longrun-server keys --help`: mint
+    the first admin key straight into the store."""
     setup_logging(kw.pop("log_level"))
     backends = backend_settings(kw)
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = backends
+        return
+    try:
+        auth = auth_settings(kw)
+        auth.check()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     registry = task_registry(kw)
     settings = ServerSettings(
         address=kw["address"],
@@ -317,6 +337,7 @@ def main(**kw: Any) -> None:
         health_interval=kw["health_interval"],
         health_timeout=kw["health_timeout"],
         outage_lease_grace=kw["outage_lease_grace"],
+        auth=auth,
     )
     try:
         settings.check()
@@ -362,6 +383,32 @@ async def serve(
     if not await backends.start_patiently(stop):
         await backends.close()
         return
+    auth = build_auth(
+        settings.auth,
+        key_store=build_key_store(backend_cfg, backends.store) if settings.auth.api_keys else None,
+    )
+    try:
+        await auth.start()
+    except Exception:
+        await auth.close()
+        await backends.close()
+        raise
+    auth.reload_on_sighup(loop)
+    if settings.authentication_configured:
+        a = settings.auth
+        log.info(
+            "authentication: %s; %s; policy %s",
+            f"ID tokens for audience {a.oidc_audience!r} from {', '.join(a.oidc_issuer_keys())}"
+            if a.oidc_audience
+            else "no ID tokens",
+            "API keys" if a.api_keys else "no API keys",
+            a.policy_file or "(API keys' own bindings only)",
+        )
+    else:
+        log.warning(
+            "no authentication configured: every caller may read, create, cancel and delete "
+            "every operation (see docs/security.md)"
+        )
     health_servicer = HealthServicer()
     server, port, dispatcher = await create_server(
         store=backends.store,
@@ -370,13 +417,14 @@ async def serve(
         settings=settings,
         health_servicer=health_servicer,
         user_services=user_services,
+        auth=auth,
     )
     gateway = None
     if http is not None:
         # Listen for HTTP before the gRPC server starts, so a busy port fails cleanly.
         gateway = RestGateway(
             loopback_target(settings.address, port),
-            build_routes(served_services()),
+            build_routes(served_services(api_keys=auth.key_store is not None)),
             max_wait=settings.max_wait,
             grace=settings.grace,
             max_request_bytes=settings.max_receive_message_bytes,
@@ -392,6 +440,7 @@ async def serve(
             http_port = await gateway.start(http.host, http.port)
         except OSError as exc:
             await gateway.stop()
+            await auth.close()
             await backends.close()
             raise SystemExit(f"cannot listen for HTTP on {http.host}:{http.port}: {exc}") from exc
     await server.start()
@@ -423,8 +472,11 @@ async def serve(
         await asyncio.gather(gateway.stop(), server.stop(settings.grace))
     else:
         await server.stop(settings.grace)
+    await auth.close()
     await backends.close()
 
+
+main.add_command(keys)
 
 if __name__ == "__main__":
     main()

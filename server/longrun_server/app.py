@@ -14,13 +14,15 @@ from google.longrunning import operations_pb2
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from longrun.v1 import jobs_pb2
+from longrun.v1 import api_keys_pb2, jobs_pb2
 from longrun_core.clock import Clock, IdGenerator, SystemClock, uuid_ids
 from longrun_core.failpoints import Failpoints
 from longrun_core.queue import TaskQueue
 from longrun_core.settings import ServerSettings
 from longrun_core.store import OperationStore, PageTokens
 from longrun_core.tasks import TaskRegistry
+from longrun_server.api_keys_service import ApiKeysService
+from longrun_server.auth_setup import AuthSetup
 from longrun_server.dispatcher import Dispatcher
 from longrun_server.health import HealthServicer
 from longrun_server.jobs_service import JobsService
@@ -110,10 +112,13 @@ async def create_server(
     ids: IdGenerator = uuid_ids,
     health_servicer: health.aio.HealthServicer | None = None,
     user_services: Sequence[UserService] = (),
+    auth: AuthSetup | None = None,
 ) -> tuple[grpc.aio.Server, int, Dispatcher]:
-    """Build and bind the server (not started). Returns (server, bound port, dispatcher)."""
+    """Build and bind the server (not started). Returns (server, bound port, dispatcher).
+    `auth` (server/auth_setup.py): who may call; default: everyone may do everything."""
     settings.check()
     clock = clock or SystemClock()
+    auth = auth or AuthSetup()
     retention = timedelta(seconds=settings.retention)
     dispatcher = Dispatcher(
         store,
@@ -132,6 +137,7 @@ async def create_server(
             *connection_options(settings),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        interceptors=auth.interceptors,
     )
     operations = OperationsService(
         store,
@@ -152,16 +158,29 @@ async def create_server(
             service_handler(jobs_pb2.DESCRIPTOR.services_by_name["Jobs"], jobs),
         )
     )
+    served = ["longrun.v1.Jobs", "google.longrunning.Operations"]
+    if auth.key_store is not None:
+        keys_service = api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeys"]
+        server.add_generic_rpc_handlers(
+            (
+                service_handler(
+                    keys_service,
+                    ApiKeysService(
+                        auth.key_store, auth.access, clock=clock, verifier=auth.key_verifier
+                    ),
+                ),
+            )
+        )
+        served.append(keys_service.full_name)
     for user in user_services:
         user.register(server, jobs)
     user_names = [name for user in user_services for name in user.names]
     health_servicer = health_servicer or HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for service in ("", "google.longrunning.Operations", "longrun.v1.Jobs", *user_names):
+    for service in ("", *served, *user_names):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     names = [
-        jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
-        operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
+        *served,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         *user_names,
     ]

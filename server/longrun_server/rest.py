@@ -48,8 +48,9 @@ from google.protobuf.descriptor import (
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from google.rpc import code_pb2, status_pb2
+from multidict import CIMultiDictProxy
 
-from longrun.v1 import jobs_pb2
+from longrun.v1 import api_keys_pb2, jobs_pb2
 from longrun_core.settings import DEFAULT_MESSAGE_BYTES
 from longrun_server.rest_connections import ConnectionGuard, ConnectionLimits, GuardedSite
 from longrun_server.rest_errors import (
@@ -125,12 +126,42 @@ class Route:
         return f"{self.http_method} {self.template.text} -> {self.method.full_name}"
 
 
-def served_services() -> list[ServiceDescriptor]:
-    """The services `longrun-server` serves (see server/app.py)."""
-    return [
+def served_services(*, api_keys: bool = False) -> list[ServiceDescriptor]:
+    """The services `longrun-server` serves (see server/app.py); `api_keys`:
+    longrun.v1.ApiKeys too (served when API keys are enabled)."""
+    services = [
         operations_pb2.DESCRIPTOR.services_by_name["Operations"],
         jobs_pb2.DESCRIPTOR.services_by_name["Jobs"],
     ]
+    if api_keys:
+        services.append(api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeys"])
+    return services
+
+
+#: Request headers forwarded to the gRPC call as metadata, so HTTP callers
+#: are authenticated like gRPC ones.
+CREDENTIAL_HEADERS = ("authorization", "x-goog-api-key")
+#: Longest credential header forwarded (bytes).
+MAX_CREDENTIAL_BYTES = 16 * 1024
+
+
+def credential_metadata(headers: CIMultiDictProxy[str]) -> tuple[tuple[str, str], ...]:
+    """The caller's credential headers as gRPC metadata. A value gRPC cannot
+    carry (not printable ASCII, too long) is refused here as UNAUTHENTICATED."""
+    metadata: list[tuple[str, str]] = []
+    for name in CREDENTIAL_HEADERS:
+        for value in headers.getall(name, ()):
+            if len(value) > MAX_CREDENTIAL_BYTES or not value.isascii() or not value.isprintable():
+                raise GatewayError(
+                    make_status(
+                        code_pb2.UNAUTHENTICATED,
+                        f"the {name} header is not a credential this server can read",
+                        "CREDENTIALS_MALFORMED",
+                        {"header": name},
+                    )
+                )
+            metadata.append((name, value))
+    return tuple(metadata)
 
 
 def http_rule(
@@ -554,7 +585,7 @@ class RestGateway:
             body = await self._read_body(request) if route.body else b""
             message = build_request(route, values, query, body)
             self._check_request_size(message)
-            response = await self._invoke(route, message)
+            response = await self._invoke(route, message, credential_metadata(request.headers))
         except GatewayError as exc:
             refusal = _error_response(exc.status, exc.http, exc.headers)
             if exc.close:
@@ -657,8 +688,12 @@ class RestGateway:
             budget = min(budget, max(asked, 0.0))
         return budget + self.wait_margin
 
-    async def _invoke(self, route: Route, message: Message) -> Message:
-        response: Message = await self._call(route)(message, timeout=self.deadline(route, message))
+    async def _invoke(
+        self, route: Route, message: Message, metadata: tuple[tuple[str, str], ...] = ()
+    ) -> Message:
+        response: Message = await self._call(route)(
+            message, timeout=self.deadline(route, message), metadata=metadata
+        )
         return response
 
 

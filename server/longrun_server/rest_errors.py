@@ -82,7 +82,10 @@ def status_from_rpc_error(error: grpc.RpcError) -> status_pb2.Status:
 def error_headers(status: status_pb2.Status) -> dict[str, str]:
     """HTTP headers for an error: `Retry-After` (whole seconds, rounded up)
     when the status carries a google.rpc.RetryInfo, so plain HTTP clients and
-    proxies learn the delay the JSON body's RetryInfo detail gives."""
+    proxies learn the delay the JSON body's RetryInfo detail gives; and
+    `WWW-Authenticate: Bearer` on UNAUTHENTICATED (RFC 6750)."""
+    if status.code == code_pb2.UNAUTHENTICATED:
+        return {"WWW-Authenticate": 'Bearer realm="longrun"'}
     for detail in status.details:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()

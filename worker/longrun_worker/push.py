@@ -89,8 +89,8 @@ from longrun_core.queue import Delivery, TaskMessage
 from longrun_core.signing import MessageRejected, Rejections, SigningKeys
 from longrun_worker.push_auth import (
     CertsUnavailable,
-    OidcVerifier,
     PermissionDenied,
+    PushVerifier,
     Unauthenticated,
 )
 from longrun_worker.push_config import PushSettings
@@ -329,7 +329,7 @@ class PushEndpoint:
         *,
         signing: SigningKeys,
         dead_letters: DeadLetterSink | None = None,
-        verifier: OidcVerifier | None = None,
+        verifier: PushVerifier | None = None,
         rejections: Rejections | None = None,
     ) -> None:
         self.worker = worker
@@ -343,7 +343,7 @@ class PushEndpoint:
         self.replays = 0
         self.dead_letters = dead_letters
         if self.settings.auth.mode == "oidc":
-            self.verifier: OidcVerifier | None = verifier or OidcVerifier(self.settings.auth)
+            self.verifier: PushVerifier | None = verifier or PushVerifier(self.settings.auth)
         else:
             self.verifier = None
         self.limit = worker.settings.concurrency

@@ -5,15 +5,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-#: Google's OAuth2 certificates in `{"key id": "PEM certificate"}` form.
-GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
-GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
+from longrun_core.auth.oidc_limits import (
+    DEFAULT_MAX_TOKEN_LIFETIME,
+    GOOGLE_CERTS_URL,
+    GOOGLE_ISSUERS,
+    MAX_CLOCK_SKEW,
+    MAX_TOKEN_LIFETIME_LIMIT,
+)
+
+__all__ = [
+    "AUTH_MODES",
+    "DEFAULT_MAX_TOKEN_LIFETIME",
+    "GOOGLE_CERTS_URL",
+    "GOOGLE_ISSUERS",
+    "MAX_CLOCK_SKEW",
+    "MAX_TOKEN_LIFETIME_LIMIT",
+    "AuthSettings",
+    "PushSettings",
+]
+
 AUTH_MODES = ("oidc", "none")
-#: Google ID tokens live one hour: the default longest lifetime accepted.
-DEFAULT_MAX_TOKEN_LIFETIME = 3600
-#: Bounds of the configurable token settings.
-MAX_TOKEN_LIFETIME_LIMIT = 24 * 3600
-MAX_CLOCK_SKEW = 300
 #: Message ids of settled pushes remembered (per process) to ack replays at once.
 DEFAULT_REPLAY_CACHE = 10_000
 MAX_REPLAY_CACHE = 1_000_000

@@ -6,7 +6,8 @@
 
 Exit codes: 0 success; 1 the operation failed (or another error); 2 usage
 error; 3 NOT_FOUND; 4 INVALID_ARGUMENT / FAILED_PRECONDITION; 5 UNAVAILABLE
-(cannot connect); 6 wait timed out before the operation was done; 130
+(cannot connect); 6 wait timed out before the operation was done; 7
+UNAUTHENTICATED / PERMISSION_DENIED (credentials missing or refused); 130
 interrupted (Ctrl-C: the operation goes on).
 """
 
@@ -25,13 +26,15 @@ from typing import Any, NoReturn
 import click
 import grpc
 from google.longrunning import operations_pb2
+from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from longrun.v1 import jobs_pb2
+from longrun.v1 import api_keys_pb2, jobs_pb2
 from longrun_client.client import DEFAULT_TARGET, Client
 from longrun_client.codec import operation_to_dict, to_jsonable
+from longrun_client.durations import parse_duration
 from longrun_client.errors import OperationError, ServiceError
 from longrun_client.future import OperationFuture
 
@@ -42,6 +45,7 @@ EXIT_NOT_FOUND = 3
 EXIT_INVALID = 4
 EXIT_UNAVAILABLE = 5
 EXIT_TIMEOUT = 6
+EXIT_DENIED = 7
 EXIT_INTERRUPTED = 130
 
 _EXIT_BY_CODE = {
@@ -50,6 +54,8 @@ _EXIT_BY_CODE = {
     grpc.StatusCode.FAILED_PRECONDITION: EXIT_INVALID,
     grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
+    grpc.StatusCode.UNAUTHENTICATED: EXIT_DENIED,
+    grpc.StatusCode.PERMISSION_DENIED: EXIT_DENIED,
 }
 
 _STATE = jobs_pb2.JobMetadata.State
@@ -388,6 +394,82 @@ def delete(settings: Settings, name: str) -> int:
     """Forget operation NAME (this does not cancel it)."""
     settings.client().delete(name)
     click.echo(f"deleted: {name}")
+    return EXIT_OK
+
+
+@cli.group()
+def keys() -> None:
+    """API keys of a project (needs the admin role on it)."""
+
+
+@keys.command("create")
+@click.option("--project", required=True, help="Project the key is bound to.")
+@click.option(
+    "--role", type=click.Choice(["viewer", "editor", "admin"]), required=True, help="Its role."
+)
+@click.option(
+    "--expires-in", default=None, metavar="DURATION", help="e.g. 30d, 12h (default: never)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the ApiKey (with its key) as JSON.")
+@click.pass_obj
+def keys_create(
+    settings: Settings, project: str, role: str, expires_in: str | None, as_json: bool
+) -> int:
+    """Mint a key; prints it once on stdout (it is never shown again)."""
+    try:
+        ttl = parse_duration(expires_in) if expires_in else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expires-in") from exc
+    key = settings.client().create_api_key(project, role, ttl=ttl)
+    if as_json:
+        _emit_json(MessageToDict(key))
+        return EXIT_OK
+    click.echo(f"created {key.name} ({role}); the key is shown only now:", err=True)
+    click.echo(key.key_string)
+    return EXIT_OK
+
+
+def _when(message: Any, field_name: str) -> str:
+    if not message.HasField(field_name):
+        return ""
+    stamp = getattr(message, field_name).ToDatetime(tzinfo=UTC)
+    return str(stamp.strftime("%Y-%m-%d %H:%M:%SZ"))
+
+
+@keys.command("list")
+@click.option("--project", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of ApiKeys.")
+@click.pass_obj
+def keys_list(settings: Settings, project: str, as_json: bool) -> int:
+    """The project's keys (never their secrets)."""
+    found = list(settings.client().list_api_keys(project))
+    if as_json:
+        _emit_json([MessageToDict(k) for k in found])
+        return EXIT_OK
+    table = Table("name", "role", "created", "expires", "last used", "revoked")
+    for key in found:
+        table.add_row(
+            key.name,
+            api_keys_pb2.ApiKey.Role.Name(key.role).lower(),
+            _when(key, "create_time"),
+            _when(key, "expire_time"),
+            _when(key, "last_use_time"),
+            _when(key, "revoke_time"),
+        )
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=250)
+    console.print(table)
+    return EXIT_OK
+
+
+@keys.command("revoke")
+@click.argument("name")
+@click.pass_obj
+def keys_revoke(settings: Settings, name: str) -> int:
+    """Revoke key NAME (projects/P/apiKeys/ID): it stops working at once."""
+    settings.client().revoke_api_key(name)
+    click.echo(f"revoked {name}")
     return EXIT_OK
 
 

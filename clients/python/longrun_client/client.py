@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
 import grpc
@@ -22,7 +23,7 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
-from longrun.v1 import jobs_pb2, jobs_pb2_grpc
+from longrun.v1 import api_keys_pb2, api_keys_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from longrun_client.codec import dict_to_struct
 from longrun_client.errors import ServiceError, Unavailable
 from longrun_client.future import OperationFuture, WaitPolicy
@@ -87,6 +88,7 @@ class _Transport:
     ) -> None:
         self.operations = operations_pb2_grpc.OperationsStub(channel)
         self.jobs = jobs_pb2_grpc.JobsStub(channel)
+        self.api_keys = api_keys_pb2_grpc.ApiKeysStub(channel)
         self.metadata = tuple(metadata)
         self.timeout = timeout
         self.attempts = max(1, attempts)
@@ -271,3 +273,49 @@ class Client:
         future = self.follow(self.get(name))
         future.wait(timeout)
         return future.operation
+
+    # -- API keys (admin role on the project) -------------------------------------
+
+    def create_api_key(
+        self,
+        project: str,
+        role: str,
+        *,
+        ttl: timedelta | None = None,
+        expire_time: datetime | None = None,
+    ) -> api_keys_pb2.ApiKey:
+        """Mint a key bound to `project` with `role` (viewer, editor or admin).
+        Its `key_string` (`lrk_<id>.<secret>`) is in this response only."""
+        request = api_keys_pb2.CreateApiKeyRequest(
+            parent=f"projects/{project}", role=api_keys_pb2.ApiKey.Role.Value(role.upper())
+        )
+        if ttl is not None:
+            request.ttl.FromTimedelta(ttl)
+        if expire_time is not None:
+            request.expire_time.FromDatetime(expire_time)
+        try:
+            key: api_keys_pb2.ApiKey = self._transport.api_keys.CreateApiKey(
+                request, timeout=self._transport.timeout, metadata=self._transport.metadata
+            )
+        except grpc.RpcError as exc:  # not retried: a retry could mint a second key
+            raise ServiceError.from_grpc(exc) from exc
+        return key
+
+    def list_api_keys(self, project: str) -> Iterator[api_keys_pb2.ApiKey]:
+        """The project's keys, revoked ones too, without their secrets."""
+        request = api_keys_pb2.ListApiKeysRequest(parent=f"projects/{project}")
+        while True:
+            response: api_keys_pb2.ListApiKeysResponse = self._transport.call(
+                self._transport.api_keys.ListApiKeys, request
+            )
+            yield from response.api_keys
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def revoke_api_key(self, name: str) -> api_keys_pb2.ApiKey:
+        """DeleteApiKey: revoke key `name` (projects/P/apiKeys/ID); returns it revoked."""
+        key: api_keys_pb2.ApiKey = self._transport.call(
+            self._transport.api_keys.DeleteApiKey, api_keys_pb2.DeleteApiKeyRequest(name=name)
+        )
+        return key
