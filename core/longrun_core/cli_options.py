@@ -344,6 +344,35 @@ def auth_options(fn: F) -> F:
             show_envvar=True,
             help="TOML file of groups and role bindings; reloaded on SIGHUP (docs/security.md).",
         ),
+        click.option(
+            "--quota-requests-per-second",
+            type=click.FloatRange(0, 1_000_000),
+            default=_A.quota_requests_per_second,
+            envvar="LONGRUN_QUOTA_REQUESTS_PER_SECOND",
+            show_envvar=True,
+            show_default=True,
+            help="Requests per second each authenticated principal may make on this server "
+            "(0: no limit); over it: RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo.",
+        ),
+        click.option(
+            "--quota-burst",
+            type=click.IntRange(1, 10_000_000),
+            default=_A.quota_burst,
+            envvar="LONGRUN_QUOTA_BURST",
+            show_envvar=True,
+            show_default=True,
+            help="Requests a principal may make at once above the per-second rate.",
+        ),
+        click.option(
+            "--quota-open-operations",
+            type=click.IntRange(0, 100_000_000),
+            default=_A.quota_open_operations,
+            envvar="LONGRUN_QUOTA_OPEN_OPERATIONS",
+            show_envvar=True,
+            show_default=True,
+            help="Unfinished operations one principal may have created, counted in the store "
+            "across servers (0: no limit).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -362,4 +391,7 @@ def auth_settings(kw: dict[str, Any]) -> AuthenticationSettings:
         api_keys=kw.pop("api_keys"),
         api_key_cache_ttl=kw.pop("api_key_cache_ttl"),
         policy_file=kw.pop("policy_file"),
+        quota_requests_per_second=kw.pop("quota_requests_per_second"),
+        quota_burst=kw.pop("quota_burst"),
+        quota_open_operations=kw.pop("quota_open_operations"),
     )

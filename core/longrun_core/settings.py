@@ -144,6 +144,13 @@ class AuthenticationSettings:
     api_key_cache_ttl: float = DEFAULT_API_KEY_CACHE_TTL
     #: TOML file of groups and role bindings (reloaded on SIGHUP).
     policy_file: Path | None = None
+    #: Requests per second each authenticated principal may make (this
+    #: server's token bucket; 0: no limit), with bursts of `quota_burst`.
+    quota_requests_per_second: float = 200.0
+    quota_burst: int = 400
+    #: Unfinished operations one principal may have created (counted in the
+    #: store, so across servers; 0: no limit).
+    quota_open_operations: int = 10_000
 
     @property
     def configured(self) -> bool:
@@ -164,6 +171,10 @@ class AuthenticationSettings:
             raise ValueError("--oidc-audience must not be empty")
         if self.token_cache_entries < 0 or self.api_key_cache_ttl < 0:
             raise ValueError("cache bounds must be >= 0")
+        if self.quota_requests_per_second < 0 or self.quota_open_operations < 0:
+            raise ValueError("quotas must be >= 0 (0: no limit)")
+        if self.quota_requests_per_second and self.quota_burst < 1:
+            raise ValueError("--quota-burst must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from longrun_core.access import Principal, acting_as
 from longrun_core.auth.authenticator import Authenticator
 from longrun_core.errors import LongrunError
+from longrun_server.quotas import RateQuota
 from longrun_server.reflection import SERVICE_NAMES as REFLECTION_SERVICES
 from longrun_server.status import internal_status, to_status
 
@@ -47,9 +48,16 @@ def _service(method: str) -> str:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator, *, transport_sans: SansOf | None = None):
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        *,
+        transport_sans: SansOf | None = None,
+        rate_quota: RateQuota | None = None,
+    ):
         self.authenticator = authenticator
         self.transport_sans = transport_sans
+        self.rate_quota = rate_quota or RateQuota(0)
 
     async def intercept_service(
         self,
@@ -79,10 +87,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         """The caller, or the call aborted with UNAUTHENTICATED (or UNAVAILABLE
-        when the token issuer's keys cannot be fetched)."""
+        when the token issuer's keys cannot be fetched), or RESOURCE_EXHAUSTED
+        when the caller is over its request rate."""
         sans = self.transport_sans(context) if self.transport_sans is not None else ()
         try:
-            return await self.authenticator.authenticate(context.invocation_metadata() or (), sans)
+            principal = await self.authenticator.authenticate(
+                context.invocation_metadata() or (), sans
+            )
+            self.rate_quota.admit(principal.id)
+            return principal
         except LongrunError as exc:
             await context.abort_with_status(rpc_status.to_status(to_status(exc)))
         except Exception as exc:

@@ -20,6 +20,7 @@ from longrun_core.auth.policy import Policy, PolicyAccess, PolicyFile
 from longrun_core.clock import Clock, SystemClock
 from longrun_core.settings import AuthenticationSettings
 from longrun_server.auth_interceptor import AuthInterceptor, SansOf
+from longrun_server.quotas import RateQuota
 
 
 @dataclass
@@ -92,7 +93,11 @@ def build_auth(
     return AuthSetup(
         access=access,
         authenticator=authenticator,
-        interceptor=AuthInterceptor(authenticator, transport_sans=transport_sans),
+        interceptor=AuthInterceptor(
+            authenticator,
+            transport_sans=transport_sans,
+            rate_quota=RateQuota(settings.quota_requests_per_second, settings.quota_burst),
+        ),
         key_store=key_store if settings.api_keys else None,
         key_verifier=verifier,
         policy_file=policy_file,
