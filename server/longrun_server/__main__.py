@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,10 @@ from longrun_core.cli_options import (
     run_main,
     setup_logging,
     task_registry,
+    tls_options,
+    tls_settings,
 )
+from longrun_core.errors import StartupError
 from longrun_core.process_limits import limit_accept_error_logs, raise_open_files_limit
 from longrun_core.settings import (
     MIN_MESSAGE_BYTES,
@@ -28,15 +32,17 @@ from longrun_core.settings import (
 )
 from longrun_core.tasks import TaskRegistry
 from longrun_server.app import create_server, load_services
+from longrun_server.exposure import ExposureRefused, check_exposure
+from longrun_server.gateway_link import GatewayLink
 from longrun_server.health import HealthServicer, StoreHealth
 from longrun_server.rest import (
     RestGateway,
     build_routes,
-    loopback_target,
     served_services,
     split_host_port,
 )
 from longrun_server.rest_connections import ConnectionLimits
+from longrun_server.tls import CertificateError, CertificateFiles, https_context
 
 log = logging.getLogger("longrun.server")
 _S = ServerSettings()
@@ -286,14 +292,18 @@ _S = ServerSettings()
     help="Module whose `register(server, jobs)` mounts a user service on this server, "
     "e.g. examples.convert.service; repeat for several (env: space-separated).",
 )
+@tls_options
 @backend_options
 def main(**kw: Any) -> None:
     """Serve google.longrunning.Operations and longrun.v1.Jobs."""
     setup_logging(kw.pop("log_level"))
     backends = backend_settings(kw)
+    tls = tls_settings(kw)
     registry = task_registry(kw)
     settings = ServerSettings(
         address=kw["address"],
+        tls=tls,
+        allow_unauthenticated=kw["allow_unauthenticated"],
         retention=kw["retention"],
         redispatch_after=kw["redispatch_after"],
         sweep_interval=kw["sweep_interval"],
@@ -329,9 +339,24 @@ def main(**kw: Any) -> None:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--http-address") from exc
         http = HttpListener(host, http_port, kw["http_port_file"])
+    refuse_exposure(settings, [settings.address, *([kw["http_address"]] if http else [])])
     run_main(
         serve(settings, backends, registry, kw["port_file"], http, tuple(kw["service_modules"]))
     )
+
+
+def refuse_exposure(settings: ServerSettings, addresses: list[str]) -> None:
+    """Exit 2 with one line when a listener would be reachable from other
+    machines without authentication (server/exposure.py)."""
+    try:
+        check_exposure(
+            addresses,
+            authentication_configured=settings.authentication_configured,
+            allow_unauthenticated=settings.allow_unauthenticated,
+        )
+    except ExposureRefused as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
 
 
 @dataclass(frozen=True)
@@ -362,6 +387,21 @@ async def serve(
     if not await backends.start_patiently(stop):
         await backends.close()
         return
+    certificates = None
+    if settings.tls is not None:
+        try:
+            certificates = CertificateFiles(settings.tls)
+        except CertificateError as exc:
+            await backends.close()
+            raise StartupError(str(exc)) from exc
+        if settings.tls.client_auth == "optional":
+            log.warning(
+                "--tls-client-auth optional: HTTPS asks for client certificates; the gRPC "
+                "port does not (grpcio can only require them or not ask)"
+            )
+    # The gateway's own way in: not the public port, which may demand TLS
+    # and client certificates (server/gateway_link.py).
+    link = GatewayLink.create() if http is not None else None
     health_servicer = HealthServicer()
     server, port, dispatcher = await create_server(
         store=backends.store,
@@ -370,12 +410,14 @@ async def serve(
         settings=settings,
         health_servicer=health_servicer,
         user_services=user_services,
+        certificates=certificates,
+        gateway_link=link,
     )
     gateway = None
-    if http is not None:
+    if http is not None and link is not None:
         # Listen for HTTP before the gRPC server starts, so a busy port fails cleanly.
         gateway = RestGateway(
-            loopback_target(settings.address, port),
+            link.target,
             build_routes(served_services()),
             max_wait=settings.max_wait,
             grace=settings.grace,
@@ -387,12 +429,18 @@ async def serve(
                 idle_timeout=settings.http_idle_timeout,
                 max_connections=settings.http_max_connections,
             ),
+            forwarding_secret=link.secret,
         )
         try:
-            http_port = await gateway.start(http.host, http.port)
+            http_port = await gateway.start(
+                http.host,
+                http.port,
+                https_context(certificates) if certificates is not None else None,
+            )
         except OSError as exc:
             await gateway.stop()
             await backends.close()
+            link.close()
             raise SystemExit(f"cannot listen for HTTP on {http.host}:{http.port}: {exc}") from exc
     await server.start()
     dispatcher.start()
@@ -404,7 +452,8 @@ async def serve(
     )
     store_health.start()
     log.info(
-        "serving on port %d; %s; tasks %s",
+        "serving %s on port %d; %s; tasks %s",
+        "TLS" if certificates is not None else "plaintext",
         port,
         backend_cfg.describe(),
         ",".join(registry.names),
@@ -424,6 +473,8 @@ async def serve(
     else:
         await server.stop(settings.grace)
     await backends.close()
+    if link is not None:
+        link.close()
 
 
 if __name__ == "__main__":
