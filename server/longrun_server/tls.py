@@ -220,4 +220,3 @@ def https_peer_sans(ssl_object: ssl.SSLObject | None) -> list[str]:
                 continue
         sans.append(value)
     return sans
-
