@@ -47,7 +47,7 @@ def test_tampered_sans_fail_the_mac() -> None:
 
 def test_a_second_set_beside_the_gateway_one_names_nobody() -> None:
     ours = forwarding_metadata(["user.example"], SECRET)
-    forged = [(SANS_KEY, b'["admin.example"]'), (MAC_KEY, "0" * 64)]
+    forged: list[tuple[str, str | bytes]] = [(SANS_KEY, b'["admin.example"]'), (MAC_KEY, "0" * 64)]
     assert forwarded_sans([*forged, *ours], SECRET) == []
     assert forwarded_sans([*ours, *forged], SECRET) == []
 
