@@ -92,7 +92,7 @@ async def stub(tmp_path: Path) -> AsyncIterator[Stub]:
 
 def _sync_get(target: str, security: ChannelSecurity) -> str:
     with Client(target, security=security) as client:
-        return client.get("operations/x").name
+        return str(client.get("operations/x").name)
 
 
 async def _get(target: str, security: ChannelSecurity) -> str:
