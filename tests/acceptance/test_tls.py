@@ -257,3 +257,46 @@ def test_a_key_that_does_not_match_is_one_line_at_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("Error: cannot serve TLS with")
+
+
+def _healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LONGRUN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "longrun_server.healthcheck"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=base | {"PYTHONPATH": str(ROOT)} | env,
+    )
+
+
+def test_the_image_health_check_speaks_tls(tls: TlsService) -> None:
+    env = {
+        "LONGRUN_ADDRESS": f"0.0.0.0:{tls.service.port}",
+        "LONGRUN_TLS_CERT": str(tls.served.cert),
+    }
+    # By default it trusts the very certificate the server serves.
+    healthy = _healthcheck(env)
+    assert healthy.returncode == 0, healthy.stderr
+    assert _healthcheck(env | {"LONGRUN_CA_FILE": str(tls.ca.cert_file)}).returncode == 0
+    stranger = CertificateAuthority(tls.service.workdir / "other", "other CA")
+    distrust = _healthcheck(env | {"LONGRUN_CA_FILE": str(stranger.cert_file)})
+    assert distrust.returncode == 1 and "UNAVAILABLE" in distrust.stderr
+    plaintext = _healthcheck({"LONGRUN_ADDRESS": f"0.0.0.0:{tls.service.port}"})
+    assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr
+
+
+def test_the_image_health_check_presents_a_client_certificate(mtls: TlsService) -> None:
+    env = {
+        "LONGRUN_ADDRESS": f"127.0.0.1:{mtls.service.port}",
+        "LONGRUN_TLS_CERT": str(mtls.served.cert),
+        "LONGRUN_CA_FILE": str(mtls.ca.cert_file),
+    }
+    assert _healthcheck(env).returncode != 0
+    mine = {
+        "LONGRUN_CLIENT_CERT": str(mtls.client.cert),
+        "LONGRUN_CLIENT_KEY": str(mtls.client.key),
+    }
+    healthy = _healthcheck(env | mine)
+    assert healthy.returncode == 0, healthy.stderr
