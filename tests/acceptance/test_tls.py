@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ class TlsService:
         )
 
 
-def _start(tmp_path: Path, *extra: str, mtls: bool = False) -> Iterator[TlsService]:
+@contextmanager
+def tls_service(tmp_path: Path, *extra: str, mtls: bool = False) -> Iterator[TlsService]:
+    """A TLS server (mutual TLS required with `mtls`), its HTTPS gateway and a worker."""
     ca = CertificateAuthority(tmp_path / "pki")
     served = ca.server()
     client = ca.client("ops-client", *CLIENT_SANS)
@@ -100,12 +103,14 @@ def _start(tmp_path: Path, *extra: str, mtls: bool = False) -> Iterator[TlsServi
 
 @pytest.fixture
 def tls(tmp_path: Path) -> Iterator[TlsService]:
-    yield from _start(tmp_path)
+    with tls_service(tmp_path) as running:
+        yield running
 
 
 @pytest.fixture
 def mtls(tmp_path: Path) -> Iterator[TlsService]:
-    yield from _start(tmp_path, mtls=True)
+    with tls_service(tmp_path, mtls=True) as running:
+        yield running
 
 
 def test_grpcurl_curl_and_the_cli_over_tls(tls: TlsService) -> None:
@@ -300,3 +305,22 @@ def test_the_image_health_check_presents_a_client_certificate(mtls: TlsService) 
     }
     healthy = _healthcheck(env | mine)
     assert healthy.returncode == 0, healthy.stderr
+
+
+def test_api_core_with_composite_channel_credentials(tls: TlsService) -> None:
+    """The docs/security.md api-core example: TLS + access-token call credentials."""
+    from google.api_core import operations_v1
+
+    from longrun.v1 import jobs_pb2, jobs_pb2_grpc
+
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=tls.ca.cert_file.read_bytes()),
+        grpc.access_token_call_credentials("TOKEN"),
+    )
+    with grpc.secure_channel(tls.target, credentials) as channel:
+        created = jobs_pb2_grpc.JobsStub(channel).CreateJob(
+            jobs_pb2.CreateJobRequest(task="noop"), timeout=30
+        )
+        ops = operations_v1.OperationsClient(channel)
+        assert ops.get_operation(created.name).name == created.name
+        assert created.name in {op.name for op in ops.list_operations("operations", "")}
