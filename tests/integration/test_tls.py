@@ -29,6 +29,7 @@ from longrun_server.gateway_link import (
     forwarding_metadata,
 )
 from longrun_server.rest import RestGateway, build_routes, served_services
+from longrun_server.rest_connections import ConnectionLimits
 from longrun_server.tls import (
     CertificateFiles,
     grpc_server_credentials,
@@ -94,7 +95,9 @@ async def _report(
     return operations_pb2.Operation(name=request.name, done=True)
 
 
-async def _start(tmp_path: Path, client_auth: str) -> AsyncIterator[Running]:
+async def _start(
+    tmp_path: Path, client_auth: str, limits: ConnectionLimits | None = None
+) -> AsyncIterator[Running]:
     ca = CertificateAuthority(tmp_path / "pki")
     served = ca.server()
     client = ca.client("client-1", *CLIENT_SANS)
@@ -136,6 +139,7 @@ async def _start(tmp_path: Path, client_auth: str) -> AsyncIterator[Running]:
         max_wait=60.0,
         grace=0.5,
         forwarding_secret=link.secret,
+        limits=limits,
     )
     http_port = await gateway.start("127.0.0.1", 0, https_context(files))
     try:
@@ -356,3 +360,18 @@ async def test_a_truncated_certificate_file_keeps_the_old_certificate(tls: Runni
     tls.served.cert.write_bytes(tls.served.cert_pem[:100])
     assert await asyncio.to_thread(_served_serial, tls.port, tls.ca) == first
     assert tls.files.failed_reloads == 1
+
+
+async def test_a_tls_handshake_that_never_comes_is_cut_off(tmp_path: Path) -> None:
+    """A client that connects to HTTPS and sends nothing is closed after the
+    header timeout (the TLS handshake is held to it), and counted no longer."""
+    limits = ConnectionLimits(header_timeout=0.3, idle_timeout=30)
+    async for running in _start(tmp_path, "none", limits):
+        port = int(running.https.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""
+        elapsed = time.monotonic() - started
+        writer.close()
+        assert 0.25 <= elapsed < 5, elapsed
