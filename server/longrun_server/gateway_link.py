@@ -81,13 +81,21 @@ def forwarding_metadata(sans: Sequence[str], secret: bytes) -> list[tuple[str, M
 
 
 def forwarded_sans(
-    metadata: Iterable[tuple[str, MetadataValue]] | None, secret: bytes | None
+    metadata: Iterable[tuple[str, MetadataValue]] | None,
+    secret: bytes | None,
+    *,
+    peer: str | None = None,
 ) -> list[str]:
     """The client certificate SANs the gateway forwarded with this call
     (`context.invocation_metadata()`), or [] unless they carry a valid MAC
     made with `secret` (this process's `GatewayLink.secret`). Each key must
-    appear once: a caller cannot add a second set next to the gateway's."""
+    appear once: a caller cannot add a second set next to the gateway's.
+    Pass `peer=context.peer()` too, and they are believed only on a call
+    that came in over the private Unix socket (defence in depth: a MAC'd
+    set copied from somewhere is worthless on the public port)."""
     if not secret or metadata is None:
+        return []
+    if peer is not None and not peer.startswith("unix:"):
         return []
     payloads = [v for k, v in metadata if k == SANS_KEY]
     macs = [v for k, v in metadata if k == MAC_KEY]

@@ -84,12 +84,12 @@ async def _report(
     seen: Seen,
     secret: bytes,
 ) -> operations_pb2.Operation:
+    metadata = context.invocation_metadata() or ()
     call = {
         "peer": peer_sans(context),
-        "forwarded": forwarded_sans(context.invocation_metadata(), secret),
-        "authorization": [
-            v for k, v in context.invocation_metadata() or () if k == "authorization"
-        ],
+        "forwarded": forwarded_sans(metadata, secret),
+        "forwarded_here": forwarded_sans(metadata, secret, peer=context.peer()),
+        "authorization": [v for k, v in metadata if k == "authorization"],
     }
     seen.calls.append(call)
     return operations_pb2.Operation(name=request.name, done=True)
@@ -242,7 +242,12 @@ async def test_https_through_the_gateway(tls: Running) -> None:
     status, body = await _https_get(tls, tls.https_client_context())
     assert (status, body["name"]) == (200, "operations/x")
     # The gateway reached the handler over its private socket: no TLS peer there.
-    assert tls.seen.calls[-1] == {"peer": [], "forwarded": [], "authorization": []}
+    assert tls.seen.calls[-1] == {
+        "peer": [],
+        "forwarded": [],
+        "forwarded_here": [],
+        "authorization": [],
+    }
 
 
 async def test_https_forwards_credentials_headers_only(tls: Running) -> None:
@@ -265,6 +270,7 @@ async def test_https_mtls_forwards_the_verified_sans(mtls: Running) -> None:
     status, _ = await _https_get(mtls, mtls.https_client_context(mtls.client))
     assert status == 200
     assert mtls.seen.calls[-1]["forwarded"] == CLIENT_SANS
+    assert mtls.seen.calls[-1]["forwarded_here"] == CLIENT_SANS  # it came over the socket
     assert mtls.seen.calls[-1]["peer"] == []
 
 
@@ -291,6 +297,7 @@ async def test_forwarded_sans_sent_to_the_public_port_name_nobody(mtls: Running)
     ):
         await _get(mtls.channel(cert=mtls.client), metadata=metadata)
         assert mtls.seen.calls[-1]["forwarded"] == []
+        assert mtls.seen.calls[-1]["forwarded_here"] == []
         assert mtls.seen.calls[-1]["peer"] == CLIENT_SANS
 
 
@@ -375,3 +382,14 @@ async def test_a_tls_handshake_that_never_comes_is_cut_off(tmp_path: Path) -> No
         elapsed = time.monotonic() - started
         writer.close()
         assert 0.25 <= elapsed < 5, elapsed
+
+
+async def test_a_genuine_signed_set_replayed_on_the_public_port_is_refused_with_the_peer(
+    mtls: Running,
+) -> None:
+    """A MAC'd set copied from the gateway (say, from a log) and replayed to
+    the public port: the peer check refuses it."""
+    copied = tuple(forwarding_metadata(["admin.example"], mtls.link.secret))
+    await _get(mtls.channel(cert=mtls.client), metadata=copied)
+    assert mtls.seen.calls[-1]["forwarded_here"] == []
+    assert mtls.seen.calls[-1]["forwarded"] == ["admin.example"]  # why callers pass peer=

@@ -69,3 +69,10 @@ def test_the_link_folder_is_private_and_removed(tmp_path: object) -> None:
     finally:
         link.close()
     assert not link.folder.exists()
+
+
+def test_with_the_peer_only_the_private_socket_counts() -> None:
+    metadata = forwarding_metadata(SANS, SECRET)
+    assert forwarded_sans(metadata, SECRET, peer="unix:") == SANS
+    assert forwarded_sans(metadata, SECRET, peer="ipv4:127.0.0.1:5555") == []
+    assert forwarded_sans(metadata, SECRET, peer="ipv6:[::1]:5555") == []
