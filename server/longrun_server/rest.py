@@ -3,7 +3,8 @@
 `longrun-server --http-address localhost:8080` serves the REST bindings of
 google.longrunning.Operations and longrun.v1.Jobs next to gRPC, in the same
 event loop. Each HTTP request becomes one gRPC call to this process's own
-server over loopback, so every rule and validation lives in the services.
+server over its private Unix socket (server/gateway_link.py), so every rule
+and validation lives in the services. With TLS (server/tls.py) it serves HTTPS.
 
 Routes are read from the `google.api.http` options of the service descriptors
 (plus `EXTRA_RULES` for WaitOperation, which operations.proto leaves unbound):
@@ -446,17 +447,6 @@ def _camel(name: str) -> str:
 
 
 # ---- the gateway ----
-
-
-def loopback_target(grpc_address: str, port: int) -> str:
-    """Where the gateway reaches the gRPC server bound at `grpc_address`
-    (`port` is the bound port): a wildcard host becomes the loopback address."""
-    host = grpc_address.rpartition(":")[0]
-    if host in ("", "0.0.0.0", "*"):
-        host = "127.0.0.1"
-    elif host in ("[::]", "::"):
-        host = "[::1]"
-    return f"{host}:{port}"
 
 
 def split_host_port(address: str) -> tuple[str | None, int]:
