@@ -10,6 +10,7 @@ import json
 import ssl
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ async def _report(
     return operations_pb2.Operation(name=request.name, done=True)
 
 
+@asynccontextmanager
 async def _start(
     tmp_path: Path, client_auth: str, limits: ConnectionLimits | None = None
 ) -> AsyncIterator[Running]:
@@ -152,19 +154,19 @@ async def _start(
 
 @pytest.fixture
 async def tls(tmp_path: Path) -> AsyncIterator[Running]:
-    async for running in _start(tmp_path, "none"):
+    async with _start(tmp_path, "none") as running:
         yield running
 
 
 @pytest.fixture
 async def mtls(tmp_path: Path) -> AsyncIterator[Running]:
-    async for running in _start(tmp_path, "require"):
+    async with _start(tmp_path, "require") as running:
         yield running
 
 
 @pytest.fixture
 async def optional_mtls(tmp_path: Path) -> AsyncIterator[Running]:
-    async for running in _start(tmp_path, "optional"):
+    async with _start(tmp_path, "optional") as running:
         yield running
 
 
@@ -373,7 +375,7 @@ async def test_a_tls_handshake_that_never_comes_is_cut_off(tmp_path: Path) -> No
     """A client that connects to HTTPS and sends nothing is closed after the
     header timeout (the TLS handshake is held to it), and counted no longer."""
     limits = ConnectionLimits(header_timeout=0.3, idle_timeout=30)
-    async for running in _start(tmp_path, "none", limits):
+    async with _start(tmp_path, "none", limits) as running:
         port = int(running.https.rsplit(":", 1)[1])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         started = time.monotonic()
