@@ -1,9 +1,18 @@
 # longrun server and worker image. One image runs either role, sharing the
 # SQLite database through the /data volume:
 #   docker volume create longrun-data
-#   docker run -d -p 50051:50051 -v longrun-data:/data longrun                  # server
+#   docker run -d -p 127.0.0.1:50051:50051 -e LONGRUN_ALLOW_UNAUTHENTICATED=true \
+#       -v longrun-data:/data longrun                                           # server
 #   docker run -d --no-healthcheck -v longrun-data:/data longrun longrun-worker  # a worker
 # compose.yaml runs a server and two workers that way.
+#
+# The server listens on 0.0.0.0 in its container (LONGRUN_ADDRESS below: a
+# published port reaches nothing else), and refuses a non-loopback address
+# while nobody authenticates callers. The image does not switch that off: say
+# LONGRUN_ALLOW_UNAUTHENTICATED=true only where the published port is private
+# (127.0.0.1:, as above) or something in front authenticates (Cloud Run IAM).
+# TLS: mount the files and set LONGRUN_TLS_CERT / LONGRUN_TLS_KEY; the health
+# check then connects with TLS (see longrun_server/healthcheck.py).
 #
 # The base is the multi-arch index of python:3.11-slim-bookworm, pinned by
 # digest (refresh: `docker buildx imagetools inspect python:3.11-slim-bookworm`).
@@ -62,8 +71,9 @@ USER 10001:10001
 WORKDIR /home/longrun
 # gRPC only; the HTTP gateway is off unless LONGRUN_HTTP_ADDRESS is set (then publish it too).
 EXPOSE 50051
-# The gRPC health service on the server's own port (0.0.0.0/[::] mean "this host").
+# The gRPC health service on the server's own port (0.0.0.0/[::] mean "this host"),
+# over TLS when LONGRUN_TLS_CERT is set (longrun_server/healthcheck.py).
 # Workers serve no port: run them with --no-healthcheck (compose.yaml disables it).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os,sys,grpc;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;a=os.environ.get('LONGRUN_ADDRESS','localhost:50051').replace('0.0.0.0:','127.0.0.1:').replace('[::]:','[::1]:');c=grpc.insecure_channel(a);s=g.HealthStub(c).Check(h.HealthCheckRequest(),timeout=3).status;sys.exit(0 if s==h.HealthCheckResponse.SERVING else 'health: '+h.HealthCheckResponse.ServingStatus.Name(s))"]
+    CMD ["python", "-m", "longrun_server.healthcheck"]
 CMD ["longrun-server"]

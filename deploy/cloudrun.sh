@@ -560,7 +560,12 @@ fi
 
 # ---- 7. Server ----
 section "Server: Cloud Run service $SERVER_SERVICE (gRPC, end-to-end HTTP/2, private)"
-server_env=$common_env,LONGRUN_ADDRESS=0.0.0.0:50051
+# The container must listen on 0.0.0.0 to be reached, and the server refuses a
+# non-loopback address without authentication unless told otherwise. Here Cloud
+# Run authenticates every caller before a request reaches the container
+# (--no-allow-unauthenticated: an ID token of a roles/run.invoker member), so
+# LONGRUN_ALLOW_UNAUTHENTICATED=true says so.
+server_env=$common_env,LONGRUN_ADDRESS=0.0.0.0:50051,LONGRUN_ALLOW_UNAUTHENTICATED=true
 run gcloud run deploy "$SERVER_SERVICE" --image="$IMAGE" "$R" "$P" \
   --service-account="$SERVER_SA" --no-allow-unauthenticated \
   --use-http2 --port=50051 --command=longrun-server \

@@ -17,7 +17,7 @@
 // checks a NOT_FOUND error's google.rpc.Status details. Exit 0 when everything
 // matches, 1 (with the reason on stderr) otherwise.
 
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { isDeepStrictEqual } from "node:util";
@@ -62,7 +62,24 @@ const definition = protoLoader.loadSync(files, {
   includeDirs,
 });
 const loaded = grpc.loadPackageDefinition(definition);
-const credentials = grpc.credentials.createInsecure();
+// TLS when LONGRUN_CA_FILE is set (mutual TLS with LONGRUN_CLIENT_CERT and
+// LONGRUN_CLIENT_KEY); LONGRUN_TOKEN goes out as `authorization: Bearer`
+// call credentials, which grpc-js sends on TLS channels only.
+function channelCredentials() {
+  const read = (name) => (process.env[name] ? readFileSync(process.env[name]) : null);
+  const ca = read("LONGRUN_CA_FILE");
+  if (!ca) return grpc.credentials.createInsecure();
+  const ssl = grpc.credentials.createSsl(ca, read("LONGRUN_CLIENT_KEY"), read("LONGRUN_CLIENT_CERT"));
+  const token = process.env.LONGRUN_TOKEN;
+  if (!token) return ssl;
+  const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+    const metadata = new grpc.Metadata();
+    metadata.add("authorization", `Bearer ${token}`);
+    callback(null, metadata);
+  });
+  return grpc.credentials.combineChannelCredentials(ssl, bearer);
+}
+const credentials = channelCredentials();
 const jobs = new loaded.longrun.v1.Jobs(target, credentials);
 const operations = new loaded.google.longrunning.Operations(target, credentials);
 

@@ -13,7 +13,13 @@ import click
 
 from longrun_core.auth.oidc_limits import MAX_TOKEN_LIFETIME_LIMIT
 from longrun_core.errors import StartupError
-from longrun_core.settings import DEFAULT_TASK_MODULES, AuthenticationSettings, BackendSettings
+from longrun_core.settings import (
+    CLIENT_AUTH_MODES,
+    DEFAULT_TASK_MODULES,
+    AuthenticationSettings,
+    BackendSettings,
+    TlsSettings,
+)
 from longrun_core.signing import SigningKeys
 from longrun_core.tasks import TaskModuleError, TaskRegistry, load_tasks
 
@@ -187,6 +193,93 @@ def backend_options(fn: F) -> F:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def tls_options(fn: F) -> F:
+    """--tls-cert, --tls-key, --tls-client-ca, --tls-client-auth and
+    --allow-unauthenticated (read with `tls_settings` / kw["allow_unauthenticated"])."""
+    file_type = click.Path(exists=True, dir_okay=False, path_type=Path)
+    options = [
+        click.option(
+            "--tls-cert",
+            type=file_type,
+            default=None,
+            envvar="LONGRUN_TLS_CERT",
+            show_envvar=True,
+            help="PEM certificate chain: serve TLS on the gRPC port and the HTTP gateway "
+            "(with --tls-key). Replaced files are picked up by new connections.",
+        ),
+        click.option(
+            "--tls-key",
+            type=file_type,
+            default=None,
+            envvar="LONGRUN_TLS_KEY",
+            show_envvar=True,
+            help="PEM private key of --tls-cert (unencrypted).",
+        ),
+        click.option(
+            "--tls-client-ca",
+            type=file_type,
+            default=None,
+            envvar="LONGRUN_TLS_CLIENT_CA",
+            show_envvar=True,
+            help="PEM CA certificates that client certificates must chain to (mutual TLS).",
+        ),
+        click.option(
+            "--tls-client-auth",
+            type=click.Choice(CLIENT_AUTH_MODES),
+            default=None,
+            envvar="LONGRUN_TLS_CLIENT_AUTH",
+            show_envvar=True,
+            help="Client certificates: none, optional (HTTPS asks, verifies one if sent; the "
+            "gRPC port does not ask) or require. Default: require with --tls-client-ca, "
+            "else none.",
+        ),
+        click.option(
+            "--allow-unauthenticated",
+            is_flag=True,
+            default=False,
+            envvar="LONGRUN_ALLOW_UNAUTHENTICATED",
+            show_envvar=True,
+            help="Listen on a non-loopback address although callers are not authenticated "
+            "(something in front, e.g. Cloud Run IAM, does it). Without it such a "
+            "server refuses to start.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def tls_settings(kw: dict[str, Any]) -> TlsSettings | None:
+    """The TLS settings of the flags `tls_options` added (popped from `kw`);
+    None when no certificate is given."""
+    cert, key = kw.pop("tls_cert"), kw.pop("tls_key")
+    client_ca, client_auth = kw.pop("tls_client_ca"), kw.pop("tls_client_auth")
+    if cert is None and key is None:
+        if client_ca is not None or client_auth not in (None, "none"):
+            raise click.BadParameter(
+                "client certificates need TLS: give --tls-cert and --tls-key",
+                param_hint="--tls-client-ca/--tls-client-auth",
+            )
+        return None
+    if cert is None or key is None:
+        raise click.BadParameter(
+            "give both --tls-cert and --tls-key", param_hint="--tls-cert/--tls-key"
+        )
+    if client_auth is None:
+        client_auth = "require" if client_ca is not None else "none"
+    settings = TlsSettings(
+        cert_file=cert.absolute(),
+        key_file=key.absolute(),
+        client_ca_file=client_ca.absolute() if client_ca is not None else None,
+        client_auth=client_auth,
+    )
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tls-client-auth") from exc
+    return settings
 
 
 def backend_settings(kw: dict[str, Any]) -> BackendSettings:

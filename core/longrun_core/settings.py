@@ -177,9 +177,44 @@ class AuthenticationSettings:
             raise ValueError("--quota-burst must be at least 1")
 
 
+#: --tls-client-auth values: do not ask for a client certificate; ask for one
+#: and verify it when sent (HTTPS only: grpcio's server API cannot make it
+#: optional, so the gRPC port does not ask); require a verified one.
+CLIENT_AUTH_MODES = ("none", "optional", "require")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The certificate and key files a listener serves (PEM), and the CA
+    that client certificates must chain to (mTLS). The files are read again
+    when they change (server/longrun_server/tls.py)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    client_auth: str = "none"
+
+    def check(self) -> None:
+        """ValueError naming the flag when the settings do not fit together."""
+        if self.client_auth not in CLIENT_AUTH_MODES:
+            raise ValueError(
+                f"--tls-client-auth must be one of {', '.join(CLIENT_AUTH_MODES)}, "
+                f"got {self.client_auth!r}"
+            )
+        if self.client_auth != "none" and self.client_ca_file is None:
+            raise ValueError(f"--tls-client-auth {self.client_auth} needs --tls-client-ca")
+        if self.client_auth == "none" and self.client_ca_file is not None:
+            raise ValueError("--tls-client-ca needs --tls-client-auth optional or require")
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     address: str = "localhost:50051"
+    #: TLS on the gRPC port and the HTTP gateway; None: plaintext.
+    tls: TlsSettings | None = None
+    #: Listen on a non-loopback address without authentication (Cloud Run's
+    #: word): the operator says something else authenticates callers.
+    allow_unauthenticated: bool = False
     #: Seconds after which a stored but unclaimed operation is published again.
     redispatch_after: float = 30.0
     #: How often the sweeper looks for undispatched work and expired leases.
@@ -234,8 +269,10 @@ class ServerSettings:
 
     @property
     def authentication_configured(self) -> bool:
-        """Whether callers must authenticate (ID tokens or API keys)."""
-        return self.auth.configured
+        """Whether callers must authenticate: ID tokens, API keys, or a
+        required client certificate (the exposure check's question,
+        server/longrun_server/exposure.py)."""
+        return self.auth.configured or (self.tls is not None and self.tls.client_auth == "require")
 
     @property
     def page_budget(self) -> int:
@@ -245,6 +282,8 @@ class ServerSettings:
     def check(self) -> None:
         """ValueError naming the setting when the limits do not fit together."""
         self.auth.check()
+        if self.tls is not None:
+            self.tls.check()
         if self.max_send_message_bytes < MIN_MESSAGE_BYTES:
             raise ValueError(f"max_send_message_bytes must be at least {MIN_MESSAGE_BYTES}")
         if self.max_receive_message_bytes < MIN_MESSAGE_BYTES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,10 @@ from longrun_core.cli_options import (
     run_main,
     setup_logging,
     task_registry,
+    tls_options,
+    tls_settings,
 )
+from longrun_core.errors import StartupError
 from longrun_core.process_limits import limit_accept_error_logs, raise_open_files_limit
 from longrun_core.settings import (
     MIN_MESSAGE_BYTES,
@@ -31,17 +35,20 @@ from longrun_core.settings import (
 )
 from longrun_core.tasks import TaskRegistry
 from longrun_server.app import create_server, load_services
+from longrun_server.auth_interceptor import client_certificate_sans
 from longrun_server.auth_setup import build_auth
+from longrun_server.exposure import ExposureRefused, check_exposure
+from longrun_server.gateway_link import GatewayLink
 from longrun_server.health import HealthServicer, StoreHealth
 from longrun_server.keys_cli import keys
 from longrun_server.rest import (
     RestGateway,
     build_routes,
-    loopback_target,
     served_services,
     split_host_port,
 )
 from longrun_server.rest_connections import ConnectionLimits
+from longrun_server.tls import CertificateError, CertificateFiles, https_context
 
 log = logging.getLogger("longrun.server")
 _S = ServerSettings()
@@ -295,6 +302,7 @@ _S = ServerSettings()
     "e.g. examples.convert.service; repeat for several (env: space-separated).",
 )
 @auth_options
+@tls_options
 @backend_options
 @click.pass_context
 def main(ctx: click.Context, /, **kw: Any) -> None:
@@ -311,9 +319,12 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         auth.check()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    tls = tls_settings(kw)
     registry = task_registry(kw)
     settings = ServerSettings(
         address=kw["address"],
+        tls=tls,
+        allow_unauthenticated=kw["allow_unauthenticated"],
         retention=kw["retention"],
         redispatch_after=kw["redispatch_after"],
         sweep_interval=kw["sweep_interval"],
@@ -350,9 +361,24 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--http-address") from exc
         http = HttpListener(host, http_port, kw["http_port_file"])
+    refuse_exposure(settings, [settings.address, *([kw["http_address"]] if http else [])])
     run_main(
         serve(settings, backends, registry, kw["port_file"], http, tuple(kw["service_modules"]))
     )
+
+
+def refuse_exposure(settings: ServerSettings, addresses: list[str]) -> None:
+    """Exit 2 with one line when a listener would be reachable from other
+    machines without authentication (server/exposure.py)."""
+    try:
+        check_exposure(
+            addresses,
+            authentication_configured=settings.authentication_configured,
+            allow_unauthenticated=settings.allow_unauthenticated,
+        )
+    except ExposureRefused as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
 
 
 @dataclass(frozen=True)
@@ -383,9 +409,28 @@ async def serve(
     if not await backends.start_patiently(stop):
         await backends.close()
         return
+    certificates = None
+    if settings.tls is not None:
+        try:
+            certificates = CertificateFiles(settings.tls)
+        except CertificateError as exc:
+            await backends.close()
+            raise StartupError(str(exc)) from exc
+        if settings.tls.client_auth == "optional":
+            log.warning(
+                "--tls-client-auth optional: HTTPS asks for client certificates; the gRPC "
+                "port does not (grpcio can only require them or not ask)"
+            )
+    # The gateway's own way in: not the public port, which may demand TLS
+    # and client certificates (server/gateway_link.py).
+    link = GatewayLink.create() if http is not None else None
+    transport_sans = None
+    if settings.tls is not None and settings.tls.client_ca_file is not None:
+        transport_sans = client_certificate_sans(link)
     auth = build_auth(
         settings.auth,
         key_store=build_key_store(backend_cfg, backends.store) if settings.auth.api_keys else None,
+        transport_sans=transport_sans,
     )
     try:
         await auth.start()
@@ -418,12 +463,14 @@ async def serve(
         health_servicer=health_servicer,
         user_services=user_services,
         auth=auth,
+        certificates=certificates,
+        gateway_link=link,
     )
     gateway = None
-    if http is not None:
+    if http is not None and link is not None:
         # Listen for HTTP before the gRPC server starts, so a busy port fails cleanly.
         gateway = RestGateway(
-            loopback_target(settings.address, port),
+            link.target,
             build_routes(served_services(api_keys=auth.key_store is not None)),
             max_wait=settings.max_wait,
             grace=settings.grace,
@@ -435,13 +482,19 @@ async def serve(
                 idle_timeout=settings.http_idle_timeout,
                 max_connections=settings.http_max_connections,
             ),
+            forwarding_secret=link.secret,
         )
         try:
-            http_port = await gateway.start(http.host, http.port)
+            http_port = await gateway.start(
+                http.host,
+                http.port,
+                https_context(certificates) if certificates is not None else None,
+            )
         except OSError as exc:
             await gateway.stop()
             await auth.close()
             await backends.close()
+            link.close()
             raise SystemExit(f"cannot listen for HTTP on {http.host}:{http.port}: {exc}") from exc
     await server.start()
     dispatcher.start()
@@ -453,7 +506,8 @@ async def serve(
     )
     store_health.start()
     log.info(
-        "serving on port %d; %s; tasks %s",
+        "serving %s on port %d; %s; tasks %s",
+        "TLS" if certificates is not None else "plaintext",
         port,
         backend_cfg.describe(),
         ",".join(registry.names),
@@ -474,6 +528,8 @@ async def serve(
         await server.stop(settings.grace)
     await auth.close()
     await backends.close()
+    if link is not None:
+        link.close()
 
 
 main.add_command(keys)

@@ -24,12 +24,14 @@ from longrun_core.tasks import TaskRegistry
 from longrun_server.api_keys_service import ApiKeysService
 from longrun_server.auth_setup import AuthSetup
 from longrun_server.dispatcher import Dispatcher
+from longrun_server.gateway_link import GatewayLink
 from longrun_server.health import HealthServicer
 from longrun_server.jobs_service import JobsService
 from longrun_server.operations_service import OperationsService
 from longrun_server.pages import PageLimits
 from longrun_server.reflection import enable_reflection
 from longrun_server.status import service_handler
+from longrun_server.tls import CertificateFiles, grpc_server_credentials
 
 # Raise grpc's pending-request limits so thousands of concurrent
 # WaitOperation calls are held, not rejected.
@@ -113,9 +115,14 @@ async def create_server(
     health_servicer: health.aio.HealthServicer | None = None,
     user_services: Sequence[UserService] = (),
     auth: AuthSetup | None = None,
+    certificates: CertificateFiles | None = None,
+    gateway_link: GatewayLink | None = None,
 ) -> tuple[grpc.aio.Server, int, Dispatcher]:
     """Build and bind the server (not started). Returns (server, bound port, dispatcher).
-    `auth` (server/auth_setup.py): who may call; default: everyone may do everything."""
+    `auth` (server/auth_setup.py): who may call; default: everyone may do everything.
+    With `certificates` the port serves TLS (server/tls.py); with
+    `gateway_link` the server also listens on the HTTP gateway's private
+    socket (server/gateway_link.py)."""
     settings.check()
     clock = clock or SystemClock()
     auth = auth or AuthSetup()
@@ -185,7 +192,12 @@ async def create_server(
         *user_names,
     ]
     enable_reflection(names, server)
-    port = server.add_insecure_port(settings.address)
+    if certificates is not None:
+        port = server.add_secure_port(settings.address, grpc_server_credentials(certificates))
+    else:
+        port = server.add_insecure_port(settings.address)
     if port == 0:
         raise OSError(f"could not bind {settings.address}")
+    if gateway_link is not None and not server.add_insecure_port(gateway_link.target):
+        raise OSError(f"could not bind {gateway_link.target}")
     return server, port, dispatcher

@@ -6,7 +6,7 @@ task, so `current_principal()` is the caller's wherever the handler looks.
 
 Transport identities: `transport_sans(context)` (optional) returns the
 subject alternative names of the caller's verified client certificate; the
-TLS edge passes it (see `peer_sans` for the usual one). The server adds the
+TLS edge passes it (`client_certificate_sans`). The server adds the
 interceptor only when authentication is configured: without it a call costs
 nothing extra.
 """
@@ -24,9 +24,11 @@ from grpc_status import rpc_status
 from longrun_core.access import Principal, acting_as
 from longrun_core.auth.authenticator import Authenticator
 from longrun_core.errors import LongrunError
+from longrun_server.gateway_link import GatewayLink, forwarded_sans
 from longrun_server.quotas import RateQuota
 from longrun_server.reflection import SERVICE_NAMES as REFLECTION_SERVICES
 from longrun_server.status import internal_status, to_status
+from longrun_server.tls import peer_sans
 
 log = logging.getLogger("longrun.auth")
 
@@ -36,11 +38,18 @@ OPEN_SERVICES = frozenset({"grpc.health.v1.Health", *REFLECTION_SERVICES})
 SansOf = Callable[[grpc.aio.ServicerContext[Any, Any]], Sequence[str]]
 
 
-def peer_sans(context: grpc.aio.ServicerContext[Any, Any]) -> Sequence[str]:
-    """The subject alternative names gRPC's TLS reports for the peer's
-    certificate (present only when the server verified a client certificate)."""
-    values = context.auth_context().get("x509_subject_alternative_name", [])
-    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+def client_certificate_sans(link: GatewayLink | None) -> SansOf:
+    """The transport identities of a call: the SANs of the client certificate
+    the gRPC port verified, else (for a call from the HTTP gateway over its
+    private socket) the SANs the gateway forwarded with a valid MAC."""
+
+    def sans(context: grpc.aio.ServicerContext[Any, Any]) -> Sequence[str]:
+        direct = peer_sans(context)
+        if direct or link is None:
+            return direct
+        return forwarded_sans(context.invocation_metadata(), link.secret, peer=context.peer())
+
+    return sans
 
 
 def _service(method: str) -> str:

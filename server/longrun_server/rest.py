@@ -3,7 +3,8 @@
 `longrun-server --http-address localhost:8080` serves the REST bindings of
 google.longrunning.Operations and longrun.v1.Jobs next to gRPC, in the same
 event loop. Each HTTP request becomes one gRPC call to this process's own
-server over loopback, so every rule and validation lives in the services.
+server over its private Unix socket (server/gateway_link.py), so every rule
+and validation lives in the services. With TLS (server/tls.py) it serves HTTPS.
 
 Routes are read from the `google.api.http` options of the service descriptors
 (plus `EXTRA_RULES` for WaitOperation, which operations.proto leaves unbound):
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +54,7 @@ from multidict import CIMultiDictProxy
 
 from longrun.v1 import api_keys_pb2, jobs_pb2
 from longrun_core.settings import DEFAULT_MESSAGE_BYTES
+from longrun_server.gateway_link import MetadataValue, forwarding_metadata
 from longrun_server.rest_connections import ConnectionGuard, ConnectionLimits, GuardedSite
 from longrun_server.rest_errors import (
     error_body,
@@ -62,6 +65,7 @@ from longrun_server.rest_errors import (
 from longrun_server.rest_json import dumps, loads_strict, message_json
 from longrun_server.rest_protocol import JsonErrorAppRunner
 from longrun_server.rest_templates import PathTemplate
+from longrun_server.tls import https_peer_sans
 
 log = logging.getLogger("longrun.http")
 
@@ -78,6 +82,10 @@ BODY_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 #: Seconds an unread request body is drained after the answer before the
 #: connection closes (closing with unread input would reset it, losing the answer).
 LINGER = 2.0
+
+#: HTTP request headers passed on to the gRPC call as metadata (the caller's
+#: credentials); no other header reaches the services.
+FORWARDED_HEADERS = CREDENTIAL_HEADERS = ("authorization", "x-goog-api-key")
 
 #: Query parameters that configure the response rather than set a field
 #: (google-api-core REST transports send `$alt=json;enum-encoding=int`).
@@ -140,7 +148,6 @@ def served_services(*, api_keys: bool = False) -> list[ServiceDescriptor]:
 
 #: Request headers forwarded to the gRPC call as metadata, so HTTP callers
 #: are authenticated like gRPC ones.
-CREDENTIAL_HEADERS = ("authorization", "x-goog-api-key")
 #: Longest credential header forwarded (bytes).
 MAX_CREDENTIAL_BYTES = 16 * 1024
 
@@ -472,17 +479,6 @@ def _camel(name: str) -> str:
 # ---- the gateway ----
 
 
-def loopback_target(grpc_address: str, port: int) -> str:
-    """Where the gateway reaches the gRPC server bound at `grpc_address`
-    (`port` is the bound port): a wildcard host becomes the loopback address."""
-    host = grpc_address.rpartition(":")[0]
-    if host in ("", "0.0.0.0", "*"):
-        host = "127.0.0.1"
-    elif host in ("[::]", "::"):
-        host = "[::1]"
-    return f"{host}:{port}"
-
-
 def split_host_port(address: str) -> tuple[str | None, int]:
     """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
     host, sep, port_text = address.rpartition(":")
@@ -508,8 +504,12 @@ class RestGateway:
         max_request_bytes: int = DEFAULT_MESSAGE_BYTES,
         max_response_bytes: int = DEFAULT_MESSAGE_BYTES,
         limits: ConnectionLimits | None = None,
+        forwarding_secret: bytes | None = None,
     ) -> None:
         self.target = target
+        #: Signs the HTTPS caller's client certificate SANs passed on to the
+        #: gRPC call (server/gateway_link.py); None: none are passed on.
+        self.forwarding_secret = forwarding_secret
         #: The gRPC server's receive limit: also the largest HTTP body taken.
         self.max_request_bytes = max_request_bytes
         #: The gRPC server's send limit: the loopback channel receives that much.
@@ -539,8 +539,11 @@ class RestGateway:
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
-    async def start(self, host: str | None, port: int) -> int:
-        """Listen on host:port (port 0: any); returns the bound port."""
+    async def start(
+        self, host: str | None, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> int:
+        """Listen on host:port (port 0: any), with TLS when `ssl_context` is
+        given (server/tls.py https_context); returns the bound port."""
         self._channel = grpc.aio.insecure_channel(self.target, options=self.channel_options())
         self._runner = JsonErrorAppRunner(
             self.app(),
@@ -554,11 +557,24 @@ class RestGateway:
             lingering_time=LINGER,
         )
         await self._runner.setup()
-        site = GuardedSite(self._runner, self.connections, host=host, port=port, reuse_address=True)
+        site = GuardedSite(
+            self._runner,
+            self.connections,
+            host=host,
+            port=port,
+            reuse_address=True,
+            ssl_context=ssl_context,
+        )
         await site.start()
         addresses = self._runner.addresses
         bound = int(addresses[0][1]) if addresses else port
-        log.info("HTTP/JSON gateway on %s:%d -> gRPC %s", host or "*", bound, self.target)
+        log.info(
+            "HTTP/JSON gateway on %s://%s:%d -> gRPC %s",
+            "https" if ssl_context is not None else "http",
+            host or "*",
+            bound,
+            self.target,
+        )
         return bound
 
     async def stop(self) -> None:
@@ -585,7 +601,7 @@ class RestGateway:
             body = await self._read_body(request) if route.body else b""
             message = build_request(route, values, query, body)
             self._check_request_size(message)
-            response = await self._invoke(route, message, credential_metadata(request.headers))
+            response = await self._invoke(route, message, self.call_metadata(request))
         except GatewayError as exc:
             refusal = _error_response(exc.status, exc.http, exc.headers)
             if exc.close:
@@ -688,11 +704,20 @@ class RestGateway:
             budget = min(budget, max(asked, 0.0))
         return budget + self.wait_margin
 
+    def call_metadata(self, request: web.Request) -> list[tuple[str, MetadataValue]]:
+        """The gRPC metadata of the call made for `request`: its credential
+        headers, and the SANs of its verified client certificate (signed)."""
+        metadata: list[tuple[str, MetadataValue]] = list(credential_metadata(request.headers))
+        if self.forwarding_secret is not None and request.transport is not None:
+            sans = https_peer_sans(request.transport.get_extra_info("ssl_object"))
+            metadata += forwarding_metadata(sans, self.forwarding_secret)
+        return metadata
+
     async def _invoke(
-        self, route: Route, message: Message, metadata: tuple[tuple[str, str], ...] = ()
+        self, route: Route, message: Message, metadata: Sequence[tuple[str, MetadataValue]] = ()
     ) -> Message:
         response: Message = await self._call(route)(
-            message, timeout=self.deadline(route, message), metadata=metadata
+            message, timeout=self.deadline(route, message), metadata=tuple(metadata)
         )
         return response
 

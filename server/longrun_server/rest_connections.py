@@ -225,6 +225,11 @@ class GuardedSite(web.TCPSite):
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
+            ssl=self._ssl_context,
+            # A TLS handshake is held to the header timeout too.
+            ssl_handshake_timeout=(
+                self.guard.limits.header_timeout if self._ssl_context is not None else None
+            ),
         )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

@@ -96,7 +96,14 @@ class Service:
         self.procs.append(proc)
         return proc
 
-    def start_server(self, *args: str, extra_env: Mapping[str, str] | None = None) -> None:
+    def start_server(
+        self,
+        *args: str,
+        extra_env: Mapping[str, str] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """Start the server and wait until it serves; `credentials`: it serves
+        TLS (the readiness check connects with them)."""
         port_file = self.workdir / f"port-{uuid.uuid4().hex[:6]}"
         address = f"127.0.0.1:{self.port}" if self.port else "127.0.0.1:0"
         self.server = self._spawn(
@@ -124,7 +131,11 @@ class Service:
         if self.server.poll() is not None:
             raise AssertionError(f"server exited:\n{self.logs()}")
         self.port = int(port_file.read_text())
-        channel = grpc.insecure_channel(self.target)
+        channel = (
+            grpc.secure_channel(self.target, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(self.target)
+        )
         grpc.channel_ready_future(channel).result(timeout=30)
         channel.close()
 

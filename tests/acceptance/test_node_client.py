@@ -16,6 +16,7 @@ import pytest
 
 from tests.acceptance.harness import ROOT, Service
 from tests.acceptance.test_clients import BACKENDS, running_service
+from tests.acceptance.test_tls import tls_service
 
 NODE_DIR = ROOT / "clients" / "node"
 
@@ -64,8 +65,10 @@ def shared(
         yield svc
 
 
-def run_interop(node: str, target: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"LONGRUN_PROTO_PATH": proto_path()}
+def run_interop(
+    node: str, target: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"LONGRUN_PROTO_PATH": proto_path()} | (extra_env or {})
     return subprocess.run(
         [node, "interop.mjs", target],
         cwd=NODE_DIR,
@@ -95,3 +98,18 @@ def test_node_reports_failure_when_the_server_is_down(node: str) -> None:
     done = run_interop(node, "127.0.0.1:1")
     assert done.returncode == 1
     assert "interop FAILED" in done.stderr
+
+
+def test_node_over_tls_with_call_credentials(node: str, tmp_path: Path) -> None:
+    """clients/node/interop.mjs with LONGRUN_CA_FILE and LONGRUN_TOKEN: grpc-js
+    TLS channel credentials combined with bearer-token call credentials (what
+    google-gax's `sslCreds` takes; docs/security.md)."""
+    with tls_service(tmp_path) as tls:
+        plaintext = run_interop(node, tls.target)
+        assert plaintext.returncode == 1
+        done = run_interop(
+            node,
+            tls.target,
+            {"LONGRUN_CA_FILE": str(tls.ca.cert_file), "LONGRUN_TOKEN": "node-token"},
+        )
+        assert done.returncode == 0, done.stderr

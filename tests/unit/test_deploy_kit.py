@@ -171,6 +171,9 @@ def test_server_is_private_grpc_over_end_to_end_http2(push_plan: list[Command]) 
     deploy = only([c for c in gcloud(push_plan, "run", "deploy") if c[3] == "longrun-server"])
     assert "--use-http2" in deploy
     assert "--no-allow-unauthenticated" in deploy
+    # Cloud Run's IAM authenticates callers, so the server may listen on 0.0.0.0.
+    assert env_vars(deploy)["LONGRUN_ADDRESS"] == "0.0.0.0:50051"
+    assert env_vars(deploy)["LONGRUN_ALLOW_UNAUTHENTICATED"] == "true"
     assert flag(deploy, "port") == "50051"
     assert flag(deploy, "image") == IMAGE
     assert flag(deploy, "region") == REGION

@@ -21,7 +21,6 @@ from longrun_server.rest import (
     Router,
     build_request,
     build_routes,
-    loopback_target,
     rule_bindings,
     served_services,
     split_host_port,
@@ -265,21 +264,6 @@ def test_wait_deadline_is_a_bit_above_the_wait(body: dict[str, str], deadline: f
 def test_other_calls_get_the_call_timeout() -> None:
     route, values = _route("GET", "/v1/operations/abc")
     assert _gateway().deadline(route, build_request(route, values, [], b"")) == 60.0
-
-
-@pytest.mark.parametrize(
-    ("address", "target"),
-    [
-        ("localhost:50051", "localhost:7"),
-        ("127.0.0.1:0", "127.0.0.1:7"),
-        ("0.0.0.0:50051", "127.0.0.1:7"),
-        ("[::]:50051", "[::1]:7"),
-        ("[::1]:0", "[::1]:7"),
-        (":50051", "127.0.0.1:7"),
-    ],
-)
-def test_loopback_target(address: str, target: str) -> None:
-    assert loopback_target(address, 7) == target
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ the `longrun` CLI (longrun_client.cli). See docs/clients.md."""
 
 from longrun_client.aio import AsyncClient, AsyncOperationFuture
 from longrun_client.client import Client
+from longrun_client.credentials import ChannelSecurity, CredentialsError
 from longrun_client.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -21,7 +22,9 @@ from longrun_client.future import OperationFuture, WaitPolicy
 __all__ = [
     "AsyncClient",
     "AsyncOperationFuture",
+    "ChannelSecurity",
     "Client",
+    "CredentialsError",
     "DeadlineExceeded",
     "FailedPrecondition",
     "InvalidArgument",

@@ -31,6 +31,7 @@ from longrun_client.client import (
     job_request,
     wait_request,
 )
+from longrun_client.credentials import ChannelSecurity
 from longrun_client.errors import (
     DeadlineExceeded,
     OperationError,
@@ -279,17 +280,21 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT,
         attempts: int = DEFAULT_ATTEMPTS,
         wait_policy: WaitPolicy | None = None,
+        security: ChannelSecurity | None = None,
     ) -> None:
         if channel is None and not target:
             raise ValueError("give a target (host:port) or a channel")
+        if security is not None and (credentials is not None or channel is not None):
+            raise ValueError("give security, or credentials / a channel, not both")
         self.target = target
         self._own_channel = channel is None
         if channel is None:
-            channel = (
-                grpc.aio.secure_channel(target, credentials)
-                if credentials is not None
-                else grpc.aio.insecure_channel(target)
-            )
+            if security is not None:
+                channel = security.aio_channel(str(target))
+            elif credentials is not None:
+                channel = grpc.aio.secure_channel(target, credentials)
+            else:
+                channel = grpc.aio.insecure_channel(target)
         self._channel = channel
         self._transport = _AsyncTransport(channel, metadata, timeout, attempts)
         self._policy = wait_policy or WaitPolicy()

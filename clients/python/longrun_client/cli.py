@@ -34,6 +34,7 @@ from rich.table import Table
 from longrun.v1 import api_keys_pb2, jobs_pb2
 from longrun_client.client import DEFAULT_TARGET, Client
 from longrun_client.codec import operation_to_dict, to_jsonable
+from longrun_client.credentials import ChannelSecurity, CredentialsError
 from longrun_client.durations import parse_duration
 from longrun_client.errors import OperationError, ServiceError
 from longrun_client.future import OperationFuture
@@ -68,19 +69,15 @@ def exit_code_for(error: ServiceError) -> int:
 @dataclass
 class Settings:
     target: str
-    token: str | None = field(default=None, repr=False)
-    tls: bool = False
-    ca_file: Path | None = None
+    security: ChannelSecurity = field(default_factory=ChannelSecurity)
     _client: Client | None = None
 
     def client(self) -> Client:
         if self._client is None:
-            credentials = None
-            if self.tls or self.ca_file:
-                roots = self.ca_file.read_bytes() if self.ca_file else None
-                credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-            metadata = [("authorization", f"Bearer {self.token}")] if self.token else []
-            self._client = Client(self.target, credentials=credentials, metadata=metadata)
+            try:
+                self._client = Client(self.target, security=self.security)
+            except CredentialsError as exc:
+                raise click.UsageError(str(exc)) from exc
             click.get_current_context().call_on_close(self._client.close)
         return self._client
 
@@ -221,7 +218,23 @@ def _print_error(error: ServiceError | OperationError) -> None:
     default=None,
     envvar="LONGRUN_TOKEN",
     show_envvar=True,
-    help="Sent as `authorization: Bearer TOKEN` metadata.",
+    help="Sent as `authorization: Bearer TOKEN` metadata (prefer the variable: a flag "
+    "shows in the process list).",
+)
+@click.option(
+    "--api-key",
+    default=None,
+    envvar="LONGRUN_API_KEY",
+    show_envvar=True,
+    help="Sent as `x-goog-api-key` metadata.",
+)
+@click.option(
+    "--id-token-audience",
+    default=None,
+    envvar="LONGRUN_ID_TOKEN_AUDIENCE",
+    show_envvar=True,
+    help="Send a Google ID token for this audience from Application Default Credentials, "
+    "refreshed before it expires (needs `pip install 'longrun-client[google]'`).",
 )
 @click.option(
     "--tls/--plaintext",
@@ -239,12 +252,48 @@ def _print_error(error: ServiceError | OperationError) -> None:
     show_envvar=True,
     help="PEM root certificates for TLS (implies --tls).",
 )
+@click.option(
+    "--client-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    envvar="LONGRUN_CLIENT_CERT",
+    show_envvar=True,
+    help="PEM client certificate for mutual TLS (with --client-key; implies --tls).",
+)
+@click.option(
+    "--client-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    envvar="LONGRUN_CLIENT_KEY",
+    show_envvar=True,
+    help="PEM private key of --client-cert.",
+)
 @click.pass_context
 def cli(
-    ctx: click.Context, target: str, token: str | None, tls: bool, ca_file: Path | None
+    ctx: click.Context,
+    target: str,
+    token: str | None,
+    api_key: str | None,
+    id_token_audience: str | None,
+    tls: bool,
+    ca_file: Path | None,
+    client_cert: Path | None,
+    client_key: Path | None,
 ) -> None:
     """Submit jobs to a longrun server and manage their operations."""
-    ctx.obj = Settings(target=target, token=token or None, tls=tls, ca_file=ca_file)
+    try:
+        security = ChannelSecurity(
+            tls=tls,
+            ca_file=ca_file,
+            client_cert=client_cert,
+            client_key=client_key,
+            token=token or None,
+            api_key=api_key or None,
+            id_token_audience=id_token_audience or None,
+        )
+    except CredentialsError as exc:
+        raise click.UsageError(str(exc)) from exc
+    ctx.obj = Settings(target=target, security=security)
 
 
 @cli.command()

@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 
 from longrun.v1 import api_keys_pb2, api_keys_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from longrun_client.codec import dict_to_struct
+from longrun_client.credentials import ChannelSecurity
 from longrun_client.errors import ServiceError, Unavailable
 from longrun_client.future import OperationFuture, WaitPolicy
 
@@ -136,8 +137,10 @@ class _Transport:
 class Client:
     """A longrun (or any google.longrunning) server.
 
-    `target` is host:port; `credentials` (grpc.ssl_channel_credentials(...))
-    switch to TLS; `metadata` is sent with every call, e.g.
+    `target` is host:port; `security` (a ChannelSecurity) sets TLS, mutual
+    TLS and the caller's credentials (token, API key, Google ID token);
+    alternatively `credentials` (grpc.ssl_channel_credentials(...)) switch
+    to TLS and `metadata` is sent with every call, e.g.
     `[("authorization", "Bearer TOKEN")]`. Pass `channel` to use your own
     channel (it is not closed by `close()`). Every method raises a
     `ServiceError` subclass when the RPC fails (NotFound, InvalidArgument...)."""
@@ -152,12 +155,21 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         attempts: int = DEFAULT_ATTEMPTS,
         wait_policy: WaitPolicy | None = None,
+        security: ChannelSecurity | None = None,
     ) -> None:
         if channel is None and not target:
             raise ValueError("give a target (host:port) or a channel")
+        if security is not None and (credentials is not None or channel is not None):
+            raise ValueError("give security, or credentials / a channel, not both")
         self.target = target
         self._own_channel = channel is None
-        self._channel = channel if channel is not None else make_channel(str(target), credentials)
+        if channel is None:
+            channel = (
+                security.channel(str(target))
+                if security is not None
+                else make_channel(str(target), credentials)
+            )
+        self._channel = channel
         self._transport = _Transport(self._channel, metadata, timeout, attempts)
         self._policy = wait_policy or WaitPolicy()
 
