@@ -97,7 +97,6 @@ class AllowAll:
 def denied(permission: Permission, resource: str) -> PermissionDenied:
     """The AIP-211 error: the same words whether or not `resource` exists."""
     return PermissionDenied(
-        f"permission {permission.value!r} denied on resource {resource!r} "
-        "(or it may not exist)",
+        f"permission {permission.value!r} denied on resource {resource!r} (or it may not exist)",
         metadata={"permission": permission.value, "resource": resource},
     )

@@ -15,6 +15,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from longrun.v1 import jobs_pb2
+from longrun_core.access import Access, AllowAll
 from longrun_core.clock import Clock, IdGenerator, SystemClock, uuid_ids
 from longrun_core.failpoints import Failpoints
 from longrun_core.queue import TaskQueue
@@ -110,10 +111,14 @@ async def create_server(
     ids: IdGenerator = uuid_ids,
     health_servicer: health.aio.HealthServicer | None = None,
     user_services: Sequence[UserService] = (),
+    access: Access | None = None,
 ) -> tuple[grpc.aio.Server, int, Dispatcher]:
-    """Build and bind the server (not started). Returns (server, bound port, dispatcher)."""
+    """Build and bind the server (not started). Returns (server, bound port, dispatcher).
+    `access` decides who may do what in which project (default: `AllowAll`,
+    a deployment without authentication)."""
     settings.check()
     clock = clock or SystemClock()
+    access = access or AllowAll()
     retention = timedelta(seconds=settings.retention)
     dispatcher = Dispatcher(
         store,
@@ -142,9 +147,17 @@ async def create_server(
         page_limits=page_limits(settings),
         view_cache_bytes=settings.view_cache_max_bytes,
         list_scan_budget=settings.list_scan_budget,
+        access=access,
     )
     jobs = JobsService(
-        store, dispatcher, registry, clock=clock, ids=ids, failpoints=Failpoints.from_env()
+        store,
+        dispatcher,
+        registry,
+        clock=clock,
+        ids=ids,
+        failpoints=Failpoints.from_env(),
+        access=access,
+        default_project=settings.default_project,
     )
     server.add_generic_rpc_handlers(
         (

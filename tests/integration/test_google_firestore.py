@@ -179,8 +179,9 @@ async def test_twenty_racing_creates_with_one_request_id_store_one(
     assert list(ops) == [winner.id]
     reservations = await _docs(raw, "operations_request_ids")
     assert reservations == {
-        request_doc_id(rid): {
+        request_doc_id(base.project, rid): {
             "request_id": rid,
+            "project": base.project,
             "operation_id": winner.id,
             "request_hash": base.request_hash,
             "create_time": base.create_time,
@@ -210,7 +211,7 @@ async def test_stale_reservation_is_taken_over(store: FirestoreOperationStore, r
     results = await asyncio.gather(*(store.create(r) for r in racers))
     assert sum(r.created for r in results) == 1
     winner = next(r.record for r in results if r.created)
-    reservation = (await _docs(raw, "operations_request_ids"))[request_doc_id(rid)]
+    reservation = (await _docs(raw, "operations_request_ids"))[request_doc_id(first.project, rid)]
     assert reservation["operation_id"] == winner.id
     assert list(await _docs(raw, "operations")) == [winner.id]
 
