@@ -160,8 +160,15 @@ class OperationStore(abc.ABC):
     @asynccontextmanager
     async def watch(self, name: str) -> AsyncIterator[Watch]:
         """Change notifications for one operation; one underlying watch per
-        operation is shared by all its waiters and released after the last."""
-        async with self.hub.subscribe(watch_key_of(name)) as sub:
+        operation is shared by all its waiters and released after the last.
+        A full name of another project than the operation's is NotFound (a
+        legacy name, or one of an absent operation, is watched as it is)."""
+        parsed = parse_operation_name(name)
+        if parsed.project is not None:
+            rec = await self._read(parsed.id)
+            if rec is not None and not in_project(rec, parsed):
+                raise not_found(name)
+        async with self.hub.subscribe(parsed.watch_key) as sub:
             yield sub
 
     # ---- primitives for adapters ----
