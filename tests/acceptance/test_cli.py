@@ -143,7 +143,7 @@ def test_submit_params_labels_then_wait_and_get(longrun: Any) -> None:
     )
     assert submitted.code == 0, submitted.err
     name = submitted.out.strip()
-    assert name.startswith("operations/")
+    assert name.startswith("projects/default/operations/")
 
     waited = longrun("wait", name, "--timeout", "30")
     assert waited.code == 0, waited.err

@@ -75,7 +75,7 @@ def client(shared: Service) -> Iterator[Client]:
 
 def test_submit_reports_progress_and_result(client: Client) -> None:
     future = client.submit("sleep", {"worktime": 2})
-    assert future.name.startswith("operations/")
+    assert future.name.startswith("projects/default/operations/")
     seen: list[tuple[int, int]] = []
     future.add_progress_callback(lambda md: seen.append((md.state, md.progress_percent)))
     assert future.result(timeout=30) == {"slept_seconds": 2}

@@ -109,7 +109,7 @@ def test_walkthrough(rest: Rest) -> None:
     """The docs/rest.md curl section, command by command."""
     op = rest.ok("-X", "POST", "/v1/jobs", "-d", '{"task":"sleep","params":{"worktime":1}}')
     name = op["name"]
-    assert name.startswith("operations/")
+    assert name.startswith("projects/default/operations/")
     assert "done" not in op  # proto3 JSON leaves false out
     assert op["metadata"]["@type"] == "type.googleapis.com/longrun.v1.JobMetadata"
     assert op["metadata"]["state"] == "QUEUED"

@@ -29,6 +29,7 @@ from longrun_client.client import (
     RETRY_PAUSE,
     WAIT_DEADLINE_MARGIN,
     job_request,
+    list_name,
     wait_request,
 )
 from longrun_client.errors import (
@@ -279,10 +280,14 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT,
         attempts: int = DEFAULT_ATTEMPTS,
         wait_policy: WaitPolicy | None = None,
+        project: str | None = None,
     ) -> None:
         if channel is None and not target:
             raise ValueError("give a target (host:port) or a channel")
         self.target = target
+        #: The project `submit` creates in and `list` lists (None: the
+        #: server's choice for submit, every project you may see for list).
+        self.project = project
         self._own_channel = channel is None
         if channel is None:
             channel = (
@@ -318,6 +323,7 @@ class AsyncClient:
         *,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
+        project: str | None = None,
         response_type: type[M],
     ) -> AsyncOperationFuture[M]: ...
 
@@ -329,6 +335,7 @@ class AsyncClient:
         *,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
+        project: str | None = None,
         response_type: None = None,
     ) -> AsyncOperationFuture[Any]: ...
 
@@ -339,10 +346,11 @@ class AsyncClient:
         *,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
+        project: str | None = None,
         response_type: type[Message] | None = None,
     ) -> AsyncOperationFuture[Any]:
         """Create a job; see Client.submit."""
-        request = job_request(task, params, request_id, labels)
+        request = job_request(task, params, request_id, labels, project or self.project)
         operation = await self._transport.call(self._transport.jobs.CreateJob, request)
         return self.follow(operation, response_type=response_type)
 
@@ -369,11 +377,15 @@ class AsyncClient:
         return await self._transport.get(name)
 
     async def list(
-        self, filter: str | None = None, page_size: int | None = None
+        self,
+        filter: str | None = None,
+        page_size: int | None = None,
+        *,
+        project: str | None = None,
     ) -> AsyncIterator[operations_pb2.Operation]:
         """ListOperations over every page: `async for op in client.list(...)`."""
         request = operations_pb2.ListOperationsRequest(
-            name="operations", filter=filter or "", page_size=page_size or 0
+            name=list_name(project or self.project), filter=filter or "", page_size=page_size or 0
         )
         while True:
             response: operations_pb2.ListOperationsResponse = await self._transport.call(
