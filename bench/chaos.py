@@ -52,7 +52,7 @@ from longrun.v1 import jobs_pb2, jobs_pb2_grpc
 from tests.acceptance.harness import Service, backend_env
 
 RESULTS = Path(__file__).parent / "results"
-FINISHED = re.compile(r"finished (operations/\S+) attempt (\d+): (\w+)")
+FINISHED = re.compile(r"finished (projects/[^/\s]+/operations/\S+) attempt (\d+): (\w+)")
 
 #: Poison tasks (tests/support/fault_tasks.py): task -> (params, the state it must end in).
 POISON: dict[str, tuple[dict[str, Any], str]] = {

@@ -155,10 +155,12 @@ function toStruct(object) {
 // --- the checks ---------------------------------------------------------------
 async function main() {
   const run = `node-${process.pid}-${Date.now()}`;
+  // Operations live under a project: projects/{project}/operations/{id}.
+  const project = process.env.LONGRUN_PROJECT || "node-interop";
   const params = { greeting: "hello", n: 3, ok: true, nested: { list: [1, "two", null] } };
 
-  const created = await call(jobs, "CreateJob", { task: "noop", params: toStruct(params), labels: { run } });
-  check(/^operations\/.+/.test(created.name), `CreateJob returned name ${created.name}`);
+  const created = await call(jobs, "CreateJob", { parent: `projects/${project}`, task: "noop", params: toStruct(params), labels: { run } });
+  check(created.name.startsWith(`projects/${project}/operations/`), `CreateJob returned name ${created.name}`);
   check(created.done === false, "a new operation is not done");
   const queued = unpack(created.metadata, types.JobMetadata);
   check(queued.task === "noop", `metadata.task is ${queued.task}`);
@@ -175,14 +177,14 @@ async function main() {
   const got = await call(operations, "GetOperation", { name: created.name });
   check(got.done === true && Buffer.compare(got.response.value, waited.response.value) === 0, "GetOperation disagrees with WaitOperation");
 
-  const listed = await call(operations, "ListOperations", { name: "operations", filter: `labels.run = "${run}"`, page_size: 10 });
+  const listed = await call(operations, "ListOperations", { name: `projects/${project}`, filter: `labels.run = "${run}"`, page_size: 10 });
   check(
     listed.operations.length === 1 && listed.operations[0].name === created.name,
     `ListOperations returned ${listed.operations.map((op) => op.name)}`,
   );
 
   try {
-    await call(operations, "GetOperation", { name: "operations/does-not-exist" });
+    await call(operations, "GetOperation", { name: `projects/${project}/operations/does-not-exist` });
     fail("GetOperation of a missing operation succeeded");
   } catch (error) {
     check(error.code === grpc.status.NOT_FOUND, `missing operation: code ${error.code}, expected NOT_FOUND`);

@@ -18,7 +18,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
 from longrun.v1 import jobs_pb2
-from longrun_core.names import operation_name
+from longrun_core.names import DEFAULT_PROJECT, operation_name
 
 
 class State(enum.IntEnum):
@@ -84,10 +84,16 @@ class OperationRecord:
     expire_time: datetime | None = None
     #: Store-maintained write counter; adapters compare-and-set on it.
     version: int = 0
+    #: The project the operation belongs to (the unit of ownership: access
+    #: is granted per project). Never changes after create.
+    project: str = DEFAULT_PROJECT
+    #: The principal id that created it (`access.current_principal()` at
+    #: CreateJob), for audit and quotas; None for records from before.
+    creator: str | None = None
 
     @property
     def name(self) -> str:
-        return operation_name(self.id)
+        return operation_name(self.project, self.id)
 
     @property
     def done(self) -> bool:

@@ -243,6 +243,9 @@ class ServerSettings:
     view_cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES
     #: Rows one ListOperations call may scan (longrun_core.store.ScanBudget).
     list_scan_budget: int = DEFAULT_LIST_SCAN_BUDGET
+    #: The project a CreateJob without `parent` goes to (unless the caller
+    #: may create in exactly one project: then that one).
+    default_project: str = "default"
     # gRPC connections (seconds): ping an idle client this often and drop it
     # if the ping is not answered in time (a peer gone without a FIN); close
     # a connection without calls for this long, or older than this (after

@@ -47,7 +47,7 @@ from typing import Generic, Protocol, TypeVar
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from longrun_core.model import OperationRecord, evolve
-from longrun_core.names import operation_name, parse_operation_name
+from longrun_core.names import OperationName, operation_name, parse_operation_name, watch_key
 from longrun_core.settings import DEFAULT_LIST_SCAN_BUDGET
 from longrun_core.watch import WatchHub
 
@@ -113,15 +113,19 @@ class OperationStore(abc.ABC):
 
     async def create(self, rec: OperationRecord) -> CreateResult:
         """Store a new operation. If `rec.request_id` is set and an operation
-        with that request id exists, return it instead (created=False); two
-        racing creates with one request id store exactly one operation. An
-        existing id raises AlreadyExists."""
+        of the same project with that request id exists, return it instead
+        (created=False); two racing creates with one request id in one project
+        store exactly one operation (another project may reuse the request
+        id). An existing id raises AlreadyExists."""
         return await self._insert(evolve(rec, version=1))
 
     async def get(self, name: str) -> OperationRecord:
-        """The current record; NotFound if it does not exist (or was deleted)."""
-        rec = await self._read(_id_of(name))
-        if rec is None:
+        """The current record; NotFound if it does not exist (or was deleted),
+        or if `name` is a full name whose project is not the record's. A
+        legacy `operations/{id}` name resolves by id alone."""
+        parsed = parse_operation_name(name)
+        rec = await self._read(parsed.id)
+        if rec is None or not in_project(rec, parsed):
             raise not_found(name)
         return rec
 
@@ -140,7 +144,7 @@ class OperationStore(abc.ABC):
             if new is None:
                 return current
             if await self._replace_if_version(new, current.version, previous=current):
-                await self.on_written(name)
+                await self.on_written(current.name)
                 return new
             await asyncio.sleep(0)
         raise Aborted(f"operation {name!r} changed concurrently too often; retry")
@@ -148,15 +152,23 @@ class OperationStore(abc.ABC):
     async def delete(self, name: str) -> None:
         """Remove the operation; NotFound if absent. A later update by a worker
         finds nothing and cannot bring it back."""
-        if not await self._delete(_id_of(name)):
+        parsed = parse_operation_name(name)
+        if not await self._delete(parsed.id, project=parsed.project):
             raise not_found(name)
         await self.on_written(name)
 
     @asynccontextmanager
     async def watch(self, name: str) -> AsyncIterator[Watch]:
         """Change notifications for one operation; one underlying watch per
-        operation is shared by all its waiters and released after the last."""
-        async with self.hub.subscribe(name) as sub:
+        operation is shared by all its waiters and released after the last.
+        A full name of another project than the operation's is NotFound (a
+        legacy name, or one of an absent operation, is watched as it is)."""
+        parsed = parse_operation_name(name)
+        if parsed.project is not None:
+            rec = await self._read(parsed.id)
+            if rec is not None and not in_project(rec, parsed):
+                raise not_found(name)
+        async with self.hub.subscribe(parsed.watch_key) as sub:
             yield sub
 
     # ---- primitives for adapters ----
@@ -180,7 +192,9 @@ class OperationStore(abc.ABC):
         adapter may then write only the fields that changed)."""
 
     @abc.abstractmethod
-    async def _delete(self, op_id: str) -> bool: ...
+    async def _delete(self, op_id: str, *, project: str | None = None) -> bool:
+        """Delete the record `op_id` (only if it belongs to `project`, when
+        given); False if there is no such record."""
 
     @abc.abstractmethod
     async def list(
@@ -190,9 +204,12 @@ class OperationStore(abc.ABC):
         after: Cursor | None,
         flt: RecordFilter | None = None,
         budget: ScanBudget | None = None,
+        projects: frozenset[str] | None = None,
     ) -> ListPage:
-        """Up to `page_size` matching records, newest first, starting after
-        `after`. Records created after the walk began may or may not appear;
+        """Up to `page_size` matching records of `projects` (None: every
+        project; an empty set: none), newest first, starting after `after`.
+        The project constraint is pushed down (an index walk per project, not
+        a scan of every record). Records created after the walk began may or may not appear;
         none appears twice and none present for the whole walk is skipped.
 
         The call reads at most `budget` (default `ScanBudget()`) and never on
@@ -229,7 +246,8 @@ class OperationStore(abc.ABC):
         return None
 
     async def on_written(self, name: str) -> None:
-        """Hook after a successful write (the SQLite store notifies other processes)."""
+        """Hook after a successful write to the operation `name` (any accepted
+        form; see `watch_key_of`): the SQLite store notifies other processes."""
 
     async def start(self) -> None:
         """Open connections and start change feeds."""
@@ -372,8 +390,16 @@ async def as_records(records: Sequence[OperationRecord]) -> Sequence[OperationRe
     return records
 
 
-def _id_of(name: str) -> str:
-    return parse_operation_name(name)
+def in_project(rec: OperationRecord, parsed: OperationName) -> bool:
+    """Whether `parsed` names `rec`: a legacy name (no project) names it by
+    id; a full name only within the record's own project."""
+    return parsed.project is None or parsed.project == rec.project
+
+
+def watch_key_of(name: str) -> str:
+    """The key change notifications for operation `name` go by, whatever
+    form of the name it is."""
+    return watch_key(parse_operation_name(name).id)
 
 
 def request_fingerprint(task: str, params: bytes, labels: dict[str, str]) -> str:
@@ -447,5 +473,7 @@ __all__ = [
     "ScanBudget",
     "Watch",
     "Window",
+    "in_project",
     "operation_name",
+    "watch_key_of",
 ]

@@ -37,14 +37,20 @@ SERVICE_NAMES = (convert_pb2.DESCRIPTOR.services_by_name["Converter"].full_name,
 
 def to_job_request(request: convert_pb2.ConvertRequest) -> jobs_pb2.CreateJobRequest:
     """The CreateJobRequest that runs `request` as the `convert` task: the
-    document fields become params; request_id and labels keep their meaning."""
+    document fields become params; parent, request_id and labels keep their
+    meaning (so the operation lands in the caller's project, authorized as a
+    CreateJob there)."""
     document = convert_pb2.ConvertRequest(
         content=request.content, target_format=request.target_format
     )
     params = struct_pb2.Struct()
     params.update(MessageToDict(document, preserving_proto_field_name=True))
     return jobs_pb2.CreateJobRequest(
-        task=TASK, params=params, request_id=request.request_id, labels=dict(request.labels)
+        parent=request.parent,
+        task=TASK,
+        params=params,
+        request_id=request.request_id,
+        labels=dict(request.labels),
     )
 
 

@@ -25,7 +25,8 @@ from longrun_core.cli_options import (
     tls_options,
     tls_settings,
 )
-from longrun_core.errors import StartupError
+from longrun_core.errors import InvalidArgument, StartupError
+from longrun_core.names import check_project_id
 from longrun_core.process_limits import limit_accept_error_logs, raise_open_files_limit
 from longrun_core.settings import (
     MIN_MESSAGE_BYTES,
@@ -128,6 +129,16 @@ _S = ServerSettings()
     show_default=True,
     help="Rows one ListOperations call may read; past it the page is shorter (even empty) "
     "and its next_page_token resumes the scan.",
+)
+@click.option(
+    "--default-project",
+    default=ServerSettings.default_project,
+    envvar="LONGRUN_DEFAULT_PROJECT",
+    show_envvar=True,
+    show_default=True,
+    help="Project of a CreateJob without parent (when the caller may create in more than "
+    "one project, or authorization is off): operations are named "
+    "projects/PROJECT/operations/ID.",
 )
 @click.option(
     "--grpc-keepalive-time",
@@ -336,6 +347,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         list_page_max_bytes=kw["list_page_max_bytes"],
         view_cache_max_bytes=backends.cache_max_bytes,
         list_scan_budget=kw["list_scan_budget"],
+        default_project=kw["default_project"],
         grpc_keepalive_time=kw["grpc_keepalive_time"],
         grpc_keepalive_timeout=kw["grpc_keepalive_timeout"],
         grpc_max_connection_idle=kw["grpc_max_connection_idle"],
@@ -350,6 +362,10 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         outage_lease_grace=kw["outage_lease_grace"],
         auth=auth,
     )
+    try:
+        check_project_id(settings.default_project)
+    except InvalidArgument as exc:
+        raise click.BadParameter(exc.message, param_hint="--default-project") from exc
     try:
         settings.check()
     except ValueError as exc:

@@ -15,6 +15,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from longrun.v1 import api_keys_pb2, jobs_pb2
+from longrun_core.access import Access
 from longrun_core.clock import Clock, IdGenerator, SystemClock, uuid_ids
 from longrun_core.failpoints import Failpoints
 from longrun_core.queue import TaskQueue
@@ -117,15 +118,18 @@ async def create_server(
     auth: AuthSetup | None = None,
     certificates: CertificateFiles | None = None,
     gateway_link: GatewayLink | None = None,
+    access: Access | None = None,
 ) -> tuple[grpc.aio.Server, int, Dispatcher]:
     """Build and bind the server (not started). Returns (server, bound port, dispatcher).
-    `auth` (server/auth_setup.py): who may call; default: everyone may do everything.
-    With `certificates` the port serves TLS (server/tls.py); with
-    `gateway_link` the server also listens on the HTTP gateway's private
-    socket (server/gateway_link.py)."""
+    `auth` (server/auth_setup.py): who may call, and `auth.access` what they may
+    do in which project; default: everyone may do everything. `access`
+    overrides `auth.access` (tests). With `certificates` the port serves TLS
+    (server/tls.py); with `gateway_link` the server also listens on the HTTP
+    gateway's private socket (server/gateway_link.py)."""
     settings.check()
     clock = clock or SystemClock()
     auth = auth or AuthSetup()
+    access = access or auth.access
     retention = timedelta(seconds=settings.retention)
     dispatcher = Dispatcher(
         store,
@@ -155,9 +159,17 @@ async def create_server(
         page_limits=page_limits(settings),
         view_cache_bytes=settings.view_cache_max_bytes,
         list_scan_budget=settings.list_scan_budget,
+        access=access,
     )
     jobs = JobsService(
-        store, dispatcher, registry, clock=clock, ids=ids, failpoints=Failpoints.from_env()
+        store,
+        dispatcher,
+        registry,
+        clock=clock,
+        ids=ids,
+        failpoints=Failpoints.from_env(),
+        access=access,
+        default_project=settings.default_project,
     )
     server.add_generic_rpc_handlers(
         (

@@ -1,4 +1,10 @@
-"""longrun.v1.Jobs: create an operation, store it, hand it to the queue."""
+"""longrun.v1.Jobs: create an operation, store it, hand it to the queue.
+
+The operation goes to the project `parent` names (`projects/{p}`); without
+one, to the caller's only project (the one project it may create in, per
+`access.visible_projects`), else to the server's default project. The
+caller must hold CREATE there (`access.require`). Its `request_id` is
+unique within that project."""
 
 from __future__ import annotations
 
@@ -7,9 +13,11 @@ from google.longrunning import operations_pb2
 from google.protobuf.json_format import MessageToDict
 
 from longrun.v1 import jobs_pb2, jobs_pb2_grpc
+from longrun_core.access import Access, AllowAll, Permission, current_principal
 from longrun_core.clock import Clock, IdGenerator
 from longrun_core.failpoints import Failpoints
 from longrun_core.model import OperationRecord, State
+from longrun_core.names import DEFAULT_PROJECT, check_project_id, parse_parent
 from longrun_core.store import OperationStore, request_fingerprint
 from longrun_core.tasks import TaskRegistry
 from longrun_core.validation import (
@@ -32,8 +40,12 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         clock: Clock,
         ids: IdGenerator,
         failpoints: Failpoints | None = None,
+        access: Access | None = None,
+        default_project: str = DEFAULT_PROJECT,
     ) -> None:
         self.store = store
+        self.access: Access = access or AllowAll()
+        self.default_project = check_project_id(default_project, field="default project")
         self.dispatcher = dispatcher
         self.registry = registry
         self.clock = clock
@@ -44,16 +56,30 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
     async def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
     ) -> operations_pb2.Operation:
-        rec = self.new_record(request)
+        project = self.project_of(request)
+        self.access.require(Permission.CREATE, project)
+        rec = self.new_record(request, project)
         result = await self.store.create(rec)
         self.failpoints.hit("after_store")
         if result.created and not result.enqueued:
             self.dispatcher.dispatch_soon(result.record)
         return result.record.to_operation()
 
-    def new_record(self, request: jobs_pb2.CreateJobRequest) -> OperationRecord:
+    def project_of(self, request: jobs_pb2.CreateJobRequest) -> str:
+        """The project the request creates in (see the module docstring)."""
+        if request.parent:
+            return parse_parent(request.parent)
+        visible = self.access.visible_projects(Permission.CREATE)
+        if visible is not None and len(visible) == 1:
+            return next(iter(visible))
+        return self.default_project
+
+    def new_record(
+        self, request: jobs_pb2.CreateJobRequest, project: str | None = None
+    ) -> OperationRecord:
         """Validate the request (INVALID_ARGUMENT saying what is wrong) and build
-        the record; nothing is stored here."""
+        the record, in `project` (default: `project_of(request)`); nothing is
+        stored or authorized here."""
         params_bytes = request.params.SerializeToString(deterministic=True)
         check_params_size(params_bytes)
         check_params_values(request.params)
@@ -76,4 +102,6 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                 request_fingerprint(request.task, params_bytes, labels) if request_id else None
             ),
             dispatch_due_time=self.dispatcher.first_dispatch_due(now),
+            project=project if project is not None else self.project_of(request),
+            creator=current_principal().id,
         )

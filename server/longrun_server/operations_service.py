@@ -1,4 +1,15 @@
-"""google.longrunning.Operations over an OperationStore."""
+"""google.longrunning.Operations over an OperationStore.
+
+Authorization (longrun_core.access): an RPC on a full name
+`projects/{p}/operations/{id}` asks `access.require(permission, p)` before
+it reads anything, so a caller without the permission gets the same
+PERMISSION_DENIED whether or not the operation exists (AIP-211). A legacy
+name `operations/{id}` names no project: the record is read first and the
+permission required on its project; an absent one is NOT_FOUND only for a
+caller who may see every project, PERMISSION_DENIED otherwise (the same
+error a present one of another project gets). ListOperations lists the
+project its name gives (`projects/{p}`), or every project the caller holds
+LIST on (`operations` or empty)."""
 
 from __future__ import annotations
 
@@ -10,12 +21,13 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2, empty_pb2
 
 from longrun_core import transitions
+from longrun_core.access import Access, AllowAll, Permission, denied
 from longrun_core.clock import Clock
-from longrun_core.errors import InvalidArgument, Unimplemented
+from longrun_core.errors import InvalidArgument, NotFound, PermissionDenied, Unimplemented
 from longrun_core.filtering import MAX_LENGTH as MAX_FILTER_LENGTH
 from longrun_core.filtering import Filter, parse_filter
 from longrun_core.model import OperationRecord
-from longrun_core.names import COLLECTION, parse_operation_name
+from longrun_core.names import parse_list_name, parse_operation_name
 from longrun_core.settings import DEFAULT_MESSAGE_BYTES, PAGE_HEADROOM_BYTES
 from longrun_core.stamped_cache import DEFAULT_MAX_BYTES
 from longrun_core.store import (
@@ -46,8 +58,10 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         page_limits: PageLimits | None = None,
         view_cache_bytes: int = DEFAULT_MAX_BYTES,
         list_scan_budget: int = DEFAULT_SCAN_ROWS,
+        access: Access | None = None,
     ) -> None:
         self.store = store
+        self.access: Access = access or AllowAll()
         self.clock = clock
         self.tokens = tokens
         self.retention = retention
@@ -65,23 +79,36 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         check_sendable(op, size, self.page_limits.max_message_bytes)
         return op
 
+    async def authorized(self, name: str, permission: Permission) -> OperationRecord:
+        """The record `name` names, once the caller may `permission` on its
+        project (see the module docstring for the order of the checks)."""
+        parsed = parse_operation_name(name)
+        if parsed.project is not None:
+            self.access.require(permission, parsed.project)
+            return await self.store.get(name)
+        try:
+            rec = await self.store.get(name)
+        except NotFound:
+            if self.access.visible_projects(permission) is None:
+                raise
+            raise denied(permission, name) from None
+        try:
+            self.access.require(permission, rec.project)
+        except PermissionDenied:
+            raise denied(permission, name) from None
+        return rec
+
     @rpc_errors
     async def GetOperation(
         self, request: operations_pb2.GetOperationRequest, context: grpc.aio.ServicerContext
     ) -> operations_pb2.Operation:
-        parse_operation_name(request.name)
-        return self.sendable_view(await self.store.get(request.name))
+        return self.sendable_view(await self.authorized(request.name, Permission.GET))
 
     @rpc_errors
     async def ListOperations(
         self, request: operations_pb2.ListOperationsRequest, context: grpc.aio.ServicerContext
     ) -> operations_pb2.ListOperationsResponse:
-        if request.name not in ("", COLLECTION):
-            raise InvalidArgument(
-                f"name must be '{COLLECTION}' (or empty) for ListOperations, got "
-                f"{request.name[:200]!r}",
-                reason="COLLECTION_UNKNOWN",
-            )
+        project = parse_list_name(request.name)
         if request.return_partial_success:
             raise Unimplemented(
                 "return_partial_success is not supported: every list is complete",
@@ -94,8 +121,17 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
             )
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         flt = parse_list_filter(request.filter)
-        binding = f"{COLLECTION}\n{flt.text if flt is not None else ''}"
+        if project is not None:
+            self.access.require(Permission.LIST, project)
+            projects: frozenset[str] | None = frozenset({project})
+        else:
+            projects = self.access.visible_projects(Permission.LIST)
+        # A token pages one list: one project, or every visible one ("*"; who
+        # may see what is asked again on every page), with one filter.
+        binding = f"{project or '*'}\n{flt.text if flt is not None else ''}"
         after = self.tokens.decode(request.page_token, binding) if request.page_token else None
+        if projects is not None and not projects:
+            return operations_pb2.ListOperationsResponse()  # the caller may see no project
         # The scan reads at most the budget, across every store call the page
         # makes, and answers before the caller's deadline, with a shorter page
         # and a token when either runs out; a caller that goes away cancels
@@ -109,7 +145,11 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
             if left <= 0:
                 return ListPage([], cursor)
             got = await self.store.list(
-                page_size=size, after=cursor, flt=flt, budget=ScanBudget(left, deadline=deadline)
+                page_size=size,
+                after=cursor,
+                flt=flt,
+                budget=ScanBudget(left, deadline=deadline),
+                projects=projects,
             )
             spent += got.scanned
             return got
@@ -130,8 +170,8 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
     async def DeleteOperation(
         self, request: operations_pb2.DeleteOperationRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        parse_operation_name(request.name)
-        await self.store.delete(request.name)
+        rec = await self.authorized(request.name, Permission.DELETE)
+        await self.store.delete(rec.name)
         return empty_pb2.Empty()
 
     @rpc_errors
@@ -140,9 +180,9 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
     ) -> empty_pb2.Empty:
         """Best effort and idempotent: a queued operation ends CANCELLED at once,
         a running one is asked to stop, a finished one is left as it is (OK)."""
-        parse_operation_name(request.name)
+        rec = await self.authorized(request.name, Permission.CANCEL)
         await self.store.update(
-            request.name,
+            rec.name,
             lambda r: transitions.request_cancel(r, now=self.clock.now(), retention=self.retention),
         )
         return empty_pb2.Empty()
@@ -154,7 +194,7 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         """Return as soon as the operation is done, or its latest state when the
         shorter of `timeout` and the RPC deadline (minus a margin) runs out. A
         timeout longer than the server's max wait is clamped to it."""
-        parse_operation_name(request.name)
+        name = (await self.authorized(request.name, Permission.WAIT)).name
         budget = self.max_wait
         if request.HasField("timeout"):
             budget = min(budget, wait_timeout(request.timeout))
@@ -164,14 +204,14 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
             budget = min(budget, max(remaining_rpc - min(0.05, remaining_rpc / 10), 0.0))
         loop_time = time.monotonic()
         deadline = loop_time + budget
-        async with self.store.watch(request.name) as watch:
-            rec = await self.store.get(request.name)
+        async with self.store.watch(name) as watch:
+            rec = await self.store.get(name)
             while not rec.done:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 if await watch.changed(left):
-                    rec = await self.store.get(request.name)
+                    rec = await self.store.get(name)
         return self.sendable_view(rec)
 
 

@@ -7,14 +7,22 @@ server over its private Unix socket (server/gateway_link.py), so every rule
 and validation lives in the services. With TLS (server/tls.py) it serves HTTPS.
 
 Routes are read from the `google.api.http` options of the service descriptors
-(plus `EXTRA_RULES` for WaitOperation, which operations.proto leaves unbound):
+plus `EXTRA_RULES`: the project-scoped bindings of the Operations methods
+(operations.proto binds only `operations/**`), which are also what
+google-api-core's REST OperationsClient sends with its default http_options,
+and WaitOperation, which operations.proto leaves unbound:
 
-    GET    /v1/operations                 ListOperations  (?filter=&pageSize=&pageToken=)
-    GET    /v1/operations/{id}            GetOperation
-    DELETE /v1/operations/{id}            DeleteOperation
-    POST   /v1/operations/{id}:cancel     CancelOperation  body {}
-    POST   /v1/operations/{id}:wait       WaitOperation    body {"timeout": "30s"}
-    POST   /v1/jobs                       CreateJob        body {"task": ..., "params": ...}
+    GET    /v1/projects/{p}/operations              ListOperations  (?filter=&pageSize=&pageToken=)
+    GET    /v1/projects/{p}/operations/{id}         GetOperation
+    DELETE /v1/projects/{p}/operations/{id}         DeleteOperation
+    POST   /v1/projects/{p}/operations/{id}:cancel  CancelOperation  body {}
+    POST   /v1/projects/{p}/operations/{id}:wait    WaitOperation    body {"timeout": "30s"}
+    POST   /v1/projects/{p}/jobs                    CreateJob        body {"task": ...}
+
+and the earlier routes without a project, which keep working: `GET
+/v1/operations` (every project the caller may see), `GET|DELETE
+/v1/operations/{id}`, `POST /v1/operations/{id}:cancel|:wait` (an operation
+by id) and `POST /v1/jobs` (the caller's default project).
 
 Requests: path variables and query parameters (proto or lowerCamelCase names,
 dotted for nested fields) set request fields; the body is parsed with
@@ -71,10 +79,26 @@ log = logging.getLogger("longrun.http")
 
 WAIT_METHOD = "google.longrunning.Operations.WaitOperation"
 
-#: Bindings for methods whose proto declares none. Cloud APIs bind
-#: WaitOperation as `POST .../operations/*}:wait` with body `*`.
+_OPS = "google.longrunning.Operations."
+
+
+def _rule(**kw: str) -> http_pb2.HttpRule:
+    return http_pb2.HttpRule(**kw)
+
+
+#: Bindings added to those a method's proto declares (or the only ones, for a
+#: method that declares none). Cloud APIs bind WaitOperation as `POST
+#: .../operations/*}:wait` with body `*`.
 EXTRA_RULES: Mapping[str, http_pb2.HttpRule] = {
-    WAIT_METHOD: http_pb2.HttpRule(post="/v1/{name=operations/**}:wait", body="*"),
+    _OPS + "ListOperations": _rule(get="/v1/{name=projects/*}/operations"),
+    _OPS + "GetOperation": _rule(get="/v1/{name=projects/*/operations/*}"),
+    _OPS + "DeleteOperation": _rule(delete="/v1/{name=projects/*/operations/*}"),
+    _OPS + "CancelOperation": _rule(post="/v1/{name=projects/*/operations/*}:cancel", body="*"),
+    WAIT_METHOD: http_pb2.HttpRule(
+        post="/v1/{name=operations/**}:wait",
+        body="*",
+        additional_bindings=[_rule(post="/v1/{name=projects/*/operations/*}:wait", body="*")],
+    ),
 }
 
 #: Content-Encodings of a request body the gateway decodes.
@@ -174,12 +198,17 @@ def credential_metadata(headers: CIMultiDictProxy[str]) -> tuple[tuple[str, str]
 def http_rule(
     method: MethodDescriptor, extra_rules: Mapping[str, http_pb2.HttpRule] = EXTRA_RULES
 ) -> http_pb2.HttpRule | None:
-    """The method's `google.api.http` option, else its entry in `extra_rules`."""
+    """The method's `google.api.http` option with its entry in `extra_rules`
+    as further bindings (either alone when the other is absent)."""
     options = method.GetOptions()
-    if options.HasExtension(annotations_pb2.http):
-        rule: http_pb2.HttpRule = options.Extensions[annotations_pb2.http]
-        return rule
-    return extra_rules.get(method.full_name)
+    extra = extra_rules.get(method.full_name)
+    if not options.HasExtension(annotations_pb2.http):
+        return extra
+    rule = http_pb2.HttpRule()
+    rule.CopyFrom(options.Extensions[annotations_pb2.http])
+    if extra is not None:
+        rule.additional_bindings.append(extra)
+    return rule
 
 
 def rule_bindings(rule: http_pb2.HttpRule) -> Iterator[tuple[str, str, str]]:

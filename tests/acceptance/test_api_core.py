@@ -11,6 +11,9 @@ import grpc
 import pytest
 from google.api_core import exceptions, operation, operations_v1
 from google.api_core.future import polling
+from google.api_core.operations_v1 import AbstractOperationsClient
+from google.api_core.operations_v1.transports.rest import OperationsRestTransport
+from google.auth import credentials as ga_credentials
 from google.longrunning import operations_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2
@@ -29,8 +32,16 @@ FAST_POLLING = polling.DEFAULT_POLLING.with_delay(initial=0.05, maximum=0.2, mul
 def shared(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
-    with running_service(request.param, tmp_path_factory.mktemp("apicore"), EXAMPLE_ENV) as svc:
+    """Server (with its HTTP gateway on) and a worker; `svc.http_port` is the
+    gateway's port."""
+    workdir = tmp_path_factory.mktemp("apicore")
+    http = {"LONGRUN_HTTP_ADDRESS": "127.0.0.1:0", "LONGRUN_HTTP_PORT_FILE": str(workdir / "http")}
+    with running_service(request.param, workdir, EXAMPLE_ENV | http) as svc:
         yield svc
+
+
+def http_port(svc: Service) -> int:
+    return int((svc.workdir / "http").read_text())
 
 
 @pytest.fixture
@@ -45,9 +56,9 @@ def ops(channel: grpc.Channel) -> operations_v1.OperationsClient:
 
 
 def create_job(
-    channel: grpc.Channel, task: str, params: dict[str, Any], **labels: str
+    channel: grpc.Channel, task: str, params: dict[str, Any], parent: str = "", **labels: str
 ) -> operations_pb2.Operation:
-    request = jobs_pb2.CreateJobRequest(task=task, labels=labels)
+    request = jobs_pb2.CreateJobRequest(parent=parent, task=task, labels=labels)
     request.params.update(params)
     created: operations_pb2.Operation = jobs_pb2_grpc.JobsStub(channel).CreateJob(
         request, timeout=30
@@ -151,3 +162,55 @@ def test_from_gapic_resolves_convert_document_to_convert_response(
     assert response.content == "ABC"
     assert response.input_lines == 1
     assert future.metadata.task == "convert"
+
+
+def test_rest_operations_client_with_default_http_options(
+    shared: Service, channel: grpc.Channel
+) -> None:
+    """api-core's REST OperationsClient, as a Google client library builds it,
+    with its default http_options (`/v1/{name=**}/operations`,
+    `/v1/{name=**/operations/*}`, `...:cancel`), through the HTTP gateway."""
+    transport = OperationsRestTransport(
+        # The scheme in the host: the transport does not pass url_scheme on.
+        host=f"http://127.0.0.1:{http_port(shared)}",
+        credentials=ga_credentials.AnonymousCredentials(),
+    )
+    client = AbstractOperationsClient(transport=transport)
+    run = uuid.uuid4().hex[:12]
+    project = f"rest-{run}"
+    slow = create_job(channel, "sleep", {"worktime": 60}, parent=f"projects/{project}", run=run)
+    quick = create_job(channel, "noop", {"n": 1}, parent=f"projects/{project}", run=run)
+    elsewhere = create_job(channel, "noop", {"n": 2}, parent="projects/elsewhere", run=run)
+    assert slow.name.startswith(f"projects/{project}/operations/")
+
+    got = client.get_operation(slow.name)
+    assert got.name == slow.name
+    assert got.metadata.Is(jobs_pb2.JobMetadata.DESCRIPTOR)
+
+    listed = [op.name for op in client.list_operations(f"projects/{project}", filter_="")]
+    assert sorted(listed) == sorted([slow.name, quick.name]), "one project, and all of it"
+    assert elsewhere.name not in listed
+    filtered = client.list_operations(f"projects/{project}", filter_='metadata.task = "noop"')
+    assert [op.name for op in filtered] == [quick.name]
+
+    client.cancel_operation(slow.name)
+    cancelled = operation.from_gapic(
+        slow,
+        ops_for(channel),
+        struct_pb2.Struct,
+        metadata_type=jobs_pb2.JobMetadata,
+        polling=FAST_POLLING,
+    )
+    with pytest.raises(exceptions.Cancelled):
+        cancelled.result(timeout=30)
+    assert client.get_operation(slow.name).error.code == code_pb2.CANCELLED
+
+    client.delete_operation(quick.name)
+    with pytest.raises(exceptions.NotFound):
+        client.get_operation(quick.name)
+    with pytest.raises(exceptions.NotFound):  # the name of another project names nothing
+        client.get_operation(elsewhere.name.replace("projects/elsewhere/", f"projects/{project}/"))
+
+
+def ops_for(channel: grpc.Channel) -> operations_v1.OperationsClient:
+    return operations_v1.OperationsClient(channel)

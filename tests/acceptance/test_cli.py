@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -143,7 +144,7 @@ def test_submit_params_labels_then_wait_and_get(longrun: Any) -> None:
     )
     assert submitted.code == 0, submitted.err
     name = submitted.out.strip()
-    assert name.startswith("operations/")
+    assert name.startswith("projects/default/operations/")
 
     waited = longrun("wait", name, "--timeout", "30")
     assert waited.code == 0, waited.err
@@ -191,6 +192,25 @@ def test_list_table_and_json(longrun: Any) -> None:
 
     empty = longrun("list", "--filter", 'labels.team = "nobody"')
     assert empty.code == 0 and "no operations" in empty.err
+
+
+def test_project_for_submit_and_list(longrun: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--project (or LONGRUN_PROJECT) names where submit creates and what list lists."""
+    team = f"team={uuid.uuid4().hex[:8]}"
+    flt = f'labels.team = "{team.split("=")[1]}"'
+    mine = longrun("submit", "noop", "--project", "cli-a", "--label", team).out.strip()
+    assert mine.startswith("projects/cli-a/operations/"), mine
+    monkeypatch.setenv("LONGRUN_PROJECT", "cli-b")
+    theirs = longrun("submit", "noop", "--label", team).out.strip()
+    assert theirs.startswith("projects/cli-b/operations/"), theirs
+    listed = longrun("list", "--project", "cli-a", "--filter", flt, "--json")
+    assert [op["name"] for op in listed.json()] == [mine]
+    assert [op["name"] for op in longrun("list", "--filter", flt, "--json").json()] == [theirs]
+    monkeypatch.delenv("LONGRUN_PROJECT")
+    everything = longrun("list", "--filter", flt, "--json").json()
+    assert sorted(op["name"] for op in everything) == sorted([mine, theirs])
+    bad = longrun("submit", "noop", "--project", "Not_A_Project")
+    assert bad.code != 0 and "project" in bad.err
 
 
 def test_cancel_then_wait_exits_1(longrun: Any) -> None:

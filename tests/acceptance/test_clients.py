@@ -75,7 +75,7 @@ def client(shared: Service) -> Iterator[Client]:
 
 def test_submit_reports_progress_and_result(client: Client) -> None:
     future = client.submit("sleep", {"worktime": 2})
-    assert future.name.startswith("operations/")
+    assert future.name.startswith("projects/default/operations/")
     seen: list[tuple[int, int]] = []
     future.add_progress_callback(lambda md: seen.append((md.state, md.progress_percent)))
     assert future.result(timeout=30) == {"slept_seconds": 2}
@@ -202,3 +202,40 @@ async def test_async_client(shared: Service) -> None:
         await client.delete(future.name)
         with pytest.raises(NotFound):
             await client.get(future.name)
+
+
+def test_a_client_project_scopes_submit_and_list(shared: Service) -> None:
+    run = uuid.uuid4().hex[:12]
+    flt = f'labels.run = "{run}"'
+    with Client(shared.target, project="client-a") as a, Client(shared.target) as anywhere:
+        mine = a.submit("noop", {"n": 1}, labels={"run": run})
+        other = a.submit("noop", {"n": 2}, labels={"run": run}, project="client-b")
+        default = anywhere.submit("noop", {"n": 3}, labels={"run": run})
+        assert mine.name.startswith("projects/client-a/operations/")
+        assert other.name.startswith("projects/client-b/operations/")
+        assert default.name.startswith("projects/default/operations/")
+        assert [op.name for op in a.list(filter=flt)] == [mine.name]
+        assert [op.name for op in a.list(filter=flt, project="client-b")] == [other.name]
+        everything = {op.name for op in anywhere.list(filter=flt)}
+        assert everything == {mine.name, other.name, default.name}
+        # A request id is the client's project's: the same one elsewhere is another job.
+        rid = str(uuid.uuid4())
+        first = a.submit("noop", {"n": 4}, request_id=rid)
+        assert a.submit("noop", {"n": 4}, request_id=rid).name == first.name
+        assert a.submit("noop", {"n": 4}, request_id=rid, project="client-b").name != first.name
+        with pytest.raises(InvalidArgument) as bad:
+            a.submit("noop", project="Bad_Project")
+        assert bad.value.reason == "PROJECT_ID_INVALID"
+
+
+async def test_an_async_client_project_scopes_submit_and_list(shared: Service) -> None:
+    run = uuid.uuid4().hex[:12]
+    async with AsyncClient(shared.target, project="aio-a") as client:
+        future = await client.submit("noop", {"n": 1}, labels={"run": run})
+        assert future.name.startswith("projects/aio-a/operations/")
+        listed = [op.name async for op in client.list(filter=f'labels.run = "{run}"')]
+        assert listed == [future.name]
+        elsewhere = [
+            op.name async for op in client.list(filter=f'labels.run = "{run}"', project="aio-b")
+        ]
+        assert elsewhere == []

@@ -15,7 +15,7 @@ import pytest
 from tests.acceptance.faulty import OPS, create, faulty_service, notes
 from tests.acceptance.harness import Service
 
-FINISHED = re.compile(r"finished (operations/\S+) attempt \d+: (\w+)")
+FINISHED = re.compile(r"finished (projects/[^/\s]+/operations/\S+) attempt \d+: (\w+)")
 
 
 @pytest.fixture

@@ -95,6 +95,21 @@ def test_python_client_follows_a_typed_operation(shared: Service) -> None:
         assert client.follow(operation.name).result(timeout=30) == response
 
 
+def test_a_typed_rpc_creates_in_its_parent_or_the_default_project(shared: Service) -> None:
+    with grpc.insecure_channel(shared.target) as channel:
+        placed = convert_document(
+            channel,
+            convert_pb2.ConvertRequest(
+                content="x", target_format=convert_pb2.HTML, parent="projects/docs"
+            ),
+        )
+        assert placed.name.startswith("projects/docs/operations/")
+        default = convert_document(
+            channel, convert_pb2.ConvertRequest(content="x", target_format=convert_pb2.HTML)
+        )
+        assert default.name.startswith("projects/default/operations/")
+
+
 def test_invalid_requests_are_rejected_like_create_job(shared: Service) -> None:
     with grpc.insecure_channel(shared.target) as channel:
         with pytest.raises(grpc.RpcError) as missing_format:

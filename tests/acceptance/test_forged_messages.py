@@ -84,7 +84,8 @@ def test_messages_put_straight_on_the_queue_never_run(svc: Service, queue: Queue
     assert after["metadata"]["state"] == "QUEUED", after
     assert after["metadata"].get("attempt", 0) == 0
     log = worker_log(svc)
-    assert victim not in re.findall(r"finished (operations/\S+)", log)
+    finished = re.findall(r"finished (\S+) attempt", log)
+    assert control in finished and victim not in finished, finished
     summary = rejection_summary(log)
     assert {"unsigned=1", "unknown_key=1", "bad_signature=1"} <= set(summary.split()), summary
 

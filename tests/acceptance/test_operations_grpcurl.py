@@ -84,7 +84,7 @@ def test_health_list_reports_every_served_service(service: Service) -> None:
 
 def test_create_wait_get_sleep_job(service: Service) -> None:
     op = service.call(CREATE, {"task": "sleep", "params": {"worktime": 2}})
-    assert op["name"].startswith("operations/")
+    assert op["name"].startswith("projects/default/operations/")
     assert not op.get("done", False)
     assert op["metadata"]["@type"] == "type.googleapis.com/longrun.v1.JobMetadata"
     assert op["metadata"]["task"] == "sleep"

@@ -109,7 +109,7 @@ def test_walkthrough(rest: Rest) -> None:
     """The docs/rest.md curl section, command by command."""
     op = rest.ok("-X", "POST", "/v1/jobs", "-d", '{"task":"sleep","params":{"worktime":1}}')
     name = op["name"]
-    assert name.startswith("operations/")
+    assert name.startswith("projects/default/operations/")
     assert "done" not in op  # proto3 JSON leaves false out
     assert op["metadata"]["@type"] == "type.googleapis.com/longrun.v1.JobMetadata"
     assert op["metadata"]["state"] == "QUEUED"
@@ -165,6 +165,36 @@ def test_walkthrough(rest: Rest) -> None:
     info = _error(rest.curl(f"/v1/{name}"), 404, "NOT_FOUND")
     assert info["reason"] == "OPERATION_NOT_FOUND"
     assert info["metadata"]["name"] == name
+
+
+def test_project_routes_and_the_routes_without_a_project(rest: Rest) -> None:
+    """`POST /v1/projects/{p}/jobs` creates in p, `GET /v1/projects/{p}/operations`
+    lists only p; `/v1/operations/{id}` (by id) still gets, waits, cancels, deletes."""
+    project = f"rest-{uuid.uuid4().hex[:8]}"
+    body = '{"task":"sleep","params":{"worktime":60}}'
+    op = rest.ok("-X", "POST", f"/v1/projects/{project}/jobs", "-d", body)
+    name = op["name"]
+    assert name.startswith(f"projects/{project}/operations/")
+    elsewhere = rest.ok("-X", "POST", "/v1/jobs", "-d", '{"task":"noop"}')["name"]
+    listed = rest.ok(f"/v1/projects/{project}/operations")
+    assert [o["name"] for o in listed["operations"]] == [name]
+    everything = rest.ok(
+        "/v1/operations", "-G", "--data-urlencode", 'filter=metadata.task = "noop"'
+    )
+    assert elsewhere in {o["name"] for o in everything["operations"]}
+    legacy = "operations/" + name.rsplit("/", 1)[1]
+    assert rest.ok(f"/v1/{legacy}")["name"] == name  # the full name comes back
+    assert rest.ok("-X", "POST", f"/v1/{legacy}:cancel") == {}
+    waited = rest.ok("-X", "POST", f"/v1/{legacy}:wait", "-d", '{"timeout":"10s"}')
+    assert (waited["name"], waited["metadata"]["state"]) == (name, "CANCELLED")
+    # A full name with another project names nothing.
+    wrong = name.replace(f"projects/{project}/", "projects/other/")
+    assert _error(rest.curl(f"/v1/{wrong}"), 404, "NOT_FOUND")["metadata"]["name"] == wrong
+    info = _error(rest.curl("/v1/projects/Bad_Project/operations"), 400, "INVALID_ARGUMENT")
+    assert info["reason"] == "PROJECT_ID_INVALID"
+    assert rest.ok("-X", "DELETE", f"/v1/{legacy}") == {}
+    assert _error(rest.curl(f"/v1/{name}"), 404, "NOT_FOUND")["reason"] == "OPERATION_NOT_FOUND"
+    assert rest.ok(f"/v1/projects/{project}/operations") == {}
 
 
 def test_wait_returns_the_latest_state_at_its_timeout(rest: Rest) -> None:

@@ -29,7 +29,7 @@ from tests.support.seeding import finished, seed_operations
 
 ROWS = 100_000
 SLOW = 'error.message = "needle"'
-NEEDLE = "operations/needle"
+NEEDLE = "projects/default/operations/needle"
 
 
 def cpu_seconds(pid: int) -> float:

@@ -12,7 +12,7 @@ from tests.acceptance.harness import Service, backend_env
 
 OPS = "google.longrunning.Operations"
 CREATE = "longrun.v1.Jobs/CreateJob"
-FINISHED = re.compile(r"finished (operations/\S+) attempt \d+: SUCCEEDED")
+FINISHED = re.compile(r"finished (projects/[^/\s]+/operations/\S+) attempt \d+: SUCCEEDED")
 
 
 @pytest.fixture

@@ -37,12 +37,15 @@ async def _walk(
     between_pages: list[int],
     run: str,
     budget: ScanBudget | None = None,
+    projects: frozenset[str] | None = None,
 ) -> list[str]:
     seen: list[str] = []
     cursor: Cursor | None = None
     page_no = 0
     while True:
-        page = await store.list(page_size=page_size, after=cursor, flt=flt, budget=budget)
+        page = await store.list(
+            page_size=page_size, after=cursor, flt=flt, budget=budget, projects=projects
+        )
         assert len(page.records) <= page_size
         seen += [r.name for r in page.records]
         # Operations created during the walk (they are newer than all the others).
@@ -155,6 +158,62 @@ async def test_budget_limited_pages_walk_to_the_same_result(
         if flt is None or flt.matches(r)
     ]
     assert await _walk(pool_store, flt, page_size, [], "", ScanBudget(rows)) == expected, node.text
+
+
+#: The projects of the pool's records (record i is in PROJECTS[i % 3]).
+PROJECTS = ("p-a", "p-b", "p-c")
+
+
+def project_pool() -> list[OperationRecord]:
+    return [replace(pool_record(i), id=f"pp{i:03d}", project=PROJECTS[i % 3]) for i in range(40)]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.google)])
+async def project_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[OperationStore]:
+    """A store holding the pool of 40 records spread over three projects."""
+    store: OperationStore
+    if request.param == "sqlite":
+        store = SqliteOperationStore(SqliteBackend(tmp_path / "projects.db"))
+        await store.start()
+    else:
+        from tests.contract.google_backends import make_firestore_store, require_emulators
+
+        require_emulators()
+        store = await make_firestore_store()
+    for rec in project_pool():
+        await store.create(rec)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@fixture_ok(40)
+@given(
+    node=filters(),
+    page_size=st.integers(1, 5),
+    rows=st.integers(1, 9),
+    scope=st.one_of(st.none(), st.frozensets(st.sampled_from([*PROJECTS, "p-none"]), max_size=4)),
+)
+async def test_project_limited_walks_yield_exactly_those_projects_matches(
+    project_store: OperationStore,
+    node: Node,
+    page_size: int,
+    rows: int,
+    scope: frozenset[str] | None,
+) -> None:
+    """Any filter, any set of projects (none, one, several, all), any budget:
+    the walk yields every match of those projects once, in order."""
+    flt = parse_filter(node.text)
+    expected = [
+        r.name
+        for r in sorted(project_pool(), key=lambda r: (r.create_time, r.id), reverse=True)
+        if (scope is None or r.project in scope) and (flt is None or flt.matches(r))
+    ]
+    got = await _walk(project_store, flt, page_size, [], "", ScanBudget(rows), scope)
+    assert got == expected, (node.text, scope)
 
 
 async def test_a_filter_no_index_serves_reads_only_its_budget(store: OperationStore) -> None:

@@ -160,6 +160,10 @@ async def add_key(edge: Edge, role: Role, project: str = "billing", **changes: A
 
 
 GET = operations_pb2.GetOperationRequest(name="operations/0123456789abcdef0123456789abcdef")
+#: An operation that does not exist, in the project the test keys are for.
+MISSING = operations_pb2.GetOperationRequest(
+    name="projects/billing/operations/0123456789abcdef0123456789abcdef"
+)
 
 
 def every_rpc(edge: Edge) -> dict[str, Any]:
@@ -230,11 +234,18 @@ async def test_refused_credentials_say_why(edge: Edge) -> None:
 
 async def test_good_credentials_reach_the_method(edge: Edge) -> None:
     """A verified token and a valid key (both spellings) get past the edge:
-    the answer is the method's own (NOT_FOUND for an unknown operation)."""
+    the answer is the method's own (NOT_FOUND for an unknown operation of a
+    project the caller may read; PERMISSION_DENIED for a caller without a role
+    there, which an unauthenticated caller never gets)."""
     key = await add_key(edge, Role.VIEWER)
-    for metadata in (bearer(edge.token(BOB)), bearer(key), (("x-goog-api-key", key),)):
-        code, info = await rich_error(edge.operations.GetOperation(GET, metadata=metadata))
+    missing = MISSING
+    for metadata in (bearer(edge.token(CAROL)), bearer(key), (("x-goog-api-key", key),)):
+        code, info = await rich_error(edge.operations.GetOperation(missing, metadata=metadata))
         assert code == grpc.StatusCode.NOT_FOUND, info
+    code, info = await rich_error(
+        edge.operations.GetOperation(missing, metadata=bearer(edge.token(BOB)))
+    )
+    assert (code, info.reason) == (grpc.StatusCode.PERMISSION_DENIED, "IAM_PERMISSION_DENIED")
 
 
 async def test_a_caller_without_the_role_is_denied_whether_or_not_the_key_exists(
@@ -290,7 +301,7 @@ async def test_the_key_lifecycle_over_grpc(edge: Edge) -> None:
     )
     assert created.key_string.startswith("lrk_") and created.name.startswith("projects/billing/")
     key = (("x-goog-api-key", created.key_string),)
-    code, _ = await rich_error(edge.operations.GetOperation(GET, metadata=key))
+    code, _ = await rich_error(edge.operations.GetOperation(MISSING, metadata=key))
     assert code == grpc.StatusCode.NOT_FOUND  # authenticated
     listed = await edge.api_keys.ListApiKeys(
         api_keys_pb2.ListApiKeysRequest(parent="projects/billing"), metadata=alice
@@ -338,7 +349,7 @@ def reason_of(body: dict[str, Any]) -> str:
 
 
 async def test_the_gateway_forwards_credentials(edge: Edge) -> None:
-    path = "/v1/operations/0123456789abcdef0123456789abcdef"
+    path = f"/v1/{MISSING.name}"
     status, body = await http(edge, "GET", path, {})
     assert (status, body["error"]["status"], reason_of(body)) == (
         401,

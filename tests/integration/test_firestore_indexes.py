@@ -73,11 +73,20 @@ async def test_every_query_the_store_runs_has_a_declared_index() -> None:
     try:
         for _ in range(3):
             await store.create(make_record())
+        for _ in range(3):
+            await store.create(make_record(project="acme"))
+        # Every filter over every project, one project, and a set of projects.
+        scopes: list[frozenset[str] | None] = [None, frozenset({"acme"}), frozenset({"acme", "b"})]
         for text in FILTERS:
             flt = parse_filter(text)
-            page = await store.list(page_size=1, after=None, flt=flt, budget=ScanBudget(2))
-            if page.next_cursor is not None:
-                await store.list(page_size=1, after=page.next_cursor, flt=flt)
+            for projects in scopes:
+                page = await store.list(
+                    page_size=1, after=None, flt=flt, budget=ScanBudget(2), projects=projects
+                )
+                if page.next_cursor is not None:
+                    await store.list(
+                        page_size=1, after=page.next_cursor, flt=flt, projects=projects
+                    )
         await store.due_for_dispatch(BASE + timedelta(days=1), 10)
         await store.delete_expired(BASE + timedelta(days=400), 10)
         reports = await asyncio.to_thread(_index_usage, store.project)
@@ -87,5 +96,9 @@ async def test_every_query_the_store_runs_has_a_declared_index() -> None:
     # The list queries with a pushed-down equality are among them, so the
     # report is what this test thinks it is.
     assert (("state", "ASCENDING"), ("create_time", "DESCENDING")) in needed
+    assert (("project", "ASCENDING"), ("create_time", "DESCENDING")) in needed
+    assert (("project", "ASCENDING"), ("state", "ASCENDING"), ("create_time", "DESCENDING")) in (
+        needed
+    )
     missing = needed - _declared()
     assert not missing, f"firestore.indexes.json lacks {sorted(missing)}"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from google.cloud import firestore
 
-from longrun_core.errors import AlreadyExists
+from longrun_core.errors import AlreadyExists, NotFound
 from longrun_core.google.firestore_store import (
     FirestoreOperationStore,
     ListenClient,
@@ -179,8 +179,9 @@ async def test_twenty_racing_creates_with_one_request_id_store_one(
     assert list(ops) == [winner.id]
     reservations = await _docs(raw, "operations_request_ids")
     assert reservations == {
-        request_doc_id(rid): {
+        request_doc_id(base.project, rid): {
             "request_id": rid,
+            "project": base.project,
             "operation_id": winner.id,
             "request_hash": base.request_hash,
             "create_time": base.create_time,
@@ -210,7 +211,7 @@ async def test_stale_reservation_is_taken_over(store: FirestoreOperationStore, r
     results = await asyncio.gather(*(store.create(r) for r in racers))
     assert sum(r.created for r in results) == 1
     winner = next(r.record for r in results if r.created)
-    reservation = (await _docs(raw, "operations_request_ids"))[request_doc_id(rid)]
+    reservation = (await _docs(raw, "operations_request_ids"))[request_doc_id(first.project, rid)]
     assert reservation["operation_id"] == winner.id
     assert list(await _docs(raw, "operations")) == [winner.id]
 
@@ -521,3 +522,47 @@ async def test_listeners_are_spread_over_listen_clients(project: str) -> None:
     finally:
         await s.close()
         await writer.close()
+
+
+# ---- projects ----
+
+
+async def test_a_document_without_a_project_is_of_the_default_project(
+    store: FirestoreOperationStore, raw: Any
+) -> None:
+    """Written before operations had a project: read as the default one, by
+    its legacy name and its full default-project name; a rewrite stores it."""
+    old = make_record(request_id="0c8d1e2f-3a4b-4c5d-8e6f-7a8b9c0d1e2f", request_hash="h")
+    await store.create(old)
+    ref = raw.collection("operations").document(old.id)
+    await asyncio.to_thread(lambda: ref.update({"project": firestore.DELETE_FIELD}))
+    assert "project" not in (await _docs(raw, "operations"))[old.id]
+    got = await store.get(f"operations/{old.id}")
+    assert got.project == "default"
+    assert got.name == f"projects/default/operations/{old.id}"
+    assert (await store.get(got.name)).id == old.id
+    with pytest.raises(NotFound):
+        await store.get(f"projects/other/operations/{old.id}")
+    with pytest.raises(NotFound):
+        await store.delete(f"projects/other/operations/{old.id}")
+    await store.update(got.name, lambda r: replace(r, progress_percent=3))
+    assert (await _docs(raw, "operations"))[old.id]["project"] == "default"
+    # Its request id still deduplicates in the default project (same reservation key).
+    again = await store.create(replace(old, id="again"))
+    assert not again.created and again.record.id == old.id
+
+
+async def test_reservations_are_keyed_by_project_and_request_id(
+    store: FirestoreOperationStore, raw: Any
+) -> None:
+    rid = "9e8d7c6b-5a49-4382-a716-05f4e3d2c1b0"
+    a = _with_request_id(make_record(project="alpha"), rid)
+    d = _with_request_id(make_record(), rid)
+    await store.create(a)
+    await store.create(d)
+    reservations = await _docs(raw, "operations_request_ids")
+    assert set(reservations) == {request_doc_id("alpha", rid), request_doc_id("default", rid)}
+    assert reservations[request_doc_id("alpha", rid)]["operation_id"] == a.id
+    assert reservations[request_doc_id("default", rid)]["operation_id"] == d.id
+    await store.delete(a.name)
+    assert set(await _docs(raw, "operations_request_ids")) == {request_doc_id("default", rid)}

@@ -68,7 +68,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[grpc.aio.Channel, list[M
 
 async def list_ops(channel: grpc.aio.Channel, key: MintedKey) -> None:
     await operations_pb2_grpc.OperationsStub(channel).ListOperations(
-        operations_pb2.ListOperationsRequest(name=""),
+        operations_pb2.ListOperationsRequest(name="projects/p"),
         metadata=(("x-goog-api-key", key.secret),),
         timeout=10,
     )

@@ -88,6 +88,7 @@ def rejection(text: str) -> InvalidArgument:
 SCHEMA = """
 CREATE TABLE operations (
     id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
     task TEXT NOT NULL,
     state INTEGER NOT NULL,
     done INTEGER NOT NULL,
@@ -119,9 +120,10 @@ def table(records: Iterable[OperationRecord]) -> sqlite3.Connection:
         if r.done and r.error is not None:
             code = status_pb2.Status.FromString(r.error).code
         conn.execute(
-            "INSERT INTO operations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO operations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 r.id,
+                r.project,
                 r.task,
                 int(r.state),
                 int(r.done),
@@ -207,12 +209,15 @@ def test_filter_is_a_record_filter() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("name = operations/run", {"run"}),
-        ('name = "operations/run"', {"run"}),
+        ("name = projects/default/operations/run", {"run"}),
+        ('name = "projects/default/operations/run"', {"run"}),
+        ('name = "projects/other/operations/run"', set()),
+        ('name = "operations/run"', set()),  # names are full: the legacy form names none
         ('name = "run"', set()),
-        ('name = "operations/*o*"', {"ok", "stop"}),
-        ('name != "operations/run"', {"queue", "ok", "bad", "stop"}),
-        ('name > "operations/r"', {"run", "stop"}),
+        ('name = "projects/default/operations/*o*"', {"ok", "stop"}),
+        ('name = "projects/*/operations/run"', {"run"}),
+        ('name != "projects/default/operations/run"', {"queue", "ok", "bad", "stop"}),
+        ('name > "projects/default/operations/r"', {"run", "stop"}),
         ("name:*", {"run", "queue", "ok", "bad", "stop"}),
         ("done = true", {"ok", "bad", "stop"}),
         ("done:false", {"run", "queue"}),
@@ -530,8 +535,11 @@ def test_terms_limit() -> None:
 
 
 def test_sql_pushes_down_exactly_what_it_can() -> None:
-    assert flt('name = "operations/abc"').to_sql() == SqlFilter("id = ?", ("abc",), exact=True)
-    assert flt('name = "other/abc"').to_sql() == SqlFilter("0", (), exact=True)
+    assert flt('name = "projects/p/operations/abc"').to_sql() == SqlFilter(
+        "(project = ? AND id = ?)", ("p", "abc"), exact=True
+    )
+    full = "('projects/' || project || '/operations/' || id)"
+    assert flt('name = "other/abc"').to_sql() == SqlFilter(f"{full} = ?", ("other/abc",), True)
     assert flt("name:*").to_sql() == SqlFilter(None, (), exact=True)
     assert flt("done = true metadata.state = RUNNING").to_sql() == SqlFilter(
         "done = ? AND state = ?", (1, 2), exact=True
@@ -539,7 +547,7 @@ def test_sql_pushes_down_exactly_what_it_can() -> None:
     prefix = flt('metadata.task = "sle*"').to_sql()
     assert prefix == SqlFilter("task GLOB ?", ("sle*",), exact=True)
     assert flt('labels.env = "p*"').to_sql().exact
-    assert flt('name = "operations/ab*"').to_sql().exact
+    assert flt('name = "projects/p/operations/ab*"').to_sql().exact
     # error.message has no column: only the rest is pushed down.
     partial = flt('done = true AND error.message = "x"').to_sql()
     assert partial == SqlFilter("done = ?", (1,), exact=False)
@@ -692,7 +700,7 @@ def string_leaf(draw: st.DrawFn) -> Node:
     get = STRING_FIELDS[path]
     pieces = draw(PIECES)
     if path == "name" and draw(st.booleans()):
-        pieces = ["operations/", *pieces]
+        pieces = [draw(st.sampled_from(["projects/default/operations/", "projects/*/"])), *pieces]
     wild = "*" in pieces
     op = draw(st.sampled_from(["=", "!=", ":"] if wild else ["=", "!=", ":", "<", "<=", ">"]))
     if op == ":" and wild and all(p in ("*", "") for p in pieces):

@@ -7,7 +7,14 @@ import uuid
 import pytest
 
 from longrun_core.errors import InvalidArgument
-from longrun_core.names import operation_name, parse_operation_name
+from longrun_core.names import (
+    OperationName,
+    operation_name,
+    parse_list_name,
+    parse_operation_name,
+    parse_parent,
+    watch_key,
+)
 from longrun_core.validation import (
     MAX_LABEL_VALUE,
     MAX_LABELS,
@@ -21,17 +28,24 @@ from longrun_core.validation import (
 
 
 @pytest.mark.parametrize("op_id", ["a", "0f3e", "abc_DEF-1.2~3", "x" * 128, uuid.uuid4().hex])
-def test_operation_names_round_trip(op_id: str) -> None:
-    name = operation_name(op_id)
-    assert name == f"operations/{op_id}"
-    assert parse_operation_name(name) == op_id
+@pytest.mark.parametrize("project", ["p", "default", "my-project-1", "0abc", "a" * 63])
+def test_full_operation_names_round_trip(project: str, op_id: str) -> None:
+    name = operation_name(project, op_id)
+    assert name == f"projects/{project}/operations/{op_id}"
+    assert parse_operation_name(name) == OperationName(project, op_id)
+
+
+def test_a_legacy_name_is_accepted_without_a_project() -> None:
+    parsed = parse_operation_name("operations/abc123")
+    assert parsed == OperationName(None, "abc123")
+    assert parsed.watch_key == watch_key("abc123") == "operations/abc123"
 
 
 def test_an_empty_name_is_missing() -> None:
     with pytest.raises(InvalidArgument) as info:
         parse_operation_name("")
     assert info.value.reason == "NAME_MISSING"
-    assert "operations/" in info.value.message
+    assert "projects/" in info.value.message
 
 
 @pytest.mark.parametrize(
@@ -50,7 +64,12 @@ def test_an_empty_name_is_missing() -> None:
         "operations/ab c",
         "operations/ab%2Fc",
         "operations/" + "x" * 129,
-        "projects/p/operations/abc",
+        "projects/p/operations",
+        "projects/p/operations/",
+        "projects/p/jobs/abc",
+        "project/p/operations/abc",
+        "projects/p/operations/abc/def",
+        "projects/p/operations/-abc",
     ],
 )
 def test_a_malformed_name_is_invalid_and_shows_the_expected_form(name: str) -> None:
@@ -58,21 +77,74 @@ def test_a_malformed_name_is_invalid_and_shows_the_expected_form(name: str) -> N
         parse_operation_name(name)
     err = info.value
     assert err.reason == "NAME_MALFORMED"
-    assert "operations/{id}" in err.message
+    assert "projects/{project}/operations/{id}" in err.message
     assert repr(name[:200]) in err.message
     assert err.metadata == {"name": name[:200]}
+
+
+@pytest.mark.parametrize(
+    "project", ["", "P", "my_project", "-abc", "a" * 64, "my.project", "ab%2F", "\u00e9t\u00e9"]
+)
+def test_an_invalid_project_id_is_invalid_argument_saying_the_rule(project: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_operation_name(f"projects/{project}/operations/abc")
+    err = info.value
+    assert err.reason == "PROJECT_ID_INVALID"
+    assert err.metadata == {"project": project}
+    assert "lowercase letters, digits and hyphens" in err.message
+    with pytest.raises(InvalidArgument) as listing:
+        parse_list_name(f"projects/{project}")
+    assert listing.value.reason == "PROJECT_ID_INVALID"
+    with pytest.raises(InvalidArgument) as creating:
+        parse_parent(f"projects/{project}")
+    assert creating.value.reason == "PROJECT_ID_INVALID"
+    assert creating.value.metadata == {"parent": project}
+
+
+@pytest.mark.parametrize(
+    ("name", "project"),
+    [
+        ("", None),
+        ("operations", None),
+        ("projects/p", "p"),
+        ("projects/p/operations", "p"),
+        ("projects/a-1", "a-1"),
+    ],
+)
+def test_list_names(name: str, project: str | None) -> None:
+    assert parse_list_name(name) == project
+
+
+@pytest.mark.parametrize(
+    "name", ["projects", "projects/", "projects/p/jobs", "operations/x", "projects/p/operations/x"]
+)
+def test_a_list_name_of_no_collection_is_invalid(name: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_list_name(name)
+    assert info.value.reason in ("COLLECTION_UNKNOWN", "PROJECT_ID_INVALID")
+    assert info.value.metadata
+
+
+@pytest.mark.parametrize("parent", ["p", "projects", "projects/p/x", "operations", "/projects/p"])
+def test_a_malformed_parent_is_invalid(parent: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        parse_parent(parent)
+    assert info.value.reason == "PARENT_MALFORMED"
+    assert info.value.metadata == {"parent": parent}
 
 
 def test_a_huge_malformed_name_is_truncated_in_the_error() -> None:
     with pytest.raises(InvalidArgument) as info:
         parse_operation_name("operations/" + "!" * 100_000)
-    assert len(info.value.message) < 500
+    assert len(info.value.message) < 700
     assert len(info.value.metadata["name"]) == 200
 
 
 def test_a_name_with_a_trailing_newline_is_malformed() -> None:
     with pytest.raises(InvalidArgument):
         parse_operation_name("operations/abc\n")
+    with pytest.raises(InvalidArgument):
+        parse_operation_name("projects/p/operations/abc\n")
 
 
 # ---- labels ----

@@ -52,15 +52,21 @@ def _build(
 # ---- routes ----
 
 
-def test_routes_come_from_the_descriptors_plus_wait() -> None:
+def test_routes_come_from_the_descriptors_plus_the_extra_rules() -> None:
     table = {(r.http_method, r.template.text, r.body, r.method.full_name) for r in ROUTES}
     ops = "google.longrunning.Operations."
     assert table == {
         ("GET", "/v1/{name=operations}", "", ops + "ListOperations"),
+        ("GET", "/v1/{name=projects/*}/operations", "", ops + "ListOperations"),
         ("GET", "/v1/{name=operations/**}", "", ops + "GetOperation"),
+        ("GET", "/v1/{name=projects/*/operations/*}", "", ops + "GetOperation"),
         ("DELETE", "/v1/{name=operations/**}", "", ops + "DeleteOperation"),
+        ("DELETE", "/v1/{name=projects/*/operations/*}", "", ops + "DeleteOperation"),
         ("POST", "/v1/{name=operations/**}:cancel", "*", ops + "CancelOperation"),
+        ("POST", "/v1/{name=projects/*/operations/*}:cancel", "*", ops + "CancelOperation"),
         ("POST", "/v1/{name=operations/**}:wait", "*", ops + "WaitOperation"),
+        ("POST", "/v1/{name=projects/*/operations/*}:wait", "*", ops + "WaitOperation"),
+        ("POST", "/v1/{parent=projects/*}/jobs", "*", "longrun.v1.Jobs.CreateJob"),
         ("POST", "/v1/jobs", "*", "longrun.v1.Jobs.CreateJob"),
     }
     assert {r.rpc_path for r in ROUTES} >= {
@@ -72,7 +78,10 @@ def test_routes_come_from_the_descriptors_plus_wait() -> None:
 def test_wait_is_bound_through_the_same_rule_type() -> None:
     rule = EXTRA_RULES["google.longrunning.Operations.WaitOperation"]
     assert isinstance(rule, http_pb2.HttpRule)
-    assert list(rule_bindings(rule)) == [("POST", "/v1/{name=operations/**}:wait", "*")]
+    assert list(rule_bindings(rule)) == [
+        ("POST", "/v1/{name=operations/**}:wait", "*"),
+        ("POST", "/v1/{name=projects/*/operations/*}:wait", "*"),
+    ]
 
 
 def test_rule_bindings_include_custom_and_additional_bindings() -> None:
@@ -97,6 +106,32 @@ def test_rule_bindings_include_custom_and_additional_bindings() -> None:
         ("POST", "/v1/operations/abc:cancel", "CancelOperation", {"name": "operations/abc"}),
         ("POST", "/v1/operations/abc:wait", "WaitOperation", {"name": "operations/abc"}),
         ("POST", "/v1/jobs", "CreateJob", {}),
+        ("GET", "/v1/projects/p/operations", "ListOperations", {"name": "projects/p"}),
+        (
+            "GET",
+            "/v1/projects/p/operations/abc",
+            "GetOperation",
+            {"name": "projects/p/operations/abc"},
+        ),
+        (
+            "DELETE",
+            "/v1/projects/p/operations/abc",
+            "DeleteOperation",
+            {"name": "projects/p/operations/abc"},
+        ),
+        (
+            "POST",
+            "/v1/projects/p/operations/abc:cancel",
+            "CancelOperation",
+            {"name": "projects/p/operations/abc"},
+        ),
+        (
+            "POST",
+            "/v1/projects/p/operations/abc:wait",
+            "WaitOperation",
+            {"name": "projects/p/operations/abc"},
+        ),
+        ("POST", "/v1/projects/p/jobs", "CreateJob", {"parent": "projects/p"}),
         # a malformed name still routes; the server says what is wrong with it
         ("GET", "/v1/operations/a%20b", "GetOperation", {"name": "operations/a b"}),
     ],

@@ -93,7 +93,7 @@ def test_a_timeout_outside_a_duration_is_invalid_argument(
 
 def test_the_gateway_deadline_of_a_huge_timeout_is_the_max_wait() -> None:
     gateway = RestGateway("127.0.0.1:1", build_routes(served_services()), max_wait=600)
-    (route,) = [r for r in gateway.router.routes if r.method.name == "WaitOperation"]
+    route, *_ = [r for r in gateway.router.routes if r.method.name == "WaitOperation"]
     request = operations_pb2.WaitOperationRequest(
         name="operations/x", timeout=duration_pb2.Duration(seconds=2**62)
     )

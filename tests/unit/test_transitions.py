@@ -768,7 +768,7 @@ def test_to_operation_of_a_running_operation(clock: FakeClock) -> None:
 
     op = running.to_operation()
 
-    assert op.name == "operations/op1"
+    assert op.name == "projects/default/operations/op1"
     assert not op.done
     assert op.WhichOneof("result") is None
     md = jobs_pb2.JobMetadata()

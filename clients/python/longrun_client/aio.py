@@ -29,6 +29,7 @@ from longrun_client.client import (
     RETRY_PAUSE,
     WAIT_DEADLINE_MARGIN,
     job_request,
+    list_name,
     wait_request,
 )
 from longrun_client.credentials import ChannelSecurity
@@ -281,12 +282,16 @@ class AsyncClient:
         attempts: int = DEFAULT_ATTEMPTS,
         wait_policy: WaitPolicy | None = None,
         security: ChannelSecurity | None = None,
+        project: str | None = None,
     ) -> None:
         if channel is None and not target:
             raise ValueError("give a target (host:port) or a channel")
         if security is not None and (credentials is not None or channel is not None):
             raise ValueError("give security, or credentials / a channel, not both")
         self.target = target
+        #: The project `submit` creates in and `list` lists (None: the
+        #: server's choice for submit, every project you may see for list).
+        self.project = project
         self._own_channel = channel is None
         if channel is None:
             if security is not None:
@@ -323,6 +328,7 @@ class AsyncClient:
         *,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
+        project: str | None = None,
         response_type: type[M],
     ) -> AsyncOperationFuture[M]: ...
 
@@ -334,6 +340,7 @@ class AsyncClient:
         *,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
+        project: str | None = None,
         response_type: None = None,
     ) -> AsyncOperationFuture[Any]: ...
 
@@ -344,10 +351,11 @@ class AsyncClient:
         *,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
+        project: str | None = None,
         response_type: type[Message] | None = None,
     ) -> AsyncOperationFuture[Any]:
         """Create a job; see Client.submit."""
-        request = job_request(task, params, request_id, labels)
+        request = job_request(task, params, request_id, labels, project or self.project)
         operation = await self._transport.call(self._transport.jobs.CreateJob, request)
         return self.follow(operation, response_type=response_type)
 
@@ -374,11 +382,15 @@ class AsyncClient:
         return await self._transport.get(name)
 
     async def list(
-        self, filter: str | None = None, page_size: int | None = None
+        self,
+        filter: str | None = None,
+        page_size: int | None = None,
+        *,
+        project: str | None = None,
     ) -> AsyncIterator[operations_pb2.Operation]:
         """ListOperations over every page: `async for op in client.list(...)`."""
         request = operations_pb2.ListOperationsRequest(
-            name="operations", filter=filter or "", page_size=page_size or 0
+            name=list_name(project or self.project), filter=filter or "", page_size=page_size or 0
         )
         while True:
             response: operations_pb2.ListOperationsResponse = await self._transport.call(

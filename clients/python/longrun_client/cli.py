@@ -317,6 +317,14 @@ def cli(
     default=None,
     help="Idempotency key (UUID4): a repeat returns the same operation.",
 )
+@click.option(
+    "--project",
+    default=None,
+    envvar="LONGRUN_PROJECT",
+    show_envvar=True,
+    help="Project to create the operation in (default: the server's choice, the only "
+    "project you may create in or its --default-project).",
+)
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the outcome, showing progress.")
 @click.option(
     "--timeout",
@@ -333,6 +341,7 @@ def submit(
     params_json: str | None,
     labels: tuple[str, ...],
     request_id: str | None,
+    project: str | None,
     wait_: bool,
     timeout: float | None,
     as_json: bool,
@@ -340,7 +349,9 @@ def submit(
     """Create a job running TASK. Prints the operation name (or, with --wait, the result)."""
     job_params = build_params(params_json, params)
     job_labels = dict(_key_value(item, "--label") for item in labels)
-    future = settings.client().submit(task, job_params, request_id=request_id, labels=job_labels)
+    future = settings.client().submit(
+        task, job_params, request_id=request_id, labels=job_labels, project=project or None
+    )
     if wait_:
         return follow(future, timeout, as_json)
     if as_json:
@@ -386,11 +397,25 @@ def _job_metadata(operation: operations_pb2.Operation) -> jobs_pb2.JobMetadata |
     default=None,
     help="Operations per request (all pages are read).",
 )
+@click.option(
+    "--project",
+    default=None,
+    envvar="LONGRUN_PROJECT",
+    show_envvar=True,
+    help="List this project's operations (default: every project you may see).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of Operations.")
 @click.pass_obj
-def list_(settings: Settings, filter_: str | None, page_size: int | None, as_json: bool) -> int:
+def list_(
+    settings: Settings,
+    filter_: str | None,
+    page_size: int | None,
+    project: str | None,
+    as_json: bool,
+) -> int:
     """List operations: a table of name, task, state, progress and creation time."""
-    operations = list(settings.client().list(filter=filter_, page_size=page_size))
+    client = settings.client()
+    operations = list(client.list(filter=filter_, page_size=page_size, project=project or None))
     if as_json:
         _emit_json([operation_to_dict(op) for op in operations])
         return EXIT_OK

@@ -54,6 +54,11 @@ def make_channel(
     return grpc.insecure_channel(target, options=list(options))
 
 
+def list_name(project: str | None) -> str:
+    """ListOperations' name: one project, or (None) every project you may see."""
+    return f"projects/{project}" if project else "operations"
+
+
 def wait_request(name: str, timeout: float) -> operations_pb2.WaitOperationRequest:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(max(timeout, 0.0) * 1e9))
@@ -65,10 +70,13 @@ def job_request(
     params: Mapping[str, Any] | None,
     request_id: str | None,
     labels: Mapping[str, str] | None,
+    project: str | None = None,
 ) -> jobs_pb2.CreateJobRequest:
-    """A CreateJobRequest; a fresh UUID4 request_id when none is given, which
-    makes the call safe to retry (AIP-155)."""
+    """A CreateJobRequest in `project` (none: the server picks the caller's
+    project); a fresh UUID4 request_id when none is given, which makes the
+    call safe to retry (AIP-155)."""
     return jobs_pb2.CreateJobRequest(
+        parent=f"projects/{project}" if project else "",
         task=task,
         params=dict_to_struct(params or {}),
         request_id=request_id or str(uuid.uuid4()),
@@ -156,12 +164,16 @@ class Client:
         attempts: int = DEFAULT_ATTEMPTS,
         wait_policy: WaitPolicy | None = None,
         security: ChannelSecurity | None = None,
+        project: str | None = None,
     ) -> None:
         if channel is None and not target:
             raise ValueError("give a target (host:port) or a channel")
         if security is not None and (credentials is not None or channel is not None):
             raise ValueError("give security, or credentials / a channel, not both")
         self.target = target
+        #: The project `submit` creates in and `list` lists (None: the
+        #: server's choice for submit, every project you may see for list).
+        self.project = project
         self._own_channel = channel is None
         if channel is None:
             channel = (
@@ -194,6 +206,7 @@ class Client:
         *,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
+        project: str | None = None,
         response_type: type[M],
     ) -> OperationFuture[M]: ...
 
@@ -205,6 +218,7 @@ class Client:
         *,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
+        project: str | None = None,
         response_type: None = None,
     ) -> OperationFuture[Any]: ...
 
@@ -215,12 +229,15 @@ class Client:
         *,
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
+        project: str | None = None,
         response_type: type[Message] | None = None,
     ) -> OperationFuture[Any]:
-        """Create a job running `task` with `params` (JSON-like; not modified) and
+        """Create a job running `task` with `params` (JSON-like; not modified) in
+        `project` (default: the client's; none: the server's choice) and
         return its future. `request_id` (a UUID4) makes a repeat return the same
-        operation; one is generated when omitted, so retries are safe."""
-        request = job_request(task, params, request_id, labels)
+        operation in that project; one is generated when omitted, so retries
+        are safe."""
+        request = job_request(task, params, request_id, labels, project or self.project)
         operation = self._transport.call(self._transport.jobs.CreateJob, request)
         return self.follow(operation, response_type=response_type)
 
@@ -251,12 +268,17 @@ class Client:
         return self._transport.get(name)
 
     def list(
-        self, filter: str | None = None, page_size: int | None = None
+        self,
+        filter: str | None = None,
+        page_size: int | None = None,
+        *,
+        project: str | None = None,
     ) -> Iterator[operations_pb2.Operation]:
         """ListOperations over every page (fetched lazily). `filter` is AIP-160,
-        e.g. `done:true AND metadata.task = "sleep"`; `page_size` is per request."""
+        e.g. `done:true AND metadata.task = "sleep"`; `page_size` is per request.
+        Lists `project` (default: the client's), or every project you may see."""
         request = operations_pb2.ListOperationsRequest(
-            name="operations", filter=filter or "", page_size=page_size or 0
+            name=list_name(project or self.project), filter=filter or "", page_size=page_size or 0
         )
         while True:
             response: operations_pb2.ListOperationsResponse = self._transport.call(

@@ -118,7 +118,8 @@ def _equality(expr: Expr) -> Equality | None:
         return None
     if field.path == "metadata.task":
         return Equality(Indexed.TASK, value.literal)
-    if field.kind is Kind.LABEL and field.label_key is not None:
+    if field.kind is Kind.LABEL and field.label_key is not None and not negated:
+        # `NOT labels.k != "v"` also holds for a record without the label.
         return Equality(Indexed.LABEL, value.literal, field.label_key)
     return None
 

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from longrun_core.filtering.ast import And, Compare, Expr, Not, Op, Or, Pattern, Present, Timestamp
 from longrun_core.filtering.fields import Field, Kind
 from longrun_core.model import State
-from longrun_core.names import COLLECTION
+from longrun_core.names import COLLECTION, PROJECTS
 
-_PREFIX = COLLECTION + "/"
-_FULL_NAME = f"('{_PREFIX}' || id)"
+_FULL_NAME = f"('{PROJECTS}/' || project || '/{COLLECTION}/' || id)"
 _SQL_OPS = {Op.EQ: "=", Op.NE: "<>", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">="}
 _GLOB_ESCAPES = {"*": "[*]", "?": "[?]", "[": "[[]"}
 #: json.dumps writes a NUL in a label as this escape (never a raw NUL).
@@ -213,13 +212,13 @@ def _text(column: str, op: Op, pattern: Pattern) -> _Sql:
 
 
 def _name(op: Op, pattern: Pattern) -> _Sql:
-    """Names are `operations/{id}`; the table stores the id."""
-    head = pattern.parts[0]
-    if op in (Op.EQ, Op.NE):
-        if head.startswith(_PREFIX):
-            return _text("id", op, Pattern((head[len(_PREFIX) :], *pattern.parts[1:])))
-        if not pattern.has_wildcard:  # not a name of this collection
-            return FALSE if op is Op.EQ else TRUE
+    """Names are `projects/{project}/operations/{id}`; the table stores the
+    project and the id (an exact name compares both columns)."""
+    if op in (Op.EQ, Op.NE) and not pattern.has_wildcard:
+        parts = pattern.literal.split("/")
+        if len(parts) == 4 and parts[0] == PROJECTS and parts[2] == COLLECTION:
+            same = _Sql("(project = ? AND id = ?)", (parts[1], parts[3]))
+            return same if op is Op.EQ else _not(same)
     return _text(_FULL_NAME, op, pattern)
 
 

@@ -7,8 +7,14 @@ Layout
     `error_code` (int or null) and `label_pairs` (one "key=value" string per
     label, for `labels.KEY = "V"` filters). `expire_time` is a timestamp field, so a
     production TTL policy can use it (firestore.indexes.json declares it).
-    `{collection}_request_ids/{sha256(request_id)}`: the request-id
-    reservation, holding the operation id and the request fingerprint.
+    `{collection}_request_ids/{sha256(project "/" request_id)}`: the request-id
+    reservation, holding the operation id and the request fingerprint (a
+    request id is unique within its project; the default project keeps the
+    key `sha256(request_id)` it had before operations had a project).
+    Documents without `project` (written before it existed) belong to the
+    default project: `get` reads them so, and every rewrite stores the
+    field. A list limited to projects finds them only once rewritten
+    (lists of every project, the default without authentication, do).
 
 Indexes and TTL (production; the emulator needs none)
     firestore.indexes.json at the repository root holds the composite indexes
@@ -16,7 +22,10 @@ Indexes and TTL (production; the emulator needs none)
     (state, lease_expire_time), and those of filtered lists: (done |
     state | task | label_pairs array-contains, create_time desc), one per
     field a list filter pushes down (longrun_core.filtering.firestore);
-    unfiltered lists and `delete_expired` use single-field indexes.
+    unfiltered lists and `delete_expired` use single-field indexes. Lists
+    limited to projects add `project ==` (one project) or `project in`
+    (several, at most `MAX_IN_PROJECTS`) in front: (project, create_time
+    desc) and (project, done | state | task | label_pairs, create_time desc).
     tests/integration/test_firestore_indexes.py checks, with the emulator's
     index-usage report, that every query this store runs has its index
     declared there (the emulator itself runs any query). Documents written
@@ -115,7 +124,7 @@ from longrun_core.errors import Aborted, AlreadyExists, Unavailable
 from longrun_core.filtering.firestore import LABEL_PAIRS, label_pair
 from longrun_core.google.list_values import DocValues, doc_position, value_fields
 from longrun_core.model import OperationRecord, State
-from longrun_core.names import operation_name, parse_operation_name
+from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.settings import BackendSettings
 from longrun_core.store import (
     CreateResult,
@@ -128,6 +137,7 @@ from longrun_core.store import (
     as_records,
     check_duplicate,
     scan_page,
+    watch_key_of,
 )
 from longrun_core.watch import WatchHub
 
@@ -260,9 +270,12 @@ def _plain_datetime(value: datetime) -> datetime:
     return from_micros(to_micros(value))
 
 
-def request_doc_id(request_id: str) -> str:
-    """Request ids are client-chosen strings; hash them into a safe document id."""
-    return hashlib.sha256(request_id.encode()).hexdigest()
+def request_doc_id(project: str, request_id: str) -> str:
+    """Request ids are client-chosen strings (UUIDs: no '/'), unique within a
+    project; hash the pair into a safe document id. The default project keeps
+    the id reservations had before projects existed."""
+    key = request_id if project == DEFAULT_PROJECT else f"{project}/{request_id}"
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class ListenClient(firestore.Client):  # type: ignore[misc]
@@ -407,7 +420,7 @@ class FirestoreOperationStore(OperationStore):
     def _wrote(self, op_id: str, version: int, update_time: Any) -> None:
         self._saw_server_time(update_time)
         self._remember(op_id, version, update_time)
-        listener = self._listeners.get(operation_name(op_id))
+        listener = self._listeners.get(watch_key(op_id))
         if listener is not None:
             listener.local_version = max(listener.local_version, version)
 
@@ -449,7 +462,7 @@ class FirestoreOperationStore(OperationStore):
                 close()
 
     async def on_written(self, name: str) -> None:
-        self.hub.notify(name)
+        self.hub.notify(watch_key_of(name))
 
     # ---- primitives ----
 
@@ -479,10 +492,11 @@ class FirestoreOperationStore(OperationStore):
         """Create `rec` and its reservation atomically; None when created, else
         the duplicate's result (or AlreadyExists)."""
         op_ref = self._ops.document(rec.id)
-        rid_ref = self._rids.document(request_doc_id(request_id))
+        rid_ref = self._rids.document(request_doc_id(rec.project, request_id))
         doc = to_document(rec)
         reservation = {
             "request_id": request_id,
+            "project": rec.project,
             "operation_id": rec.id,
             "request_hash": rec.request_hash,
             "create_time": rec.create_time,
@@ -519,7 +533,7 @@ class FirestoreOperationStore(OperationStore):
                     return CreateResult(existing, created=True)
             else:
                 existing = await self._read(target)
-                if existing is not None:
+                if existing is not None and existing.project == rec.project:
                     return check_duplicate(existing, rec)
             # The reservation names an operation that no longer exists (removed
             # by a TTL policy, say): take it over, guarded by its update_time.
@@ -554,15 +568,17 @@ class FirestoreOperationStore(OperationStore):
         self._wrote(rec.id, rec.version, result.update_time)
         return True
 
-    async def _delete(self, op_id: str) -> bool:
+    async def _delete(self, op_id: str, *, project: str | None = None) -> bool:
         for _ in range(self.max_conflicts):
             snap = await self._snapshot(op_id)
             if not snap.exists:
                 return False
+            if project is not None and _project_of(snap) != project:
+                return False
             if await self._delete_snapshot(snap):
                 return True
             await asyncio.sleep(0)
-        raise Aborted(f"operation {operation_name(op_id)!r} changed concurrently too often; retry")
+        raise Aborted(f"operation {watch_key(op_id)!r} changed concurrently too often; retry")
 
     async def _delete_snapshot(self, snap: Any, rid_snap: Any = None) -> bool:
         """Delete the operation if it is unchanged since `snap`, with its
@@ -575,7 +591,8 @@ class FirestoreOperationStore(OperationStore):
         )
         if request_id is not None:
             if rid_snap is None:
-                rid_snap = await self._call(self._rids.document(request_doc_id(request_id)).get)
+                rid_ref = self._rids.document(request_doc_id(_project_of(snap), request_id))
+                rid_snap = await self._call(rid_ref.get)
             if rid_snap.exists and rid_snap.get("operation_id") == op_id:
                 option = self._client.write_option(last_update_time=rid_snap.update_time)
                 batch.delete(rid_snap.reference, option=option)
@@ -600,16 +617,37 @@ class FirestoreOperationStore(OperationStore):
         after: Cursor | None,
         flt: RecordFilter | None = None,
         budget: ScanBudget | None = None,
+        projects: frozenset[str] | None = None,
     ) -> ListPage:
         """See `OperationStore.list`. The pushed-down part of the filter is in
         `longrun_core.filtering.firestore`; a filter not wholly pushed down is
         checked on light documents (a projection without the payloads), and
-        the full documents of those kept are read with one batched get."""
+        the full documents of those kept are read with one batched get.
+        The project constraint is a `where` on `project` (`==` for one, `in`
+        for up to `MAX_IN_PROJECTS`); a larger set is checked per document."""
+        if projects is not None and not projects:
+            return ListPage([], None)
         query = self._list_query()
         exact = True
+        if projects is not None and len(projects) <= MAX_IN_PROJECTS:
+            if len(projects) == 1:
+                query = query.where(filter=FieldFilter("project", "==", next(iter(projects))))
+            else:
+                query = query.where(filter=FieldFilter("project", "in", sorted(projects)))
+        elif projects is not None:
+            flt = WithinProjects(flt, projects)
         if flt is not None:
             to_firestore = getattr(flt, "to_firestore", None)
             pushdown: FirestorePushdown | None = to_firestore() if to_firestore else None
+            if (
+                pushdown is not None
+                and projects is not None
+                and len(projects) > 1
+                and any(op == "in" for _, op, _ in getattr(pushdown, "wheres", ()))
+            ):
+                # Two disjunctions (project in, state in) multiply past
+                # Firestore's limit: the projects go down, the states are checked.
+                pushdown = None
             if pushdown is not None:
                 if getattr(pushdown, "matches_nothing", False):
                     return ListPage([], None)
@@ -725,7 +763,7 @@ class FirestoreOperationStore(OperationStore):
         if not snaps:
             return 0
         rid_refs = [
-            self._rids.document(request_doc_id(s.get("request_id")))
+            self._rids.document(request_doc_id(_project_of(s), s.get("request_id")))
             for s in snaps
             if s.get("request_id") is not None
         ]
@@ -736,19 +774,21 @@ class FirestoreOperationStore(OperationStore):
 
         async def purge(snap: Any) -> bool:
             rid = snap.get("request_id")
-            rid_snap = rid_snaps.get(request_doc_id(rid)) if rid is not None else None
+            rid_snap = (
+                rid_snaps.get(request_doc_id(_project_of(snap), rid)) if rid is not None else None
+            )
             return await self._delete_snapshot(snap, rid_snap)
 
         deleted = await asyncio.gather(*(purge(s) for s in snaps))
         for snap, gone in zip(snaps, deleted, strict=True):
             if gone:
-                await self.on_written(operation_name(snap.id))
+                await self.on_written(watch_key(snap.id))
         return sum(deleted)
 
     # ---- watch ----
 
     async def _start_listener(self, name: str) -> Callable[[], None]:
-        op_id = parse_operation_name(name)
+        op_id = parse_operation_name(name).id
         loop = asyncio.get_running_loop()
         channel = await self._listen_channel()
         listener = _Listener(name, loop.create_future(), channel)
@@ -864,6 +904,31 @@ _LIGHT_FIELDS = [n for n in _FIELDS if n not in ("params", "response")]
 
 def _from_light_document(doc: dict[str, Any]) -> OperationRecord:
     return from_document(doc | {"params": b"", "response": None})
+
+
+def _project_of(snap: Any) -> str:
+    """The project of a stored document (the default one if it has none)."""
+    try:
+        return str(snap.get("project") or DEFAULT_PROJECT)
+    except KeyError:
+        return DEFAULT_PROJECT
+
+
+#: Projects one list query names at most (`project in [...]`; Firestore
+#: allows 30 values in a disjunction); a larger set is checked per document.
+MAX_IN_PROJECTS = 30
+
+
+class WithinProjects:
+    """A RecordFilter: `flt` (if any) and the record's project in `projects`
+    (for a set too large to push down)."""
+
+    def __init__(self, flt: RecordFilter | None, projects: frozenset[str]) -> None:
+        self.flt = flt
+        self.projects = projects
+
+    def matches(self, rec: OperationRecord) -> bool:
+        return rec.project in self.projects and (self.flt is None or self.flt.matches(rec))
 
 
 def _exists(rec: OperationRecord) -> AlreadyExists:

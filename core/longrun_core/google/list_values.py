@@ -11,12 +11,12 @@ from typing import Any
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.filtering.evaluate import error_values
 from longrun_core.model import OperationRecord, State
-from longrun_core.names import operation_name
+from longrun_core.names import DEFAULT_PROJECT, operation_name
 from longrun_core.store import Cursor
 
 #: The document fields each filter `attr` (longrun_core.filtering.fields) is read from.
 _ATTR_FIELDS: dict[str, tuple[str, ...]] = {
-    "name": ("id",),
+    "name": ("id", "project"),
     "done": ("state",),
     "error": ("state", "error"),
     "error_code": ("state", "error"),
@@ -60,7 +60,7 @@ class DocValues:
                 self._error = error_values(done, None if error is None else bytes(error))
             return self._error[_ERROR_ATTRS[attr]]
         if attr == "name":
-            return operation_name(str(doc["id"]))
+            return operation_name(str(doc.get("project") or DEFAULT_PROJECT), str(doc["id"]))
         if attr == "done":
             return State(int(doc["state"])).done
         if attr == "state":

@@ -169,8 +169,6 @@ CREATE TABLE IF NOT EXISTS operations (
     expire_us INTEGER,
     version INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS operations_request_id
-    ON operations(request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS operations_order ON operations(create_us DESC, id DESC);
 CREATE INDEX IF NOT EXISTS operations_dispatch_due
     ON operations(dispatch_due_us) WHERE dispatch_due_us IS NOT NULL;

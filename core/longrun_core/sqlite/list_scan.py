@@ -9,6 +9,8 @@ databases are filled in once)
     operations_task_order   (task, create_us desc, id desc)    metadata.task = "..."
     operation_labels        (key, value, create_us desc, op_id desc), a table
                             kept by triggers on `operations`   labels.KEY = "..."
+    operations_project_order (project, create_us desc, id desc) a project
+                            constraint (made by `migrate` in sqlite/store.py)
 
 Plan
     A filter's top-level equalities (`longrun_core.filtering.index_terms`)
@@ -19,6 +21,15 @@ Plan
     among them that pass the rest of the filter in SQL. The budget counts
     index entries, so a selective indexed filter reads only what matches, and
     a filter no index serves reads `limit` rows per window and no more.
+
+    A list limited to some projects (the caller's visible ones, or the one
+    its name asks for) walks `operations_project_order` instead, once per
+    project: the window reads the next `limit` keys of each and keeps the
+    newest `limit` of them all (a merge, so no sort of a whole project), then
+    the rows among them that pass the filter. The filter's own equalities
+    are then checked on those rows (SQL), not walked. A set of more than
+    `MAX_MERGED_PROJECTS` projects is checked per row instead (`project IN
+    (...)` on the ordinary walk).
 
 Threads
     Windows run on `ScanReader`'s thread, with its own read-only connection
@@ -33,6 +44,7 @@ Threads
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import sqlite3
 import threading
@@ -46,7 +58,7 @@ from longrun_core.clock import from_micros, to_micros
 from longrun_core.filtering.evaluate import error_values
 from longrun_core.filtering.index_terms import Equality, Indexed, IndexTerms
 from longrun_core.model import State
-from longrun_core.names import operation_name
+from longrun_core.names import DEFAULT_PROJECT, operation_name
 from longrun_core.sqlite.db import storage_error
 from longrun_core.store import Cursor, Window
 
@@ -145,6 +157,12 @@ class ScanPlan:
     window_exact: bool
     #: SQL decides the whole filter (else `Filter.matches` checks each row).
     exact: bool
+    #: Walk `index` once per project (driver `project = ?`) and merge.
+    projects: tuple[str, ...] | None = None
+
+
+#: Projects a list walks one by one at most; a larger set is checked per row.
+MAX_MERGED_PROJECTS = 32
 
 
 def make_plan(
@@ -152,10 +170,33 @@ def make_plan(
     where: str | None,
     where_params: tuple[object, ...],
     exact: bool,
+    projects: frozenset[str] | None = None,
 ) -> ScanPlan:
-    driver = _driver(terms) if terms is not None else None
     lo = terms.create_lo_us if terms is not None else None
     hi = terms.create_hi_us if terms is not None else None
+    if projects is not None and len(projects) <= MAX_MERGED_PROJECTS:
+        return ScanPlan(
+            table="operations",
+            index="operations_project_order",
+            id_column="id",
+            driver_sql="project = ?",
+            driver_params=(),
+            create_lo_us=lo,
+            create_hi_us=hi,
+            where=where,
+            where_params=where_params,
+            # The walk decides the filter when the filter is only create_time bounds.
+            window_exact=len(projects) == 1
+            and exact
+            and (where is None or (terms is not None and terms.complete and not terms.equalities)),
+            exact=exact,
+            projects=tuple(sorted(projects)),
+        )
+    if projects is not None:
+        within = f"project IN ({', '.join(['?'] * len(projects))})"
+        where = within if where is None else f"({where}) AND {within}"
+        where_params = (*where_params, *sorted(projects))
+    driver = _driver(terms) if terms is not None else None
     # The walk alone (driver and bounds) decides the filter: no per-row check.
     decided = exact and (
         where is None
@@ -232,7 +273,10 @@ def read_window(
     args: list[object] = []
     if plan.driver_sql is not None:
         clauses.append(plan.driver_sql)
-        args.extend(plan.driver_params)
+        if plan.projects is None:
+            args.extend(plan.driver_params)
+        else:
+            args.append(plan.projects[0])  # replaced per project below
     start = _start(after, plan.create_hi_us)
     if start is not None:
         # A row value, so SQLite seeks the index instead of scanning it.
@@ -244,6 +288,24 @@ def read_window(
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
     indexed = f" INDEXED BY {plan.index}" if plan.index else ""
     order = f" ORDER BY create_us DESC, {plan.id_column} DESC LIMIT ?"
+    if plan.projects is not None and len(plan.projects) > 1:
+        keys_sql = f"SELECT create_us, id FROM operations{indexed}{where}{order}"
+        conn.execute("BEGIN")  # one snapshot for every project's keys and their rows
+        try:
+            # The newest `limit` keys of all the projects: each walk is in list
+            # order, so the first `limit` of each hold them.
+            keys = heapq.nlargest(
+                limit,
+                (
+                    key
+                    for project in plan.projects
+                    for key in conn.execute(keys_sql, (project, *args[1:], limit)).fetchall()
+                ),
+            )
+            rows = _rows(conn, plan, [k[1] for k in keys], want, columns) if keys else []
+        finally:
+            conn.execute("COMMIT")
+        return Window([convert(r) for r in rows], len(keys), _last(keys), len(keys) < limit)
     if plan.window_exact:
         take = min(limit, want)
         rows = conn.execute(
@@ -293,7 +355,7 @@ def _rows(
 
 #: The columns each filter `attr` (longrun_core.filtering.fields) is read from.
 _ATTR_COLUMNS: dict[str, tuple[str, ...]] = {
-    "name": ("id",),
+    "name": ("id", "project"),
     "done": ("state",),
     "state": ("state",),
     "task": ("task",),
@@ -349,7 +411,7 @@ class RowValues:
                 self._error = error_values(done, row[at["error"]])
             return self._error[_ERROR_ATTRS[attr]]
         if attr == "name":
-            return operation_name(row[1])
+            return operation_name(row[at["project"]] or DEFAULT_PROJECT, row[1])
         if attr == "done":
             return State(row[at["state"]]).done
         if attr == "state":

@@ -17,7 +17,7 @@ from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import AlreadyExists
 from longrun_core.filtering.index_terms import IndexTerms
 from longrun_core.model import OperationRecord, State
-from longrun_core.names import operation_name, parse_operation_name
+from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.queue import TaskMessage, Transition
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.db import transaction
@@ -41,9 +41,11 @@ from longrun_core.store import (
     Window,
     as_records,
     check_duplicate,
+    in_project,
     next_version,
     not_found,
     scan_page,
+    watch_key_of,
 )
 from longrun_core.watch import WatchHub
 
@@ -66,7 +68,24 @@ _COLUMN_OF = _TIME_FIELDS | _DURATION_FIELDS
 _MICRO = timedelta(microseconds=1)
 #: Columns added to `operations` after its first release (db.SCHEMA has the
 #: rest): `migrate` adds them to an older database file.
-ADDED_COLUMNS = {"lease_us": "INTEGER", "releases": "INTEGER NOT NULL DEFAULT 0"}
+ADDED_COLUMNS = {
+    "lease_us": "INTEGER",
+    "releases": "INTEGER NOT NULL DEFAULT 0",
+    # Rows stored before operations had a project belong to the default one.
+    "project": f"TEXT NOT NULL DEFAULT '{DEFAULT_PROJECT}'",
+    "creator": "TEXT",
+}
+#: Indexes on added columns, created by `migrate` once the columns exist.
+#: A request id is unique within its project (the old index made it unique
+#: across all of them, and is dropped); listing one project walks
+#: `operations_project_order` (see longrun_core.sqlite.list_scan).
+ADDED_INDEXES = (
+    "DROP INDEX IF EXISTS operations_request_id",
+    "CREATE UNIQUE INDEX IF NOT EXISTS operations_project_request_id "
+    "ON operations(project, request_id) WHERE request_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS operations_project_order "
+    "ON operations(project, create_us DESC, id DESC)",
+)
 _FIELDS = [f.name for f in fields(OperationRecord)]
 COLUMNS = [_COLUMN_OF.get(n, n) for n in _FIELDS] + ["done", "error_code"]
 _COLUMNS = ", ".join(COLUMNS[: len(_FIELDS)])
@@ -166,10 +185,13 @@ def apply(
     nobody can write in between: no compare-and-set loop). Returns (record,
     whether it was written). NotFound if absent; exceptions from `transition`
     propagate, leaving the transaction for the caller to roll back."""
-    row = conn.execute(f"{_SELECT} WHERE id = ?", (parse_operation_name(name),)).fetchone()
+    parsed = parse_operation_name(name)
+    row = conn.execute(f"{_SELECT} WHERE id = ?", (parsed.id,)).fetchone()
     if row is None:
         raise not_found(name)
     current = from_row(row)
+    if not in_project(current, parsed):
+        raise not_found(name)
     new = next_version(current, transition)
     if new is None:
         return current, False
@@ -180,7 +202,8 @@ def apply(
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Add the `ADDED_COLUMNS` an older database lacks (another process may
-    be adding them at the same moment)."""
+    be adding them at the same moment), then the `ADDED_INDEXES`. A database
+    that has them all is only read."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(operations)")}
     for column, decl in ADDED_COLUMNS.items():
         if column in have:
@@ -190,6 +213,17 @@ def migrate(conn: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as exc:
             if "duplicate column" not in str(exc):
                 raise
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    if (
+        "operations_request_id" in indexes
+        or not {
+            "operations_project_request_id",
+            "operations_project_order",
+        }
+        <= indexes
+    ):
+        for statement in ADDED_INDEXES:
+            conn.execute(statement)
 
 
 def _database_now(conn: sqlite3.Connection) -> datetime:
@@ -266,8 +300,9 @@ class SqliteOperationStore(OperationStore):
         await self.backend.close()
 
     async def on_written(self, name: str) -> None:
-        self.hub.notify(name)
-        self.backend.operation_written(name)
+        key = watch_key_of(name)
+        self.hub.notify(key)
+        self.backend.operation_written(key)
 
     async def _read(self, op_id: str) -> OperationRecord | None:
         records = self._records
@@ -305,7 +340,8 @@ class SqliteOperationStore(OperationStore):
             except sqlite3.IntegrityError as exc:
                 if rec.request_id is not None and "request_id" in str(exc):
                     found = conn.execute(
-                        f"{_SELECT} WHERE request_id = ?", (rec.request_id,)
+                        f"{_SELECT} WHERE project = ? AND request_id = ?",
+                        (rec.project, rec.request_id),
                     ).fetchone()
                     if found is not None:
                         return from_row(found)
@@ -338,10 +374,12 @@ class SqliteOperationStore(OperationStore):
             self._records.put(rec)
         return written
 
-    async def _delete(self, op_id: str) -> bool:
-        count = await self.backend.db.call(
-            lambda c: c.execute("DELETE FROM operations WHERE id = ?", (op_id,)).rowcount
-        )
+    async def _delete(self, op_id: str, *, project: str | None = None) -> bool:
+        sql = "DELETE FROM operations WHERE id = ?"
+        args: tuple[str, ...] = (op_id,)
+        if project is not None:
+            sql, args = sql + " AND project = ?", (op_id, project)
+        count = await self.backend.db.call(lambda c: c.execute(sql, args).rowcount)
         return bool(count == 1)
 
     async def list(
@@ -351,10 +389,13 @@ class SqliteOperationStore(OperationStore):
         after: Cursor | None,
         flt: RecordFilter | None = None,
         budget: ScanBudget | None = None,
+        projects: frozenset[str] | None = None,
     ) -> ListPage:
         """See `OperationStore.list`; the plan and the indexes are described in
         `longrun_core.sqlite.list_scan`."""
-        plan = _plan(flt)
+        if projects is not None and not projects:
+            return ListPage([], None)  # no project: nothing to list
+        plan = _plan(flt, projects)
         if plan is None:
             return ListPage([], None)  # the filter matches nothing
         budget = budget or ScanBudget()
@@ -461,23 +502,23 @@ class SqliteOperationStore(OperationStore):
 
         ids = await self.backend.db.call(purge)
         for op_id in ids:
-            await self.on_written(operation_name(op_id))
+            await self.on_written(watch_key(op_id))
         return len(ids)
 
 
-def _plan(flt: RecordFilter | None) -> ScanPlan | None:
-    """How to scan for `flt`; None when it can match nothing."""
+def _plan(flt: RecordFilter | None, projects: frozenset[str] | None) -> ScanPlan | None:
+    """How to scan for `flt` within `projects`; None when it can match nothing."""
     if flt is None:
-        return make_plan(None, None, (), exact=True)
+        return make_plan(None, None, (), exact=True, projects=projects)
     to_sql = getattr(flt, "to_sql", None)
     get_terms = getattr(flt, "index_terms", None)
     if to_sql is None:  # a filter that only knows `matches`
-        return make_plan(None, None, (), exact=False)
+        return make_plan(None, None, (), exact=False, projects=projects)
     sql = to_sql()
     terms: IndexTerms | None = get_terms() if get_terms is not None else None
     if sql.where == "0" or (terms is not None and terms.empty_range):
         return None
-    return make_plan(terms, sql.where, tuple(sql.params), exact=bool(sql.exact))
+    return make_plan(terms, sql.where, tuple(sql.params), exact=bool(sql.exact), projects=projects)
 
 
 R = TypeVar("R")
