@@ -235,6 +235,12 @@ class OperationStore(abc.ABC):
         return None
 
     @abc.abstractmethod
+    async def count_open(self, creator: str, limit: int) -> int:
+        """How many unfinished operations `creator` (a principal id) made,
+        counting at most `limit` (the open-operations quota's question; an
+        index walk, never a scan of every record)."""
+
+    @abc.abstractmethod
     async def delete_expired(self, now: datetime, limit: int) -> int:
         """Delete up to `limit` finished records whose `expire_time` has passed."""
 

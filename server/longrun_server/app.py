@@ -30,6 +30,7 @@ from longrun_server.health import HealthServicer
 from longrun_server.jobs_service import JobsService
 from longrun_server.operations_service import OperationsService
 from longrun_server.pages import PageLimits
+from longrun_server.quotas import OpenOperationsQuota
 from longrun_server.reflection import enable_reflection
 from longrun_server.status import service_handler
 from longrun_server.tls import CertificateFiles, grpc_server_credentials
@@ -170,6 +171,10 @@ async def create_server(
         failpoints=Failpoints.from_env(),
         access=access,
         default_project=settings.default_project,
+        open_quota=OpenOperationsQuota(
+            settings.auth.quota_open_operations if auth.interceptor is not None else 0,
+            store.count_open,
+        ),
     )
     server.add_generic_rpc_handlers(
         (

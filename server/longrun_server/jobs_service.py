@@ -27,6 +27,7 @@ from longrun_core.validation import (
     check_request_id,
 )
 from longrun_server.dispatcher import Dispatcher
+from longrun_server.quotas import OpenOperationsQuota
 from longrun_server.status import rpc_errors
 
 
@@ -42,8 +43,11 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         failpoints: Failpoints | None = None,
         access: Access | None = None,
         default_project: str = DEFAULT_PROJECT,
+        open_quota: OpenOperationsQuota | None = None,
     ) -> None:
         self.store = store
+        #: Unfinished operations per authenticated principal (quotas.py).
+        self.open_quota = open_quota or OpenOperationsQuota(0, store.count_open)
         self.access: Access = access or AllowAll()
         self.default_project = check_project_id(default_project, field="default project")
         self.dispatcher = dispatcher
@@ -59,6 +63,9 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         project = self.project_of(request)
         self.access.require(Permission.CREATE, project)
         rec = self.new_record(request, project)
+        principal = current_principal()
+        if not principal.anonymous:
+            await self.open_quota.admit(principal.id)
         result = await self.store.create(rec)
         self.failpoints.hit("after_store")
         if result.created and not result.enqueued:

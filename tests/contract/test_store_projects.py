@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
+from longrun_core import transitions
 from longrun_core.errors import AlreadyExists, NotFound
 from longrun_core.filtering import parse_filter
 from longrun_core.model import OperationRecord
@@ -246,3 +248,26 @@ async def test_a_large_set_of_projects_lists_exactly_theirs(store: OperationStor
     await store.create(in_project("outsider"))
     got = await _walk(store, 7, projects=frozenset(projects))
     assert got == _newest_first(recs)
+
+
+async def test_count_open_counts_a_creators_unfinished_operations_up_to_a_limit(
+    store: OperationStore,
+) -> None:
+    alice, bob = "user:alice@example.com", "key:0123456789abcdef"
+    mine = [in_project("acme", creator=alice) for _ in range(4)]
+    for rec in [*mine, in_project("acme", creator=bob), in_project("other", creator=alice)]:
+        await store.create(rec)
+    await store.create(make_record())  # no creator (made without authentication)
+    assert await store.count_open(alice, 100) == 5  # across projects
+    assert await store.count_open(alice, 3) == 3  # stops at the limit
+    assert await store.count_open(bob, 100) == 1
+    assert await store.count_open("user:nobody@example.com", 100) == 0
+    assert await store.count_open(alice, 0) == 0
+    await store.update(
+        mine[0].name,
+        lambda r: transitions.request_cancel(r, now=r.update_time, retention=timedelta(days=1)),
+    )
+    assert (await store.get(mine[0].name)).done
+    assert await store.count_open(alice, 100) == 4  # a finished one no longer counts
+    await store.delete(mine[1].name)
+    assert await store.count_open(alice, 100) == 3

@@ -729,6 +729,16 @@ class FirestoreOperationStore(OperationStore):
         snaps = await self._call(functools.partial(_fetch, queued))
         return [from_document(s.to_dict()) for s in snaps]
 
+    async def count_open(self, creator: str, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        query = (
+            self._ops.where(filter=FieldFilter("creator", "==", creator))
+            .where(filter=FieldFilter("done", "==", False))
+            .limit(limit)
+        )
+        return await self._call(functools.partial(_count, query))
+
     async def leased(self, limit: int) -> builtins.list[OperationRecord]:
         if limit <= 0:
             return []
@@ -878,6 +888,13 @@ class FirestoreOperationStore(OperationStore):
         stopping = loop.run_in_executor(self._pool, watch.unsubscribe)
         self._stopping.add(stopping)
         stopping.add_done_callback(self._stopping.discard)
+
+
+def _count(query: Any) -> int:
+    """The documents `query` matches, counted by the server (an aggregation
+    query: no document is read back)."""
+    results = query.count(alias="n").get()
+    return int(results[0][0].value)
 
 
 def _fetch(query: Any) -> list[Any]:

@@ -85,6 +85,9 @@ ADDED_INDEXES = (
     "ON operations(project, request_id) WHERE request_id IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS operations_project_order "
     "ON operations(project, create_us DESC, id DESC)",
+    # The open-operations quota counts a creator's unfinished operations.
+    "CREATE INDEX IF NOT EXISTS operations_creator_open "
+    "ON operations(creator) WHERE done = 0 AND creator IS NOT NULL",
 )
 _FIELDS = [f.name for f in fields(OperationRecord)]
 COLUMNS = [_COLUMN_OF.get(n, n) for n in _FIELDS] + ["done", "error_code"]
@@ -219,6 +222,7 @@ def migrate(conn: sqlite3.Connection) -> None:
         or not {
             "operations_project_request_id",
             "operations_project_order",
+            "operations_creator_open",
         }
         <= indexes
     ):
@@ -464,6 +468,18 @@ class SqliteOperationStore(OperationStore):
             ).fetchall()
         )
         return [from_row(r) for r in rows]
+
+    async def count_open(self, creator: str, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        row = await self.backend.db.call(
+            lambda c: c.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM operations "
+                "WHERE creator = ? AND done = 0 AND creator IS NOT NULL LIMIT ?)",
+                (creator, limit),
+            ).fetchone()
+        )
+        return int(row[0])
 
     async def leased(self, limit: int) -> Sequence[OperationRecord]:
         # Only RUNNING records hold a lease_expire_us: the partial index
