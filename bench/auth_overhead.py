@@ -76,8 +76,19 @@ async def measure(n: int, rounds: int) -> dict[str, dict[str, Any]]:
             await queue.start()
             keys = SqliteKeyStore(backend.db)
             registry = load_tasks(["longrun_worker.builtin_tasks"])
+            # The token's caller reads the project through the policy file,
+            # the key through its own binding: each call is authorized too.
+            policy = Path(tmp) / "policy.toml"
+            policy.write_text(
+                '[[bindings]]\nproject = "bench"\nrole = "viewer"\n'
+                'members = ["user:alice@example.com"]\n'
+            )
             auth_settings = AuthenticationSettings(
-                oidc_audience=AUDIENCE, oidc_certs_url=keyserver.certs_url, api_keys=True
+                oidc_audience=AUDIENCE,
+                oidc_certs_url=keyserver.certs_url,
+                api_keys=True,
+                policy_file=policy,
+                quota_requests_per_second=0,
             )
             auth = build_auth(auth_settings, key_store=keys)
             await auth.start()
@@ -108,7 +119,9 @@ async def measure(n: int, rounds: int) -> dict[str, dict[str, Any]]:
             }
             try:
                 jobs = jobs_pb2_grpc.JobsStub(channels[0])
-                op = await jobs.CreateJob(jobs_pb2.CreateJobRequest(task="noop"))
+                op = await jobs.CreateJob(
+                    jobs_pb2.CreateJobRequest(parent="projects/bench", task="noop")
+                )
                 for mode in MODES:  # warm up (the token's first verification, the key read)
                     await _calls(stubs[mode], op.name, metadata[mode], 50)
                 per_round: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
