@@ -17,9 +17,18 @@ gRPC and HTTPS, the certificate over HTTPS); a second one runs `require`
 for the certificate over gRPC.
 
 `MATRIX` below is the table: one row per identity, one column per method on
-P (plus `GetOperation` of an absent operation of P, and every method on Q);
-every cell is the outcome expected over both transports (HTTP: the status
-the gRPC code maps to).
+P, plus `missing` (GetOperation of an absent operation of P: NOT_FOUND only
+for who may read P), `list_all` (ListOperations of `operations`: every
+project the caller may see, which for these identities is P or nothing) and
+`other` (every method on Q). Get/Wait/Cancel/Delete also run on the names
+without a project (`operations/{id}`, scopes `P-legacy` and `Q-legacy`),
+which must not open a way around the project check. Every cell is the
+outcome expected over both transports (HTTP: the status the gRPC code maps
+to; 401 with a `WWW-Authenticate: Bearer` challenge). Besides the code, each
+case checks the ErrorInfo (reason; for a denial the permission and resource
+it names), that a refusal carries nothing of an operation, and that a
+refused Cancel/Delete changed nothing; an allowed one is checked in the
+store (cancelled, gone, created).
 """
 
 from __future__ import annotations
@@ -49,7 +58,10 @@ from tests.support.oidc import AUDIENCE, certs_served_in_thread, id_token, make_
 
 P = "matrix"
 Q = "elsewhere"
-MTLS_SAN = "spiffe://longrun.test/matrix-client"
+#: The mTLS identity's certificate has several SANs; the first names the
+#: caller (`san:<first>`), the same on the gRPC port and through HTTPS.
+MTLS_SAN = "matrix-client.example"
+MTLS_OTHER_SANS = ("spiffe://longrun.test/matrix-client", "machine@example.com")
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 WAIT = "0.2s"
 HTTP_STATUS = {"OK": 200, "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404}
@@ -128,19 +140,21 @@ def same(outcome: Outcome) -> Row:
     return Row(*(outcome,) * 9)
 
 
+D, NF = DENIED, NOT_FOUND
+
 # fmt: off
 MATRIX: dict[str, Row] = {
-    #                      get        list       wait       cancel     delete     create     missing    list_all other (Q)
+    #                      get  list wait cancel delete create missing list_all other (Q)
     "anonymous":      same(unauthenticated("CREDENTIALS_MISSING")),
     "wrong-audience": same(unauthenticated("TOKEN_INVALID")),
     "expired":        same(unauthenticated("TOKEN_EXPIRED")),
-    "no-role":        Row(DENIED,    DENIED,    DENIED,    DENIED,    DENIED,    DENIED,    DENIED,    OK,      DENIED),
-    "viewer":         Row(OK,        OK,        OK,        DENIED,    DENIED,    DENIED,    NOT_FOUND, OK,      DENIED),
-    "editor":         Row(OK,        OK,        OK,        OK,        OK,        OK,        NOT_FOUND, OK,      DENIED),
-    "admin":          Row(OK,        OK,        OK,        OK,        OK,        OK,        NOT_FOUND, OK,      DENIED),
-    "api-key":        Row(OK,        OK,        OK,        OK,        OK,        OK,        NOT_FOUND, OK,      DENIED),
+    "no-role":        Row(D,   D,   D,   D,     D,     D,     D,      OK,      D),
+    "viewer":         Row(OK,  OK,  OK,  D,     D,     D,     NF,     OK,      D),
+    "editor":         Row(OK,  OK,  OK,  OK,    OK,    OK,    NF,     OK,      D),
+    "admin":          Row(OK,  OK,  OK,  OK,    OK,    OK,    NF,     OK,      D),
+    "api-key":        Row(OK,  OK,  OK,  OK,    OK,    OK,    NF,     OK,      D),
     "revoked-key":    same(unauthenticated("API_KEY_REVOKED")),
-    "mtls":           Row(OK,        OK,        OK,        OK,        OK,        OK,        NOT_FOUND, OK,      DENIED),
+    "mtls":           Row(OK,  OK,  OK,  OK,    OK,    OK,    NF,     OK,      D),
 }
 # fmt: on
 
@@ -162,13 +176,15 @@ def _cases() -> list[Any]:
     cases = []
     for identity, row in MATRIX.items():
         for scope in SCOPES:
-            methods = LEGACY_METHODS if scope.endswith("legacy") else METHODS
+            methods: tuple[str, ...] = LEGACY_METHODS if scope.endswith("legacy") else METHODS
             if scope == "P":
                 methods = (*METHODS, "missing", "list_all")
             for method in methods:
                 expected = _expected(row, method, scope)
                 cases.append(
-                    pytest.param(identity, method, scope, expected, id=f"{identity}-{method}-{scope}")
+                    pytest.param(
+                        identity, method, scope, expected, id=f"{identity}-{method}-{scope}"
+                    )
                 )
     return cases
 
@@ -191,6 +207,7 @@ class Answer:
     info: error_details_pb2.ErrorInfo | None = None
     payload: dict[str, Any] = field(default_factory=dict)
     text: str = ""  # everything the caller received, for "never the operation"
+    challenge: str | None = None  # HTTP: the WWW-Authenticate header
 
 
 def _error_info(details: Any) -> error_details_pb2.ErrorInfo | None:
@@ -286,7 +303,13 @@ class HttpCaller:
                 domain=infos[0]["domain"],
                 metadata=infos[0].get("metadata", {}),
             )
-        return Answer(error["status"], response.status_code, info, text=response.text)
+        return Answer(
+            error["status"],
+            response.status_code,
+            info,
+            text=response.text,
+            challenge=response.headers.get("WWW-Authenticate"),
+        )
 
 
 @dataclass
@@ -379,7 +402,7 @@ def deployment(
     env = backend_env(backend, workdir)
     ca = CertificateAuthority(workdir / "pki")
     served = ca.server()
-    client_cert = ca.client("matrix-client", MTLS_SAN)
+    client_cert = ca.client("matrix-client", MTLS_SAN, *MTLS_OTHER_SANS)
     policy = workdir / "policy.toml"
     policy.write_text(POLICY)
 
@@ -480,6 +503,8 @@ def _check_code(answer: Answer, expected: Outcome, transport: str) -> None:
     assert answer.code == expected.code, answer
     if transport == "http":
         assert answer.http == HTTP_STATUS[expected.code], answer
+        if expected.code == "UNAUTHENTICATED":
+            assert answer.challenge is not None and answer.challenge.startswith("Bearer"), answer
     if expected.reason is not None:
         assert answer.info is not None, f"no ErrorInfo: {answer}"
         assert (answer.info.reason, answer.info.domain) == (expected.reason, "longrun.dev"), answer
@@ -570,3 +595,73 @@ def test_the_other_projects_operations_are_untouched(deployment: Deployment) -> 
     assert done == [], f"operations of {Q} changed by callers without a role: {done}"
     # Only its owner's CreateJob calls made operations there.
     assert len(names) == deployment.created[Q], names
+
+
+def test_a_certificate_is_not_asked_for_on_the_optional_grpc_port(deployment: Deployment) -> None:
+    """The documented limit of `--tls-client-auth optional`: the gRPC port does
+    not request a certificate, so one the client holds is never sent and the
+    call has no credentials (the `strict` server, `require`, is where it works)."""
+    cert = deployment.credentials["mtls"].certificate
+    assert cert is not None
+    caller = GrpcCaller(deployment.channel(deployment.main.target, cert), ())
+    answer = caller.call("get", deployment.shared_ops[P])
+    _check_code(answer, unauthenticated("CREDENTIALS_MISSING"), "grpc")
+    strict = GrpcCaller(deployment.channel(deployment.strict.target, cert), ())
+    assert strict.call("get", deployment.shared_ops[P]).code == "OK"
+
+
+def _key_call(
+    deployment: Deployment, identity: str, rpc: str, request: Any
+) -> tuple[str, Any, error_details_pb2.ErrorInfo | None]:
+    """An ApiKeys RPC over gRPC as `identity`: (code, response, ErrorInfo)."""
+    from longrun.v1 import api_keys_pb2_grpc
+
+    stub = api_keys_pb2_grpc.ApiKeysStub(deployment._main_channel)
+    try:
+        response = getattr(stub, rpc)(
+            request, metadata=deployment.credentials[identity].metadata, timeout=30
+        )
+    except grpc.RpcError as err:
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        info = _error_info(status.details) if status else None
+        return err.code().name, None, info  # type: ignore[attr-defined]
+    return "OK", response, None
+
+
+def test_a_key_minted_and_revoked_through_the_server(deployment: Deployment) -> None:
+    """ApiKeys as admin: a key minted through the server works on both
+    transports; revoked over HTTP, it is refused at once on both; only an
+    admin of the project may mint, never for another project."""
+    from longrun.v1 import api_keys_pb2
+
+    def create(identity: str, project: str) -> tuple[str, Any, Any]:
+        request = api_keys_pb2.CreateApiKeyRequest(
+            parent=f"projects/{project}", role=api_keys_pb2.ApiKey.EDITOR
+        )
+        return _key_call(deployment, identity, "CreateApiKey", request)
+
+    for identity, project in (("viewer", P), ("editor", P), ("api-key", P), ("admin", Q)):
+        code, _, info = create(identity, project)
+        assert code == "PERMISSION_DENIED", (identity, project, code)
+        assert info is not None and info.reason == "IAM_PERMISSION_DENIED"
+        assert dict(info.metadata) == {
+            "permission": "longrun.apiKeys.create",
+            "resource": f"projects/{project}",
+        }
+    code, minted, _ = create("admin", P)
+    assert code == "OK" and minted.key_string.startswith("lrk_"), code
+    key = Credentials((("x-goog-api-key", minted.key_string),))
+    deployment.credentials["minted"] = key
+    op = deployment.shared_ops[P]
+    for transport in ("grpc", "http"):
+        assert deployment.caller("minted", transport).call("get", op).code == "OK"
+
+    admin = HttpCaller(
+        deployment.http_base, deployment.ca.cert_file, deployment.credentials["admin"]
+    )
+    revoked = admin.session.delete(f"{deployment.http_base}/v1/{minted.name}", timeout=30)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["name"] == minted.name and "revokeTime" in revoked.json()
+    for transport in ("grpc", "http"):
+        answer = deployment.caller("minted", transport).call("get", op)
+        _check_code(answer, unauthenticated("API_KEY_REVOKED"), transport)
