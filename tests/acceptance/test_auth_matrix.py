@@ -22,7 +22,9 @@ for who may read P), `list_all` (ListOperations of `operations`: every
 project the caller may see, which for these identities is P or nothing) and
 `other` (every method on Q). Get/Wait/Cancel/Delete also run on the names
 without a project (`operations/{id}`, scopes `P-legacy` and `Q-legacy`),
-which must not open a way around the project check. Every cell is the
+which must not open a way around the project check, and on the id of Q's
+operation under P's name (`Q-in-P`), and CreateJob without a
+parent (`P-legacy`: it goes to the one project the caller may create in). Every cell is the
 outcome expected over both transports (HTTP: the status the gRPC code maps
 to; 401 with a `WWW-Authenticate: Bearer` challenge). Besides the code, each
 case checks the ErrorInfo (reason; for a denial the permission and resource
@@ -161,14 +163,19 @@ MATRIX: dict[str, Row] = {
 
 #: Where a case points: P or Q by full names (`projects/{p}/operations/{id}`),
 #: or by the names without a project (`operations/{id}`, still served).
-SCOPES = ("P", "P-legacy", "Q", "Q-legacy")
+#: `Q-in-P`: the id of an operation of Q under P's name
+#: (`projects/P/operations/<id of Q's>`): what may read P gets NOT_FOUND,
+#: never Q's operation.
+SCOPES = ("P", "P-legacy", "Q", "Q-legacy", "Q-in-P")
 LEGACY_METHODS = ("get", "wait", "cancel", "delete")
 
 
 def _expected(row: Row, method: str, scope: str) -> Outcome:
+    value: Outcome = getattr(row, method)
+    if scope == "Q-in-P":
+        return NOT_FOUND if value == OK else value
     if scope.startswith("Q"):
         return row.other
-    value: Outcome = getattr(row, method)
     return value
 
 
@@ -176,9 +183,11 @@ def _cases() -> list[Any]:
     cases = []
     for identity, row in MATRIX.items():
         for scope in SCOPES:
-            methods: tuple[str, ...] = LEGACY_METHODS if scope.endswith("legacy") else METHODS
+            methods: tuple[str, ...] = METHODS if scope in ("P", "Q") else LEGACY_METHODS
             if scope == "P":
                 methods = (*METHODS, "missing", "list_all")
+            if scope == "P-legacy":
+                methods = (*LEGACY_METHODS, "create")  # no parent: the caller's own project
             for method in methods:
                 expected = _expected(row, method, scope)
                 cases.append(
@@ -289,7 +298,8 @@ class HttpCaller:
             response = self.session.delete(url, timeout=30)
         else:
             assert method == "create"
-            response = self.session.post(f"{url}/jobs", json={"task": "noop"}, timeout=30)
+            jobs = f"{url}/jobs" if target else f"{self.base}/v1/jobs"
+            response = self.session.post(jobs, json={"task": "noop"}, timeout=30)
         body = response.json()
         if response.status_code == 200:
             return Answer("OK", 200, payload=body, text=response.text)
@@ -486,6 +496,8 @@ def _target(deployment: Deployment, method: str, scope: str) -> tuple[str, str]:
     project = Q if scope.startswith("Q") else P
     if method == "list_all":
         return "operations", "operations"
+    if method == "create" and scope == "P-legacy":
+        return f"projects/{P}", ""  # CreateJob without a parent (HTTP: POST /v1/jobs)
     if method in ("list", "create"):
         return f"projects/{project}", f"projects/{project}"
     if method == "missing":
@@ -496,6 +508,8 @@ def _target(deployment: Deployment, method: str, scope: str) -> tuple[str, str]:
         name = deployment.shared_ops[project]
     if scope.endswith("legacy"):
         return name, "operations/" + name.rsplit("/", 1)[1]
+    if scope == "Q-in-P":
+        return name, f"projects/{P}/operations/" + name.rsplit("/", 1)[1]
     return name, name
 
 
@@ -558,7 +572,11 @@ def test_matrix(
         assert answer.info is not None
         # A full name names its project; a name without one names only itself
         # (the project would tell that the operation exists).
-        resource = target if scope.endswith("legacy") else "projects/" + full.split("/")[1]
+        resource = target if scope.endswith("legacy") else "projects/" + target.split("/")[1]
+        if method == "create" and scope == "P-legacy":
+            # Without a parent a caller creates in the one project it may
+            # create in; one with none is refused on the server's default.
+            resource = "projects/default"
         assert dict(answer.info.metadata) == {
             "permission": PERMISSION[method],
             "resource": resource,
@@ -574,7 +592,7 @@ def test_matrix(
 
 def test_every_identity_and_method_is_in_the_table() -> None:
     rows = {(c.values[0], c.values[1], c.values[2]) for c in _cases()}
-    per_identity = len(METHODS) * 2 + 2 + len(LEGACY_METHODS) * 2
+    per_identity = len(METHODS) * 2 + 2 + len(LEGACY_METHODS) * 3 + 1
     assert len(rows) == len(MATRIX) * per_identity
     assert {r[0] for r in rows} == set(MATRIX)
     assert {r[1] for r in rows} == {*METHODS, "missing", "list_all"}
