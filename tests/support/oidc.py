@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiohttp import web
@@ -132,3 +136,36 @@ async def serve_keys(state: KeyServer) -> AsyncIterator[KeyServer]:
         yield state
     finally:
         await server.close()
+
+
+@contextmanager
+def certs_served_in_thread(keys: Sequence[SigningKey]) -> Iterator[str]:
+    """Serves `keys` as Google's `{kid: PEM}` certificates from a thread (for
+    tests whose server is another process and whose test code is
+    synchronous); yields the certificates URL."""
+    body = json.dumps({k.kid: k.cert_pem for k in keys}).encode()
+
+    class Certs(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/certs":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", "max-age=3600")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # no request log on the test's stderr
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
+    thread = threading.Thread(target=server.serve_forever, name="oidc-certs", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/certs"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
