@@ -82,7 +82,7 @@ class GcsStorage:
     def __init__(self, client: Any = None) -> None:
         if client is None:
             try:
-                from google.cloud import storage
+                from google.cloud import storage  # type: ignore[attr-defined]
             except ImportError as exc:
                 raise PermanentError(
                     "Cloud Storage needs google-cloud-storage: pip install 'longrun[gcs]'"
