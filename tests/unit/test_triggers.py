@@ -297,3 +297,10 @@ async def test_runner_settles_each_decision_and_counts_it(tmp_path: Path) -> Non
     await runner.handle_batch([("l2", notification("in/later.docx", message_id="7"))])
     assert len(jobs.ops) == 3
     assert runner.counters.created == 3
+
+
+def test_the_runner_reads_the_key_the_server_sets() -> None:
+    from longrun_server.jobs_service import REPLAYED_METADATA_KEY as server_key
+    from longrun_worker.triggers.runner import REPLAYED_METADATA_KEY as trigger_key
+
+    assert trigger_key == server_key
