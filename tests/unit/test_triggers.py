@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -304,3 +305,42 @@ def test_the_runner_reads_the_key_the_server_sets() -> None:
     from longrun_worker.triggers.runner import REPLAYED_METADATA_KEY as trigger_key
 
     assert trigger_key == server_key
+
+
+def test_the_command_refuses_an_unusable_triggers_file(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from longrun_worker.triggers.cli import main
+
+    bad = tmp_path / "t.toml"
+    bad.write_text('[[trigger]]\nname = "a"\nsubscription = "nope"\ntask = "t"\n')
+    result = CliRunner().invoke(main, ["--triggers-file", str(bad)])
+    assert result.exit_code == 2
+    assert "subscription must be projects/PROJECT/subscriptions/NAME" in result.output
+    missing = CliRunner().invoke(main, ["--triggers-file", str(tmp_path / "none.toml")])
+    assert missing.exit_code == 2
+    assert "cannot read" in missing.output
+
+
+async def test_a_long_reason_is_cut_to_what_pubsub_accepts() -> None:
+    from longrun_worker.triggers.runner import PubSubSubscription
+
+    class Publisher:
+        def __init__(self) -> None:
+            self.sent: list[dict[str, str]] = []
+
+        def publish(self, topic: str, data: bytes, **attributes: str) -> Any:
+            import concurrent.futures
+
+            self.sent.append(attributes)
+            done: concurrent.futures.Future[str] = concurrent.futures.Future()
+            done.set_result("1")
+            return done
+
+    (t,) = parse_triggers(DOCX)
+    publisher = Publisher()
+    await PubSubSubscription(t, None, publisher).dead_letter(notification(), "é" * 1000)
+    (sent,) = publisher.sent
+    assert len(sent["longrunReason"].encode()) <= 1024
+    assert sent["longrunTrigger"] == "docx-to-pdf" and sent["longrunMessageId"] == "m1"
+    assert sent["objectId"] == "in/a.docx"

@@ -212,7 +212,8 @@ class PubSubSubscription:
             return
         attributes = dict(message.attributes) | {
             "longrunTrigger": self.trigger.name,
-            "longrunReason": reason[:1024],
+            # Pub/Sub takes attribute values of at most 1024 bytes.
+            "longrunReason": reason.encode()[:1024].decode(errors="ignore"),
             "longrunMessageId": message.message_id,
         }
         future = self.publisher.publish(topic, message.data, **attributes)
