@@ -260,3 +260,105 @@ def test_a_corrupt_upload_ends_failed_with_a_reason_and_no_retry(uploads: Upload
     assert "not a .docx document" in done.error.message, done.error
     assert not (uploads.objects / "converted" / "in" / "corrupt.pdf").exists()
     assert uploads.counters()["created"] == before["created"] + 1
+
+
+FOLDER_TRIGGERS = """
+[[trigger]]
+name = "folder-docx"
+folder = "{folder}"
+settle = 0.3
+project = "local"
+task = "docx_to_pdf"
+
+[trigger.filter]
+objectId = {{ suffix = ".docx" }}
+
+[trigger.params]
+bucket = "{{attributes.bucketId}}"
+object = "{{data.name}}"
+output_bucket = "converted"
+
+[trigger.labels]
+object = "{{attributes.objectId}}"
+"""
+
+
+def _start_trigger(svc: Service, triggers_file: Path, stats: Path) -> Any:
+    proc = svc._spawn(
+        [
+            "-m",
+            "longrun_worker.triggers",
+            "--triggers-file",
+            str(triggers_file),
+            "--target",
+            svc.target,
+            "--stats-file",
+            str(stats),
+            "--pull-wait",
+            "0.5",
+            "--stats-interval",
+            "0",
+        ],
+        f"trigger-{stats.stem}.log",
+    )
+    wait_for(stats.exists, 60, "the trigger process to start")
+    return proc
+
+
+def test_a_folder_trigger_converts_on_the_embedded_default_and_a_restart_dedupes(
+    tmp_path: Path,
+) -> None:
+    """No Pub/Sub at all: the folder stand-in for a bucket notification."""
+    if shutil.which("soffice") is None:
+        if os.environ.get("CI"):
+            pytest.fail("soffice is missing: apt-get install -y libreoffice-writer-nogui")
+        pytest.skip("LibreOffice (soffice) is not installed")
+    objects = tmp_path / "objects"
+    (objects / "uploads" / "in").mkdir(parents=True)
+    env = backend_env("embedded", tmp_path) | {
+        "LONGRUN_TASK_MODULES": TASK_MODULES,
+        "LONGRUN_CONVERT_STORAGE": str(objects),
+    }
+    env.pop("PUBSUB_EMULATOR_HOST", None)
+    triggers_file = tmp_path / "triggers.toml"
+    triggers_file.write_text(FOLDER_TRIGGERS.format(folder=objects / "uploads"))
+    svc = Service(tmp_path, env)
+    with svc.kept():
+        svc.start_server()
+        svc.start_worker()
+        first_stats = tmp_path / "first.json"
+        first = _start_trigger(svc, triggers_file, first_stats)
+        (objects / "uploads" / "in" / "two.docx").write_bytes(docx_bytes(2))
+        (objects / "uploads" / "in" / "three.docx").write_bytes(docx_bytes(3))
+        (objects / "uploads" / "in" / "readme.txt").write_text("not a document")
+
+        def totals(path: Path) -> dict[str, int]:
+            return dict(json.loads(path.read_text())["totals"])
+
+        wait_for(lambda: totals(first_stats)["received"] == 3, 60, "three files seen")
+        assert totals(first_stats) | {"received": 0} == {
+            "received": 0,
+            "created": 2,
+            "deduplicated": 0,
+            "filtered": 1,
+            "dead_lettered": 0,
+            "retried": 0,
+        }
+        with Client(svc.target, project="local") as client:
+            names = [op.name for op in client.list(filter='labels.trigger = "folder-docx"')]
+            assert len(names) == 2
+            for name in names:
+                wait_for(functools.partial(_done, client, name), 120, f"{name} to finish")
+            for stem, n in (("two", 2), ("three", 3)):
+                pdf = (objects / "converted" / "in" / f"{stem}.pdf").read_bytes()
+                assert pdf.startswith(b"%PDF") and count_pages(pdf) == n
+            # A restarted trigger sees both files again: the server answers with
+            # the operations made before.
+            first.terminate()
+            first.wait(timeout=30)
+            second_stats = tmp_path / "second.json"
+            _start_trigger(svc, triggers_file, second_stats)
+            wait_for(lambda: totals(second_stats)["received"] == 3, 60, "the files seen again")
+            assert totals(second_stats)["deduplicated"] == 2
+            assert totals(second_stats)["created"] == 0
+            assert len(list(client.list(filter='labels.trigger = "folder-docx"'))) == 2

@@ -23,6 +23,7 @@ from longrun_client.credentials import ChannelSecurity, CredentialsError
 from longrun_core.cli_options import run_main, setup_logging
 from longrun_core.errors import StartupError
 from longrun_worker.triggers.config import TriggerConfigError, load_triggers
+from longrun_worker.triggers.folder import FolderSubscription
 from longrun_worker.triggers.runner import (
     MAX_ACK_DEADLINE,
     GrpcJobs,
@@ -121,14 +122,19 @@ async def _serve(
     settings: RunnerSettings,
     stats_file: Path | None,
 ) -> None:
-    try:
+    subscriber = publisher = None
+    if any(t.subscription for t in triggers):
         from google.cloud import pubsub_v1
-    except ImportError as exc:  # pragma: no cover - a dependency of longrun
-        raise StartupError("longrun-trigger needs google-cloud-pubsub") from exc
-    subscriber = pubsub_v1.SubscriberClient()
-    publisher = pubsub_v1.PublisherClient()
+
+        subscriber = pubsub_v1.SubscriberClient()
+        publisher = pubsub_v1.PublisherClient()
     subscriptions: dict[str, Subscription] = {
-        t.name: PubSubSubscription(t, subscriber, publisher) for t in triggers
+        t.name: (
+            PubSubSubscription(t, subscriber, publisher)
+            if t.subscription
+            else FolderSubscription(t.name, t.folder or Path("."), t.settle)
+        )
+        for t in triggers
     }
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -142,7 +148,7 @@ async def _serve(
         "longrun-trigger: %d trigger(s) -> %s: %s",
         len(triggers),
         target,
-        ", ".join(f"{t.name} ({t.subscription} -> {t.task})" for t in triggers),
+        ", ".join(f"{t.name} ({t.source} -> {t.task})" for t in triggers),
     )
     try:
         async with channel:
@@ -155,5 +161,7 @@ async def _serve(
                 stop,
             )
     finally:
-        subscriber.close()
-        publisher.stop()
+        if subscriber is not None:
+            subscriber.close()
+        if publisher is not None:
+            publisher.stop()

@@ -2,7 +2,7 @@
 
     [[trigger]]
     name = "docx-to-pdf"
-    subscription = "projects/my-gcp/subscriptions/uploads"
+    subscription = "projects/my-gcp/subscriptions/uploads"   # or: folder = "PATH"
     project = "docs"                  # longrun project (default: the server's)
     task = "docx_to_pdf"
     identity = "auto"                 # auto | storage | message
@@ -21,7 +21,9 @@
     [trigger.labels]                  # strings; "trigger" is added unless given
     object = "{attributes.objectId}"
 
-Paths: `attributes.NAME`, `data` / `data.KEY.KEY...` (the message data as
+`folder = "PATH"` instead of a subscription watches a local folder and
+makes Cloud Storage notifications of its files (folder.py): the embedded
+stand-in for a bucket. Paths: `attributes.NAME`, `data` / `data.KEY.KEY...` (the message data as
 JSON), `message.id`, `message.publish_time`. Errors are `TriggerConfigError`
 naming the trigger and the key.
 """
@@ -88,7 +90,8 @@ class AttributeMatch:
 @dataclass(frozen=True)
 class Trigger:
     name: str
-    subscription: str
+    #: Where events come from: a Pub/Sub subscription, or a local folder.
+    subscription: str | None
     task: str
     #: The longrun project operations are created in ("" = the server's default).
     project: str = ""
@@ -97,6 +100,13 @@ class Trigger:
     filter: tuple[AttributeMatch, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+    folder: Path | None = None
+    #: Seconds a file's size and mtime must stay unchanged (folder triggers).
+    settle: float = 1.0
+
+    @property
+    def source(self) -> str:
+        return self.subscription or f"folder:{self.folder}"
 
     @property
     def parent(self) -> str:
@@ -143,6 +153,8 @@ _KEYS = {
     "filter",
     "params",
     "labels",
+    "folder",
+    "settle",
 }
 
 
@@ -160,10 +172,20 @@ def _trigger(table: Any, index: int, source: str) -> Trigger:
     if unknown:
         raise TriggerConfigError(f"{where}: unknown keys {sorted(unknown)}")
     subscription = table.get("subscription")
-    if not isinstance(subscription, str) or not _SUBSCRIPTION.fullmatch(subscription):
+    folder = table.get("folder")
+    if (subscription is None) == (folder is None):
+        raise TriggerConfigError(f"{where}: give a subscription or a folder (one of them)")
+    if subscription is not None and (
+        not isinstance(subscription, str) or not _SUBSCRIPTION.fullmatch(subscription)
+    ):
         raise TriggerConfigError(
             f"{where}: subscription must be projects/PROJECT/subscriptions/NAME"
         )
+    if folder is not None and (not isinstance(folder, str) or not folder):
+        raise TriggerConfigError(f"{where}: folder must be a path")
+    settle = table.get("settle", 1.0)
+    if isinstance(settle, bool) or not isinstance(settle, (int, float)) or not 0 <= settle <= 3600:
+        raise TriggerConfigError(f"{where}: settle must be 0..3600 seconds")
     task = table.get("task")
     if not isinstance(task, str) or not _TASK.fullmatch(task):
         raise TriggerConfigError(f"{where}: task must name a task")
@@ -201,6 +223,8 @@ def _trigger(table: Any, index: int, source: str) -> Trigger:
         filter=_filter(table.get("filter", {}), where),
         params=params,
         labels=labels,
+        folder=Path(folder) if folder is not None else None,
+        settle=float(settle),
     )
 
 

@@ -100,7 +100,7 @@ def event_identity(trigger: Trigger, message: EventMessage) -> str:
         return f"gcs:{attrs['bucketId']}/{attrs['objectId']}#{generation}"
     if not message.message_id:
         raise _Bad("the message has no message id")
-    return f"pubsub:{trigger.subscription}/{message.message_id}"
+    return f"pubsub:{trigger.source}/{message.message_id}"
 
 
 def decide(trigger: Trigger, message: EventMessage) -> Decision:

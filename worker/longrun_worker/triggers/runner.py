@@ -171,7 +171,7 @@ class PubSubSubscription:
             try:
                 return self.subscriber.pull(
                     request={
-                        "subscription": self.trigger.subscription,
+                        "subscription": self.trigger.source,
                         "max_messages": max_messages,
                     },
                     retry=None,
@@ -195,12 +195,12 @@ class PubSubSubscription:
         ]
 
     async def ack(self, ack_ids: Sequence[str]) -> None:
-        request = {"subscription": self.trigger.subscription, "ack_ids": list(ack_ids)}
+        request = {"subscription": self.trigger.source, "ack_ids": list(ack_ids)}
         await asyncio.to_thread(self.subscriber.acknowledge, request=request)
 
     async def delay(self, ack_ids: Sequence[str], seconds: int) -> None:
         request = {
-            "subscription": self.trigger.subscription,
+            "subscription": self.trigger.source,
             "ack_ids": list(ack_ids),
             "ack_deadline_seconds": seconds,
         }
