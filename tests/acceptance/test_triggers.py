@@ -362,3 +362,83 @@ def test_a_folder_trigger_converts_on_the_embedded_default_and_a_restart_dedupes
             assert totals(second_stats)["deduplicated"] == 2
             assert totals(second_stats)["created"] == 0
             assert len(list(client.list(filter='labels.trigger = "folder-docx"'))) == 2
+
+
+AUTH_TRIGGERS = """
+[[trigger]]
+name = "allowed"
+folder = "{folder}"
+settle = 0
+project = "docs"
+task = "noop"
+params = {{ object = "{{attributes.objectId}}" }}
+
+[[trigger]]
+name = "elsewhere"
+folder = "{folder}"
+settle = 0
+project = "other"
+task = "noop"
+params = {{ object = "{{attributes.objectId}}" }}
+"""
+
+
+def test_a_trigger_creates_with_its_credentials_and_roles(tmp_path: Path) -> None:
+    """The trigger is a client like any other: with API keys on, it creates
+    where its key's role allows and an event it may not create is refused
+    (PERMISSION_DENIED) and dead-lettered, not retried."""
+    import subprocess
+    import sys
+
+    from tests.acceptance.harness import ROOT
+
+    env = backend_env("embedded", tmp_path)
+    minted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "longrun_server",
+            "keys",
+            "create",
+            "--project",
+            "docs",
+            "--role",
+            "editor",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    key = minted.stdout.strip()
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a")
+    triggers_file = tmp_path / "triggers.toml"
+    triggers_file.write_text(AUTH_TRIGGERS.format(folder=folder))
+    svc = Service(tmp_path, env)
+    with svc.kept():
+        svc.start_server("--api-keys")
+        stats = tmp_path / "stats.json"
+        svc.env = env | {"LONGRUN_API_KEY": key}
+        _start_trigger(svc, triggers_file, stats)
+
+        def per_trigger() -> dict[str, dict[str, int]]:
+            return dict(json.loads(stats.read_text())["triggers"])
+
+        wait_for(
+            lambda: (
+                per_trigger()["allowed"]["created"] == 1
+                and per_trigger()["elsewhere"]["dead_lettered"] == 1
+            ),
+            60,
+            "one created, one refused",
+        )
+        assert per_trigger()["elsewhere"]["retried"] == 0
+        log = (tmp_path / "trigger-stats.log").read_text()
+        assert "PERMISSION_DENIED" in log
+        with Client(svc.target, project="docs", metadata=[("x-goog-api-key", key)]) as client:
+            (op,) = client.list()
+            assert op.name.startswith("projects/docs/operations/")
