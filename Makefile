@@ -64,6 +64,8 @@ emulators-stop: ## stop the emulators started by emulators-start
 run-emulators: install ## server + 2 workers on the Firestore and Pub/Sub emulators
 	$(PY) -m scripts.emulators run -- $(PY) -m longrun_server.dev --store firestore --queue pubsub
 
+# `make test` also needs LibreOffice headless for the docx_to_pdf example
+# (Debian: apt-get install -y libreoffice-writer-nogui; .ci/run installs it).
 test: install ## lint, typecheck, then every test suite (emulators started and stopped here)
 	$(MAKE) lint typecheck
 	$(PY) -m scripts.emulators run -- $(PY) -m pytest

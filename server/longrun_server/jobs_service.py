@@ -4,7 +4,9 @@ The operation goes to the project `parent` names (`projects/{p}`); without
 one, to the caller's only project (the one project it may create in, per
 `access.visible_projects`), else to the server's default project. The
 caller must hold CREATE there (`access.require`). Its `request_id` is
-unique within that project."""
+unique within that project: a request repeating one gets the operation the
+first created, with the trailing metadata `longrun-request-replayed: true`
+(event triggers count duplicates with it; clients may ignore it)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ from longrun_core.validation import (
 from longrun_server.dispatcher import Dispatcher
 from longrun_server.quotas import OpenOperationsQuota
 from longrun_server.status import rpc_errors
+
+#: Trailing metadata on a CreateJob answered with an existing operation
+#: (its request_id was seen before in the project).
+REPLAYED_METADATA_KEY = "longrun-request-replayed"
 
 
 class JobsService(jobs_pb2_grpc.JobsServicer):
@@ -70,6 +76,8 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self.failpoints.hit("after_store")
         if result.created and not result.enqueued:
             self.dispatcher.dispatch_soon(result.record)
+        if not result.created:
+            context.set_trailing_metadata(((REPLAYED_METADATA_KEY, "true"),))
         return result.record.to_operation()
 
     def project_of(self, request: jobs_pb2.CreateJobRequest) -> str:

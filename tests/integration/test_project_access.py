@@ -27,6 +27,7 @@ from longrun_core.sqlite.queue import SqliteTaskQueue
 from longrun_core.sqlite.store import SqliteOperationStore
 from longrun_core.tasks import TaskContext, TaskRegistry, TaskSet
 from longrun_server.app import create_server
+from longrun_server.jobs_service import REPLAYED_METADATA_KEY
 
 tasks = TaskSet()
 
@@ -190,6 +191,22 @@ async def test_request_ids_are_scoped_to_the_project(env: Env) -> None:
     b = await env.create(parent="projects/b", request_id=rid)
     assert a_again.name == a.name
     assert b.name != a.name and b.name.startswith("projects/b/operations/")
+
+
+async def test_a_replayed_request_id_is_marked_in_the_trailing_metadata(env: Env) -> None:
+    """Triggers count deduplicated events with it (longrun_worker.triggers)."""
+    rid = "5c4b3a29-1f0e-4d7c-8b6a-5f4e3d2c1b0a"
+
+    async def replayed(project: str) -> str | None:
+        call = env.jobs.CreateJob(
+            jobs_pb2.CreateJobRequest(parent=project, task="noop", request_id=rid)
+        )
+        await call
+        return dict(await call.trailing_metadata() or ()).get(REPLAYED_METADATA_KEY)
+
+    assert await replayed("projects/a") is None
+    assert await replayed("projects/a") == "true"
+    assert await replayed("projects/b") is None  # first in its project
 
 
 # ---- one operation: full names ask first, legacy names read first ----

@@ -1,0 +1,3 @@
+from longrun_worker.triggers.cli import main
+
+main()
