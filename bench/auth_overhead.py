@@ -1,4 +1,4 @@
-"""10. What authentication costs per GetOperation: the same call on three
+"""11. What authentication costs per GetOperation: the same call on three
 servers in this process sharing one store, one without authentication (no
 interceptor), one taking an OIDC ID token (verified once, then found in the
 verified-token cache by its sha256), one taking an API key (its record
@@ -40,7 +40,7 @@ from longrun_server.app import create_server
 from longrun_server.auth_setup import build_auth
 from tests.support.oidc import AUDIENCE, KeyServer, id_token, make_key, serve_keys
 
-NAME = "10 Authentication overhead"
+NAME = "11 Authentication overhead"
 MODES = ("none", "token", "api_key")
 #: p50 a cached token may add to an unauthenticated GetOperation, as a fraction.
 TARGET_RATIO = 1.5
