@@ -1,7 +1,8 @@
 """Queue configuration in Firestore: one document per queue (id
 `{project}~{queue}`) in the `queues` collection of the operation store's
-database. Create is exclusive (`create` fails on an existing document),
-updates are transactions."""
+database. Create is exclusive (`create` fails on an existing document);
+update and delete are compare-and-set on the document's update time (like
+the operation store's writes), retried on a conflict."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from longrun_core.clock import from_micros, to_micros
-from longrun_core.errors import AlreadyExists, Unavailable
+from longrun_core.errors import Aborted, AlreadyExists, Unavailable
 from longrun_core.queues import QueueConfig, QueueState, RetryConfig
 
 T = TypeVar("T")
@@ -31,6 +32,10 @@ _TRANSIENT = (
     gexc.RetryError,
     gexc.Unknown,
 )
+#: A write whose precondition no longer holds (someone wrote in between).
+_CONFLICT = (gexc.FailedPrecondition, gexc.Conflict, gexc.NotFound, gexc.Aborted)
+#: Read-change-write rounds an update tries before giving up (ABORTED).
+MAX_CONFLICTS = 50
 _DURATIONS = ("max_retry_duration", "min_backoff", "max_backoff")
 _MICRO = timedelta(microseconds=1)
 
@@ -161,31 +166,43 @@ class FirestoreQueueStore:
     async def update(
         self, project: str, queue_id: str, change: Callable[[QueueConfig | None], QueueConfig]
     ) -> QueueConfig:
+        """Read, change, write under a precondition (the document's update
+        time as read, or that it does not exist), again on a conflict."""
         ref = self._queues.document(doc_id(project, queue_id))
-
-        @firestore.transactional  # type: ignore[misc]
-        def write(transaction: Any) -> QueueConfig:
-            snap = ref.get(transaction=transaction)
+        for _ in range(MAX_CONFLICTS):
+            snap = await self._call(ref.get)
             new = change(_config(snap.to_dict() or {}) if snap.exists else None)
-            transaction.set(ref, _doc(new))
+            try:
+                if snap.exists:
+                    option = self._client.write_option(last_update_time=snap.update_time)
+                    await self._call(lambda: ref.update(_doc(new), option=option))  # noqa: B023
+                else:
+                    await self._call(lambda: ref.create(_doc(new)))  # noqa: B023
+            except _CONFLICT:
+                continue
             return new
-
-        result: QueueConfig = await self._call(lambda: write(self._client.transaction()))
-        return result
+        raise Aborted(
+            f"queue projects/{project}/queues/{queue_id} changed {MAX_CONFLICTS} times "
+            "while being updated; try again",
+            reason="QUEUE_CONTENDED",
+        )
 
     async def delete(self, project: str, queue_id: str) -> bool:
         ref = self._queues.document(doc_id(project, queue_id))
-
-        @firestore.transactional  # type: ignore[misc]
-        def remove(transaction: Any) -> bool:
-            snap = ref.get(transaction=transaction)
+        for _ in range(MAX_CONFLICTS):
+            snap = await self._call(ref.get)
             if not snap.exists:
                 return False
-            transaction.delete(ref)
+            option = self._client.write_option(last_update_time=snap.update_time)
+            try:
+                await self._call(lambda: ref.delete(option=option))  # noqa: B023
+            except _CONFLICT:
+                continue
             return True
-
-        result: bool = await self._call(lambda: remove(self._client.transaction()))
-        return result
+        raise Aborted(
+            f"queue projects/{project}/queues/{queue_id} kept changing while being deleted",
+            reason="QUEUE_CONTENDED",
+        )
 
     async def list_all(self, limit: int) -> builtins.list[QueueConfig]:
         query = self._queues.order_by("__name__").limit(limit)
