@@ -681,7 +681,9 @@ class Worker:
         if ending == "cancelled":
             await self._finish(delivery, rec, error=transitions.cancelled_error(rec.attempt))
             return
-        if outcome is None:  # past the deadline and stopped
+        if outcome is None or ending == "deadline":
+            # Past its deadline: a failed attempt (DEADLINE_EXCEEDED, retried
+            # while attempts are left), whatever the handler made of the stop.
             deadline = deadline_of(rec, spec)
             assert deadline is not None
             outcome = outcome_of(
