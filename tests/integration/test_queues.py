@@ -9,6 +9,7 @@ max_retry_duration) and dispatch_deadline."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -279,9 +280,7 @@ async def test_bad_queue_requests_say_what_is_wrong(env: Env) -> None:
                 queues_pb2.CreateQueueRequest(
                     parent="projects/p1",
                     queue_id="ok",
-                    queue=queues_pb2.Queue(
-                        retry_config=queues_pb2.RetryConfig(max_attempts=1000)
-                    ),
+                    queue=queues_pb2.Queue(retry_config=queues_pb2.RetryConfig(max_attempts=1000)),
                 )
             ),
             "QUEUE_CONFIG_INVALID",
@@ -465,7 +464,7 @@ async def test_a_queues_retry_config_overrides_the_tasks_policy(env: Env) -> Non
     done = await env.done(op.name, timeout=20)
     assert metadata(done).attempt == 4 and done.error.code != 0
     starts = STARTS[op.name]
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     # 0.3 s, 0.6 s, 1.2 s (the task's own 5 s backoff would be far longer).
     for gap, backoff in zip(gaps, (0.3, 0.6, 1.2), strict=True):
         assert backoff - 0.05 <= gap <= backoff + 1.0, gaps

@@ -180,9 +180,7 @@ def test_without_a_queue_the_task_policy_is_kept_exactly() -> None:
     retry = effective_retry(policy, None)
     assert retry.max_attempts == 4 and retry.max_retry_duration is None
     for attempt in range(1, 6):
-        assert retry.backoff(attempt, random.Random(7)) == policy.backoff(
-            attempt, random.Random(7)
-        )
+        assert retry.backoff(attempt, random.Random(7)) == policy.backoff(attempt, random.Random(7))
 
 
 def test_a_queue_overrides_field_by_field_and_drops_the_jitter_for_its_backoff() -> None:
@@ -208,7 +206,12 @@ def test_max_retry_duration_bounds_the_start_of_the_next_attempt() -> None:
 
 def claim(rec: OperationRecord, now: datetime = T0, **kw: object) -> OperationRecord:
     return transitions.claim(
-        rec, worker="w", now=now, lease=10 * S, retention=timedelta(days=1), **kw  # type: ignore[arg-type]
+        rec,
+        worker="w",
+        now=now,
+        lease=10 * S,
+        retention=timedelta(days=1),
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -254,9 +257,7 @@ def test_wait_reasons_follow_the_job() -> None:
     assert transitions.note_paused(noted, now=T0 + 2 * S) is None
     running = claim(noted)
     assert running.wait_reason is WaitReason.NONE
-    retried = transitions.retry(
-        running, worker="w", attempt=1, now=T0, delay=5 * S, error=b""
-    )
+    retried = transitions.retry(running, worker="w", attempt=1, now=T0, delay=5 * S, error=b"")
     assert retried.wait_reason is WaitReason.SCHEDULED and retried.run_after == T0 + 5 * S
 
 
