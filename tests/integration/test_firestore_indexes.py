@@ -88,8 +88,8 @@ async def test_every_query_the_store_runs_has_a_declared_index() -> None:
                         page_size=1, after=page.next_cursor, flt=flt, projects=projects
                     )
         await store.due_for_dispatch(BASE + timedelta(days=1), 10)
-        page = await store.queued_in("acme", "default", limit=2)
-        await store.queued_in("acme", "default", after=page[-1].id, limit=2)
+        waiting = await store.queued_in("acme", "default", limit=2)
+        await store.queued_in("acme", "default", after=waiting[-1].id, limit=2)
         await store.delete_expired(BASE + timedelta(days=400), 10)
         reports = await asyncio.to_thread(_index_usage, store.project)
     finally:
