@@ -219,8 +219,10 @@ class OperationStore(abc.ABC):
 
     @abc.abstractmethod
     async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
-        """QUEUED records whose `dispatch_due_time` has passed: the sweeper
-        publishes them."""
+        """Up to `limit` QUEUED records whose `dispatch_due_time` is at or
+        before `now`, earliest due first (an index walk over due records
+        only): the sweeper publishes them (or, due a little ahead, sets
+        timers for them)."""
 
     @abc.abstractmethod
     async def queued_in(

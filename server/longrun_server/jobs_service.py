@@ -91,8 +91,13 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         rec = self.new_record(request, project, queue=queue)
         result = await self.store.create(rec)
         self.failpoints.hit("after_store")
-        if result.created and not result.enqueued and not is_scheduled_ahead(result.record):
-            self.dispatcher.dispatch_soon(result.record)
+        created = result.record
+        if result.created and is_scheduled_ahead(created):
+            # Due soon: published on time by a timer (else by the sweeper).
+            assert created.run_after is not None
+            self.dispatcher.dispatch_at(created, created.run_after)
+        elif result.created and not result.enqueued:
+            self.dispatcher.dispatch_soon(created)
         return result.record.to_operation()
 
     async def queue_of(self, project: str, requested: str) -> QueueConfig | None:

@@ -477,7 +477,8 @@ class SqliteOperationStore(OperationStore):
         us = to_micros(now)
         rows = await self.backend.db.call(
             lambda c: c.execute(
-                f"{_SELECT} WHERE dispatch_due_us <= ? AND state = ? LIMIT ?",
+                f"{_SELECT} WHERE dispatch_due_us <= ? AND state = ? "
+                "ORDER BY dispatch_due_us LIMIT ?",
                 (us, int(State.QUEUED), limit),
             ).fetchall()
         )
