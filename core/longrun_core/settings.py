@@ -273,6 +273,9 @@ class ServerSettings:
     #: ResumeQueue republishes the queue's waiting operations at once and
     #: again this many seconds later (past the workers' --queue-refresh).
     queue_resume_repeat: float = 2.0
+    #: Most on-time publish timers the dispatcher holds at once (work due
+    #: within two sweep intervals); past that, the sweeper publishes it.
+    dispatch_timers: int = 10_000
     auth: AuthenticationSettings = field(default_factory=AuthenticationSettings)
 
     @property

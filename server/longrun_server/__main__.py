@@ -270,6 +270,16 @@ _S = ServerSettings()
     "seconds (keep it above the workers' --queue-refresh).",
 )
 @click.option(
+    "--dispatch-timers",
+    type=click.IntRange(min=0, max=1_000_000),
+    default=ServerSettings.dispatch_timers,
+    envvar="LONGRUN_DISPATCH_TIMERS",
+    show_envvar=True,
+    show_default=True,
+    help="Most timers publishing work on time (scheduled jobs, retries due within two sweep "
+    "intervals); 0: the sweeper publishes everything at its next pass.",
+)
+@click.option(
     "--port-file",
     type=click.Path(),
     default=None,
@@ -381,6 +391,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         outage_lease_grace=kw["outage_lease_grace"],
         max_schedule_ahead=kw["max_schedule_ahead"],
         queue_resume_repeat=kw["queue_resume_repeat"],
+        dispatch_timers=kw["dispatch_timers"],
         auth=auth,
     )
     try:

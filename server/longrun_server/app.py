@@ -145,6 +145,7 @@ async def create_server(
         sweep_interval=settings.sweep_interval,
         outage_lease_grace=timedelta(seconds=settings.outage_lease_grace),
         lease_check_interval=settings.lease_check_interval,
+        max_timers=settings.dispatch_timers,
     )
     server = grpc.aio.server(
         options=[

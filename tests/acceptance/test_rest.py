@@ -285,6 +285,7 @@ def test_queues_through_curl(rest: Rest) -> None:
     listed = rest.ok(p + "/queues")
     assert [q["name"].rsplit("/", 1)[1] for q in listed["queues"]] == ["default", "emails"]
     assert rest.ok("-X", "POST", p + "/queues/emails:pause")["state"] == "PAUSED"
+    time.sleep(1.0)  # a pause reaches the workers within --queue-refresh (0.5 s)
     op = rest.ok("-X", "POST", p + "/jobs", "-d", '{"task":"noop","queue":"emails","params":{}}')
     assert op["metadata"]["queue"].endswith("/queues/emails")
     assert "purgeTime" in rest.ok("-X", "POST", p + "/queues/emails:purge")
