@@ -48,6 +48,10 @@ class Permission(enum.StrEnum):
     KEYS_CREATE = "longrun.apiKeys.create"
     KEYS_LIST = "longrun.apiKeys.list"
     KEYS_DELETE = "longrun.apiKeys.delete"
+    QUEUES_GET = "longrun.queues.get"
+    QUEUES_LIST = "longrun.queues.list"
+    #: Every change of a queue: create, update, delete, pause, resume, purge.
+    QUEUES_UPDATE = "longrun.queues.update"
 
 
 #: The principal of the call being served (set by the edge for the handler's run).

@@ -21,6 +21,22 @@ from longrun.v1 import jobs_pb2
 from longrun_core.names import DEFAULT_PROJECT, operation_name
 
 
+def queue_name(project: str, queue_id: str) -> str:
+    return f"projects/{project}/queues/{queue_id}"
+
+
+class WaitReason(enum.IntEnum):
+    """Why a QUEUED operation is not running; values equal
+    `longrun.v1.JobMetadata.WaitReason`. The last reason recorded: set on
+    create and retry, by a worker that found the queue paused, and cleared
+    by a claim."""
+
+    NONE = 0
+    READY = 1
+    SCHEDULED = 2
+    QUEUE_PAUSED = 3
+
+
 class State(enum.IntEnum):
     """Lifecycle of an operation; values equal `longrun.v1.JobMetadata.State`."""
 
@@ -90,6 +106,17 @@ class OperationRecord:
     #: The principal id that created it (`access.current_principal()` at
     #: CreateJob), for audit and quotas; None for records from before.
     creator: str | None = None
+    #: The queue (id) of the operation's project it runs in (longrun_core.queues).
+    queue: str = "default"
+    #: When the job was asked to run at the earliest (CreateJob schedule_time);
+    #: None: as soon as possible. `run_after` enforces it.
+    schedule_time: datetime | None = None
+    #: How long one attempt may run (CreateJob dispatch_deadline); None: the task's timeout.
+    dispatch_deadline: timedelta | None = None
+    #: CreateJob concurrency_key.
+    concurrency_key: str | None = None
+    #: Why it waits while QUEUED (see WaitReason).
+    wait_reason: WaitReason = WaitReason.NONE
 
     @property
     def name(self) -> str:
@@ -116,7 +143,14 @@ class OperationRecord:
             progress_message=self.progress_message,
             cancel_requested=self.cancel_requested,
             labels=dict(self.labels),
+            queue=queue_name(self.project, self.queue),
+            concurrency_key=self.concurrency_key or "",
         )
+        if self.state is State.QUEUED:
+            md.wait_reason = int(self.wait_reason or WaitReason.READY)  # type: ignore[assignment]
+        if self.dispatch_deadline is not None:
+            md.dispatch_deadline.FromTimedelta(self.dispatch_deadline)
+        md.schedule_time.CopyFrom(_ts(self.schedule_time or self.create_time))
         for attr in ("create_time", "start_time", "end_time", "update_time", "expire_time"):
             value: datetime | None = getattr(self, attr)
             if value is not None:

@@ -268,6 +268,14 @@ class ServerSettings:
     #: After a storage outage, how long leases that expired are left to their
     #: workers (who could not renew them meanwhile) before they are taken back.
     outage_lease_grace: float = 15.0
+    #: Furthest ahead a CreateJob schedule_time may be (Cloud Tasks: 30 days).
+    max_schedule_ahead: float = 30 * 86400.0
+    #: ResumeQueue republishes the queue's waiting operations at once and
+    #: again this many seconds later (past the workers' --queue-refresh).
+    queue_resume_repeat: float = 2.0
+    #: Most on-time publish timers the dispatcher holds at once (work due
+    #: within two sweep intervals); past that, the sweeper publishes it.
+    dispatch_timers: int = 10_000
     auth: AuthenticationSettings = field(default_factory=AuthenticationSettings)
 
     @property

@@ -219,8 +219,18 @@ class OperationStore(abc.ABC):
 
     @abc.abstractmethod
     async def due_for_dispatch(self, now: datetime, limit: int) -> Sequence[OperationRecord]:
-        """QUEUED records whose `dispatch_due_time` has passed: the sweeper
-        publishes them."""
+        """Up to `limit` QUEUED records whose `dispatch_due_time` is at or
+        before `now`, earliest due first (an index walk over due records
+        only): the sweeper publishes them (or, due a little ahead, sets
+        timers for them)."""
+
+    @abc.abstractmethod
+    async def queued_in(
+        self, project: str, queue: str, *, after: str = "", limit: int = 500
+    ) -> Sequence[OperationRecord]:
+        """Up to `limit` QUEUED records of `queue` in `project` whose id is
+        above `after`, by id (an index walk, not a scan): PurgeQueue and
+        ResumeQueue go through them."""
 
     @abc.abstractmethod
     async def leased(self, limit: int) -> Sequence[OperationRecord]:
@@ -271,6 +281,12 @@ def next_version(
     if new is None or new == current:
         return None
     return evolve(new, version=current.version + 1)
+
+
+def is_scheduled_ahead(rec: OperationRecord) -> bool:
+    """A new record whose first attempt may not start yet (CreateJob
+    schedule_time): nobody publishes it before its dispatch_due_time."""
+    return rec.run_after is not None and rec.run_after > rec.create_time
 
 
 def not_found(name: str) -> NotFound:

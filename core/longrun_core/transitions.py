@@ -32,12 +32,13 @@ its own monotonic clock (`LeaseSighting`, kept by `longrun_core.leases`).
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from google.rpc import code_pb2, status_pb2
 
-from longrun_core.model import OperationRecord, State, evolve
+from longrun_core.model import OperationRecord, State, WaitReason, evolve
 
 
 class Rejected(Exception):
@@ -67,6 +68,12 @@ class NotDue(Rejected):
     def __init__(self, until: datetime) -> None:
         super().__init__(f"not due until {until.isoformat()}")
         self.until = until
+
+
+class QueuePaused(Rejected):
+    """The operation's queue is paused: no attempt starts. Its message is
+    dropped; the sweeper republishes it at its `dispatch_due_time`, and
+    ResumeQueue republishes the queue's operations at once."""
 
 
 class LeaseLost(Rejected):
@@ -195,24 +202,38 @@ def claim(
     lease: timedelta,
     retention: timedelta,
     sighting: LeaseSighting | None = None,
+    paused: Collection[tuple[str, str]] = (),
+    purge_times: Mapping[tuple[str, str], datetime] | None = None,
 ) -> OperationRecord:
     """QUEUED -> RUNNING with attempt + 1 and a lease for `worker`; a RUNNING
     record whose lease the caller has seen lapse (`sighting`) is first taken
     back (see `expire_lease`). With no attempts left it ends FAILED instead:
-    an operation never runs more than `max_attempts` times."""
+    an operation never runs more than `max_attempts` times. Raises NotDue
+    before its `run_after` (schedule time or retry backoff), QueuePaused
+    while its (project, queue) is among `paused`. An operation created no
+    later than its queue's purge time (`purge_times`) ends CANCELLED instead
+    (PurgeQueue's cancel may not have reached it yet)."""
     if rec.state is State.RUNNING:
         rec = expire_lease(rec, now, retention, sighting=sighting)
         if rec.done:
             return rec
     if rec.done:
         raise AlreadyDone(rec.name, rec)
+    purge_time = purge_times.get((rec.project, rec.queue)) if purge_times else None
+    if purge_time is not None and rec.create_time <= purge_time:
+        purged = purge(rec, now=now, retention=retention)
+        assert purged is not None  # rec is QUEUED here
+        return purged
     if rec.attempt >= rec.max_attempts:
         return _finished(rec, State.FAILED, now, retention, error=attempts_used_up(rec))
     if rec.run_after is not None and rec.run_after > now:
         raise NotDue(rec.run_after)
+    if (rec.project, rec.queue) in paused:
+        raise QueuePaused(f"{rec.name}: queue {rec.queue!r} is paused")
     return evolve(
         rec,
         state=State.RUNNING,
+        wait_reason=WaitReason.NONE,
         attempt=rec.attempt + 1,
         start_time=rec.start_time or now,
         lease_owner=worker,
@@ -320,6 +341,7 @@ def retry(
         lease_duration=None,
         dispatch_due_time=now + delay,
         run_after=now + delay,
+        wait_reason=WaitReason.SCHEDULED,
         update_time=now,
     )
 
@@ -389,3 +411,25 @@ def mark_dispatched(
         return None
     start = max(now, rec.run_after) if rec.run_after is not None else now
     return evolve(rec, dispatch_due_time=start + redispatch_after)
+
+
+def note_paused(rec: OperationRecord, *, now: datetime) -> OperationRecord | None:
+    """A worker found the operation's queue paused: show it (JobMetadata
+    wait_reason QUEUE_PAUSED) until an attempt starts. Written once."""
+    if rec.state is not State.QUEUED or rec.wait_reason is WaitReason.QUEUE_PAUSED:
+        return None
+    return evolve(rec, wait_reason=WaitReason.QUEUE_PAUSED, update_time=now)
+
+
+def purge(rec: OperationRecord, *, now: datetime, retention: timedelta) -> OperationRecord | None:
+    """PurgeQueue: a QUEUED operation ends CANCELLED (code 1) at once, as if
+    cancelled; a running or finished one is left alone."""
+    if rec.state is not State.QUEUED:
+        return None
+    return _finished(
+        evolve(rec, cancel_requested=True),
+        State.CANCELLED,
+        now,
+        retention,
+        error=status_bytes(code_pb2.CANCELLED, f"operation cancelled: queue {rec.queue!r} purged"),
+    )

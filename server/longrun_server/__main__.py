@@ -251,6 +251,35 @@ _S = ServerSettings()
     "to their workers before the sweeper takes the operations back.",
 )
 @click.option(
+    "--max-schedule-ahead",
+    type=click.FloatRange(min=1.0, max=365 * 86400.0),
+    default=ServerSettings.max_schedule_ahead,
+    envvar="LONGRUN_MAX_SCHEDULE_AHEAD",
+    show_envvar=True,
+    show_default=True,
+    help="Furthest ahead (seconds) a CreateJob schedule_time may be; 30 days like Cloud Tasks.",
+)
+@click.option(
+    "--queue-resume-repeat",
+    type=click.FloatRange(min=0.0, max=600.0),
+    default=ServerSettings.queue_resume_repeat,
+    envvar="LONGRUN_QUEUE_RESUME_REPEAT",
+    show_envvar=True,
+    show_default=True,
+    help="ResumeQueue republishes the queue's waiting jobs at once and again after this many "
+    "seconds (keep it above the workers' --queue-refresh).",
+)
+@click.option(
+    "--dispatch-timers",
+    type=click.IntRange(min=0, max=1_000_000),
+    default=ServerSettings.dispatch_timers,
+    envvar="LONGRUN_DISPATCH_TIMERS",
+    show_envvar=True,
+    show_default=True,
+    help="Most timers publishing work on time (scheduled jobs, retries due within two sweep "
+    "intervals); 0: the sweeper publishes everything at its next pass.",
+)
+@click.option(
     "--port-file",
     type=click.Path(),
     default=None,
@@ -360,6 +389,9 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         health_interval=kw["health_interval"],
         health_timeout=kw["health_timeout"],
         outage_lease_grace=kw["outage_lease_grace"],
+        max_schedule_ahead=kw["max_schedule_ahead"],
+        queue_resume_repeat=kw["queue_resume_repeat"],
+        dispatch_timers=kw["dispatch_timers"],
         auth=auth,
     )
     try:

@@ -14,11 +14,13 @@ from google.longrunning import operations_pb2
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from longrun.v1 import api_keys_pb2, jobs_pb2
+from longrun.v1 import api_keys_pb2, jobs_pb2, queues_pb2
 from longrun_core.access import Access
 from longrun_core.clock import Clock, IdGenerator, SystemClock, uuid_ids
 from longrun_core.failpoints import Failpoints
 from longrun_core.queue import TaskQueue
+from longrun_core.queue_stores import queue_store_for
+from longrun_core.queues import QueueStore
 from longrun_core.settings import ServerSettings
 from longrun_core.store import OperationStore, PageTokens
 from longrun_core.tasks import TaskRegistry
@@ -30,6 +32,7 @@ from longrun_server.health import HealthServicer
 from longrun_server.jobs_service import JobsService
 from longrun_server.operations_service import OperationsService
 from longrun_server.pages import PageLimits
+from longrun_server.queues_service import QueuesService
 from longrun_server.quotas import OpenOperationsQuota
 from longrun_server.reflection import enable_reflection
 from longrun_server.status import service_handler
@@ -120,11 +123,13 @@ async def create_server(
     certificates: CertificateFiles | None = None,
     gateway_link: GatewayLink | None = None,
     access: Access | None = None,
+    queue_store: QueueStore | None = None,
 ) -> tuple[grpc.aio.Server, int, Dispatcher]:
     """Build and bind the server (not started). Returns (server, bound port, dispatcher).
     `auth` (server/auth_setup.py): who may call, and `auth.access` what they may
     do in which project; default: everyone may do everything. `access`
-    overrides `auth.access` (tests). With `certificates` the port serves TLS
+    overrides `auth.access` (tests). `queue_store` (longrun.v1.Queues):
+    default, the one beside `store`. With `certificates` the port serves TLS
     (server/tls.py); with `gateway_link` the server also listens on the HTTP
     gateway's private socket (server/gateway_link.py)."""
     settings.check()
@@ -141,6 +146,7 @@ async def create_server(
         sweep_interval=settings.sweep_interval,
         outage_lease_grace=timedelta(seconds=settings.outage_lease_grace),
         lease_check_interval=settings.lease_check_interval,
+        max_timers=settings.dispatch_timers,
     )
     server = grpc.aio.server(
         options=[
@@ -162,6 +168,9 @@ async def create_server(
         list_scan_budget=settings.list_scan_budget,
         access=access,
     )
+    if queue_store is None:
+        queue_store = queue_store_for(store)
+    await queue_store.start()
     jobs = JobsService(
         store,
         dispatcher,
@@ -175,14 +184,26 @@ async def create_server(
             settings.auth.quota_open_operations if auth.interceptor is not None else 0,
             store.count_open,
         ),
+        queues=queue_store,
+        max_schedule_ahead=timedelta(seconds=settings.max_schedule_ahead),
+    )
+    queues = QueuesService(
+        queue_store,
+        store,
+        dispatcher,
+        access,
+        clock=clock,
+        retention=retention,
+        resume_repeat=settings.queue_resume_repeat,
     )
     server.add_generic_rpc_handlers(
         (
             service_handler(operations_pb2.DESCRIPTOR.services_by_name["Operations"], operations),
             service_handler(jobs_pb2.DESCRIPTOR.services_by_name["Jobs"], jobs),
+            service_handler(queues_pb2.DESCRIPTOR.services_by_name["Queues"], queues),
         )
     )
-    served = ["longrun.v1.Jobs", "google.longrunning.Operations"]
+    served = ["longrun.v1.Jobs", "google.longrunning.Operations", "longrun.v1.Queues"]
     if auth.key_store is not None:
         keys_service = api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeys"]
         server.add_generic_rpc_handlers(

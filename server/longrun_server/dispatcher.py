@@ -14,6 +14,14 @@ A storage outage stops lease renewals as surely as a dead worker does. So
 when the store comes back after a sweep failed for it, leases that expired are
 left alone for `outage_lease_grace`: live workers renew them (or record their
 outcome) in that time, and their tasks do not run a second time.
+
+Work due soon (a scheduled job, a retry after its backoff) is published on
+time rather than at the next sweep: each sweep also reads what falls due
+within `lookahead` (the same due-time index walk, ordered by due time) and
+sets a timer for each, at most `max_timers` at once; CreateJob does the same
+for a job scheduled that soon. A timer publishes as the sweeper would (a
+duplicate publish is harmless: claims are guarded), and the sweeper remains
+the backstop for any timer that did not fire (this process stopped).
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ class Dispatcher:
         lease_check_interval: float = 0.0,
         lease_batch: int = 1000,
         monotonic: Monotonic = time.monotonic,
+        lookahead: timedelta | None = None,
+        max_timers: int = 10_000,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -72,6 +82,14 @@ class Dispatcher:
         self._leases_checked: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        #: How far ahead a sweep reads due work to publish it on time
+        #: (default: two sweep intervals, so every due time is seen ahead).
+        self.lookahead = (
+            lookahead if lookahead is not None else timedelta(seconds=2 * sweep_interval)
+        )
+        self.max_timers = max_timers
+        #: Pending on-time publishes, by operation id.
+        self._timers: dict[str, asyncio.TimerHandle] = {}
 
     def first_dispatch_due(self, created: datetime) -> datetime:
         """A new operation is stored as dispatched-by-then: the publish right
@@ -114,6 +132,29 @@ class Dispatcher:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def dispatch_at(self, rec: OperationRecord, due: datetime) -> bool:
+        """Publish `rec` at `due` (this process's timer; `dispatch` then marks
+        it). False when it is not within `lookahead` or `max_timers` are set:
+        the sweeper publishes it then. One timer per operation."""
+        if rec.id in self._timers:
+            return True
+        delay = (due - self.clock.now()).total_seconds()
+        if delay > self.lookahead.total_seconds() or len(self._timers) >= self.max_timers:
+            return False
+        loop = asyncio.get_running_loop()
+        self._timers[rec.id] = loop.call_later(max(delay, 0.0), self._fire, rec)
+        return True
+
+    def _fire(self, rec: OperationRecord) -> None:
+        self._timers.pop(rec.id, None)
+        task = asyncio.create_task(self.dispatch(rec))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @property
+    def pending_timers(self) -> int:
+        return len(self._timers)
+
     async def sweep_once(self) -> int:
         """One pass; returns how many operations it acted on. Raises
         `Unavailable` during a storage outage."""
@@ -147,7 +188,13 @@ class Dispatcher:
             acted = 0
         else:
             acted = await self.check_leases()
-        for rec in await self.store.due_for_dispatch(now, self.batch):
+        # Past the records with timers set already (they come first: earliest due).
+        limit = self.batch + len(self._timers)
+        for rec in await self.store.due_for_dispatch(now + self.lookahead, limit):
+            due = rec.dispatch_due_time
+            if due is not None and due > now:
+                self.dispatch_at(rec, due)  # due soon: on time, by a timer
+                continue
             acted += 1
             await self.dispatch(rec, outage_raises=True)
         acted += await self.store.delete_expired(now, self.batch)
@@ -220,6 +267,9 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop sweeping; give background publishes a moment (the sweeper of
         the next server covers any that do not make it)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         if self._background:
             await asyncio.wait(set(self._background), timeout=self.publish_timeout)
         if self._task is not None:

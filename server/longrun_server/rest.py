@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ from google.protobuf.message_factory import GetMessageClass
 from google.rpc import code_pb2, status_pb2
 from multidict import CIMultiDictProxy
 
-from longrun.v1 import api_keys_pb2, jobs_pb2
+from longrun.v1 import api_keys_pb2, jobs_pb2, queues_pb2
 from longrun_core.settings import DEFAULT_MESSAGE_BYTES
 from longrun_server.gateway_link import MetadataValue, forwarding_metadata
 from longrun_server.rest_connections import ConnectionGuard, ConnectionLimits, GuardedSite
@@ -164,6 +165,7 @@ def served_services(*, api_keys: bool = False) -> list[ServiceDescriptor]:
     services = [
         operations_pb2.DESCRIPTOR.services_by_name["Operations"],
         jobs_pb2.DESCRIPTOR.services_by_name["Jobs"],
+        queues_pb2.DESCRIPTOR.services_by_name["Queues"],
     ]
     if api_keys:
         services.append(api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeys"])
@@ -282,6 +284,15 @@ def invalid(message: str, reason: str, **metadata: str) -> GatewayError:
 # ---- routing ----
 
 
+_VARIABLE_NAME = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def _shape(template: str) -> str:
+    """A template without its variables' field names: `{name=projects/*/queues/*}`
+    and `{queue.name=projects/*/queues/*}` match the same paths."""
+    return _VARIABLE_NAME.sub("{=", template)
+
+
 class Router:
     """Finds the route for (HTTP method, raw path). The most specific template
     matching the path decides (`/v1/{name=operations}` over
@@ -298,10 +309,12 @@ class Router:
             values = route.template.match(raw_path)
             if values is None:
                 continue
-            same = [r for r in self.routes if r.template.text == route.template.text]
+            shape = _shape(route.template.text)
+            same = [r for r in self.routes if _shape(r.template.text) == shape]
             for candidate in same:
                 if candidate.http_method == http_method:
-                    return candidate, values
+                    # Its own variable names (the same shape matches the same paths).
+                    return candidate, candidate.template.match(raw_path) or values
             allow = ", ".join(dict.fromkeys(r.http_method for r in same))
             raise GatewayError(
                 make_status(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.harness import Service, backend_env
+from tests.acceptance.harness import Service, backend_env, wait_for
 
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
@@ -263,3 +263,39 @@ def test_unknown_paths_are_404_and_wrong_methods_405(rest: Rest) -> None:
 def test_unsupported_options_are_501(rest: Rest) -> None:
     reply = rest.curl("/v1/operations?returnPartialSuccess=true")
     assert _error(reply, 501, "UNIMPLEMENTED")["reason"] == "PARTIAL_SUCCESS_UNSUPPORTED"
+
+
+def test_queues_through_curl(rest: Rest) -> None:
+    """docs/queues.md's curl lines: the Queues routes, with the queue id as
+    a query parameter, the update mask as `updateMask`, and custom verbs."""
+    p = f"/v1/projects/rq-{uuid.uuid4().hex[:6]}"
+    created = rest.ok(
+        "-X", "POST", p + "/queues?queueId=emails", "-d", '{"retryConfig":{"maxAttempts":4}}'
+    )
+    assert created["name"].endswith("/queues/emails")
+    assert created["retryConfig"] == {"maxAttempts": 4}
+    patched = rest.ok(
+        "-X",
+        "PATCH",
+        p + "/queues/emails?updateMask=retryConfig.minBackoff",
+        "-d",
+        '{"retryConfig":{"minBackoff":"1.5s","maxAttempts":9}}',
+    )
+    assert patched["retryConfig"] == {"maxAttempts": 4, "minBackoff": "1.500s"}
+    listed = rest.ok(p + "/queues")
+    assert [q["name"].rsplit("/", 1)[1] for q in listed["queues"]] == ["default", "emails"]
+    assert rest.ok("-X", "POST", p + "/queues/emails:pause")["state"] == "PAUSED"
+    time.sleep(1.0)  # a pause reaches the workers within --queue-refresh (0.5 s)
+    op = rest.ok("-X", "POST", p + "/jobs", "-d", '{"task":"noop","queue":"emails","params":{}}')
+    assert op["metadata"]["queue"].endswith("/queues/emails")
+    assert "purgeTime" in rest.ok("-X", "POST", p + "/queues/emails:purge")
+    name = op["name"]
+
+    def cancelled() -> bool:
+        got = rest.ok(f"/v1/{name}")
+        return bool(got.get("done")) and got["error"]["code"] == 1
+
+    wait_for(cancelled, 30, "the purged job to end CANCELLED")
+    missing = rest.curl(p + "/queues/nothing")
+    assert _error(missing, 404, "NOT_FOUND")["reason"] == "QUEUE_NOT_FOUND"
+    assert rest.curl("-X", "DELETE", p + "/queues/emails").status == 200

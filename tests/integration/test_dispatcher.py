@@ -125,6 +125,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         retention=RETENTION,
         sweep_interval=0.05,
         monotonic=clock.monotonic,
+        # The sweeper's own behaviour on the fake clock; the on-time timers
+        # (real time) have their own test.
+        lookahead=timedelta(0),
     )
     jobs = JobsService(store, dispatcher, REGISTRY, clock=clock, ids=uuid_ids)
     try:
@@ -142,6 +145,33 @@ def claim(clock: FakeClock, lease: timedelta = LEASE) -> Transition:
 
 
 # ---- publishing what never reached the queue ----
+
+
+async def test_work_due_within_the_lookahead_is_published_on_time_by_a_timer(env: Env) -> None:
+    env.dispatcher.lookahead = timedelta(seconds=1)
+    soon = await env.create(dispatch_due_time=env.clock.now() + timedelta(seconds=0.3))
+    later = await env.create(dispatch_due_time=env.clock.now() + timedelta(seconds=5))
+    assert await env.dispatcher.sweep_once() == 0  # nothing due yet
+    assert env.queue.published == [] and env.dispatcher.pending_timers == 1
+    assert await env.dispatcher.sweep_once() == 0  # no second timer for the same one
+    assert env.dispatcher.pending_timers == 1
+    await wait_until(lambda: env.queue.published, 5, description="the timer's publish")
+    assert env.queue.published == [TaskMessage(soon.name, "noop", 0)]
+    marked = await env.store.get(soon.name)
+    assert marked.dispatch_due_time == env.clock.now() + REDISPATCH
+    assert env.dispatcher.pending_timers == 0
+    assert (await env.store.get(later.name)).dispatch_due_time == later.dispatch_due_time
+
+
+async def test_stop_cancels_the_pending_timers(env: Env) -> None:
+    env.dispatcher.lookahead = timedelta(seconds=10)
+    await env.create(dispatch_due_time=env.clock.now() + timedelta(seconds=0.5))
+    await env.dispatcher.sweep_once()
+    assert env.dispatcher.pending_timers == 1
+    await env.dispatcher.stop()
+    assert env.dispatcher.pending_timers == 0
+    await asyncio.sleep(0.7)
+    assert env.queue.published == []
 
 
 async def test_an_operation_stored_but_never_published_is_published_once_due(env: Env) -> None:

@@ -88,6 +88,8 @@ async def test_every_query_the_store_runs_has_a_declared_index() -> None:
                         page_size=1, after=page.next_cursor, flt=flt, projects=projects
                     )
         await store.due_for_dispatch(BASE + timedelta(days=1), 10)
+        waiting = await store.queued_in("acme", "default", limit=2)
+        await store.queued_in("acme", "default", after=waiting[-1].id, limit=2)
         await store.delete_expired(BASE + timedelta(days=400), 10)
         reports = await asyncio.to_thread(_index_usage, store.project)
     finally:
@@ -100,5 +102,6 @@ async def test_every_query_the_store_runs_has_a_declared_index() -> None:
     assert (("project", "ASCENDING"), ("state", "ASCENDING"), ("create_time", "DESCENDING")) in (
         needed
     )
+    assert (("project", "ASCENDING"), ("queue", "ASCENDING"), ("state", "ASCENDING")) in needed
     missing = needed - _declared()
     assert not missing, f"firestore.indexes.json lacks {sorted(missing)}"

@@ -52,6 +52,32 @@ def _build(
 # ---- routes ----
 
 
+Q = "longrun.v1.Queues."
+QUEUE = "/v1/{name=projects/*/queues/*}"
+QUEUE_ROUTES = {
+    ("POST", "/v1/{parent=projects/*}/queues", "queue", Q + "CreateQueue"),
+    ("GET", "/v1/{parent=projects/*}/queues", "", Q + "ListQueues"),
+    ("GET", QUEUE, "", Q + "GetQueue"),
+    ("PATCH", "/v1/{queue.name=projects/*/queues/*}", "queue", Q + "UpdateQueue"),
+    ("DELETE", QUEUE, "", Q + "DeleteQueue"),
+    ("POST", QUEUE + ":pause", "*", Q + "PauseQueue"),
+    ("POST", QUEUE + ":resume", "*", Q + "ResumeQueue"),
+    ("POST", QUEUE + ":purge", "*", Q + "PurgeQueue"),
+}
+
+
+def test_queue_update_takes_the_name_from_the_path_and_the_queue_from_the_body() -> None:
+    request = _build(
+        "PATCH",
+        "/v1/projects/billing/queues/emails",
+        [("updateMask", "retryConfig.maxAttempts")],
+        {"retryConfig": {"maxAttempts": 7}},
+    )
+    assert request.queue.name == "projects/billing/queues/emails"
+    assert request.queue.retry_config.max_attempts == 7
+    assert list(request.update_mask.paths) == ["retry_config.max_attempts"]
+
+
 def test_routes_come_from_the_descriptors_plus_the_extra_rules() -> None:
     table = {(r.http_method, r.template.text, r.body, r.method.full_name) for r in ROUTES}
     ops = "google.longrunning.Operations."
@@ -68,6 +94,7 @@ def test_routes_come_from_the_descriptors_plus_the_extra_rules() -> None:
         ("POST", "/v1/{name=projects/*/operations/*}:wait", "*", ops + "WaitOperation"),
         ("POST", "/v1/{parent=projects/*}/jobs", "*", "longrun.v1.Jobs.CreateJob"),
         ("POST", "/v1/jobs", "*", "longrun.v1.Jobs.CreateJob"),
+        *QUEUE_ROUTES,
     }
     assert {r.rpc_path for r in ROUTES} >= {
         "/google.longrunning.Operations/WaitOperation",

@@ -25,9 +25,12 @@ from longrun_core.cli_options import (
 from longrun_core.clock import CLOCK_SKEW_VAR, clock_from_env
 from longrun_core.failpoints import Failpoints
 from longrun_core.packing import MAX_RESULT_BYTES, MIN_RESULT_BYTES
+from longrun_core.queue_stores import queue_store_for
 from longrun_core.settings import BackendSettings
+from longrun_core.store import OperationStore
 from longrun_core.tasks import TaskRegistry
 from longrun_worker.push_cli import push_config, push_options, serve_push
+from longrun_worker.queue_view import QueueView
 from longrun_worker.runtime import Worker, WorkerSettings
 
 log = logging.getLogger("longrun.worker")
@@ -128,6 +131,25 @@ _W = WorkerSettings()
     "task's error. Every caller who may read the operation sees it: for development.",
 )
 @click.option(
+    "--queue-refresh",
+    type=click.FloatRange(min=0.05, max=60.0),
+    default=_W.queue_refresh,
+    envvar="LONGRUN_QUEUE_REFRESH",
+    show_envvar=True,
+    show_default=True,
+    help="Seconds between reads of the queues' configuration: a paused queue starts no new "
+    "attempt on this worker from about this long after the pause.",
+)
+@click.option(
+    "--max-queues",
+    type=click.IntRange(min=1, max=1_000_000),
+    default=_W.max_queues,
+    envvar="LONGRUN_MAX_QUEUES",
+    show_envvar=True,
+    show_default=True,
+    help="Most configured queues (all projects) the worker reads each refresh.",
+)
+@click.option(
     "--burst",
     is_flag=True,
     envvar="LONGRUN_BURST",
@@ -155,6 +177,8 @@ def main(**kw: Any) -> None:
             max_releases=kw["max_releases"],
             max_clock_skew=kw["max_clock_skew"],
             debug_errors=kw["debug_errors"],
+            queue_refresh=kw["queue_refresh"],
+            max_queues=kw["max_queues"],
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -189,6 +213,7 @@ async def work(
             clock=clock,
             failpoints=Failpoints.from_env(),
             rejections=backends.rejections,
+            queues=queue_view(settings, backends.store),
         )
     except ValueError as exc:  # a task that cannot run as declared
         await backends.close()
@@ -216,6 +241,13 @@ async def work(
                 await backends.close()
         except TimeoutError:
             log.warning("the store and queue did not close within %gs", CLOSE_TIMEOUT)
+
+
+def queue_view(settings: WorkerSettings, store: OperationStore) -> QueueView:
+    """The worker's view of the queues stored beside `store`."""
+    return QueueView(
+        queue_store_for(store), interval=settings.queue_refresh, limit=settings.max_queues
+    )
 
 
 #: Longest the store and queue may take to close at exit.

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from longrun_core.queue_stores import queue_store_for
 from longrun_core.settings import BackendSettings
 from longrun_core.tasks import TaskRegistry
 from longrun_worker.push_config import (
@@ -24,6 +25,7 @@ from longrun_worker.push_config import (
     AuthSettings,
     PushSettings,
 )
+from longrun_worker.queue_view import QueueView
 from longrun_worker.runtime import WorkerSettings
 
 log = logging.getLogger("longrun.push")
@@ -238,6 +240,11 @@ async def serve_push(
             clock=clock,
             failpoints=Failpoints.from_env(),
             rejections=backends.rejections,
+            queues=QueueView(
+                queue_store_for(backends.store),
+                interval=settings.queue_refresh,
+                limit=settings.max_queues,
+            ),
         )
     except ValueError as exc:  # a task that cannot run as declared
         await backends.close()
@@ -254,9 +261,13 @@ async def serve_push(
         ",".join(registry.names),
         cfg.settings.auth.mode,
     )
+    assert worker.queues is not None
+    await worker.queues.first_refresh(settings.receive_timeout)
+    refresh = asyncio.create_task(worker.queues.run(), name="queue-view")
     try:
         await serve(endpoint, cfg.host, cfg.port, stop=stop, port_file=cfg.port_file)
     finally:
+        refresh.cancel()
         worker.close()
         if dead_letters is not None:
             await dead_letters.close()

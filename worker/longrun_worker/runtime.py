@@ -57,6 +57,7 @@ from longrun_core.packing import (
     too_large_status,
 )
 from longrun_core.queue import Delivery, TaskQueue, Transition
+from longrun_core.queues import EffectiveRetry, effective_retry
 from longrun_core.signing import MessageRejected, Rejections, guard_task
 from longrun_core.store import OperationStore
 from longrun_core.tasks import TaskRegistry, TaskSpec
@@ -64,6 +65,7 @@ from longrun_worker.attempts import AttemptRunner, RunningAttempt, ThreadAttempt
 from longrun_worker.context import RunContext
 from longrun_worker.isolation import KILL_WAIT, in_thread
 from longrun_worker.outcome import AttemptTimedOut, Outcome, outcome_of
+from longrun_worker.queue_view import QueueView
 
 log = logging.getLogger("longrun.worker")
 
@@ -107,6 +109,11 @@ class WorkerSettings:
     #: Put a DebugInfo (the traceback, package-relative paths) in a failed
     #: task's error; off: callers see the exception's type and message only.
     debug_errors: bool = False
+    #: Seconds between reads of the queues' configuration (pause, purge,
+    #: retry_config): a Pause stops new attempts within about this long.
+    queue_refresh: float = 0.5
+    #: Most queues (over all projects) a worker keeps in view.
+    max_queues: int = 10_000
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -128,6 +135,8 @@ class WorkerSettings:
             )
         if self.outage_retry_max <= 0:
             raise ValueError("outage_retry_max must be positive")
+        if self.queue_refresh <= 0 or self.max_queues < 1:
+            raise ValueError("queue_refresh must be positive and max_queues at least 1")
 
     @property
     def shutdown_bound(self) -> float:
@@ -135,6 +144,14 @@ class WorkerSettings:
         seconds, whatever the handlers do: stop them (kill_grace, then up to
         KILL_WAIT for a killed process) and release their leases."""
         return self.kill_grace + KILL_WAIT + RELEASE_TIMEOUT + 1.0
+
+
+def deadline_of(rec: OperationRecord, spec: TaskSpec) -> float | None:
+    """Seconds one attempt of `rec` may run: its dispatch_deadline, else its
+    task's timeout (None: no limit)."""
+    if rec.dispatch_deadline is not None:
+        return rec.dispatch_deadline.total_seconds()
+    return spec.timeout
 
 
 def default_worker_id() -> str:
@@ -184,8 +201,12 @@ class Worker:
         failpoints: Failpoints | None = None,
         monotonic: Monotonic = time.monotonic,
         rejections: Rejections | None = None,
+        queues: QueueView | None = None,
     ) -> None:
         self.store = store
+        #: The queues' pause state, purge times and retry configs (None: the
+        #: default of every queue: never paused, the tasks' own retry policies).
+        self.queues = queues
         self.queue = queue
         self.registry = registry
         self.settings = settings or WorkerSettings()
@@ -237,6 +258,9 @@ class Worker:
         queue is empty and nothing is in flight)."""
         log.info("worker started", extra={"action": "worker_start", "worker": self.id})
         background = [asyncio.create_task(self._watch_clock(), name="clock-check")]
+        if self.queues is not None:
+            await self.queues.first_refresh(self.settings.receive_timeout)
+            background.append(asyncio.create_task(self.queues.run(), name="queue-view"))
         if self.runner.uses_processes:
             background.append(asyncio.create_task(self._warm_up(), name="fork-server"))
         try:
@@ -450,6 +474,15 @@ class Worker:
             delay = (early.until - self.clock.now()).total_seconds()
             await delivery.nack(max(delay, 0.05))
             return
+        except transitions.QueuePaused:
+            # Dropped unrun: the sweeper republishes it at its dispatch_due_time,
+            # ResumeQueue at once. The record shows why it waits.
+            with contextlib.suppress(transitions.Rejected, LongrunError):
+                await self.store.update(
+                    name, lambda r: transitions.note_paused(r, now=self.clock.now())
+                )
+            await delivery.ack()
+            return
         finally:
             claimed_at = self._claimed_at.pop(name, started)
         self.leases.forget(rec.id)
@@ -476,6 +509,7 @@ class Worker:
         # May run on a queue's database thread: only thread-safe state here.
         sighting = self.leases.sight(rec) if rec.state is State.RUNNING else None
         self._claimed_at[rec.name] = self._monotonic()
+        queues = self.queues
         return transitions.claim(
             rec,
             worker=self.id,
@@ -483,6 +517,8 @@ class Worker:
             lease=self.lease,
             retention=self.retention,
             sighting=sighting,
+            paused=queues.paused if queues is not None else (),
+            purge_times=queues.purge_times if queues is not None else None,
         )
 
     async def _run(
@@ -534,7 +570,9 @@ class Worker:
                 await self._release(delivery, rec)
                 return
             finished = asyncio.ensure_future(attempt.wait())
-            outcome, ending = await self._supervise(attempt, finished, ctx, spec, lease)
+            outcome, ending = await self._supervise(
+                attempt, finished, ctx, spec, lease, deadline_of(rec, spec)
+            )
         except asyncio.CancelledError:
             # Worker shutdown past its grace: stop the handler, give the operation back.
             ctx.cancel()
@@ -566,9 +604,11 @@ class Worker:
         ctx: RunContext,
         spec: TaskSpec,
         lease: _Lease,
+        deadline: float | None,
     ) -> tuple[Outcome | None, str]:
         """Wait for the attempt to end by itself, or end it: on a cancel
-        request or at its deadline after `cancel_grace`, at once when the lease
+        request or at its `deadline` (seconds; the job's dispatch_deadline or
+        the task's timeout) after `cancel_grace`, at once when the lease
         is lost. Returns (its outcome if it produced one, why it ended: done,
         cancelled, deadline or lost)."""
         # Most tasks of a busy queue are short: done before anything is watched.
@@ -581,7 +621,7 @@ class Worker:
         try:
             done, _ = await asyncio.wait(
                 watched,
-                timeout=spec.timeout,
+                timeout=deadline,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if finished in done:
@@ -641,11 +681,14 @@ class Worker:
         if ending == "cancelled":
             await self._finish(delivery, rec, error=transitions.cancelled_error(rec.attempt))
             return
-        if outcome is None:  # past the deadline and stopped
-            assert spec.timeout is not None
+        if outcome is None or ending == "deadline":
+            # Past its deadline: a failed attempt (DEADLINE_EXCEEDED, retried
+            # while attempts are left), whatever the handler made of the stop.
+            deadline = deadline_of(rec, spec)
+            assert deadline is not None
             outcome = outcome_of(
                 None,
-                AttemptTimedOut(f"attempt {rec.attempt} ran past its {spec.timeout:g}s deadline"),
+                AttemptTimedOut(f"attempt {rec.attempt} ran past its {deadline:g}s deadline"),
                 policy=spec.retry,
                 attempt=rec.attempt,
                 max_attempts=rec.max_attempts,
@@ -672,9 +715,23 @@ class Worker:
             outcome.error, limit=limit, attempt=rec.attempt, max_attempts=rec.max_attempts
         )
         if outcome.retryable and rec.attempt < rec.max_attempts:
-            await self._retry(delivery, rec, spec, error)
-        else:
-            await self._finish(delivery, rec, error=error)
+            retry = self.retry_for(rec, spec)
+            delay = retry.backoff(rec.attempt)
+            if retry.allows_retry(rec.start_time, self.clock.now(), delay):
+                await self._retry(delivery, rec, error, delay)
+                return
+            log.info(
+                "%s: no retry after attempt %d: past its queue's max_retry_duration",
+                rec.name,
+                rec.attempt,
+                extra={"action": "retry_duration_spent", "operation": rec.name},
+            )
+        await self._finish(delivery, rec, error=error)
+
+    def retry_for(self, rec: OperationRecord, spec: TaskSpec) -> EffectiveRetry:
+        """The task's retry policy with the queue's retry_config laid over it."""
+        override = self.queues.retry_of(rec.project, rec.queue) if self.queues else None
+        return effective_retry(spec.retry, override)
 
     def _holds(self, current: OperationRecord, rec: OperationRecord) -> bool:
         """Whether this worker's claim `rec` still holds `current`'s lease."""
@@ -854,9 +911,8 @@ class Worker:
             await delivery.dead_letter(reason)
 
     async def _retry(
-        self, delivery: Delivery, rec: OperationRecord, spec: TaskSpec, error: bytes
+        self, delivery: Delivery, rec: OperationRecord, error: bytes, delay: timedelta
     ) -> None:
-        delay = spec.retry.backoff(rec.attempt)
         try:
             await self.store.update(
                 rec.name,

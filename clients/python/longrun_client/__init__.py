@@ -18,6 +18,7 @@ from longrun_client.errors import (
     Unimplemented,
 )
 from longrun_client.future import OperationFuture, WaitPolicy
+from longrun_client.queues import JobOptions, RetryOptions
 
 __all__ = [
     "AsyncClient",
@@ -30,10 +31,12 @@ __all__ = [
     "InvalidArgument",
     "JobCancelled",
     "JobFailed",
+    "JobOptions",
     "LongrunClientError",
     "NotFound",
     "OperationError",
     "OperationFuture",
+    "RetryOptions",
     "ServiceError",
     "Unavailable",
     "Unimplemented",

@@ -21,7 +21,7 @@ import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf.message import Message
 
-from longrun.v1 import jobs_pb2, jobs_pb2_grpc
+from longrun.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2, queues_pb2_grpc
 from longrun_client.client import (
     DEFAULT_ATTEMPTS,
     DEFAULT_TARGET,
@@ -41,6 +41,13 @@ from longrun_client.errors import (
     Unimplemented,
 )
 from longrun_client.future import FutureState, ProgressCallback, WaitPolicy, time_left
+from longrun_client.queues import (
+    JobOptions,
+    RetryOptions,
+    create_request,
+    queue_path,
+    update_request,
+)
 
 log = logging.getLogger("longrun.client")
 
@@ -227,6 +234,7 @@ class _AsyncTransport:
     ) -> None:
         self.operations = operations_pb2_grpc.OperationsStub(channel)
         self.jobs = jobs_pb2_grpc.JobsStub(channel)
+        self.queues = queues_pb2_grpc.QueuesStub(channel)
         self.metadata = tuple(metadata)
         self.timeout = timeout
         self.attempts = max(1, attempts)
@@ -329,6 +337,7 @@ class AsyncClient:
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         project: str | None = None,
+        options: JobOptions | None = None,
         response_type: type[M],
     ) -> AsyncOperationFuture[M]: ...
 
@@ -341,6 +350,7 @@ class AsyncClient:
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         project: str | None = None,
+        options: JobOptions | None = None,
         response_type: None = None,
     ) -> AsyncOperationFuture[Any]: ...
 
@@ -352,10 +362,13 @@ class AsyncClient:
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         project: str | None = None,
+        options: JobOptions | None = None,
         response_type: type[Message] | None = None,
     ) -> AsyncOperationFuture[Any]:
         """Create a job; see Client.submit."""
         request = job_request(task, params, request_id, labels, project or self.project)
+        if options is not None:
+            options.apply(request)
         operation = await self._transport.call(self._transport.jobs.CreateJob, request)
         return self.follow(operation, response_type=response_type)
 
@@ -416,3 +429,83 @@ class AsyncClient:
         future = self.follow(await self.get(name))
         await future.wait(timeout)
         return future.operation
+
+    # -- Queues (reading: viewer; changing: admin) ---------------------------------
+
+    async def create_queue(
+        self, queue_id: str, *, project: str | None = None, retry: RetryOptions | None = None
+    ) -> queues_pb2.Queue:
+        """CreateQueue `queue_id` in `project` (default: the client's)."""
+        request = create_request(queue_id, project or self.project, retry)
+        try:
+            queue: queues_pb2.Queue = await self._transport.queues.CreateQueue(
+                request, timeout=self._transport.timeout, metadata=self._transport.metadata
+            )
+        except grpc.RpcError as exc:  # not retried: a lost answer would say ALREADY_EXISTS
+            raise ServiceError.from_grpc(exc) from exc
+        return queue
+
+    async def get_queue(self, queue: str, *, project: str | None = None) -> queues_pb2.Queue:
+        """GetQueue: `queue` is an id (in `project`, default the client's) or a full name."""
+        name = queue_path(queue, project or self.project)
+        got: queues_pb2.Queue = await self._transport.call(
+            self._transport.queues.GetQueue, queues_pb2.GetQueueRequest(name=name)
+        )
+        return got
+
+    async def list_queues(self, project: str | None = None) -> AsyncIterator[queues_pb2.Queue]:
+        """The project's queues by id, `default` included (every page, lazily)."""
+        target = project or self.project
+        if not target:
+            raise ValueError("listing queues needs a project")
+        request = queues_pb2.ListQueuesRequest(parent=f"projects/{target}")
+        while True:
+            response: queues_pb2.ListQueuesResponse = await self._transport.call(
+                self._transport.queues.ListQueues, request
+            )
+            for queue in response.queues:
+                yield queue
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    async def update_queue(
+        self, queue: str, retry: RetryOptions, *, project: str | None = None
+    ) -> queues_pb2.Queue:
+        """UpdateQueue: set the retry fields given in `retry`, keep the others."""
+        request = update_request(queue_path(queue, project or self.project), retry)
+        updated: queues_pb2.Queue = await self._transport.call(
+            self._transport.queues.UpdateQueue, request
+        )
+        return updated
+
+    async def delete_queue(self, queue: str, *, project: str | None = None) -> None:
+        """DeleteQueue (the default queue is reset to its defaults)."""
+        name = queue_path(queue, project or self.project)
+        await self._transport.call(
+            self._transport.queues.DeleteQueue, queues_pb2.DeleteQueueRequest(name=name)
+        )
+
+    async def pause_queue(self, queue: str, *, project: str | None = None) -> queues_pb2.Queue:
+        """PauseQueue: no new attempts start (within about a second); running ones finish."""
+        name = queue_path(queue, project or self.project)
+        paused: queues_pb2.Queue = await self._transport.call(
+            self._transport.queues.PauseQueue, queues_pb2.PauseQueueRequest(name=name)
+        )
+        return paused
+
+    async def resume_queue(self, queue: str, *, project: str | None = None) -> queues_pb2.Queue:
+        """ResumeQueue: its waiting jobs are dispatched again."""
+        name = queue_path(queue, project or self.project)
+        resumed: queues_pb2.Queue = await self._transport.call(
+            self._transport.queues.ResumeQueue, queues_pb2.ResumeQueueRequest(name=name)
+        )
+        return resumed
+
+    async def purge_queue(self, queue: str, *, project: str | None = None) -> queues_pb2.Queue:
+        """PurgeQueue: every queued job of the queue ends CANCELLED (code 1)."""
+        name = queue_path(queue, project or self.project)
+        purged: queues_pb2.Queue = await self._transport.call(
+            self._transport.queues.PurgeQueue, queues_pb2.PurgeQueueRequest(name=name)
+        )
+        return purged

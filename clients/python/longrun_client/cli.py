@@ -3,6 +3,8 @@
     longrun submit sleep --param worktime=5 --wait
     longrun list --filter 'done:false'
     longrun wait operations/abc --timeout 60
+    longrun submit send --queue emails --in 10m --project billing
+    longrun queues pause emails --project billing
 
 Exit codes: 0 success; 1 the operation failed (or another error); 2 usage
 error; 3 NOT_FOUND; 4 INVALID_ARGUMENT / FAILED_PRECONDITION; 5 UNAVAILABLE
@@ -19,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,13 +33,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from longrun.v1 import api_keys_pb2, jobs_pb2
+from longrun.v1 import api_keys_pb2, jobs_pb2, queues_pb2
 from longrun_client.client import DEFAULT_TARGET, Client
 from longrun_client.codec import operation_to_dict, to_jsonable
 from longrun_client.credentials import ChannelSecurity, CredentialsError
 from longrun_client.durations import parse_duration
 from longrun_client.errors import OperationError, ServiceError
 from longrun_client.future import OperationFuture
+from longrun_client.queues import JobOptions, RetryOptions
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -325,6 +328,31 @@ def cli(
     help="Project to create the operation in (default: the server's choice, the only "
     "project you may create in or its --default-project).",
 )
+@click.option("--queue", default=None, help="Queue id (or full name) to run in (default: default).")
+@click.option(
+    "--at",
+    "at",
+    default=None,
+    metavar="TIME",
+    help="Run no earlier than this RFC 3339 time, e.g. 2026-12-01T18:00:00Z (at most 30 days "
+    "ahead).",
+)
+@click.option(
+    "--in",
+    "in_",
+    default=None,
+    metavar="DURATION",
+    help="Run no earlier than this long from now, e.g. 90s, 10m, 2h.",
+)
+@click.option(
+    "--dispatch-deadline",
+    default=None,
+    metavar="DURATION",
+    help="How long one attempt may run (e.g. 30s, 10m); past it the attempt fails.",
+)
+@click.option(
+    "--concurrency-key", default=None, help="Key for the queue's per-key concurrency limit."
+)
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the outcome, showing progress.")
 @click.option(
     "--timeout",
@@ -342,6 +370,11 @@ def submit(
     labels: tuple[str, ...],
     request_id: str | None,
     project: str | None,
+    queue: str | None,
+    at: str | None,
+    in_: str | None,
+    dispatch_deadline: str | None,
+    concurrency_key: str | None,
     wait_: bool,
     timeout: float | None,
     as_json: bool,
@@ -349,8 +382,14 @@ def submit(
     """Create a job running TASK. Prints the operation name (or, with --wait, the result)."""
     job_params = build_params(params_json, params)
     job_labels = dict(_key_value(item, "--label") for item in labels)
+    options = job_options(queue, at, in_, dispatch_deadline, concurrency_key)
     future = settings.client().submit(
-        task, job_params, request_id=request_id, labels=job_labels, project=project or None
+        task,
+        job_params,
+        request_id=request_id,
+        labels=job_labels,
+        project=project or None,
+        options=options,
     )
     if wait_:
         return follow(future, timeout, as_json)
@@ -359,6 +398,50 @@ def submit(
     else:
         click.echo(future.name)
     return EXIT_OK
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 time with its offset (`Z` or `+01:00`)."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"expected an RFC 3339 time like 2026-12-01T18:00:00Z, got {text[:60]!r}",
+            param_hint="--at",
+        ) from exc
+    if when.tzinfo is None:
+        raise click.BadParameter("give the time's offset, e.g. Z or +01:00", param_hint="--at")
+    return when
+
+
+def _duration(text: str | None, hint: str) -> timedelta | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
+
+
+def job_options(
+    queue: str | None,
+    at: str | None,
+    in_: str | None,
+    dispatch_deadline: str | None,
+    concurrency_key: str | None,
+) -> JobOptions | None:
+    """submit's queue options (None when none is given)."""
+    if at is not None and in_ is not None:
+        raise click.UsageError("give --at or --in, not both")
+    if not any((queue, at, in_, dispatch_deadline, concurrency_key)):
+        return None
+    return JobOptions(
+        queue=queue,
+        schedule_time=parse_time(at) if at is not None else None,
+        delay=_duration(in_, "--in"),
+        dispatch_deadline=_duration(dispatch_deadline, "--dispatch-deadline"),
+        concurrency_key=concurrency_key,
+    )
 
 
 @cli.command()
@@ -545,6 +628,156 @@ def keys_revoke(settings: Settings, name: str) -> int:
     settings.client().revoke_api_key(name)
     click.echo(f"revoked {name}")
     return EXIT_OK
+
+
+@cli.group()
+def queues() -> None:
+    """Queues of a project: reading needs the viewer role, changes need admin."""
+
+
+def retry_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The retry_config flags of `queues create` and `queues update`."""
+    for option in reversed(
+        [
+            click.option("--max-attempts", type=click.IntRange(1, 100), default=None),
+            click.option("--max-retry-duration", default=None, metavar="DURATION"),
+            click.option("--min-backoff", default=None, metavar="DURATION"),
+            click.option("--max-backoff", default=None, metavar="DURATION"),
+            click.option("--max-doublings", type=click.IntRange(0, 16), default=None),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _retry(kw: dict[str, Any]) -> RetryOptions:
+    return RetryOptions(
+        max_attempts=kw["max_attempts"],
+        max_retry_duration=_duration(kw["max_retry_duration"], "--max-retry-duration"),
+        min_backoff=_duration(kw["min_backoff"], "--min-backoff"),
+        max_backoff=_duration(kw["max_backoff"], "--max-backoff"),
+        max_doublings=kw["max_doublings"],
+    )
+
+
+_PROJECT = click.option(
+    "--project",
+    default=None,
+    envvar="LONGRUN_PROJECT",
+    show_envvar=True,
+    help="The queue's project (or name the queue projects/P/queues/Q).",
+)
+
+
+def _emit_queue(queue: queues_pb2.Queue) -> int:
+    _emit_json(MessageToDict(queue))
+    return EXIT_OK
+
+
+@queues.command("create")
+@click.argument("queue_id")
+@_PROJECT
+@retry_options
+@click.pass_obj
+def queues_create(settings: Settings, /, queue_id: str, project: str | None, **kw: Any) -> int:
+    """Create queue QUEUE_ID; prints it as JSON."""
+    if not project:
+        raise click.UsageError("give --project (or LONGRUN_PROJECT)")
+    return _emit_queue(settings.client().create_queue(queue_id, project=project, retry=_retry(kw)))
+
+
+@queues.command("get")
+@click.argument("queue")
+@_PROJECT
+@click.pass_obj
+def queues_get(settings: Settings, queue: str, project: str | None) -> int:
+    """Print QUEUE (an id with --project, or a full name) as JSON."""
+    return _emit_queue(settings.client().get_queue(queue, project=project))
+
+
+@queues.command("list")
+@_PROJECT
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of Queues.")
+@click.pass_obj
+def queues_list(settings: Settings, project: str | None, as_json: bool) -> int:
+    """The project's queues, `default` included."""
+    if not project:
+        raise click.UsageError("give --project (or LONGRUN_PROJECT)")
+    found = list(settings.client().list_queues(project))
+    if as_json:
+        _emit_json([MessageToDict(q) for q in found])
+        return EXIT_OK
+    table = Table("name", "state", "max attempts", "min backoff", "max backoff", "purged")
+    for queue in found:
+        retry = queue.retry_config
+        table.add_row(
+            queue.name,
+            queues_pb2.Queue.State.Name(queue.state).lower(),
+            str(retry.max_attempts or "task's"),
+            f"{retry.min_backoff.ToTimedelta().total_seconds():g}s"
+            if retry.HasField("min_backoff")
+            else "task's",
+            f"{retry.max_backoff.ToTimedelta().total_seconds():g}s"
+            if retry.HasField("max_backoff")
+            else "task's",
+            _when(queue, "purge_time"),
+        )
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=250)
+    console.print(table)
+    return EXIT_OK
+
+
+@queues.command("update")
+@click.argument("queue")
+@_PROJECT
+@retry_options
+@click.pass_obj
+def queues_update(settings: Settings, /, queue: str, project: str | None, **kw: Any) -> int:
+    """Change the retry fields given (the others are kept); prints the queue."""
+    try:
+        return _emit_queue(settings.client().update_queue(queue, _retry(kw), project=project))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@queues.command("delete")
+@click.argument("queue")
+@_PROJECT
+@click.pass_obj
+def queues_delete(settings: Settings, queue: str, project: str | None) -> int:
+    """Delete QUEUE's configuration (its queued jobs are not cancelled: see purge)."""
+    settings.client().delete_queue(queue, project=project)
+    click.echo(f"deleted: {queue}")
+    return EXIT_OK
+
+
+@queues.command("pause")
+@click.argument("queue")
+@_PROJECT
+@click.pass_obj
+def queues_pause(settings: Settings, queue: str, project: str | None) -> int:
+    """No new attempts start (within about a second); running ones finish."""
+    return _emit_queue(settings.client().pause_queue(queue, project=project))
+
+
+@queues.command("resume")
+@click.argument("queue")
+@_PROJECT
+@click.pass_obj
+def queues_resume(settings: Settings, queue: str, project: str | None) -> int:
+    """Dispatch QUEUE's jobs again."""
+    return _emit_queue(settings.client().resume_queue(queue, project=project))
+
+
+@queues.command("purge")
+@click.argument("queue")
+@_PROJECT
+@click.pass_obj
+def queues_purge(settings: Settings, queue: str, project: str | None) -> int:
+    """Cancel every queued job of QUEUE (they end CANCELLED, code 1)."""
+    return _emit_queue(settings.client().purge_queue(queue, project=project))
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -23,11 +23,25 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
-from longrun.v1 import api_keys_pb2, api_keys_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from longrun.v1 import (
+    api_keys_pb2,
+    api_keys_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    queues_pb2,
+    queues_pb2_grpc,
+)
 from longrun_client.codec import dict_to_struct
 from longrun_client.credentials import ChannelSecurity
 from longrun_client.errors import ServiceError, Unavailable
 from longrun_client.future import OperationFuture, WaitPolicy
+from longrun_client.queues import (
+    JobOptions,
+    RetryOptions,
+    create_request,
+    queue_path,
+    update_request,
+)
 
 DEFAULT_TARGET = "localhost:50051"
 #: Deadline of each unary RPC but WaitOperation (seconds).
@@ -98,6 +112,7 @@ class _Transport:
         self.operations = operations_pb2_grpc.OperationsStub(channel)
         self.jobs = jobs_pb2_grpc.JobsStub(channel)
         self.api_keys = api_keys_pb2_grpc.ApiKeysStub(channel)
+        self.queues = queues_pb2_grpc.QueuesStub(channel)
         self.metadata = tuple(metadata)
         self.timeout = timeout
         self.attempts = max(1, attempts)
@@ -207,6 +222,7 @@ class Client:
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         project: str | None = None,
+        options: JobOptions | None = None,
         response_type: type[M],
     ) -> OperationFuture[M]: ...
 
@@ -219,6 +235,7 @@ class Client:
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         project: str | None = None,
+        options: JobOptions | None = None,
         response_type: None = None,
     ) -> OperationFuture[Any]: ...
 
@@ -230,6 +247,7 @@ class Client:
         request_id: str | None = None,
         labels: Mapping[str, str] | None = None,
         project: str | None = None,
+        options: JobOptions | None = None,
         response_type: type[Message] | None = None,
     ) -> OperationFuture[Any]:
         """Create a job running `task` with `params` (JSON-like; not modified) in
@@ -238,6 +256,8 @@ class Client:
         operation in that project; one is generated when omitted, so retries
         are safe."""
         request = job_request(task, params, request_id, labels, project or self.project)
+        if options is not None:
+            options.apply(request)
         operation = self._transport.call(self._transport.jobs.CreateJob, request)
         return self.follow(operation, response_type=response_type)
 
@@ -353,3 +373,82 @@ class Client:
             self._transport.api_keys.DeleteApiKey, api_keys_pb2.DeleteApiKeyRequest(name=name)
         )
         return key
+
+    # -- Queues (reading: viewer; changing: admin) ---------------------------------
+
+    def create_queue(
+        self, queue_id: str, *, project: str | None = None, retry: RetryOptions | None = None
+    ) -> queues_pb2.Queue:
+        """CreateQueue `queue_id` in `project` (default: the client's)."""
+        request = create_request(queue_id, project or self.project, retry)
+        try:
+            queue: queues_pb2.Queue = self._transport.queues.CreateQueue(
+                request, timeout=self._transport.timeout, metadata=self._transport.metadata
+            )
+        except grpc.RpcError as exc:  # not retried: a lost answer would say ALREADY_EXISTS
+            raise ServiceError.from_grpc(exc) from exc
+        return queue
+
+    def get_queue(self, queue: str, *, project: str | None = None) -> queues_pb2.Queue:
+        """GetQueue: `queue` is an id (in `project`, default the client's) or a full name."""
+        name = queue_path(queue, project or self.project)
+        got: queues_pb2.Queue = self._transport.call(
+            self._transport.queues.GetQueue, queues_pb2.GetQueueRequest(name=name)
+        )
+        return got
+
+    def list_queues(self, project: str | None = None) -> Iterator[queues_pb2.Queue]:
+        """The project's queues by id, `default` included (every page, lazily)."""
+        target = project or self.project
+        if not target:
+            raise ValueError("listing queues needs a project")
+        request = queues_pb2.ListQueuesRequest(parent=f"projects/{target}")
+        while True:
+            response: queues_pb2.ListQueuesResponse = self._transport.call(
+                self._transport.queues.ListQueues, request
+            )
+            yield from response.queues
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def update_queue(
+        self, queue: str, retry: RetryOptions, *, project: str | None = None
+    ) -> queues_pb2.Queue:
+        """UpdateQueue: set the retry fields given in `retry`, keep the others."""
+        request = update_request(queue_path(queue, project or self.project), retry)
+        updated: queues_pb2.Queue = self._transport.call(
+            self._transport.queues.UpdateQueue, request
+        )
+        return updated
+
+    def delete_queue(self, queue: str, *, project: str | None = None) -> None:
+        """DeleteQueue (the default queue is reset to its defaults)."""
+        name = queue_path(queue, project or self.project)
+        self._transport.call(
+            self._transport.queues.DeleteQueue, queues_pb2.DeleteQueueRequest(name=name)
+        )
+
+    def pause_queue(self, queue: str, *, project: str | None = None) -> queues_pb2.Queue:
+        """PauseQueue: no new attempts start (within about a second); running ones finish."""
+        name = queue_path(queue, project or self.project)
+        paused: queues_pb2.Queue = self._transport.call(
+            self._transport.queues.PauseQueue, queues_pb2.PauseQueueRequest(name=name)
+        )
+        return paused
+
+    def resume_queue(self, queue: str, *, project: str | None = None) -> queues_pb2.Queue:
+        """ResumeQueue: its waiting jobs are dispatched again."""
+        name = queue_path(queue, project or self.project)
+        resumed: queues_pb2.Queue = self._transport.call(
+            self._transport.queues.ResumeQueue, queues_pb2.ResumeQueueRequest(name=name)
+        )
+        return resumed
+
+    def purge_queue(self, queue: str, *, project: str | None = None) -> queues_pb2.Queue:
+        """PurgeQueue: every queued job of the queue ends CANCELLED (code 1)."""
+        name = queue_path(queue, project or self.project)
+        purged: queues_pb2.Queue = self._transport.call(
+            self._transport.queues.PurgeQueue, queues_pb2.PurgeQueueRequest(name=name)
+        )
+        return purged

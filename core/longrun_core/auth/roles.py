@@ -1,5 +1,6 @@
 """Roles and the permissions each grants (issue 10): `viewer` reads,
-`editor` also changes operations, `admin` also manages API keys."""
+`editor` also changes operations, `admin` also manages API keys and queues
+(issue 12: viewers may read queues)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,22 @@ class Role(enum.StrEnum):
             raise ValueError(f"unknown role {text[:50]!r}; choose one of {names}") from None
 
 
-_VIEWER = frozenset({Permission.GET, Permission.LIST, Permission.WAIT})
+_VIEWER = frozenset(
+    {
+        Permission.GET,
+        Permission.LIST,
+        Permission.WAIT,
+        Permission.QUEUES_GET,
+        Permission.QUEUES_LIST,
+    }
+)
 _EDITOR = _VIEWER | {Permission.CREATE, Permission.CANCEL, Permission.DELETE}
-_ADMIN = _EDITOR | {Permission.KEYS_CREATE, Permission.KEYS_LIST, Permission.KEYS_DELETE}
+_ADMIN = _EDITOR | {
+    Permission.KEYS_CREATE,
+    Permission.KEYS_LIST,
+    Permission.KEYS_DELETE,
+    Permission.QUEUES_UPDATE,
+}
 
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.VIEWER: _VIEWER,

@@ -123,7 +123,7 @@ from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists, Unavailable
 from longrun_core.filtering.firestore import LABEL_PAIRS, label_pair
 from longrun_core.google.list_values import DocValues, doc_position, value_fields
-from longrun_core.model import OperationRecord, State
+from longrun_core.model import OperationRecord, State, WaitReason
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.settings import BackendSettings
 from longrun_core.store import (
@@ -156,7 +156,7 @@ _TIME_FIELDS = frozenset(
     n for n in _FIELDS if n.endswith("_time") or n in ("run_after", "dispatch_due_time")
 )
 #: Durations, stored as whole microseconds (Firestore has no duration type).
-_DURATION_FIELDS = frozenset({"lease_duration"})
+_DURATION_FIELDS = frozenset({"lease_duration", "dispatch_deadline"})
 _MICRO = timedelta(microseconds=1)
 #: How old the last server time seen may be before `store_time` asks anew.
 SERVER_TIME_MAX_AGE = 60.0
@@ -226,7 +226,7 @@ def to_document(rec: OperationRecord) -> dict[str, Any]:
         value = getattr(rec, name)
         if name == "labels":
             value = dict(value)
-        elif name == "state":
+        elif name in ("state", "wait_reason"):
             value = int(value)
         elif name in _DURATION_FIELDS and value is not None:
             value = value // _MICRO
@@ -255,6 +255,8 @@ def from_document(doc: dict[str, Any]) -> OperationRecord:
             value = {str(k): str(v) for k, v in (value or {}).items()}
         elif name == "state":
             value = State(int(value))
+        elif name == "wait_reason":
+            value = WaitReason(int(value))
         elif name == "cancel_requested":
             value = bool(value)
         elif name in ("params", "response", "error") and value is not None:
@@ -738,6 +740,22 @@ class FirestoreOperationStore(OperationStore):
             .limit(limit)
         )
         return await self._call(functools.partial(_count, query))
+
+    async def queued_in(
+        self, project: str, queue: str, *, after: str = "", limit: int = 500
+    ) -> builtins.list[OperationRecord]:
+        if limit <= 0:
+            return []
+        query = (
+            self._ops.where(filter=FieldFilter("project", "==", project))
+            .where(filter=FieldFilter("queue", "==", queue))
+            .where(filter=FieldFilter("state", "==", int(State.QUEUED)))
+            .order_by("__name__")
+        )
+        if after:
+            query = query.start_after({"__name__": self._ops.document(after)})
+        snaps = await self._call(functools.partial(_fetch, query.limit(limit)))
+        return [from_document(s.to_dict()) for s in snaps]
 
     async def leased(self, limit: int) -> builtins.list[OperationRecord]:
         if limit <= 0:

@@ -16,7 +16,7 @@ from google.rpc import status_pb2
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import AlreadyExists
 from longrun_core.filtering.index_terms import IndexTerms
-from longrun_core.model import OperationRecord, State
+from longrun_core.model import OperationRecord, State, WaitReason
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.queue import TaskMessage, Transition
 from longrun_core.sqlite.backend import SqliteBackend
@@ -30,6 +30,7 @@ from longrun_core.sqlite.list_scan import (
     row_values,
     value_columns,
 )
+from longrun_core.sqlite.queues import migrate as migrate_queues
 from longrun_core.stamped_cache import DEFAULT_MAX_BYTES, StampedCache
 from longrun_core.store import (
     CreateResult,
@@ -42,6 +43,7 @@ from longrun_core.store import (
     as_records,
     check_duplicate,
     in_project,
+    is_scheduled_ahead,
     next_version,
     not_found,
     scan_page,
@@ -60,10 +62,11 @@ _TIME_FIELDS = {
     "lease_expire_time": "lease_expire_us",
     "dispatch_due_time": "dispatch_due_us",
     "run_after": "run_after_us",
+    "schedule_time": "schedule_us",
     "expire_time": "expire_us",
 }
 #: Durations, kept as whole microseconds.
-_DURATION_FIELDS = {"lease_duration": "lease_us"}
+_DURATION_FIELDS = {"lease_duration": "lease_us", "dispatch_deadline": "dispatch_deadline_us"}
 _COLUMN_OF = _TIME_FIELDS | _DURATION_FIELDS
 _MICRO = timedelta(microseconds=1)
 #: Columns added to `operations` after its first release (db.SCHEMA has the
@@ -74,6 +77,12 @@ ADDED_COLUMNS = {
     # Rows stored before operations had a project belong to the default one.
     "project": f"TEXT NOT NULL DEFAULT '{DEFAULT_PROJECT}'",
     "creator": "TEXT",
+    # Queues (issue 12): rows from before ran in their project's default queue.
+    "queue": "TEXT NOT NULL DEFAULT 'default'",
+    "schedule_us": "INTEGER",
+    "dispatch_deadline_us": "INTEGER",
+    "concurrency_key": "TEXT",
+    "wait_reason": "INTEGER NOT NULL DEFAULT 0",
 }
 #: Indexes on added columns, created by `migrate` once the columns exist.
 #: A request id is unique within its project (the old index made it unique
@@ -88,6 +97,9 @@ ADDED_INDEXES = (
     # The open-operations quota counts a creator's unfinished operations.
     "CREATE INDEX IF NOT EXISTS operations_creator_open "
     "ON operations(creator) WHERE done = 0 AND creator IS NOT NULL",
+    # A queue's QUEUED operations (Purge, Resume): not done ones only.
+    "CREATE INDEX IF NOT EXISTS operations_queue_waiting "
+    "ON operations(project, queue, state) WHERE done = 0",
 )
 _FIELDS = [f.name for f in fields(OperationRecord)]
 COLUMNS = [_COLUMN_OF.get(n, n) for n in _FIELDS] + ["done", "error_code"]
@@ -111,7 +123,7 @@ def to_row(rec: OperationRecord) -> dict[str, Any]:
             row[_DURATION_FIELDS[name]] = None if value is None else value // _MICRO
         elif name == "labels":
             row["labels"] = json.dumps(dict(value), sort_keys=True)
-        elif name in ("state", "cancel_requested"):
+        elif name in ("state", "cancel_requested", "wait_reason"):
             row[name] = int(value)
         else:
             row[name] = value
@@ -133,6 +145,8 @@ def from_row(row: sqlite3.Row | tuple[Any, ...]) -> OperationRecord:
             values[name] = json.loads(value)
         elif name == "state":
             values[name] = State(value)
+        elif name == "wait_reason":
+            values[name] = WaitReason(value)
         elif name == "cancel_requested":
             values[name] = bool(value)
         else:
@@ -223,6 +237,7 @@ def migrate(conn: sqlite3.Connection) -> None:
             "operations_project_request_id",
             "operations_project_order",
             "operations_creator_open",
+            "operations_queue_waiting",
         }
         <= indexes
     ):
@@ -297,6 +312,7 @@ class SqliteOperationStore(OperationStore):
     async def start(self) -> None:
         await self.backend.start()
         await self.backend.db.call(migrate)
+        await self.backend.db.call(migrate_queues)
         await self.backend.db.call(ensure_list_indexes)
 
     async def close(self) -> None:
@@ -327,7 +343,9 @@ class SqliteOperationStore(OperationStore):
 
     async def _insert(self, rec: OperationRecord) -> CreateResult:
         row = to_row(rec)
-        outbox = self.outbox
+        # A job scheduled ahead gets no message now: the sweeper publishes it
+        # at its dispatch_due_time (its schedule time).
+        outbox = None if is_scheduled_ahead(rec) else self.outbox
 
         def insert_and_enqueue(conn: sqlite3.Connection) -> None:
             conn.execute(_INSERT, row)
@@ -463,7 +481,8 @@ class SqliteOperationStore(OperationStore):
         us = to_micros(now)
         rows = await self.backend.db.call(
             lambda c: c.execute(
-                f"{_SELECT} WHERE dispatch_due_us <= ? AND state = ? LIMIT ?",
+                f"{_SELECT} WHERE dispatch_due_us <= ? AND state = ? "
+                "ORDER BY dispatch_due_us LIMIT ?",
                 (us, int(State.QUEUED), limit),
             ).fetchall()
         )
@@ -480,6 +499,18 @@ class SqliteOperationStore(OperationStore):
             ).fetchone()
         )
         return int(row[0])
+
+    async def queued_in(
+        self, project: str, queue: str, *, after: str = "", limit: int = 500
+    ) -> Sequence[OperationRecord]:
+        rows = await self.backend.db.call(
+            lambda c: c.execute(
+                f"{_SELECT} WHERE project = ? AND queue = ? AND state = ? AND done = 0 "
+                "AND id > ? ORDER BY id LIMIT ?",
+                (project, queue, int(State.QUEUED), after, limit),
+            ).fetchall()
+        )
+        return [self._records.of(r) for r in rows]
 
     async def leased(self, limit: int) -> Sequence[OperationRecord]:
         # Only RUNNING records hold a lease_expire_us: the partial index
