@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,12 @@ def names(driver: Any) -> list[str]:
     return [name for name, _ in rows(driver)]
 
 
+def shown_error(driver: Any) -> Any:
+    """The error box once it is shown, else None."""
+    box = driver.find_element("id", "error")
+    return box if box.is_displayed() else None
+
+
 def mark_page(driver: Any) -> None:
     """A marker on the window that a reload would remove."""
     driver.execute_script("window.__noReload = 'kept';")
@@ -123,12 +129,16 @@ def test_pages_through_the_list_with_page_tokens(deployment: Deployment, browser
     created = [http.create(p, "noop", {"n": i}) for i in range(23)]
     browser.get(f"{deployment.base}/console/?project={p}&pageSize=10")
     seen: list[str] = []
+
+    def new_page_of(size: int) -> Callable[[Any], bool]:
+        def check(driver: Any) -> bool:
+            shown = names(driver)
+            return len(shown) == size and shown[0] not in seen
+
+        return check
+
     for expected in (10, 10, 3):
-        wait_until(
-            browser,
-            lambda d, n=expected: len(names(d)) == n and names(d)[0] not in seen,
-            f"a page of {expected}",
-        )
+        wait_until(browser, new_page_of(expected), f"a page of {expected}")
         seen += names(browser)
         button = browser.find_element("id", "next-page")
         if expected == 3:
@@ -144,7 +154,7 @@ def test_an_invalid_filter_shows_the_error(deployment: Deployment, browser: Any)
     browser.get(f"{deployment.base}/console/?project={project()}&filter=state%20%3D%3D")
     alert = wait_until(
         browser,
-        lambda d: d.find_element("id", "error").is_displayed() and d.find_element("id", "error"),
+        shown_error,
         "the error",
     )
     assert "400 INVALID_ARGUMENT" in alert.text
@@ -363,7 +373,7 @@ def test_without_a_key_the_console_shows_401_and_how_to_sign_in(
     browser.get(f"{base}/console/?project={secured.project}")
     alert = wait_until(
         browser,
-        lambda d: d.find_element("id", "error").is_displayed() and d.find_element("id", "error"),
+        shown_error,
         "the 401",
     )
     assert "401 UNAUTHENTICATED" in alert.text and "Sign in" in alert.text
@@ -398,14 +408,10 @@ def test_a_viewer_may_look_but_cancel_is_permission_denied(secured: Secured, bro
         browser, lambda d: d.find_element("id", "confirm").is_displayed(), "the confirmation"
     )
     browser.find_element("id", "confirm-yes").click()
-    alert = wait_until(
-        browser,
-        lambda d: (
-            "PERMISSION_DENIED" in d.find_element("id", "error").text
-            and d.find_element("id", "error")
-        ),
-        "403",
+    wait_until(
+        browser, lambda d: "PERMISSION_DENIED" in d.find_element("id", "error").text, "the 403"
     )
+    alert = browser.find_element("id", "error")
     assert alert.text.startswith("403 PERMISSION_DENIED")
     assert "cancelRequested" not in editor.ok("GET", f"/v1/{name}")["metadata"]
     editor.ok("POST", f"/v1/{name}:cancel", {})
