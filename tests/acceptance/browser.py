@@ -87,6 +87,22 @@ def wait_until(driver: Any, condition: Callable[[Any], T], what: str) -> T:
     return result
 
 
+#: A folder the console tests save their screenshots in (docs/images/ holds
+#: the ones the README shows: `LONGRUN_CONSOLE_SCREENSHOTS=docs/images`).
+SCREENSHOTS_ENV = "LONGRUN_CONSOLE_SCREENSHOTS"
+
+
+def screenshot(driver: Any, name: str) -> Path | None:
+    """Save the page as `<name>.png` in $LONGRUN_CONSOLE_SCREENSHOTS, if set."""
+    folder = os.environ.get(SCREENSHOTS_ENV)
+    if not folder:
+        return None
+    path = Path(folder) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(path)), f"no screenshot saved at {path}"
+    return path
+
+
 @dataclass
 class Reply:
     status: int

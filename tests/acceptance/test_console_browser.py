@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.browser import Http, chromium, chromium_paths, wait_until
+from tests.acceptance.browser import Http, chromium, chromium_paths, screenshot, wait_until
 from tests.acceptance.harness import ROOT, Service, backend_env
 
 pytestmark = pytest.mark.slow
@@ -122,6 +122,7 @@ def test_the_list_shows_jobs_newest_first_and_the_filter_narrows_it(
     assert "filter=" in browser.current_url
     caption = browser.find_element("id", "summary").text
     assert caption.startswith("2 operations") and "matching the filter" in caption
+    screenshot(browser, "console-list")
 
 
 def test_pages_through_the_list_with_page_tokens(deployment: Deployment, browser: Any) -> None:
@@ -182,6 +183,7 @@ def test_a_running_job_changes_state_on_the_page_without_a_reload(
     mark_page(browser)
     progress = lambda d: int(d.find_element("id", "progress").get_attribute("value") or 0)  # noqa: E731
     wait_until(browser, lambda d: 0 < progress(d) < 100, "progress between 0 and 100")
+    screenshot(browser, "console-operation-running")
     wait_until(browser, lambda d: d.find_element("id", "state").text == "SUCCEEDED", "SUCCEEDED")
     assert progress(browser) == 100 and not_reloaded(browser)
     assert '"slept_seconds": 4' in browser.find_element("id", "result").text
@@ -217,6 +219,7 @@ def test_cancel_asks_first_and_then_the_job_ends_cancelled(
     assert op["metadata"]["state"] == "CANCELLED" and op["error"]["code"] == 1
     assert not browser.find_element("id", "cancel").is_enabled()
     assert '"code": 1' in browser.find_element("id", "result").text
+    screenshot(browser, "console-operation-cancelled")
 
 
 def test_delete_asks_first_and_removes_the_operation(deployment: Deployment, browser: Any) -> None:
