@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -101,6 +102,42 @@ def screenshot(driver: Any, name: str) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     assert driver.save_screenshot(str(path)), f"no screenshot saved at {path}"
     return path
+
+
+AXE_DIR = Path(__file__).parent / "axe"
+
+
+def axe_source() -> str:
+    """axe-core's script, from tests/acceptance/axe (pinned; `npm ci` installs it)."""
+    script = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+    if not script.exists():
+        npm = shutil.which("npm")
+        if not npm:
+            pytest.skip("npm is not installed: axe-core cannot be installed")
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=AXE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+    return script.read_text()
+
+
+def axe_violations(driver: Any, source: str) -> list[dict[str, Any]]:
+    """axe-core's violations on the page as it is now (WCAG 2.x A and AA rules)."""
+    driver.execute_script(source)
+    found: list[dict[str, Any]] = driver.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]}})
+          .then(r => done(r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                nodes: v.nodes.map(n => n.target.join(" "))}))))
+          .catch(e => done([{id: "axe-error", impact: "critical", help: String(e), nodes: []}]));
+        """
+    )
+    return found
 
 
 @dataclass

@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.browser import Http, chromium, chromium_paths, screenshot, wait_until
+from tests.acceptance.browser import (
+    Http,
+    axe_source,
+    axe_violations,
+    chromium,
+    chromium_paths,
+    screenshot,
+    wait_until,
+)
 from tests.acceptance.harness import ROOT, Service, backend_env
 
 pytestmark = pytest.mark.slow
@@ -296,6 +304,48 @@ def test_xss_payloads_render_as_text(deployment: Deployment, browser: Any) -> No
         # Had any of it been parsed as HTML, these elements would exist.
         assert browser.find_elements("css selector", "main img, main script") == []
         assert browser.execute_script("return window.__xss === undefined;")
+
+
+def test_axe_finds_no_serious_or_critical_violations_on_any_page(
+    deployment: Deployment, browser: Any
+) -> None:
+    source = axe_source()
+    http, p = deployment.http(), project()
+    running = http.create(p, "sleep", {"worktime": 60}, {"team": "ml"})
+    failed = http.create(p, "fail", {"message": "no", "permanent": True})
+    http.ok("POST", f"/v1/{failed}:wait", {"timeout": "20s"})
+    pages: dict[str, Callable[[], None]] = {
+        "the list": lambda: wait_until(browser, lambda d: len(names(d)) == 2, "the rows"),
+        "a running operation": lambda: wait_until(
+            browser, lambda d: d.find_element("id", "state").text in ("QUEUED", "RUNNING"), "state"
+        ),
+        "a failed operation": lambda: wait_until(
+            browser, lambda d: d.find_element("id", "state").text == "FAILED", "FAILED"
+        ),
+        "an error": lambda: wait_until(browser, shown_error, "the error"),
+    }
+    urls = {
+        "the list": f"/console/?project={p}",
+        "a running operation": f"/console/{running}",
+        "a failed operation": f"/console/{failed}",
+        "an error": f"/console/?project={p}&filter=%3D%3D",
+    }
+    report: dict[str, list[dict[str, Any]]] = {}
+    for what, ready in pages.items():
+        browser.get(deployment.base + urls[what])
+        ready()
+        violations = axe_violations(browser, source)
+        report[what] = [v for v in violations if v["impact"] in ("serious", "critical")]
+    # The confirmation dialog, open.
+    browser.get(f"{deployment.base}/console/{running}")
+    pages["a running operation"]()
+    browser.find_element("id", "cancel").click()
+    wait_until(browser, lambda d: d.find_element("id", "confirm").is_displayed(), "the dialog")
+    report["the confirmation"] = [
+        v for v in axe_violations(browser, source) if v["impact"] in ("serious", "critical")
+    ]
+    assert report == {what: [] for what in report}
+    http.ok("POST", f"/v1/{running}:cancel", {})
 
 
 def test_console_answers_carry_the_security_headers(deployment: Deployment) -> None:
