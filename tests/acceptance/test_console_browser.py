@@ -314,7 +314,7 @@ def test_axe_finds_no_serious_or_critical_violations_on_any_page(
     running = http.create(p, "sleep", {"worktime": 60}, {"team": "ml"})
     failed = http.create(p, "fail", {"message": "no", "permanent": True})
     http.ok("POST", f"/v1/{failed}:wait", {"timeout": "20s"})
-    pages: dict[str, Callable[[], None]] = {
+    pages: dict[str, Callable[[], object]] = {
         "the list": lambda: wait_until(browser, lambda d: len(names(d)) == 2, "the rows"),
         "a running operation": lambda: wait_until(
             browser, lambda d: d.find_element("id", "state").text in ("QUEUED", "RUNNING"), "state"
