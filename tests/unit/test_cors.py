@@ -5,11 +5,14 @@ preflight never reaches one; other requests end at the router's 404)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
+from click.testing import CliRunner
 from multidict import CIMultiDictProxy
 
+from longrun_server.__main__ import main as server_main
 from longrun_server.cors import (
     ALLOWED_HEADERS,
     ALLOWED_METHODS,
@@ -151,3 +154,23 @@ async def test_off_by_default(default: str) -> None:
     assert "Vary" not in headers
     _, headers = await request("GET", default + "/v2/nothing", {"Origin": APP})
     assert "Access-Control-Allow-Origin" not in headers
+
+
+@pytest.mark.parametrize("flag", ["https://a.example,*", "https://a.example/app"])
+def test_the_server_refuses_a_bad_origin_at_startup(flag: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        server_main,
+        ["--cors-allowed-origins", flag, "--sqlite-path", str(tmp_path / "x.db")],
+    )
+    assert result.exit_code == 2
+    assert "--cors-allowed-origins" in result.output
+    assert not (tmp_path / "x.db").exists()  # refused before anything started
+
+
+def test_the_origins_also_come_from_the_environment(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        server_main,
+        ["--sqlite-path", str(tmp_path / "x.db")],
+        env={"LONGRUN_CORS_ALLOWED_ORIGINS": "ftp://a.example"},
+    )
+    assert result.exit_code == 2 and "http:// or https://" in result.output
