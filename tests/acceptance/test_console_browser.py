@@ -135,8 +135,8 @@ def test_the_list_shows_jobs_newest_first_and_the_filter_narrows_it(
 
 def test_pages_through_the_list_with_page_tokens(deployment: Deployment, browser: Any) -> None:
     http, p = deployment.http(), project()
-    created = [http.create(p, "noop", {"n": i}) for i in range(23)]
-    browser.get(f"{deployment.base}/console/?project={p}&pageSize=10")
+    created = [http.create(p, "noop", {"n": i}) for i in range(120)]
+    browser.get(f"{deployment.base}/console/?project={p}&pageSize=50")
     seen: list[str] = []
 
     def new_page_of(size: int) -> Callable[[Any], bool]:
@@ -146,17 +146,17 @@ def test_pages_through_the_list_with_page_tokens(deployment: Deployment, browser
 
         return check
 
-    for expected in (10, 10, 3):
+    for expected in (50, 50, 20):
         wait_until(browser, new_page_of(expected), f"a page of {expected}")
         seen += names(browser)
         button = browser.find_element("id", "next-page")
-        if expected == 3:
+        if expected == 20:
             assert not button.is_enabled()  # the last page has no next token
         else:
             button.click()
     assert seen == created[::-1]
     browser.back()  # the previous page is in the history
-    wait_until(browser, lambda d: names(d) == seen[10:20], "the second page again")
+    wait_until(browser, lambda d: names(d) == seen[50:100], "the second page again")
 
 
 def test_an_invalid_filter_shows_the_error(deployment: Deployment, browser: Any) -> None:
