@@ -261,6 +261,10 @@ class ServerSettings:
     http_body_timeout: float = 30.0
     http_idle_timeout: float = 60.0
     http_max_connections: int = 1000
+    #: Exact origins whose pages may call the HTTP gateway (server/cors.py); empty: none.
+    cors_allowed_origins: tuple[str, ...] = ()
+    #: Serve the operations console at /console/ on the HTTP gateway.
+    console: bool = True
     #: How often the operation store is probed for health (grpc.health.v1).
     health_interval: float = 2.0
     #: A probe taking longer than this counts as failed.

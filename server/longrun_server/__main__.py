@@ -38,6 +38,7 @@ from longrun_core.tasks import TaskRegistry
 from longrun_server.app import create_server, load_services
 from longrun_server.auth_interceptor import client_certificate_sans
 from longrun_server.auth_setup import build_auth
+from longrun_server.cors import CorsPolicy, parse_origins
 from longrun_server.exposure import ExposureRefused, check_exposure
 from longrun_server.gateway_link import GatewayLink
 from longrun_server.health import HealthServicer, StoreHealth
@@ -304,6 +305,22 @@ _S = ServerSettings()
     help="Write the bound HTTP port here once serving (written before --port-file).",
 )
 @click.option(
+    "--cors-allowed-origins",
+    default="",
+    envvar="LONGRUN_CORS_ALLOWED_ORIGINS",
+    show_envvar=True,
+    help="Comma-separated exact origins (https://app.example.com) whose pages may call "
+    "the HTTP gateway from a browser (CORS); default: none. See docs/console.md.",
+)
+@click.option(
+    "--console/--no-console",
+    default=ServerSettings.console,
+    envvar="LONGRUN_CONSOLE",
+    show_envvar=True,
+    show_default=True,
+    help="Serve the operations console at /console/ on the HTTP gateway (docs/console.md).",
+)
+@click.option(
     "--max-send-message-bytes",
     type=click.IntRange(min=MIN_MESSAGE_BYTES),
     default=_S.max_send_message_bytes,
@@ -361,6 +378,10 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         raise click.UsageError(str(exc)) from exc
     tls = tls_settings(kw)
     registry = task_registry(kw)
+    try:
+        cors_origins = parse_origins(kw["cors_allowed_origins"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cors-allowed-origins") from exc
     settings = ServerSettings(
         address=kw["address"],
         tls=tls,
@@ -386,6 +407,8 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         http_body_timeout=kw["http_body_timeout"],
         http_idle_timeout=kw["http_idle_timeout"],
         http_max_connections=kw["http_max_connections"],
+        cors_allowed_origins=cors_origins,
+        console=kw["console"],
         health_interval=kw["health_interval"],
         health_timeout=kw["health_timeout"],
         outage_lease_grace=kw["outage_lease_grace"],
@@ -531,6 +554,8 @@ async def serve(
                 max_connections=settings.http_max_connections,
             ),
             forwarding_secret=link.secret,
+            cors=CorsPolicy(settings.cors_allowed_origins),
+            console=settings.console,
         )
         try:
             http_port = await gateway.start(

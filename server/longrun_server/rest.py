@@ -63,6 +63,8 @@ from multidict import CIMultiDictProxy
 
 from longrun.v1 import api_keys_pb2, jobs_pb2, queues_pb2
 from longrun_core.settings import DEFAULT_MESSAGE_BYTES
+from longrun_server.console.routes import Console
+from longrun_server.cors import CorsPolicy
 from longrun_server.gateway_link import MetadataValue, forwarding_metadata
 from longrun_server.rest_connections import ConnectionGuard, ConnectionLimits, GuardedSite
 from longrun_server.rest_errors import (
@@ -547,8 +549,14 @@ class RestGateway:
         max_response_bytes: int = DEFAULT_MESSAGE_BYTES,
         limits: ConnectionLimits | None = None,
         forwarding_secret: bytes | None = None,
+        cors: CorsPolicy | None = None,
+        console: bool = True,
     ) -> None:
         self.target = target
+        #: Cross-origin callers allowed (server/cors.py); default: none.
+        self.cors = cors or CorsPolicy()
+        #: Serve the operations console at /console/ (server/console/).
+        self.console = Console() if console else None
         #: Signs the HTTPS caller's client certificate SANs passed on to the
         #: gRPC call (server/gateway_link.py); None: none are passed on.
         self.forwarding_secret = forwarding_secret
@@ -577,7 +585,12 @@ class RestGateway:
         ]
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_request_bytes)
+        middlewares = [self.cors.middleware()] if self.cors.enabled else []
+        app = web.Application(client_max_size=self.max_request_bytes, middlewares=middlewares)
+        if self.console is not None:
+            # Before the catch-all: the console's pages are static files (the
+            # data comes from the API routes, fetched with the user's credentials).
+            self.console.add_routes(app)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 

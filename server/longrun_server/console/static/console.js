@@ -1,0 +1,549 @@
+// The longrun operations console (docs/console.md). No build step: this file
+// is served as is. It calls the gateway's own REST routes (/v1/...) with the
+// credential the user pasted, kept in this tab's sessionStorage and sent as
+// a header (never a cookie), so it sees what the API lets that principal see.
+// Every value from the server is written with textContent, never as HTML.
+"use strict";
+(function () {
+  const STORE_KEY = "longrun.console.credential";
+  // Long-polled WaitOperation calls in flight per page at most (browsers
+  // allow 6 connections per origin; the rest stay free for clicks).
+  const MAX_LIVE = 3;
+  // Wait only returns early when an operation is done, so progress moves
+  // at least this often.
+  const LIST_WAIT = "5s";
+  const DETAIL_WAIT = "2s";
+
+  function byId(id) {
+    return document.getElementById(id);
+  }
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined) node.textContent = text;
+    if (className) node.className = className;
+    return node;
+  }
+
+  // ---- credentials ----
+
+  function credential() {
+    try {
+      const value = JSON.parse(sessionStorage.getItem(STORE_KEY) || "null");
+      return value && typeof value.value === "string" && value.value ? value : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function requestHeaders(json) {
+    const headers = new Headers();
+    if (json) headers.set("Content-Type", "application/json");
+    const c = credential();
+    if (c) {
+      if (c.kind === "bearer") headers.set("Authorization", "Bearer " + c.value);
+      else headers.set("x-goog-api-key", c.value);
+    }
+    return headers;
+  }
+
+  function renderSignin() {
+    const c = credential();
+    byId("signin-state").textContent = c
+      ? "Signed in with " + (c.kind === "bearer" ? "an ID token" : "an API key") +
+        " (kept in this tab only)."
+      : "Not signed in: requests are sent without credentials.";
+    byId("signout-button").disabled = !c;
+  }
+
+  function setupSignin(onChange) {
+    const c = credential();
+    if (c) byId("credential-kind").value = c.kind;
+    renderSignin();
+    byId("signin-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      const value = byId("credential").value.trim();
+      if (value) {
+        sessionStorage.setItem(
+          STORE_KEY,
+          JSON.stringify({ kind: byId("credential-kind").value, value: value })
+        );
+      } else {
+        sessionStorage.removeItem(STORE_KEY);
+      }
+      byId("credential").value = "";
+      renderSignin();
+      onChange();
+    });
+    byId("signout-button").addEventListener("click", function () {
+      sessionStorage.removeItem(STORE_KEY);
+      renderSignin();
+      byId("credential").focus();
+      onChange();
+    });
+  }
+
+  // ---- the API ----
+
+  class ApiError extends Error {
+    constructor(http, status, message, reason) {
+      super(message);
+      this.http = http;
+      this.status = status;
+      this.reason = reason;
+    }
+  }
+
+  async function api(method, path, body, signal) {
+    const response = await fetch(path, {
+      method: method,
+      headers: requestHeaders(body !== undefined),
+      body: body !== undefined ? JSON.stringify(body) : undefined,
+      credentials: "omit",
+      cache: "no-store",
+      signal: signal,
+    });
+    const text = await response.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch (_) {
+      data = null;
+    }
+    if (!response.ok) {
+      const error = (data && data.error) || {};
+      const info = (error.details || []).find(function (d) {
+        return d && d.reason;
+      });
+      throw new ApiError(
+        response.status,
+        error.status || "HTTP " + response.status,
+        error.message || text.slice(0, 300),
+        info ? info.reason : ""
+      );
+    }
+    return data || {};
+  }
+
+  function segments(name) {
+    return name.split("/").map(encodeURIComponent).join("/");
+  }
+
+  function apiPath(name) {
+    return "/v1/" + segments(name);
+  }
+
+  function pagePath(name) {
+    return "/console/" + segments(name);
+  }
+
+  // ---- messages ----
+
+  function showError(error) {
+    const box = byId("error");
+    box.replaceChildren();
+    if (error instanceof ApiError) {
+      box.append(el("p", error.http + " " + error.status + ": " + error.message, "error-title"));
+      if (error.http === 401) {
+        box.append(
+          el(
+            "p",
+            "Sign in: paste an API key (from `longrun-server keys create` or the ApiKeys " +
+              "API) or an OIDC ID token under Credentials, then Sign in. It is kept in " +
+              "this tab's sessionStorage only and sent as a header."
+          )
+        );
+      } else if (error.http === 403) {
+        box.append(
+          el(
+            "p",
+            "Permission denied: these credentials may not do this in this project. " +
+              "Ask the project's admin for a role, or sign in with other credentials."
+          )
+        );
+      }
+    } else {
+      box.append(el("p", "Error: " + String((error && error.message) || error), "error-title"));
+    }
+    box.hidden = false;
+  }
+
+  function clearError() {
+    const box = byId("error");
+    box.hidden = true;
+    box.replaceChildren();
+  }
+
+  function announce(text) {
+    byId("live").textContent = text;
+  }
+
+  // ---- operations ----
+
+  function metadataOf(op) {
+    return op.metadata || {};
+  }
+
+  function stateOf(op) {
+    const state = metadataOf(op).state;
+    if (state) return state;
+    if (op.done) return op.error ? "FAILED" : "SUCCEEDED";
+    return "STATE_UNSPECIFIED";
+  }
+
+  function progressOf(op) {
+    const value = Number(metadataOf(op).progressPercent || 0);
+    return Number.isFinite(value) ? Math.max(0, Math.min(100, value)) : 0;
+  }
+
+  function shortId(name) {
+    return name.split("/").pop();
+  }
+
+  function when(text) {
+    if (!text) return "";
+    const date = new Date(text);
+    return Number.isNaN(date.getTime()) ? String(text) : date.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+  }
+
+  function labelsText(labels) {
+    return Object.keys(labels || {})
+      .sort()
+      .map(function (key) {
+        return key + "=" + labels[key];
+      })
+      .join(", ");
+  }
+
+  function stateBadge(op) {
+    const state = stateOf(op);
+    return el("span", state, "state state-" + state.toLowerCase().replace(/[^a-z_]/g, ""));
+  }
+
+  // Keeps up to MAX_LIVE WaitOperation calls going over `names` (round
+  // robin) until each is done; stop() aborts them.
+  class Poller {
+    constructor(names, timeout, onUpdate, onGone) {
+      this.queue = names.slice();
+      this.timeout = timeout;
+      this.onUpdate = onUpdate;
+      this.onGone = onGone;
+      this.stopped = false;
+      this.controller = new AbortController();
+      for (let i = 0; i < Math.min(MAX_LIVE, this.queue.length); i++) this.run();
+    }
+
+    stop() {
+      this.stopped = true;
+      this.controller.abort();
+    }
+
+    async run() {
+      let failures = 0;
+      while (!this.stopped && this.queue.length) {
+        const name = this.queue.shift();
+        try {
+          const op = await api("POST", apiPath(name) + ":wait", { timeout: this.timeout },
+            this.controller.signal);
+          if (this.stopped) return;
+          failures = 0;
+          this.onUpdate(op);
+          if (!op.done) this.queue.push(name);
+        } catch (error) {
+          if (this.stopped) return;
+          if (error instanceof ApiError && [401, 403, 404].includes(error.http)) {
+            this.onGone(name, error);
+            continue;
+          }
+          failures += 1;
+          this.queue.push(name);
+          await new Promise(function (resolve) {
+            setTimeout(resolve, Math.min(30000, 500 * 2 ** failures));
+          });
+        }
+      }
+    }
+  }
+
+  // ---- the list page ----
+
+  function listParams() {
+    const query = new URLSearchParams(location.search);
+    return {
+      project: query.get("project") || "",
+      filter: query.get("filter") || "",
+      pageSize: query.get("pageSize") || "25",
+      pageToken: query.get("pageToken") || "",
+    };
+  }
+
+  function listUrl(params) {
+    const query = new URLSearchParams();
+    if (params.project) query.set("project", params.project);
+    if (params.filter) query.set("filter", params.filter);
+    if (params.pageSize && params.pageSize !== "25") query.set("pageSize", params.pageSize);
+    if (params.pageToken) query.set("pageToken", params.pageToken);
+    const text = query.toString();
+    return "/console/" + (text ? "?" + text : "");
+  }
+
+  function setupList() {
+    let generation = 0;
+    let poller = null;
+    let nextToken = "";
+
+    function row(op) {
+      const tr = document.createElement("tr");
+      tr.dataset.name = op.name;
+      const nameCell = document.createElement("th");
+      nameCell.scope = "row";
+      const link = el("a", shortId(op.name));
+      link.href = pagePath(op.name);
+      link.title = op.name;
+      nameCell.append(link);
+      tr.append(nameCell, el("td", metadataOf(op).task || ""), el("td"), el("td"),
+        el("td", when(metadataOf(op).createTime)), el("td", labelsText(metadataOf(op).labels)));
+      fill(tr, op);
+      return tr;
+    }
+
+    function fill(tr, op) {
+      const cells = tr.children;
+      cells[2].replaceChildren(stateBadge(op));
+      cells[2].dataset.state = stateOf(op);
+      const bar = document.createElement("progress");
+      bar.max = 100;
+      bar.value = progressOf(op);
+      bar.setAttribute("aria-label", "progress of " + shortId(op.name));
+      cells[3].replaceChildren(bar, el("span", " " + progressOf(op) + "%", "percent"));
+    }
+
+    function update(op) {
+      for (const tr of byId("rows").children) {
+        if (tr.dataset.name !== op.name) continue;
+        const before = tr.children[2].dataset.state;
+        fill(tr, op);
+        if (before !== stateOf(op)) announce(shortId(op.name) + " is now " + stateOf(op));
+      }
+    }
+
+    function gone(name, error) {
+      for (const tr of byId("rows").children) {
+        if (tr.dataset.name === name) {
+          tr.children[2].replaceChildren(el("span", error.http === 404 ? "DELETED" : error.status));
+          tr.children[2].dataset.state = "";
+        }
+      }
+    }
+
+    async function load() {
+      const params = listParams();
+      byId("project").value = params.project;
+      byId("filter").value = params.filter;
+      byId("page-size").value = ["10", "25", "50"].includes(params.pageSize) ? params.pageSize : "25";
+      const mine = ++generation;
+      if (poller) poller.stop();
+      poller = null;
+      byId("summary").textContent = "Loading…";
+      byId("next-page").disabled = true;
+      const query = new URLSearchParams({ pageSize: byId("page-size").value });
+      if (params.filter) query.set("filter", params.filter);
+      if (params.pageToken) query.set("pageToken", params.pageToken);
+      const base = params.project
+        ? "/v1/projects/" + encodeURIComponent(params.project) + "/operations"
+        : "/v1/operations";
+      try {
+        const data = await api("GET", base + "?" + query.toString());
+        if (mine !== generation) return;
+        clearError();
+        const ops = data.operations || [];
+        byId("rows").replaceChildren.apply(byId("rows"), ops.map(row));
+        nextToken = data.nextPageToken || "";
+        byId("next-page").disabled = !nextToken;
+        byId("summary").textContent =
+          ops.length + " operation" + (ops.length === 1 ? "" : "s") +
+          (params.project ? " in projects/" + params.project : "") +
+          (params.filter ? " matching the filter" : "") +
+          (params.pageToken ? " (a later page)" : "") + ", newest first";
+        const live = ops.filter(function (op) { return !op.done; }).map(function (op) { return op.name; });
+        if (live.length) poller = new Poller(live, LIST_WAIT, update, gone);
+      } catch (error) {
+        if (mine !== generation) return;
+        byId("rows").replaceChildren();
+        byId("summary").textContent = "No operations shown.";
+        showError(error);
+      }
+    }
+
+    function go(params) {
+      history.pushState(null, "", listUrl(params));
+      load();
+    }
+
+    byId("filter-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      go({
+        project: byId("project").value.trim(),
+        filter: byId("filter").value.trim(),
+        pageSize: byId("page-size").value,
+        pageToken: "",
+      });
+    });
+    byId("next-page").addEventListener("click", function () {
+      if (nextToken) go(Object.assign(listParams(), { pageToken: nextToken }));
+    });
+    byId("first-page").addEventListener("click", function () {
+      go(Object.assign(listParams(), { pageToken: "" }));
+    });
+    window.addEventListener("popstate", load);
+    setupSignin(load);
+    load();
+  }
+
+  // ---- an operation's page ----
+
+  function confirmAction(text, yes) {
+    return new Promise(function (resolve) {
+      const dialog = byId("confirm");
+      byId("confirm-text").textContent = text;
+      byId("confirm-yes").textContent = yes;
+      dialog.returnValue = "";
+      dialog.addEventListener("close", function () { resolve(dialog.returnValue === "yes"); },
+        { once: true });
+      dialog.showModal();
+    });
+  }
+
+  function setupOperation() {
+    const name = decodeURIComponent(location.pathname.slice("/console/".length));
+    let poller = null;
+    let deleted = false;
+    byId("op-name").textContent = "Operation " + shortId(name);
+    byId("op-name").title = name;
+    document.title = shortId(name) + " · longrun console";
+
+    function render(op) {
+      const meta = metadataOf(op);
+      const before = byId("state").textContent;
+      byId("state").replaceChildren(stateBadge(op));
+      if (before !== "…" && before !== stateOf(op)) announce(shortId(name) + " is now " + stateOf(op));
+      byId("task").textContent = meta.task || "";
+      byId("progress").value = progressOf(op);
+      byId("progress-text").textContent =
+        progressOf(op) + "%" + (meta.progressMessage ? " — " + meta.progressMessage : "");
+      byId("attempts").textContent =
+        (meta.attempt || 0) + (meta.maxAttempts ? " of at most " + meta.maxAttempts : "");
+      byId("cancel-requested").textContent = meta.cancelRequested ? "yes" : "no";
+      byId("labels").textContent = labelsText(meta.labels) || "none";
+      const trace = meta.traceId || meta.trace_id || "";
+      byId("trace-id").textContent = trace || "none recorded";
+      const steps = [
+        ["Created", meta.createTime],
+        ["Started" + (meta.attempt ? " (attempt " + meta.attempt + ")" : ""), meta.startTime],
+        ["Last update", meta.updateTime],
+        ["Ended", meta.endTime],
+        ["Expires", meta.expireTime],
+      ].filter(function (step) { return step[1]; });
+      byId("timeline").replaceChildren.apply(byId("timeline"), steps.map(function (step) {
+        const item = el("li");
+        const time = el("time", when(step[1]));
+        time.dateTime = step[1];
+        item.append(el("span", step[0] + ": "), time);
+        return item;
+      }));
+      byId("result").textContent = op.error
+        ? JSON.stringify({ error: op.error }, null, 2)
+        : op.response
+          ? JSON.stringify({ response: op.response }, null, 2)
+          : "Not done yet.";
+      byId("raw-metadata").textContent = JSON.stringify(meta, null, 2);
+      byId("cancel").disabled = Boolean(op.done);
+      if (op.done && poller) {
+        poller.stop();
+        poller = null;
+      }
+    }
+
+    function follow(op) {
+      if (!op.done && !poller && !deleted) {
+        poller = new Poller([name], DETAIL_WAIT, render, function (_, error) {
+          poller = null;
+          showError(error);
+        });
+      }
+    }
+
+    async function load() {
+      if (poller) poller.stop();
+      poller = null;
+      try {
+        const op = await api("GET", apiPath(name));
+        clearError();
+        render(op);
+        follow(op);
+      } catch (error) {
+        showError(error);
+      }
+    }
+
+    byId("cancel").addEventListener("click", async function () {
+      const ok = await confirmAction(
+        "Cancel " + name + "? The worker is asked to stop; the operation ends CANCELLED.",
+        "Yes, cancel it"
+      );
+      if (!ok) {
+        byId("cancel").focus();
+        return;
+      }
+      try {
+        await api("POST", apiPath(name) + ":cancel", {});
+        announce("Cancellation requested for " + shortId(name));
+        const op = await api("GET", apiPath(name));
+        render(op);
+        follow(op);
+      } catch (error) {
+        showError(error);
+      }
+      byId("cancel").focus();
+    });
+
+    byId("delete").addEventListener("click", async function () {
+      const ok = await confirmAction(
+        "Delete " + name + "? Its record and result are removed; this cannot be undone.",
+        "Yes, delete it"
+      );
+      if (!ok) {
+        byId("delete").focus();
+        return;
+      }
+      try {
+        await api("DELETE", apiPath(name));
+        deleted = true;
+        if (poller) poller.stop();
+        poller = null;
+        clearError();
+        byId("state").textContent = "DELETED";
+        byId("cancel").disabled = true;
+        byId("delete").disabled = true;
+        announce(shortId(name) + " was deleted");
+        const back = byId("live");
+        const link = el("a", "Back to the operations");
+        link.href = "/console/";
+        back.append(" ", link);
+        link.focus();
+      } catch (error) {
+        showError(error);
+        byId("delete").focus();
+      }
+    });
+
+    setupSignin(load);
+    load();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    const page = document.body.dataset.page;
+    if (page === "list") setupList();
+    else if (page === "operation") setupOperation();
+  });
+})();
