@@ -176,9 +176,11 @@ def test_a_running_job_changes_state_on_the_page_without_a_reload(
     deployment: Deployment, browser: Any
 ) -> None:
     http, p = deployment.http(), project()
-    name = http.create(p, "sleep", {"worktime": 3})
+    # Long enough that the page shows it unfinished first, even on a loaded machine.
+    name = http.create(p, "sleep", {"worktime": 8})
     browser.get(f"{deployment.base}/console/?project={p}")
     wait_until(browser, lambda d: names(d) == [name], "the row")
+    assert rows(browser)[0][1] != "SUCCEEDED", "the page must first show it unfinished"
     mark_page(browser)
     wait_until(browser, lambda d: rows(d)[0][1] == "SUCCEEDED", "SUCCEEDED in the list")
     assert not_reloaded(browser)
@@ -186,7 +188,7 @@ def test_a_running_job_changes_state_on_the_page_without_a_reload(
     assert browser.find_element("id", "live").get_attribute("aria-live") == "polite"
 
     # The operation's page follows progress too.
-    second = http.create(p, "sleep", {"worktime": 4})
+    second = http.create(p, "sleep", {"worktime": 8})
     browser.get(f"{deployment.base}/console/{second}")
     mark_page(browser)
     progress = lambda d: int(d.find_element("id", "progress").get_attribute("value") or 0)  # noqa: E731
@@ -194,7 +196,7 @@ def test_a_running_job_changes_state_on_the_page_without_a_reload(
     screenshot(browser, "console-operation-running")
     wait_until(browser, lambda d: d.find_element("id", "state").text == "SUCCEEDED", "SUCCEEDED")
     assert progress(browser) == 100 and not_reloaded(browser)
-    assert '"slept_seconds": 4' in browser.find_element("id", "result").text
+    assert '"slept_seconds": 8' in browser.find_element("id", "result").text
 
 
 # ---- an operation's page ----
