@@ -120,13 +120,15 @@ async def create_server(
     certificates: CertificateFiles | None = None,
     gateway_link: GatewayLink | None = None,
     access: Access | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, Dispatcher]:
     """Build and bind the server (not started). Returns (server, bound port, dispatcher).
     `auth` (server/auth_setup.py): who may call, and `auth.access` what they may
     do in which project; default: everyone may do everything. `access`
     overrides `auth.access` (tests). With `certificates` the port serves TLS
     (server/tls.py); with `gateway_link` the server also listens on the HTTP
-    gateway's private socket (server/gateway_link.py)."""
+    gateway's private socket (server/gateway_link.py). `interceptors` run
+    outside authentication's (server/metrics.py: the metrics interceptor)."""
     settings.check()
     clock = clock or SystemClock()
     auth = auth or AuthSetup()
@@ -149,7 +151,7 @@ async def create_server(
             *connection_options(settings),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        interceptors=auth.interceptors,
+        interceptors=[*interceptors, *auth.interceptors],
     )
     operations = OperationsService(
         store,

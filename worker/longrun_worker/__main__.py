@@ -16,17 +16,22 @@ import click
 
 from longrun_core.backends import build_backends
 from longrun_core.cli_options import (
+    METRICS_OFF,
+    MetricsSettings,
     backend_options,
     backend_settings,
+    metrics_settings,
     run_main,
     setup_logging,
     task_registry,
 )
 from longrun_core.clock import CLOCK_SKEW_VAR, clock_from_env
+from longrun_core.errors import StartupError
 from longrun_core.failpoints import Failpoints
 from longrun_core.packing import MAX_RESULT_BYTES, MIN_RESULT_BYTES
 from longrun_core.settings import BackendSettings
 from longrun_core.tasks import TaskRegistry
+from longrun_worker.metrics import worker_observability
 from longrun_worker.push_cli import push_config, push_options, serve_push
 from longrun_worker.runtime import Worker, WorkerSettings
 
@@ -138,7 +143,8 @@ _W = WorkerSettings()
 @push_options
 def main(**kw: Any) -> None:
     """Run tasks from the queue and record their outcomes."""
-    setup_logging(kw.pop("log_level"))
+    setup_logging(kw.pop("log_level"), kw.pop("log_format"))
+    metrics = metrics_settings(kw)
     backends = backend_settings(kw)
     registry = task_registry(kw)
     push = push_config(kw)
@@ -161,13 +167,19 @@ def main(**kw: Any) -> None:
     if push is not None:
         if kw["burst"]:
             raise click.UsageError("--burst does not apply to --push")
+        if metrics.enabled:
+            raise click.UsageError("--metrics-address does not apply to --push (not yet)")
         run_main(serve_push(settings, backends, registry, push))
         return
-    run_main(work(settings, backends, registry, kw["burst"]))
+    run_main(work(settings, backends, registry, kw["burst"], metrics))
 
 
 async def work(
-    settings: WorkerSettings, backend_cfg: BackendSettings, registry: TaskRegistry, burst: bool
+    settings: WorkerSettings,
+    backend_cfg: BackendSettings,
+    registry: TaskRegistry,
+    burst: bool,
+    metrics: MetricsSettings = METRICS_OFF,
 ) -> None:
     clock = clock_from_env()
     if os.environ.get(CLOCK_SKEW_VAR):
@@ -180,6 +192,16 @@ async def work(
     if not await backends.start_patiently(stopping):
         await backends.close()
         return
+    worker_metrics, endpoint = None, None
+    if metrics.enabled:
+        worker_metrics, endpoint = worker_observability(
+            metrics.address, backends.store, backends.queue, port_file=metrics.port_file
+        )
+        try:
+            await endpoint.start()
+        except OSError as exc:
+            await backends.close()
+            raise StartupError(f"cannot serve metrics on {metrics.address}: {exc}") from exc
     try:
         worker = Worker(
             store=backends.store,
@@ -189,8 +211,11 @@ async def work(
             clock=clock,
             failpoints=Failpoints.from_env(),
             rejections=backends.rejections,
+            metrics=worker_metrics,
         )
     except ValueError as exc:  # a task that cannot run as declared
+        if endpoint is not None:
+            await endpoint.stop()
         await backends.close()
         raise click.UsageError(str(exc)) from exc
 
@@ -211,6 +236,8 @@ async def work(
     try:
         await worker.run(burst=burst)
     finally:
+        if endpoint is not None:
+            await endpoint.stop()
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await backends.close()

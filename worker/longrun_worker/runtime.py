@@ -48,6 +48,7 @@ from longrun_core.errors import LongrunError, NotFound, Unavailable
 from longrun_core.failpoints import Failpoints
 from longrun_core.leases import LeaseObserver, Monotonic
 from longrun_core.model import OperationRecord, State
+from longrun_core.observability.json_logs import bind_attempt
 from longrun_core.packing import (
     DEFAULT_MAX_RESULT_BYTES,
     MAX_RESULT_BYTES,
@@ -63,6 +64,7 @@ from longrun_core.tasks import TaskRegistry, TaskSpec
 from longrun_worker.attempts import AttemptRunner, RunningAttempt, ThreadAttempt
 from longrun_worker.context import RunContext
 from longrun_worker.isolation import KILL_WAIT, in_thread
+from longrun_worker.metrics import WorkerMetrics
 from longrun_worker.outcome import AttemptTimedOut, Outcome, outcome_of
 
 log = logging.getLogger("longrun.worker")
@@ -184,7 +186,9 @@ class Worker:
         failpoints: Failpoints | None = None,
         monotonic: Monotonic = time.monotonic,
         rejections: Rejections | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or WorkerMetrics()  # longrun_worker/metrics.py
         self.store = store
         self.queue = queue
         self.registry = registry
@@ -493,6 +497,9 @@ class Worker:
         claimed_at: float,
         slot: _Slot,
     ) -> None:
+        bind_attempt(rec.name, rec.attempt)  # this delivery's task: its log entries say so
+        self.metrics.attempt_started(rec.task)
+        began = self._monotonic()
         ctx = RunContext(
             operation=rec.name,
             params=struct_to_dict(struct_pb2.Struct.FromString(rec.params)),
@@ -550,6 +557,7 @@ class Worker:
                     await guard
             if isinstance(attempt, ThreadAttempt) and not attempt.finished.done():
                 slot.held_until = attempt.finished
+        self.metrics.attempt_ended(rec.task, ending, self._monotonic() - began)
         await self._record(delivery, rec, spec, outcome, ending, lease, limit)
 
     def outcome_limit(self, rec: OperationRecord) -> int:
@@ -819,6 +827,7 @@ class Worker:
             await delivery.ack()
             return
         self.completed += 1
+        self.metrics.finished(final, dead_lettered=_exhausted(final) is not None)
         log.info(
             "finished %s attempt %d: %s",
             final.name,
@@ -852,6 +861,7 @@ class Worker:
             await delivery.ack()
         else:
             await delivery.dead_letter(reason)
+            self.metrics.dead_lettered(rec.task)
 
     async def _retry(
         self, delivery: Delivery, rec: OperationRecord, spec: TaskSpec, error: bytes
@@ -873,6 +883,7 @@ class Worker:
         except (transitions.Rejected, NotFound):
             await delivery.ack()
             return
+        self.metrics.retried(rec.task)
         await delivery.nack(delay.total_seconds())
 
     async def _release(self, delivery: Delivery, rec: OperationRecord) -> None:
