@@ -66,8 +66,14 @@ def test_counters_move_by_exactly_what_the_jobs_did(backend: str, tmp_path: Path
 
         # An open WaitOperation shows in the gauge while it waits.
         waiting = subprocess.Popen(
-            [_grpcurl(), "-plaintext", "-d", f'{{"name":"{sleeper}","timeout":"60s"}}']
-            + [svc.target, f"{OPS}/WaitOperation"],
+            [
+                _grpcurl(),
+                "-plaintext",
+                "-d",
+                f'{{"name":"{sleeper}","timeout":"60s"}}',
+                svc.target,
+                f"{OPS}/WaitOperation",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
