@@ -143,7 +143,9 @@ _W = WorkerSettings()
 @push_options
 def main(**kw: Any) -> None:
     """Run tasks from the queue and record their outcomes."""
-    setup_logging(kw.pop("log_level"), kw.pop("log_format"))
+    log_format = kw.pop("log_format")
+    setup_logging(kw.pop("log_level"), log_format)
+    os.environ["LONGRUN_LOG_FORMAT"] = log_format  # task processes log the same way
     metrics = metrics_settings(kw)
     backends = backend_settings(kw)
     registry = task_registry(kw)
