@@ -14,6 +14,7 @@ import click
 from longrun_core.auth.oidc_limits import MAX_TOKEN_LIFETIME_LIMIT
 from longrun_core.errors import StartupError
 from longrun_core.observability.json_logs import LOG_FORMATS, configure_logging
+from longrun_core.observability.tracing import TRACE_EXPORTERS, TracingSettings
 from longrun_core.settings import (
     CLIENT_AUTH_MODES,
     DEFAULT_TASK_MODULES,
@@ -216,6 +217,24 @@ def backend_options(fn: F) -> F:
             show_envvar=True,
             help="Write the bound metrics port here once it listens (for tests and scripts).",
         ),
+        click.option(
+            "--trace-exporter",
+            type=click.Choice(TRACE_EXPORTERS),
+            default="none",
+            envvar="LONGRUN_TRACE_EXPORTER",
+            show_envvar=True,
+            show_default=True,
+            help="OpenTelemetry spans: otlp (OTLP/gRPC; endpoint from OTEL_EXPORTER_OTLP_ENDPOINT, "
+            "default localhost:4317), file (JSON lines to --trace-file), none (off).",
+        ),
+        click.option(
+            "--trace-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            envvar="LONGRUN_TRACE_FILE",
+            show_envvar=True,
+            help="Where --trace-exporter file appends one JSON object per span.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -377,8 +396,20 @@ class MetricsSettings:
         return bool(self.address)
 
 
+def tracing_settings(kw: dict[str, Any]) -> TracingSettings:
+    path = kw.pop("trace_file")
+    settings = TracingSettings(kw.pop("trace_exporter"), path.absolute() if path else None)
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trace-exporter") from exc
+    return settings
+
+
 #: Metrics off (the default).
 METRICS_OFF = MetricsSettings()
+#: Tracing off (the default).
+TRACING_OFF = TracingSettings()
 
 
 def metrics_settings(kw: dict[str, Any]) -> MetricsSettings:

@@ -16,6 +16,7 @@ from longrun_core.auth.key_stores import build_key_store
 from longrun_core.backends import build_backends
 from longrun_core.cli_options import (
     METRICS_OFF,
+    TRACING_OFF,
     MetricsSettings,
     auth_options,
     auth_settings,
@@ -27,9 +28,11 @@ from longrun_core.cli_options import (
     task_registry,
     tls_options,
     tls_settings,
+    tracing_settings,
 )
 from longrun_core.errors import InvalidArgument, StartupError
 from longrun_core.names import check_project_id
+from longrun_core.observability.tracing import TracingSettings, build_tracer_provider
 from longrun_core.process_limits import limit_accept_error_logs, raise_open_files_limit
 from longrun_core.settings import (
     MIN_MESSAGE_BYTES,
@@ -45,7 +48,7 @@ from longrun_server.exposure import ExposureRefused, check_exposure
 from longrun_server.gateway_link import GatewayLink
 from longrun_server.health import HealthServicer, StoreHealth
 from longrun_server.keys_cli import keys
-from longrun_server.metrics import ServerObservability
+from longrun_server.metrics import ServerObservability, server_tracing
 from longrun_server.rest import (
     RestGateway,
     build_routes,
@@ -326,6 +329,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
     the first admin key straight into the store."""
     setup_logging(kw.pop("log_level"), kw.pop("log_format"))
     metrics = metrics_settings(kw)
+    tracing = tracing_settings(kw)
     backends = backend_settings(kw)
     if ctx.invoked_subcommand is not None:
         ctx.obj = backends
@@ -392,6 +396,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
             http,
             tuple(kw["service_modules"]),
             metrics,
+            tracing,
         )
     )
 
@@ -427,6 +432,7 @@ async def serve(
     http: HttpListener | None = None,
     service_modules: tuple[str, ...] = (),
     metrics: MetricsSettings = METRICS_OFF,
+    tracing: TracingSettings = TRACING_OFF,
 ) -> None:
     raise_open_files_limit()
     limit_accept_error_logs()
@@ -491,6 +497,7 @@ async def serve(
         if metrics.enabled
         else None
     )
+    tracer_provider = build_tracer_provider(tracing, "longrun-server") if tracing.enabled else None
     health_servicer = HealthServicer()
     server, port, dispatcher = await create_server(
         store=backends.store,
@@ -502,7 +509,10 @@ async def serve(
         auth=auth,
         certificates=certificates,
         gateway_link=link,
-        interceptors=[observability.interceptor] if observability is not None else [],
+        interceptors=[
+            *([server_tracing(tracer_provider)] if tracer_provider is not None else []),
+            *([observability.interceptor] if observability is not None else []),
+        ],
     )
     gateway = None
     if http is not None and link is not None:
@@ -577,6 +587,8 @@ async def serve(
         await server.stop(settings.grace)
     if observability is not None:
         await observability.stop()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()
     await auth.close()
     await backends.close()
     if link is not None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -38,6 +38,9 @@ from longrun_core.observability.queue_depth import QueueDepthGauges, sqlite_dept
 from longrun_core.queue import TaskQueue
 from longrun_core.store import OperationStore
 from longrun_server.dispatcher import Dispatcher
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 #: Seconds; WaitOperation calls may last up to the longest wait (minutes).
 RPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -174,6 +177,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 self._observe(method, context, start, ok)
 
         return timed
+
+
+def server_tracing(provider: TracerProvider) -> grpc.aio.ServerInterceptor:
+    """OpenTelemetry's gRPC server interceptor on `provider` (outermost: the
+    handler, and the task message it publishes, run inside its span)."""
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(tracer_provider=provider)
+    return interceptor
 
 
 def count_lease_expiries(dispatcher: Dispatcher, metrics: ServerMetrics) -> None:

@@ -17,6 +17,7 @@ import click
 from longrun_core.backends import build_backends
 from longrun_core.cli_options import (
     METRICS_OFF,
+    TRACING_OFF,
     MetricsSettings,
     backend_options,
     backend_settings,
@@ -24,16 +25,19 @@ from longrun_core.cli_options import (
     run_main,
     setup_logging,
     task_registry,
+    tracing_settings,
 )
 from longrun_core.clock import CLOCK_SKEW_VAR, clock_from_env
 from longrun_core.errors import StartupError
 from longrun_core.failpoints import Failpoints
+from longrun_core.observability.tracing import TracingSettings, build_tracer_provider
 from longrun_core.packing import MAX_RESULT_BYTES, MIN_RESULT_BYTES
 from longrun_core.settings import BackendSettings
 from longrun_core.tasks import TaskRegistry
 from longrun_worker.metrics import worker_observability
 from longrun_worker.push_cli import push_config, push_options, serve_push
 from longrun_worker.runtime import Worker, WorkerSettings
+from longrun_worker.tracing import AttemptTracer
 
 log = logging.getLogger("longrun.worker")
 _W = WorkerSettings()
@@ -147,6 +151,7 @@ def main(**kw: Any) -> None:
     setup_logging(kw.pop("log_level"), log_format)
     os.environ["LONGRUN_LOG_FORMAT"] = log_format  # task processes log the same way
     metrics = metrics_settings(kw)
+    tracing = tracing_settings(kw)
     backends = backend_settings(kw)
     registry = task_registry(kw)
     push = push_config(kw)
@@ -169,11 +174,13 @@ def main(**kw: Any) -> None:
     if push is not None:
         if kw["burst"]:
             raise click.UsageError("--burst does not apply to --push")
-        if metrics.enabled:
-            raise click.UsageError("--metrics-address does not apply to --push (not yet)")
+        if metrics.enabled or tracing.enabled:
+            raise click.UsageError(
+                "--metrics-address and --trace-exporter do not apply to --push (not yet)"
+            )
         run_main(serve_push(settings, backends, registry, push))
         return
-    run_main(work(settings, backends, registry, kw["burst"], metrics))
+    run_main(work(settings, backends, registry, kw["burst"], metrics, tracing))
 
 
 async def work(
@@ -182,6 +189,7 @@ async def work(
     registry: TaskRegistry,
     burst: bool,
     metrics: MetricsSettings = METRICS_OFF,
+    tracing: TracingSettings = TRACING_OFF,
 ) -> None:
     clock = clock_from_env()
     if os.environ.get(CLOCK_SKEW_VAR):
@@ -204,6 +212,7 @@ async def work(
         except OSError as exc:
             await backends.close()
             raise StartupError(f"cannot serve metrics on {metrics.address}: {exc}") from exc
+    tracer_provider = build_tracer_provider(tracing, "longrun-worker") if tracing.enabled else None
     try:
         worker = Worker(
             store=backends.store,
@@ -214,6 +223,7 @@ async def work(
             failpoints=Failpoints.from_env(),
             rejections=backends.rejections,
             metrics=worker_metrics,
+            tracer=AttemptTracer(tracer_provider),
         )
     except ValueError as exc:  # a task that cannot run as declared
         if endpoint is not None:
@@ -240,6 +250,8 @@ async def work(
     finally:
         if endpoint is not None:
             await endpoint.stop()
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await backends.close()

@@ -66,6 +66,7 @@ from longrun_worker.context import RunContext
 from longrun_worker.isolation import KILL_WAIT, in_thread
 from longrun_worker.metrics import WorkerMetrics
 from longrun_worker.outcome import AttemptTimedOut, Outcome, outcome_of
+from longrun_worker.tracing import AttemptTracer
 
 log = logging.getLogger("longrun.worker")
 
@@ -187,8 +188,10 @@ class Worker:
         monotonic: Monotonic = time.monotonic,
         rejections: Rejections | None = None,
         metrics: WorkerMetrics | None = None,
+        tracer: AttemptTracer | None = None,
     ) -> None:
         self.metrics = metrics or WorkerMetrics()  # longrun_worker/metrics.py
+        self.tracer = tracer or AttemptTracer()  # longrun_worker/tracing.py
         self.store = store
         self.queue = queue
         self.registry = registry
@@ -474,7 +477,8 @@ class Worker:
             )
             await self._finish(delivery, rec, error=err)
             return
-        await self._run(delivery, rec, spec, claimed_at, slot or _Slot())
+        with self.tracer.attempt(rec, delivery.message):
+            await self._run(delivery, rec, spec, claimed_at, slot or _Slot())
 
     def _claim_transition(self, rec: OperationRecord) -> OperationRecord:
         # May run on a queue's database thread: only thread-safe state here.
@@ -558,7 +562,8 @@ class Worker:
             if isinstance(attempt, ThreadAttempt) and not attempt.finished.done():
                 slot.held_until = attempt.finished
         self.metrics.attempt_ended(rec.task, ending, self._monotonic() - began)
-        await self._record(delivery, rec, spec, outcome, ending, lease, limit)
+        with self.tracer.outcome(ending):
+            await self._record(delivery, rec, spec, outcome, ending, lease, limit)
 
     def outcome_limit(self, rec: OperationRecord) -> int:
         """The largest response or error stored for `rec`: the configured

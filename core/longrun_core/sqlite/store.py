@@ -18,6 +18,7 @@ from longrun_core.errors import AlreadyExists
 from longrun_core.filtering.index_terms import IndexTerms
 from longrun_core.model import OperationRecord, State
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
+from longrun_core.observability.trace_context import current_traceparent
 from longrun_core.queue import TaskMessage, Transition
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.db import transaction
@@ -328,11 +329,13 @@ class SqliteOperationStore(OperationStore):
     async def _insert(self, rec: OperationRecord) -> CreateResult:
         row = to_row(rec)
         outbox = self.outbox
+        # Taken here: the database thread does not see this task's trace context.
+        message = TaskMessage(rec.name, rec.task, rec.attempt, current_traceparent())
 
         def insert_and_enqueue(conn: sqlite3.Connection) -> None:
             conn.execute(_INSERT, row)
             if outbox is not None:
-                outbox.insert(conn, TaskMessage(rec.name, rec.task, rec.attempt))
+                outbox.insert(conn, message)
 
         def insert(conn: sqlite3.Connection) -> OperationRecord | None:
             try:
