@@ -380,8 +380,8 @@ def run_main(main: Coroutine[Any, Any, None]) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-def setup_logging(level: str, log_format: str = "text") -> None:
-    configure_logging(level, log_format)
+def setup_logging(level: str, log_format: str = "text", project: str | None = None) -> None:
+    configure_logging(level, log_format, project)
 
 
 @dataclass(frozen=True)

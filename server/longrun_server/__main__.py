@@ -327,7 +327,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
     """Serve google.longrunning.Operations and longrun.v1.Jobs (and
     longrun.v1.ApiKeys with --api-keys). `longrun-server keys --help`: mint
     the first admin key straight into the store."""
-    setup_logging(kw.pop("log_level"), kw.pop("log_format"))
+    setup_logging(kw.pop("log_level"), kw.pop("log_format"), kw["project"])
     metrics = metrics_settings(kw)
     tracing = tracing_settings(kw)
     backends = backend_settings(kw)

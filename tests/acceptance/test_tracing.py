@@ -39,7 +39,11 @@ def _create(svc: Service, task: str, params: dict[str, object], trace_id: str) -
 
 def test_one_jobs_spans_share_the_clients_trace(backend: str, tmp_path: Path) -> None:
     server_file, worker_file = tmp_path / "server-spans.jsonl", tmp_path / "worker-spans.jsonl"
-    svc = Service(tmp_path, backend_env(backend, tmp_path) | {"LONGRUN_TRACE_EXPORTER": "file"})
+    env = backend_env(backend, tmp_path) | {
+        "LONGRUN_TRACE_EXPORTER": "file",
+        "LONGRUN_LOG_FORMAT": "json",
+    }
+    svc = Service(tmp_path, env)
     with svc.kept():
         svc.start_server(extra_env={"LONGRUN_TRACE_FILE": str(server_file)})
         svc.start_worker(extra_env={"LONGRUN_TRACE_FILE": str(worker_file)})
@@ -81,3 +85,9 @@ def test_one_jobs_spans_share_the_clients_trace(backend: str, tmp_path: Path) ->
     assert {s["parent_span_id"] for s in attempts} == {retried_create["span_id"]}
     assert all(s["attributes"]["longrun.operation"] == retried for s in attempts)
     assert noop_trace != retried_trace
+
+    # The worker's log entries inside the attempt name the trace (Cloud Logging's field).
+    logged = [json.loads(line) for line in (tmp_path / "worker-0.log").read_text().splitlines()]
+    (finish,) = [e for e in logged if e.get("action") == "finish" and e["operation"] == noop]
+    assert str(finish["logging.googleapis.com/trace"]).endswith(f"/traces/{noop_trace}")
+    assert finish["logging.googleapis.com/spanId"] == outcome["span_id"]

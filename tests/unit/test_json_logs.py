@@ -158,3 +158,29 @@ def test_auto_is_text_on_a_terminal_and_json_otherwise() -> None:
     assert resolve_format("auto", _Stream(tty=False)) == "json"
     assert resolve_format("text", _Stream(tty=False)) == "text"
     assert resolve_format("json", _Stream(tty=True)) == "json"
+
+
+def test_inside_a_span_entries_carry_cloud_loggings_trace_fields() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(CloudLoggingFormatter(project="my-project"))
+    logger = logging.getLogger("longrun.test.json.trace")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("before")
+        tracer = TracerProvider(shutdown_on_exit=False).get_tracer("test")
+        with tracer.start_as_current_span("work") as span:
+            logger.warning("inside")
+            context = span.get_span_context()
+    finally:
+        logger.removeHandler(handler)
+    before, inside = entries(out)
+    assert "logging.googleapis.com/trace" not in before
+    assert inside["logging.googleapis.com/trace"] == (
+        f"projects/my-project/traces/{context.trace_id:032x}"
+    )
+    assert inside["logging.googleapis.com/spanId"] == f"{context.span_id:016x}"
+    assert inside["logging.googleapis.com/trace_sampled"] is True

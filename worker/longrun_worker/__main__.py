@@ -148,7 +148,7 @@ _W = WorkerSettings()
 def main(**kw: Any) -> None:
     """Run tasks from the queue and record their outcomes."""
     log_format = kw.pop("log_format")
-    setup_logging(kw.pop("log_level"), log_format)
+    setup_logging(kw.pop("log_level"), log_format, kw["project"])
     os.environ["LONGRUN_LOG_FORMAT"] = log_format  # task processes log the same way
     metrics = metrics_settings(kw)
     tracing = tracing_settings(kw)

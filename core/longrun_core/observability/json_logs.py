@@ -37,6 +37,8 @@ _OWN_KEYS = frozenset(
         "logger",
         "logging.googleapis.com/sourceLocation",
         "logging.googleapis.com/trace",
+        "logging.googleapis.com/spanId",
+        "logging.googleapis.com/trace_sampled",
     }
 )
 #: Longest extra field value kept (a log line stays a log line).
@@ -66,8 +68,32 @@ def _plain(value: Any) -> Any:
     return str(value)[:MAX_FIELD_CHARS]
 
 
+def _trace_fields(project: str | None) -> dict[str, Any]:
+    """Cloud Logging's trace fields for the span current where the record
+    was logged (tracing on); none without one."""
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    trace_id = f"{context.trace_id:032x}"
+    return {
+        "logging.googleapis.com/trace": (
+            f"projects/{project}/traces/{trace_id}" if project else trace_id
+        ),
+        "logging.googleapis.com/spanId": f"{context.span_id:016x}",
+        "logging.googleapis.com/trace_sampled": context.trace_flags.sampled,
+    }
+
+
 class CloudLoggingFormatter(logging.Formatter):
-    """Formats a record as one line of JSON (see the module docstring)."""
+    """Formats a record as one line of JSON (see the module docstring);
+    `project` (the Google Cloud project) makes the trace field the full
+    `projects/P/traces/ID` Cloud Logging links to Cloud Trace."""
+
+    def __init__(self, project: str | None = None) -> None:
+        super().__init__()
+        self.project = project
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -96,9 +122,7 @@ class CloudLoggingFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRS and key not in _OWN_KEYS and not key.startswith("_"):
                 entry[key] = _plain(value)
-        trace = getattr(record, "_trace", None)
-        if isinstance(trace, str):
-            entry["logging.googleapis.com/trace"] = trace
+        entry.update(_trace_fields(self.project))
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
@@ -113,12 +137,12 @@ def resolve_format(log_format: str, stream: TextIO) -> str:
     return log_format
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
+def configure_logging(level: str, log_format: str = "text", project: str | None = None) -> None:
     """The root logger at `level`: text lines on stderr (the default), or
     JSON entries on stdout (what Cloud Run and GKE pass to Cloud Logging)."""
     if resolve_format(log_format, sys.stderr) == "json":
         handler: logging.Handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(CloudLoggingFormatter())
+        handler.setFormatter(CloudLoggingFormatter(project))
         logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     else:
         logging.basicConfig(level=level.upper(), format=TEXT_FORMAT)

@@ -13,14 +13,14 @@ import re
 
 #: The message attribute (and signed field) holding the trace context.
 TRACE_ATTR = "traceparent"
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 def valid_traceparent(value: str | None) -> str:
     """`value` if it is a well-formed traceparent with non-zero ids, else ""."""
     if not value:
         return ""
-    match = _TRACEPARENT.match(value)
+    match = _TRACEPARENT.fullmatch(value)
     if match is None or set(match[1]) == {"0"} or set(match[2]) == {"0"}:
         return ""
     return value
