@@ -33,22 +33,19 @@ def plan(quick: bool) -> tuple[int, float, float]:
     return (2, 1.0, 4.0) if quick else (5, 1.0, 5.0)
 
 
-def observed_args(spans: Path) -> list[str]:
-    return [
-        "--metrics-address",
-        "127.0.0.1:0",
-        "--trace-exporter",
-        "file",
-        "--trace-file",
-        str(spans),
-    ]
+def observed_args(spans: Path, what: str = "both") -> list[str]:
+    metrics = ["--metrics-address", "127.0.0.1:0"]
+    tracing = ["--trace-exporter", "file", "--trace-file", str(spans)]
+    return {"both": metrics + tracing, "metrics": metrics, "tracing": tracing}[what]
 
 
-def measure(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+def measure(
+    quick: bool, what: str = "both"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     rounds, warmup, seconds = plan(quick)
     with tempfile.TemporaryDirectory(prefix="bench-obs-") as tmp:
         spans = Path(tmp) / "spans.jsonl"
-        flags = observed_args(spans)
+        flags = observed_args(spans, what)
         with (
             longrun_service("embedded", workers=WORKERS) as plain,
             longrun_service(
@@ -65,7 +62,7 @@ def measure(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]], in
 
             def on() -> dict[str, Any]:
                 r = longrun_round(observed, warmup, seconds, CONCURRENCY)
-                note(f"{NAME}: metrics+tracing {r['rate']:.0f} jobs/s ({r['errors']} errors)")
+                note(f"{NAME}: {what} on {r['rate']:.0f} jobs/s ({r['errors']} errors)")
                 return r
 
             a, b = interleave(rounds, on, off)
@@ -73,14 +70,14 @@ def measure(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]], in
     return a, b, span_count
 
 
-def run(quick: bool = False, profile: bool = False) -> list[Figure]:
-    on, off, span_count = measure(quick)
+def run(quick: bool = False, profile: bool = False, what: str = "both") -> list[Figure]:
+    on, off, span_count = measure(quick, what)
     value, baseline = median_of(on, "rate"), median_of(off, "rate")
     r = ratio(value, baseline)
     return [
         Figure(
             benchmark=NAME,
-            figure="no-op jobs/s with metrics + tracing",
+            figure=f"no-op jobs/s with {what} on",
             value=value,
             unit="jobs/s",
             baseline_name="the same, both off",
@@ -103,8 +100,11 @@ def run(quick: bool = False, profile: bool = False) -> list[Figure]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--what", choices=["both", "metrics", "tracing"], default="both", help="what is on"
+    )
     args = parser.parse_args()
-    standalone(run(args.quick), "observability_overhead")
+    standalone(run(args.quick, what=args.what), "observability_overhead")
 
 
 if __name__ == "__main__":

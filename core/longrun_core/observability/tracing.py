@@ -84,11 +84,7 @@ def build_tracer_provider(settings: TracingSettings, service_name: str) -> Trace
     """A provider exporting as `settings` say (call only when enabled)."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
-        SimpleSpanProcessor,
-        SpanExporter,
-    )
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
     settings.check()
     provider = TracerProvider(
@@ -98,7 +94,8 @@ def build_tracer_provider(settings: TracingSettings, service_name: str) -> Trace
         assert settings.file is not None
         exporter = _file_exporter(settings.file)
         assert isinstance(exporter, SpanExporter)
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        # Batched off the event loop, written within half a second (and at shutdown).
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     elif settings.exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
