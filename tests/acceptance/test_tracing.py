@@ -1,7 +1,8 @@
 """Tracing across the queue on real processes: a client's trace context
 (a `traceparent` header) continues in the server's CreateJob span, crosses
 the queue inside the signed task message, and the worker's attempt and
-outcome spans join the same trace; each retry is another attempt span in it."""
+outcome spans join the same trace; a retry's attempt joins it too unless it
+ran from the sweeper's republished message (a trace of its own)."""
 
 from __future__ import annotations
 
@@ -73,17 +74,31 @@ def test_one_jobs_spans_share_the_clients_trace(backend: str, tmp_path: Path) ->
     assert outcome["parent_span_id"] == attempt["span_id"]
     assert outcome["attributes"]["longrun.ending"] == "done"
 
-    # The retried job: three attempt spans under its own CreateJob span, one trace.
+    # The retried job: its first attempt under its CreateJob span. A retry runs
+    # from the redelivered message (same trace, same parent) or, when the
+    # sweeper's republish at the end of the backoff wins the race, from a
+    # message without context: then it is the root of a trace of its own
+    # (docs/observability.md). Either way each attempt ran and is found once.
     (retried_create,) = [
         s for s in server_spans if s["name"] == CREATE_SPAN and s["trace_id"] == retried_trace
     ]
     attempts = sorted(
-        (s for s in worker_spans if s["trace_id"] == retried_trace and s["name"] == "attempt fail"),
+        (
+            s
+            for s in worker_spans
+            if s["name"] == "attempt fail" and s["attributes"]["longrun.operation"] == retried
+        ),
         key=lambda s: s["attributes"]["longrun.attempt"],
     )
     assert [s["attributes"]["longrun.attempt"] for s in attempts] == [1, 2, 3]
-    assert {s["parent_span_id"] for s in attempts} == {retried_create["span_id"]}
-    assert all(s["attributes"]["longrun.operation"] == retried for s in attempts)
+    assert attempts[0]["trace_id"] == retried_trace
+    assert attempts[0]["parent_span_id"] == retried_create["span_id"]
+    for later in attempts[1:]:
+        joined = (later["trace_id"], later["parent_span_id"]) == (
+            retried_trace,
+            retried_create["span_id"],
+        )
+        assert joined or later["parent_span_id"] is None, later
     assert noop_trace != retried_trace
 
     # The worker's log entries inside the attempt name the trace (Cloud Logging's field).
