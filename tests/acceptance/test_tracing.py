@@ -106,3 +106,32 @@ def test_one_jobs_spans_share_the_clients_trace(backend: str, tmp_path: Path) ->
     (finish,) = [e for e in logged if e.get("action") == "finish" and e["operation"] == noop]
     assert str(finish["logging.googleapis.com/trace"]).endswith(f"/traces/{noop_trace}")
     assert finish["logging.googleapis.com/spanId"] == outcome["span_id"]
+
+
+def test_the_python_client_propagates_its_callers_span(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from longrun_client import Client
+
+    server_file, worker_file = tmp_path / "server-spans.jsonl", tmp_path / "worker-spans.jsonl"
+    env = backend_env("embedded", tmp_path) | {"LONGRUN_TRACE_EXPORTER": "file"}
+    svc = Service(tmp_path, env)
+    tracer = TracerProvider(shutdown_on_exit=False).get_tracer("client-test")
+    with svc.kept():
+        svc.start_server(extra_env={"LONGRUN_TRACE_FILE": str(server_file)})
+        svc.start_worker(extra_env={"LONGRUN_TRACE_FILE": str(worker_file)})
+        with Client(svc.target) as client:
+            with tracer.start_as_current_span("submit") as span:
+                future = client.submit("noop", {"traced": True})
+            assert future.result(timeout=60) is not None
+        wait_for(
+            lambda: any(s["name"] == "outcome" for s in _spans(worker_file)),
+            30,
+            "the worker's outcome span",
+        )
+    ours = span.get_span_context()
+    trace_id, span_id = f"{ours.trace_id:032x}", f"{ours.span_id:016x}"
+    (create,) = [s for s in _spans(server_file) if s["name"] == CREATE_SPAN]
+    assert (create["trace_id"], create["parent_span_id"]) == (trace_id, span_id)
+    (attempt,) = [s for s in _spans(worker_file) if s["name"] == "attempt noop"]
+    assert (attempt["trace_id"], attempt["parent_span_id"]) == (trace_id, create["span_id"])
