@@ -8,8 +8,10 @@ that is all it costs. `PrometheusWorkerMetrics` counts into a registry.
 * `longrun_worker_outcomes_total{task,outcome}`: operations this worker
   ended: succeeded, failed, cancelled.
 * `longrun_worker_retries_total{task}`: failed attempts scheduled for retry.
-* `longrun_worker_dead_letters_total{task}`: messages this worker moved to
-  the dead-letter destination (operations that failed their last attempt).
+* `longrun_worker_dead_letters_total{task}`: operations whose message this
+  worker moved to the dead-letter destination (failed after their last
+  attempt). A duplicate message of an operation already done (e.g. the
+  sweeper's republish of a retry) is dead-lettered too, but not counted again.
 * `longrun_worker_leases_lost_total{task}`: attempts stopped because their
   lease was lost (taken over, or not renewable in time).
 """

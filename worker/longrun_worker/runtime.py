@@ -446,7 +446,7 @@ class Worker:
                 extra={"action": "already_done", "operation": name},
             )
             if done.record is not None:
-                await self._ack_or_dead_letter(delivery, done.record)
+                await self._ack_or_dead_letter(delivery, done.record, duplicate=True)
             else:
                 await delivery.ack()
             return
@@ -860,13 +860,16 @@ class Worker:
                     await self._stopping.wait()
             delay = min(delay * 2, self.settings.outage_retry_max)
 
-    async def _ack_or_dead_letter(self, delivery: Delivery, rec: OperationRecord) -> None:
+    async def _ack_or_dead_letter(
+        self, delivery: Delivery, rec: OperationRecord, *, duplicate: bool = False
+    ) -> None:
         reason = _exhausted(rec)
         if reason is None:
             await delivery.ack()
         else:
             await delivery.dead_letter(reason)
-            self.metrics.dead_lettered(rec.task)
+            if not duplicate:  # another message of this operation already counted it
+                self.metrics.dead_lettered(rec.task)
 
     async def _retry(
         self, delivery: Delivery, rec: OperationRecord, spec: TaskSpec, error: bytes
