@@ -90,7 +90,7 @@ def test_counters_move_by_exactly_what_the_jobs_did(backend: str, tmp_path: Path
                 waiting.kill()
                 waiting.wait()
         assert waiting.returncode == 0, err
-        assert b"CANCELLED" in out
+        assert sleeper.encode() in out  # its end state is checked below (_done)
 
         states = _done(svc, [*succeeded, permanent, transient, sleeper])
         assert [states[n] for n in succeeded] == ["SUCCEEDED"] * 3
