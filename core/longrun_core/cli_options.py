@@ -4,8 +4,8 @@ flag also reads an environment variable, and --help shows which."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,6 +13,8 @@ import click
 
 from longrun_core.auth.oidc_limits import MAX_TOKEN_LIFETIME_LIMIT
 from longrun_core.errors import StartupError
+from longrun_core.observability.json_logs import LOG_FORMATS, configure_logging
+from longrun_core.observability.tracing import TRACE_EXPORTERS, TracingSettings
 from longrun_core.settings import (
     CLIENT_AUTH_MODES,
     DEFAULT_TASK_MODULES,
@@ -189,6 +191,50 @@ def backend_options(fn: F) -> F:
             show_envvar=True,
             show_default=True,
         ),
+        click.option(
+            "--log-format",
+            type=click.Choice(LOG_FORMATS),
+            default="text",
+            envvar="LONGRUN_LOG_FORMAT",
+            show_envvar=True,
+            show_default=True,
+            help="text: lines on stderr; json: Cloud Logging structured entries on stdout; "
+            "auto: text on a terminal, json otherwise (docs/observability.md).",
+        ),
+        click.option(
+            "--metrics-address",
+            default="",
+            envvar="LONGRUN_METRICS_ADDRESS",
+            show_envvar=True,
+            help="HOST:PORT serving /metrics in the Prometheus text format (port 0: any; "
+            "default: off, and nothing is measured).",
+        ),
+        click.option(
+            "--metrics-port-file",
+            type=click.Path(path_type=Path),
+            default=None,
+            envvar="LONGRUN_METRICS_PORT_FILE",
+            show_envvar=True,
+            help="Write the bound metrics port here once it listens (for tests and scripts).",
+        ),
+        click.option(
+            "--trace-exporter",
+            type=click.Choice(TRACE_EXPORTERS),
+            default="none",
+            envvar="LONGRUN_TRACE_EXPORTER",
+            show_envvar=True,
+            show_default=True,
+            help="OpenTelemetry spans: otlp (OTLP/gRPC; endpoint from OTEL_EXPORTER_OTLP_ENDPOINT, "
+            "default localhost:4317), file (JSON lines to --trace-file), none (off).",
+        ),
+        click.option(
+            "--trace-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            envvar="LONGRUN_TRACE_FILE",
+            show_envvar=True,
+            help="Where --trace-exporter file appends one JSON object per span.",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -334,11 +380,48 @@ def run_main(main: Coroutine[Any, Any, None]) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+def setup_logging(level: str, log_format: str = "text", project: str | None = None) -> None:
+    configure_logging(level, log_format, project)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """--metrics-address (empty: metrics off) and --metrics-port-file."""
+
+    address: str = ""
+    port_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+
+def tracing_settings(kw: dict[str, Any]) -> TracingSettings:
+    path = kw.pop("trace_file")
+    settings = TracingSettings(kw.pop("trace_exporter"), path.absolute() if path else None)
+    try:
+        settings.check()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trace-exporter") from exc
+    return settings
+
+
+#: Metrics off (the default).
+METRICS_OFF = MetricsSettings()
+#: Tracing off (the default).
+TRACING_OFF = TracingSettings()
+
+
+def metrics_settings(kw: dict[str, Any]) -> MetricsSettings:
+    address, port_file = kw.pop("metrics_address"), kw.pop("metrics_port_file")
+    if address:
+        from longrun_core.observability.exposition import split_address  # aiohttp: only if on
+
+        try:
+            split_address(address)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--metrics-address") from exc
+    return MetricsSettings(address, port_file.absolute() if port_file is not None else None)
 
 
 _A = AuthenticationSettings()

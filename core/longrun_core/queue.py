@@ -51,6 +51,9 @@ class TaskMessage:
     task: str
     #: The operation's attempt count when published (0 for a first dispatch).
     attempt: int = 0
+    #: W3C traceparent of the span that published it ("" without tracing);
+    #: signed with the rest (longrun_core.observability.trace_context).
+    trace: str = ""
 
 
 class Delivery(abc.ABC):

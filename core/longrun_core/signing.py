@@ -195,12 +195,16 @@ def _framed(part: bytes) -> bytes:
 
 def message_fields(message: TaskMessage) -> tuple[bytes, dict[str, str]]:
     """How a TaskMessage travels: data = the operation name, attributes
-    `operation`, `task`, `attempt` (what is signed, on every queue)."""
-    return message.operation.encode(), {
+    `operation`, `task`, `attempt`, and `traceparent` when it has one (what
+    is signed, on every queue)."""
+    attributes = {
         "operation": message.operation,
         "task": message.task,
         "attempt": str(message.attempt),
     }
+    if message.trace:
+        attributes["traceparent"] = message.trace
+    return message.operation.encode(), attributes
 
 
 def guard_task(claim: Transition, task: str) -> Transition:

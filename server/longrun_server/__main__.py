@@ -15,18 +15,24 @@ import click
 from longrun_core.auth.key_stores import build_key_store
 from longrun_core.backends import build_backends
 from longrun_core.cli_options import (
+    METRICS_OFF,
+    TRACING_OFF,
+    MetricsSettings,
     auth_options,
     auth_settings,
     backend_options,
     backend_settings,
+    metrics_settings,
     run_main,
     setup_logging,
     task_registry,
     tls_options,
     tls_settings,
+    tracing_settings,
 )
 from longrun_core.errors import InvalidArgument, StartupError
 from longrun_core.names import check_project_id
+from longrun_core.observability.tracing import TracingSettings, build_tracer_provider
 from longrun_core.process_limits import limit_accept_error_logs, raise_open_files_limit
 from longrun_core.settings import (
     MIN_MESSAGE_BYTES,
@@ -43,6 +49,7 @@ from longrun_server.exposure import ExposureRefused, check_exposure
 from longrun_server.gateway_link import GatewayLink
 from longrun_server.health import HealthServicer, StoreHealth
 from longrun_server.keys_cli import keys
+from longrun_server.metrics import ServerObservability, server_tracing
 from longrun_server.rest import (
     RestGateway,
     build_routes,
@@ -366,7 +373,9 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
     """Serve google.longrunning.Operations and longrun.v1.Jobs (and
     longrun.v1.ApiKeys with --api-keys). `longrun-server keys --help`: mint
     the first admin key straight into the store."""
-    setup_logging(kw.pop("log_level"))
+    setup_logging(kw.pop("log_level"), kw.pop("log_format"), kw["project"])
+    metrics = metrics_settings(kw)
+    tracing = tracing_settings(kw)
     backends = backend_settings(kw)
     if ctx.invoked_subcommand is not None:
         ctx.obj = backends
@@ -434,7 +443,16 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         http = HttpListener(host, http_port, kw["http_port_file"])
     refuse_exposure(settings, [settings.address, *([kw["http_address"]] if http else [])])
     run_main(
-        serve(settings, backends, registry, kw["port_file"], http, tuple(kw["service_modules"]))
+        serve(
+            settings,
+            backends,
+            registry,
+            kw["port_file"],
+            http,
+            tuple(kw["service_modules"]),
+            metrics,
+            tracing,
+        )
     )
 
 
@@ -468,6 +486,8 @@ async def serve(
     port_file: str | None,
     http: HttpListener | None = None,
     service_modules: tuple[str, ...] = (),
+    metrics: MetricsSettings = METRICS_OFF,
+    tracing: TracingSettings = TRACING_OFF,
 ) -> None:
     raise_open_files_limit()
     limit_accept_error_logs()
@@ -525,6 +545,14 @@ async def serve(
             "no authentication configured: every caller may read, create, cancel and delete "
             "every operation (see docs/security.md)"
         )
+    observability = (
+        ServerObservability.build(
+            metrics.address, backends.store, backends.queue, port_file=metrics.port_file
+        )
+        if metrics.enabled
+        else None
+    )
+    tracer_provider = build_tracer_provider(tracing, "longrun-server") if tracing.enabled else None
     health_servicer = HealthServicer()
     server, port, dispatcher = await create_server(
         store=backends.store,
@@ -536,6 +564,10 @@ async def serve(
         auth=auth,
         certificates=certificates,
         gateway_link=link,
+        interceptors=[
+            *([server_tracing(tracer_provider)] if tracer_provider is not None else []),
+            *([observability.interceptor] if observability is not None else []),
+        ],
     )
     gateway = None
     if http is not None and link is not None:
@@ -569,6 +601,17 @@ async def serve(
             await backends.close()
             link.close()
             raise SystemExit(f"cannot listen for HTTP on {http.host}:{http.port}: {exc}") from exc
+    if observability is not None:
+        try:
+            await observability.start(dispatcher)
+        except OSError as exc:
+            if gateway is not None:
+                await gateway.stop()
+            if link is not None:
+                link.close()
+            await auth.close()
+            await backends.close()
+            raise StartupError(f"cannot serve metrics on {metrics.address}: {exc}") from exc
     await server.start()
     dispatcher.start()
     store_health = StoreHealth(
@@ -599,6 +642,10 @@ async def serve(
         await asyncio.gather(gateway.stop(), server.stop(settings.grace))
     else:
         await server.stop(settings.grace)
+    if observability is not None:
+        await observability.stop()
+    if tracer_provider is not None:
+        tracer_provider.shutdown()
     await auth.close()
     await backends.close()
     if link is not None:

@@ -124,6 +124,7 @@ async def create_server(
     gateway_link: GatewayLink | None = None,
     access: Access | None = None,
     queue_store: QueueStore | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, Dispatcher]:
     """Build and bind the server (not started). Returns (server, bound port, dispatcher).
     `auth` (server/auth_setup.py): who may call, and `auth.access` what they may
@@ -131,7 +132,8 @@ async def create_server(
     overrides `auth.access` (tests). `queue_store` (longrun.v1.Queues):
     default, the one beside `store`. With `certificates` the port serves TLS
     (server/tls.py); with `gateway_link` the server also listens on the HTTP
-    gateway's private socket (server/gateway_link.py)."""
+    gateway's private socket (server/gateway_link.py). `interceptors` run
+    outside authentication's (server/metrics.py: the metrics interceptor)."""
     settings.check()
     clock = clock or SystemClock()
     auth = auth or AuthSetup()
@@ -155,7 +157,7 @@ async def create_server(
             *connection_options(settings),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        interceptors=auth.interceptors,
+        interceptors=[*interceptors, *auth.interceptors],
     )
     operations = OperationsService(
         store,

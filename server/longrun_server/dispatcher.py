@@ -37,6 +37,7 @@ from longrun_core.clock import Clock
 from longrun_core.errors import LongrunError, NotFound, Unavailable
 from longrun_core.leases import LeaseObserver, Monotonic
 from longrun_core.model import OperationRecord
+from longrun_core.observability.trace_context import current_traceparent
 from longrun_core.queue import TaskMessage, TaskQueue, Transition
 from longrun_core.store import OperationStore
 
@@ -106,7 +107,9 @@ class Dispatcher:
         so a sweep stops at the first instead of logging each operation)."""
         try:
             async with asyncio.timeout(self.publish_timeout):
-                await self.queue.publish(TaskMessage(rec.name, rec.task, rec.attempt))
+                await self.queue.publish(
+                    TaskMessage(rec.name, rec.task, rec.attempt, current_traceparent())
+                )
             if not mark:
                 return
             await self.store.update(

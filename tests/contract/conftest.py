@@ -77,7 +77,7 @@ async def publish_raw(
         await queue.backend.db.call(
             lambda c: c.execute(
                 "INSERT INTO tasks (operation, task, attempt, visible_us, enqueued_us, "
-                "signature_key, signature) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "signature_key, signature, trace) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message.operation,
                     message.task,
@@ -86,6 +86,7 @@ async def publish_raw(
                     now,
                     sig.get(KEY_ID_ATTR),
                     sig.get(SIGNATURE_ATTR),
+                    message.trace or None,
                 ),
             )
         )

@@ -125,7 +125,23 @@ async def _dead_reason(queue: TaskQueue, operation: str) -> str:
     raise AssertionError(f"no dead letter for {operation}")
 
 
-@pytest.mark.parametrize("case", ["unsigned", "tampered", "unknown-key", "other-secret"])
+TRACE_A = "00-" + "a1" * 16 + "-" + "b2" * 8 + "-01"
+TRACE_B = "00-" + "c3" * 16 + "-" + "d4" * 8 + "-01"
+
+
+async def test_the_trace_context_travels_with_the_message(queue: TaskQueue) -> None:
+    msg = TaskMessage("operations/traced", "noop", 1, TRACE_A)
+    await queue.publish(msg)
+    delivery = await _receive_one(queue)
+    assert delivery.message == msg
+    assert delivery.message.trace == TRACE_A
+    await delivery.ack()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["unsigned", "tampered", "unknown-key", "other-secret", "trace-replaced", "trace-added"],
+)
 async def test_a_message_not_signed_by_the_queue_is_never_delivered(
     queue: TaskQueue, case: str
 ) -> None:
@@ -151,6 +167,17 @@ async def test_a_message_not_signed_by_the_queue_is_never_delivered(
         "other-secret": (
             genuine,
             _signature(SigningKeys.parse(f"{keys.kids[0]}:" + "x" * 32), genuine),
+            BAD_SIGNATURE,
+        ),
+        # the trace context is signed too: re-parenting a message breaks it
+        "trace-replaced": (
+            TaskMessage(operation, "sleep", 0, TRACE_B),
+            _signature(keys, TaskMessage(operation, "sleep", 0, TRACE_A)),
+            BAD_SIGNATURE,
+        ),
+        "trace-added": (
+            TaskMessage(operation, "sleep", 0, TRACE_B),
+            _signature(keys, genuine),
             BAD_SIGNATURE,
         ),
     }[case]

@@ -16,22 +16,31 @@ import click
 
 from longrun_core.backends import build_backends
 from longrun_core.cli_options import (
+    METRICS_OFF,
+    TRACING_OFF,
+    MetricsSettings,
     backend_options,
     backend_settings,
+    metrics_settings,
     run_main,
     setup_logging,
     task_registry,
+    tracing_settings,
 )
 from longrun_core.clock import CLOCK_SKEW_VAR, clock_from_env
+from longrun_core.errors import StartupError
 from longrun_core.failpoints import Failpoints
+from longrun_core.observability.tracing import TracingSettings, build_tracer_provider
 from longrun_core.packing import MAX_RESULT_BYTES, MIN_RESULT_BYTES
 from longrun_core.queue_stores import queue_store_for
 from longrun_core.settings import BackendSettings
 from longrun_core.store import OperationStore
 from longrun_core.tasks import TaskRegistry
+from longrun_worker.metrics import worker_observability
 from longrun_worker.push_cli import push_config, push_options, serve_push
 from longrun_worker.queue_view import QueueView
 from longrun_worker.runtime import Worker, WorkerSettings
+from longrun_worker.tracing import AttemptTracer
 
 log = logging.getLogger("longrun.worker")
 _W = WorkerSettings()
@@ -160,7 +169,11 @@ _W = WorkerSettings()
 @push_options
 def main(**kw: Any) -> None:
     """Run tasks from the queue and record their outcomes."""
-    setup_logging(kw.pop("log_level"))
+    log_format = kw.pop("log_format")
+    setup_logging(kw.pop("log_level"), log_format, kw["project"])
+    os.environ["LONGRUN_LOG_FORMAT"] = log_format  # task processes log the same way
+    metrics = metrics_settings(kw)
+    tracing = tracing_settings(kw)
     backends = backend_settings(kw)
     registry = task_registry(kw)
     push = push_config(kw)
@@ -185,13 +198,22 @@ def main(**kw: Any) -> None:
     if push is not None:
         if kw["burst"]:
             raise click.UsageError("--burst does not apply to --push")
+        if metrics.enabled or tracing.enabled:
+            raise click.UsageError(
+                "--metrics-address and --trace-exporter do not apply to --push (not yet)"
+            )
         run_main(serve_push(settings, backends, registry, push))
         return
-    run_main(work(settings, backends, registry, kw["burst"]))
+    run_main(work(settings, backends, registry, kw["burst"], metrics, tracing))
 
 
 async def work(
-    settings: WorkerSettings, backend_cfg: BackendSettings, registry: TaskRegistry, burst: bool
+    settings: WorkerSettings,
+    backend_cfg: BackendSettings,
+    registry: TaskRegistry,
+    burst: bool,
+    metrics: MetricsSettings = METRICS_OFF,
+    tracing: TracingSettings = TRACING_OFF,
 ) -> None:
     clock = clock_from_env()
     if os.environ.get(CLOCK_SKEW_VAR):
@@ -204,6 +226,17 @@ async def work(
     if not await backends.start_patiently(stopping):
         await backends.close()
         return
+    worker_metrics, endpoint = None, None
+    if metrics.enabled:
+        worker_metrics, endpoint = worker_observability(
+            metrics.address, backends.store, backends.queue, port_file=metrics.port_file
+        )
+        try:
+            await endpoint.start()
+        except OSError as exc:
+            await backends.close()
+            raise StartupError(f"cannot serve metrics on {metrics.address}: {exc}") from exc
+    tracer_provider = build_tracer_provider(tracing, "longrun-worker") if tracing.enabled else None
     try:
         worker = Worker(
             store=backends.store,
@@ -214,8 +247,12 @@ async def work(
             failpoints=Failpoints.from_env(),
             rejections=backends.rejections,
             queues=queue_view(settings, backends.store),
+            metrics=worker_metrics,
+            tracer=AttemptTracer(tracer_provider),
         )
     except ValueError as exc:  # a task that cannot run as declared
+        if endpoint is not None:
+            await endpoint.stop()
         await backends.close()
         raise click.UsageError(str(exc)) from exc
 
@@ -236,6 +273,10 @@ async def work(
     try:
         await worker.run(burst=burst)
     finally:
+        if endpoint is not None:
+            await endpoint.stop()
+        if tracer_provider is not None:
+            tracer_provider.shutdown()
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await backends.close()

@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import importlib
 import json
-import logging
 import os
 import signal
 import socket
@@ -28,6 +27,7 @@ from typing import Any
 
 from google.rpc import code_pb2, status_pb2
 
+from longrun_core.observability.json_logs import bind_attempt, configure_logging
 from longrun_core.tasks import RetryPolicy
 from longrun_worker import frames
 from longrun_worker.calling import call_blocking
@@ -80,10 +80,11 @@ def main(sock: socket.socket) -> None:
     if first is None or first[0] != frames.REQUEST:
         os._exit(2)
     request = json.loads(first[1])
-    logging.basicConfig(
-        level=str(request.get("log_level", "INFO")).upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    # The worker's --log-format reaches task processes as LONGRUN_LOG_FORMAT.
+    configure_logging(
+        str(request.get("log_level", "INFO")), os.environ.get("LONGRUN_LOG_FORMAT", "text")
     )
+    bind_attempt(str(request["operation"]), int(request["attempt"]))
     ctx = ChildContext(channel, request)
     threading.Thread(target=_listen, args=(channel, ctx), daemon=True, name="worker").start()
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -176,7 +176,7 @@ def task_message(pushed: PushedMessage) -> TaskMessage | None:
         return None
     if not operation or not task:
         return None
-    return TaskMessage(operation, task, attempt)
+    return TaskMessage(operation, task, attempt, attrs.get("traceparent", ""))
 
 
 class DeadLetterSink(Protocol):

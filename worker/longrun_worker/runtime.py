@@ -48,6 +48,7 @@ from longrun_core.errors import LongrunError, NotFound, Unavailable
 from longrun_core.failpoints import Failpoints
 from longrun_core.leases import LeaseObserver, Monotonic
 from longrun_core.model import OperationRecord, State
+from longrun_core.observability.json_logs import bind_attempt
 from longrun_core.packing import (
     DEFAULT_MAX_RESULT_BYTES,
     MAX_RESULT_BYTES,
@@ -64,8 +65,10 @@ from longrun_core.tasks import TaskRegistry, TaskSpec
 from longrun_worker.attempts import AttemptRunner, RunningAttempt, ThreadAttempt
 from longrun_worker.context import RunContext
 from longrun_worker.isolation import KILL_WAIT, in_thread
+from longrun_worker.metrics import WorkerMetrics
 from longrun_worker.outcome import AttemptTimedOut, Outcome, outcome_of
 from longrun_worker.queue_view import QueueView
+from longrun_worker.tracing import AttemptTracer
 
 log = logging.getLogger("longrun.worker")
 
@@ -202,7 +205,11 @@ class Worker:
         monotonic: Monotonic = time.monotonic,
         rejections: Rejections | None = None,
         queues: QueueView | None = None,
+        metrics: WorkerMetrics | None = None,
+        tracer: AttemptTracer | None = None,
     ) -> None:
+        self.metrics = metrics or WorkerMetrics()  # longrun_worker/metrics.py
+        self.tracer = tracer or AttemptTracer()  # longrun_worker/tracing.py
         self.store = store
         #: The queues' pause state, purge times and retry configs (None: the
         #: default of every queue: never paused, the tasks' own retry policies).
@@ -463,7 +470,7 @@ class Worker:
                 extra={"action": "already_done", "operation": name},
             )
             if done.record is not None:
-                await self._ack_or_dead_letter(delivery, done.record)
+                await self._ack_or_dead_letter(delivery, done.record, duplicate=True)
             else:
                 await delivery.ack()
             return
@@ -503,7 +510,8 @@ class Worker:
             )
             await self._finish(delivery, rec, error=err)
             return
-        await self._run(delivery, rec, spec, claimed_at, slot or _Slot())
+        with self.tracer.attempt(rec, delivery.message):
+            await self._run(delivery, rec, spec, claimed_at, slot or _Slot())
 
     def _claim_transition(self, rec: OperationRecord) -> OperationRecord:
         # May run on a queue's database thread: only thread-safe state here.
@@ -529,6 +537,9 @@ class Worker:
         claimed_at: float,
         slot: _Slot,
     ) -> None:
+        bind_attempt(rec.name, rec.attempt)  # this delivery's task: its log entries say so
+        self.metrics.attempt_started(rec.task)
+        began = self._monotonic()
         ctx = RunContext(
             operation=rec.name,
             params=struct_to_dict(struct_pb2.Struct.FromString(rec.params)),
@@ -588,7 +599,9 @@ class Worker:
                     await guard
             if isinstance(attempt, ThreadAttempt) and not attempt.finished.done():
                 slot.held_until = attempt.finished
-        await self._record(delivery, rec, spec, outcome, ending, lease, limit)
+        self.metrics.attempt_ended(rec.task, ending, self._monotonic() - began)
+        with self.tracer.outcome(ending):
+            await self._record(delivery, rec, spec, outcome, ending, lease, limit)
 
     def outcome_limit(self, rec: OperationRecord) -> int:
         """The largest response or error stored for `rec`: the configured
@@ -876,6 +889,7 @@ class Worker:
             await delivery.ack()
             return
         self.completed += 1
+        self.metrics.finished(final, dead_lettered=_exhausted(final) is not None)
         log.info(
             "finished %s attempt %d: %s",
             final.name,
@@ -903,12 +917,16 @@ class Worker:
                     await self._stopping.wait()
             delay = min(delay * 2, self.settings.outage_retry_max)
 
-    async def _ack_or_dead_letter(self, delivery: Delivery, rec: OperationRecord) -> None:
+    async def _ack_or_dead_letter(
+        self, delivery: Delivery, rec: OperationRecord, *, duplicate: bool = False
+    ) -> None:
         reason = _exhausted(rec)
         if reason is None:
             await delivery.ack()
         else:
             await delivery.dead_letter(reason)
+            if not duplicate:  # another message of this operation already counted it
+                self.metrics.dead_lettered(rec.task)
 
     async def _retry(
         self, delivery: Delivery, rec: OperationRecord, error: bytes, delay: timedelta
@@ -929,6 +947,7 @@ class Worker:
         except (transitions.Rejected, NotFound):
             await delivery.ack()
             return
+        self.metrics.retried(rec.task)
         await delivery.nack(delay.total_seconds())
 
     async def _release(self, delivery: Delivery, rec: OperationRecord) -> None:

@@ -48,6 +48,7 @@ from longrun_client.queues import (
     queue_path,
     update_request,
 )
+from longrun_client.tracing import trace_metadata
 
 log = logging.getLogger("longrun.client")
 
@@ -235,11 +236,16 @@ class _AsyncTransport:
         self.operations = operations_pb2_grpc.OperationsStub(channel)
         self.jobs = jobs_pb2_grpc.JobsStub(channel)
         self.queues = queues_pb2_grpc.QueuesStub(channel)
-        self.metadata = tuple(metadata)
+        self._metadata = tuple(metadata)
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.wait_supported = True
         self.watchers: set[asyncio.Task[None]] = set()
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The configured metadata plus the calling task's trace context (tracing.py)."""
+        return self._metadata + trace_metadata()
 
     async def call(self, method: Callable[..., Awaitable[T]], request: Message) -> T:
         attempt = 1

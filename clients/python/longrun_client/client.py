@@ -42,6 +42,7 @@ from longrun_client.queues import (
     queue_path,
     update_request,
 )
+from longrun_client.tracing import trace_metadata
 
 DEFAULT_TARGET = "localhost:50051"
 #: Deadline of each unary RPC but WaitOperation (seconds).
@@ -113,10 +114,15 @@ class _Transport:
         self.jobs = jobs_pb2_grpc.JobsStub(channel)
         self.api_keys = api_keys_pb2_grpc.ApiKeysStub(channel)
         self.queues = queues_pb2_grpc.QueuesStub(channel)
-        self.metadata = tuple(metadata)
+        self._metadata = tuple(metadata)
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.wait_supported = True
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The configured metadata plus the caller's trace context (tracing.py)."""
+        return self._metadata + trace_metadata()
 
     def call(
         self, method: Callable[..., T], request: Message, *, timeout: float | None = None

@@ -171,7 +171,7 @@ def parse_message(data: bytes, attributes: Any) -> TaskMessage | None:
         return None
     if not operation or task is None:
         return None
-    return TaskMessage(operation, task, attempt)
+    return TaskMessage(operation, task, attempt, attrs.get("traceparent", ""))
 
 
 def _end_gracefully(stream: Any, wait: float = 2.0) -> None:

@@ -184,7 +184,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     visible_us INTEGER NOT NULL,
     lease_token TEXT,
     deliveries INTEGER NOT NULL DEFAULT 0,
-    enqueued_us INTEGER NOT NULL
+    enqueued_us INTEGER NOT NULL,
+    trace TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_visible ON tasks(visible_us, seq);
 

@@ -155,7 +155,7 @@ def _prepare(conn: sqlite3.Connection, *, want_key: bool) -> str | None:
     now if there is none yet. Run in a write transaction (processes starting
     together then agree)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-    for column in ("signature_key", "signature"):
+    for column in ("signature_key", "signature", "trace"):
         if column not in columns:
             conn.execute(f"ALTER TABLE tasks ADD COLUMN {column} TEXT")
     if not want_key:
@@ -245,7 +245,7 @@ class SqliteTaskQueue(TaskQueue):
         signature = self._keys().sign(*message_fields(message))
         conn.execute(
             "INSERT INTO tasks (operation, task, attempt, visible_us, enqueued_us, "
-            "signature_key, signature) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "signature_key, signature, trace) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 message.operation,
                 message.task,
@@ -254,6 +254,7 @@ class SqliteTaskQueue(TaskQueue):
                 now,
                 signature[KEY_ID_ATTR],
                 signature[SIGNATURE_ATTR],
+                message.trace or None,
             ),
         )
 
@@ -280,18 +281,18 @@ class SqliteTaskQueue(TaskQueue):
         now = to_micros(self.clock.now())
         lease_until = now + int(self.visibility_timeout * 1_000_000)
         rows = conn.execute(
-            "SELECT seq, operation, task, attempt, deliveries, signature_key, signature "
+            "SELECT seq, operation, task, attempt, deliveries, signature_key, signature, trace "
             "FROM tasks WHERE visible_us <= ? ORDER BY visible_us, seq LIMIT ?",
             (now, max_messages),
         ).fetchall()
         taken = []
         rejected: list[tuple[int, str, MessageRejected]] = []
-        for seq, operation, task, attempt, deliveries, kid, signature in rows:
+        for seq, operation, task, attempt, deliveries, kid, signature, trace in rows:
             if deliveries >= self.max_deliveries:
                 conn.execute("UPDATE tasks SET lease_token = NULL WHERE seq = ?", (seq,))
                 _move_to_dead(conn, seq, None, f"delivered {deliveries} times without an ack", now)
                 continue
-            message = TaskMessage(operation, task, attempt)
+            message = TaskMessage(operation, task, attempt, trace or "")
             problem = self._verify(message, kid, signature)
             if problem is not None:  # never handed out, its operation never claimed
                 conn.execute("UPDATE tasks SET lease_token = NULL WHERE seq = ?", (seq,))
@@ -305,7 +306,7 @@ class SqliteTaskQueue(TaskQueue):
                 (lease_until, token, seq),
             )
             claimed = None if claim is None else _claim(conn, operation, guard_task(claim, task))
-            taken.append((seq, token, operation, task, attempt, deliveries + 1, claimed))
+            taken.append((seq, token, message, deliveries + 1, claimed))
         next_visible = None
         if not taken:
             row = conn.execute("SELECT MIN(visible_us) FROM tasks").fetchone()
@@ -349,12 +350,12 @@ class SqliteTaskQueue(TaskQueue):
 
     async def _deliveries(self, taken: list[tuple]) -> list[Delivery]:  # type: ignore[type-arg]
         out: list[Delivery] = []
-        for seq, token, op, task, att, n, claimed in taken:
-            delivery = SqliteDelivery(self, seq, token, TaskMessage(op, task, att), n)
+        for seq, token, message, n, claimed in taken:
+            delivery = SqliteDelivery(self, seq, token, message, n)
             if claimed is not None:
                 delivery.claimed, written = claimed
                 if written and self.store is not None:
-                    await self.store.on_written(op)
+                    await self.store.on_written(message.operation)
             out.append(delivery)
         return out
 

@@ -18,6 +18,7 @@ from longrun_core.errors import AlreadyExists
 from longrun_core.filtering.index_terms import IndexTerms
 from longrun_core.model import OperationRecord, State, WaitReason
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
+from longrun_core.observability.trace_context import current_traceparent
 from longrun_core.queue import TaskMessage, Transition
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.db import transaction
@@ -346,11 +347,13 @@ class SqliteOperationStore(OperationStore):
         # A job scheduled ahead gets no message now: the sweeper publishes it
         # at its dispatch_due_time (its schedule time).
         outbox = None if is_scheduled_ahead(rec) else self.outbox
+        # Taken here: the database thread does not see this task's trace context.
+        message = TaskMessage(rec.name, rec.task, rec.attempt, current_traceparent())
 
         def insert_and_enqueue(conn: sqlite3.Connection) -> None:
             conn.execute(_INSERT, row)
             if outbox is not None:
-                outbox.insert(conn, TaskMessage(rec.name, rec.task, rec.attempt))
+                outbox.insert(conn, message)
 
         def insert(conn: sqlite3.Connection) -> OperationRecord | None:
             try:
