@@ -31,6 +31,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -114,10 +115,17 @@ class WorkerSettings:
     queue_refresh: float = 0.5
     #: Most queues (over all projects) a worker keeps in view.
     max_queues: int = 10_000
+    #: A job refused for its queue's concurrency limit is published again
+    #: after a delay drawn between these (seconds): its message is dropped
+    #: and the dispatcher republishes it then.
+    limit_retry_min: float = 0.2
+    limit_retry_max: float = 1.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if not 0 < self.limit_retry_min <= self.limit_retry_max:
+            raise ValueError("limit retry delays must be positive, min <= max")
         if not 0 < self.heartbeat <= self.lease / 2:
             raise ValueError(
                 f"heartbeat ({self.heartbeat}s) must be positive and at most half the lease "
@@ -226,6 +234,7 @@ class Worker:
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self._outage = 0.0
         self._claimed_at: dict[str, float] = {}
+        self._rng = random.Random()
         self._lingering: set[concurrent.futures.Future[None]] = set()
         self.completed = 0
         #: Messages refused (share the queue's to count them all in one place).
@@ -437,16 +446,10 @@ class Worker:
         name = delivery.message.operation
         started = self._monotonic()
         try:
-            claimed = delivery.claimed
-            if claimed is None:
-                # The task and params that run are the record's: a message naming
-                # another task than its operation's is forged (signing.guard_task).
-                claim = guard_task(self._claim_transition, delivery.message.task)
-                rec = await self.store.update(name, claim)
-            elif isinstance(claimed, Exception):
-                raise claimed
-            else:
-                rec = claimed
+            rec = await self._claim(delivery)
+        except transitions.ConcurrencyLimited as full:
+            await self._wait_for_slot(delivery, full)
+            return
         except MessageRejected as forged:
             self.rejections.record(forged, operation=name)
             await delivery.dead_letter(forged.reason)
@@ -505,7 +508,47 @@ class Worker:
             return
         await self._run(delivery, rec, spec, claimed_at, slot or _Slot())
 
-    def _claim_transition(self, rec: OperationRecord) -> OperationRecord:
+    async def _claim(self, delivery: Delivery) -> OperationRecord:
+        """The claim of the delivery's operation: done by the queue while it
+        handed the message out, or here; a queue that limits concurrency has
+        it made again through the store's guarded `claim_slot`."""
+        name = delivery.message.operation
+        claimed = delivery.claimed
+        try:
+            if claimed is None:
+                # The task and params that run are the record's: a message naming
+                # another task than its operation's is forged (signing.guard_task).
+                claim = guard_task(self._claim_transition, delivery.message.task)
+                return await self.store.update(name, claim)
+            if isinstance(claimed, Exception):
+                raise claimed
+            return claimed
+        except transitions.SlotRequired as needed:
+            admitted = guard_task(self._admitted_claim, delivery.message.task)
+            return await self.store.claim_slot(name, admitted, needed.request)
+
+    async def _wait_for_slot(
+        self, delivery: Delivery, full: transitions.ConcurrencyLimited
+    ) -> None:
+        """Every slot was taken: the record shows CONCURRENCY_LIMITED and is
+        published again by the dispatcher after a random delay (so waiting
+        jobs do not retry in lockstep); this message is dropped (a nack would
+        count as a delivery toward the dead-letter queue)."""
+        name = delivery.message.operation
+        now = self.clock.now()
+        delay = self._rng.uniform(self.settings.limit_retry_min, self.settings.limit_retry_max)
+        retry_at = now + timedelta(seconds=delay)
+        log.debug("%s waits for a slot: %s", name, full, extra={"action": "concurrency_limited"})
+        with contextlib.suppress(transitions.Rejected, LongrunError):
+            await self.store.update(
+                name, lambda r: transitions.note_limited(r, now=now, retry_at=retry_at)
+            )
+        await delivery.ack()
+
+    def _admitted_claim(self, rec: OperationRecord) -> OperationRecord:
+        return self._claim_transition(rec, admitted=True)
+
+    def _claim_transition(self, rec: OperationRecord, admitted: bool = False) -> OperationRecord:
         # May run on a queue's database thread: only thread-safe state here.
         sighting = self.leases.sight(rec) if rec.state is State.RUNNING else None
         self._claimed_at[rec.name] = self._monotonic()
@@ -519,6 +562,8 @@ class Worker:
             sighting=sighting,
             paused=queues.paused if queues is not None else (),
             purge_times=queues.purge_times if queues is not None else None,
+            limits=queues.limits if queues is not None else None,
+            admitted=admitted,
         )
 
     async def _run(

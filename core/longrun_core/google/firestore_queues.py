@@ -18,7 +18,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from longrun_core.clock import from_micros, to_micros
-from longrun_core.errors import Aborted, AlreadyExists, Unavailable
+from longrun_core.errors import Aborted, AlreadyExists, FailedPrecondition, Unavailable
 from longrun_core.queues import QueueConfig, QueueState, RetryConfig
 
 T = TypeVar("T")
@@ -79,7 +79,19 @@ def _retry(data: dict[str, Any]) -> RetryConfig:
     )
 
 
+def refuse_limits(config: QueueConfig) -> None:
+    """Concurrency limits are enforced on the SQLite backend only so far:
+    this store refuses them rather than storing a limit nothing would hold."""
+    if config.limits.any:
+        raise FailedPrecondition(
+            f"queue {config.name}: rate_limits (concurrency limits) are not supported on the "
+            "Firestore backend yet; use the embedded (SQLite) backend for them",
+            reason="QUEUE_LIMITS_UNSUPPORTED",
+        )
+
+
 def _doc(config: QueueConfig) -> dict[str, Any]:
+    refuse_limits(config)
     if config.create_time is None or config.update_time is None:
         raise ValueError(f"queue {config.name} has no create/update time to store")
     return {
