@@ -167,10 +167,11 @@ class OperationStore(abc.ABC):
         """`update` with `transition` (a claim admitted past its slot check),
         guarded by the concurrency limits of `request`: if the result is
         RUNNING, the other attempts of its queue (and of its concurrency key)
-        RUNNING under an unexpired lease at `request.now` are counted in the
-        same atomic step, and when a limit is reached nothing is written and
-        ConcurrencyLimited is raised. A crashed holder's slot comes back when
-        its lease expires; a finished attempt's at once (it is not RUNNING).
+        that are RUNNING are counted in the same atomic step, and when a limit
+        is reached nothing is written and ConcurrencyLimited is raised. A
+        finished attempt's slot comes back at once (it is not RUNNING); a
+        crashed holder's when its lease is found lost (the dispatcher's lease
+        check or a redelivery's claim takes the record out of RUNNING).
         Adapters that cannot guard the count raise FailedPrecondition (their
         queue store refuses limits, so this is not reached)."""
         raise FailedPrecondition(

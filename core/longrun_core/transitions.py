@@ -88,8 +88,6 @@ class SlotRequest:
     key: str | None
     queue_limit: int | None
     key_limit: int | None
-    #: The claimer's clock: a RUNNING attempt counts while its lease is unexpired at this time.
-    now: datetime
 
 
 class SlotRequired(Rejected):
@@ -126,7 +124,7 @@ def over_limit(request: SlotRequest, running_in_queue: int, running_with_key: in
 
 
 def slot_request(
-    rec: OperationRecord, limits: Mapping[tuple[str, str], ConcurrencyLimits] | None, now: datetime
+    rec: OperationRecord, limits: Mapping[tuple[str, str], ConcurrencyLimits] | None
 ) -> SlotRequest | None:
     """The slot `rec`'s claim needs under its queue's `limits` (None: no limit applies)."""
     found = limits.get((rec.project, rec.queue)) if limits else None
@@ -142,7 +140,6 @@ def slot_request(
         key=key,
         queue_limit=found.max_concurrent_dispatches,
         key_limit=key_limit,
-        now=now,
     )
 
 
@@ -306,7 +303,7 @@ def claim(
     if (rec.project, rec.queue) in paused:
         raise QueuePaused(f"{rec.name}: queue {rec.queue!r} is paused")
     if not admitted:
-        request = slot_request(rec, limits, now)
+        request = slot_request(rec, limits)
         if request is not None:
             raise SlotRequired(request)
     return evolve(

@@ -2,8 +2,9 @@
 claim and the count of the queue's (and key's) RUNNING attempts are one
 guarded step, so claimers in separate processes never start more than the
 limit; a finished attempt's slot comes back at once, a crashed holder's when
-its lease expires. SQLite enforces them; the Firestore queue store refuses
-limits (not built there yet) rather than store one nothing would hold."""
+its lease is found lost. On every operation store adapter (SQLite: a count
+in the claim's transaction; Firestore: slot documents in the claim's batch).
+"""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from longrun_core import transitions
-from longrun_core.errors import FailedPrecondition
 from longrun_core.model import OperationRecord, State
-from longrun_core.queues import ConcurrencyLimits, QueueConfig
+from longrun_core.queues import ConcurrencyLimits
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.store import SqliteOperationStore
+from longrun_core.store import OperationStore
 from longrun_core.transitions import ConcurrencyLimited, SlotRequest
 from tests.contract.records import BASE, make_record
 
@@ -30,12 +31,26 @@ RETENTION = timedelta(days=1)
 LIMITS = {("default", "q"): ConcurrencyLimits(max_concurrent_dispatches=3)}
 
 
-@pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[list[SqliteOperationStore]]:
-    """Four stores on one file: four worker processes' connections."""
-    made = [SqliteOperationStore(SqliteBackend(tmp_path / "ops.db")) for _ in range(4)]
-    for s in made:
-        await s.start()
+@pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.google)])
+async def stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[list[OperationStore]]:
+    """Four stores on one database: four worker processes' connections."""
+    made: list[OperationStore] = []
+    if request.param == "sqlite":
+        for _ in range(4):
+            made.append(SqliteOperationStore(SqliteBackend(tmp_path / "ops.db")))
+            await made[-1].start()
+    else:
+        from tests.contract.google_backends import (
+            fresh_project,
+            make_firestore_store,
+            require_emulators,
+        )
+
+        require_emulators()
+        project = fresh_project()
+        made = [await make_firestore_store(project=project) for _ in range(4)]
     try:
         yield made
     finally:
@@ -55,26 +70,26 @@ def claim_at(now: datetime, worker: str = "w") -> Callable[[OperationRecord], Op
 Limits = Mapping[tuple[str, str], ConcurrencyLimits]
 
 
-def request_for(rec: OperationRecord, now: datetime = NOW, limits: Limits = LIMITS) -> SlotRequest:
-    found = transitions.slot_request(rec, limits, now)
+def request_for(rec: OperationRecord, limits: Limits = LIMITS) -> SlotRequest:
+    found = transitions.slot_request(rec, limits)
     assert found is not None
     return found
 
 
 async def attempt(
-    store: SqliteOperationStore,
+    store: OperationStore,
     rec: OperationRecord,
     now: datetime = NOW,
     limits: Limits = LIMITS,
 ) -> OperationRecord | None:
     try:
-        return await store.claim_slot(rec.name, claim_at(now), request_for(rec, now, limits))
+        return await store.claim_slot(rec.name, claim_at(now), request_for(rec, limits))
     except ConcurrencyLimited:
         return None
 
 
 async def test_concurrent_claimers_in_several_processes_never_exceed_the_limit(
-    stores: list[SqliteOperationStore],
+    stores: list[OperationStore],
 ) -> None:
     recs = [make_record(queue="q") for _ in range(40)]
     for rec in recs:
@@ -91,7 +106,7 @@ async def test_concurrent_claimers_in_several_processes_never_exceed_the_limit(
 
 
 async def test_a_refused_claim_leaves_the_record_queued_and_unchanged(
-    stores: list[SqliteOperationStore],
+    stores: list[OperationStore],
 ) -> None:
     recs = [make_record(queue="q") for _ in range(4)]
     for rec in recs:
@@ -107,7 +122,7 @@ async def test_a_refused_claim_leaves_the_record_queued_and_unchanged(
 
 
 async def test_a_finished_attempt_frees_its_slot_at_once(
-    stores: list[SqliteOperationStore],
+    stores: list[OperationStore],
 ) -> None:
     recs = [make_record(queue="q") for _ in range(4)]
     for rec in recs:
@@ -124,22 +139,56 @@ async def test_a_finished_attempt_frees_its_slot_at_once(
     assert got is not None and got.state is State.RUNNING
 
 
-async def test_a_crashed_holders_slot_comes_back_when_its_lease_expires(
-    stores: list[SqliteOperationStore],
+async def test_a_crashed_holders_slot_comes_back_when_its_lease_is_found_lost(
+    stores: list[OperationStore],
 ) -> None:
     recs = [make_record(queue="q") for _ in range(4)]
     for rec in recs:
         await stores[0].create(rec)
-    for rec in recs[:3]:
-        assert await attempt(stores[0], rec) is not None
-    # Just before the holders' leases end: still full.
-    assert await attempt(stores[1], recs[3], now=NOW + LEASE - timedelta(milliseconds=1)) is None
-    # At their end (nobody renewed: the holders crashed), the slots are free.
+    held = [await attempt(stores[0], rec) for rec in recs[:3]]
+    # Long past the holders' lease_expire_time by a claimer's clock: a
+    # RUNNING record still holds its slot (clocks may be skewed; a lease is
+    # lost only when an observer has seen it silent for the whole lease).
+    assert await attempt(stores[1], recs[3], now=NOW + 100 * LEASE) is None
+    crashed = held[0]
+    assert crashed is not None
+    # The dispatcher's lease check saw it silent for a whole lease: taken back.
+    silent = transitions.LeaseSighting(version=crashed.version, silent_for=LEASE)
+    back = await stores[2].update(
+        crashed.name,
+        lambda r: transitions.expire_lease(r, NOW + LEASE, RETENTION, sighting=silent),
+    )
+    assert back.state is State.QUEUED
     got = await attempt(stores[1], recs[3], now=NOW + LEASE)
-    assert got is not None and got.lease_expire_time == NOW + LEASE + LEASE
+    assert got is not None and got.state is State.RUNNING
 
 
-async def test_per_key_limit_counts_each_key_apart(stores: list[SqliteOperationStore]) -> None:
+async def test_a_takeover_of_a_lost_lease_does_not_count_itself(
+    stores: list[OperationStore],
+) -> None:
+    one = {("default", "q"): ConcurrencyLimits(max_concurrent_dispatches=1)}
+    rec = make_record(queue="q")
+    await stores[0].create(rec)
+    held = await attempt(stores[0], rec, limits=one)
+    assert held is not None
+    silent = transitions.LeaseSighting(version=held.version, silent_for=LEASE)
+
+    def take_over(r: OperationRecord) -> OperationRecord:
+        return transitions.claim(
+            r,
+            worker="w2",
+            now=NOW + LEASE,
+            lease=LEASE,
+            retention=RETENTION,
+            sighting=silent,
+            admitted=True,
+        )
+
+    got = await stores[1].claim_slot(rec.name, take_over, request_for(rec, one))
+    assert (got.state, got.attempt, got.lease_owner) == (State.RUNNING, 2, "w2")
+
+
+async def test_per_key_limit_counts_each_key_apart(stores: list[OperationStore]) -> None:
     per_key = {("default", "q"): ConcurrencyLimits(max_concurrent_per_key=2)}
     keys = ["a"] * 5 + ["b"] * 5 + ["c"]
     recs = [make_record(queue="q", concurrency_key=k) for k in keys]
@@ -155,7 +204,7 @@ async def test_per_key_limit_counts_each_key_apart(stores: list[SqliteOperationS
     assert running == {"a": 2, "b": 2, "c": 1}
 
 
-async def test_queue_and_key_limits_hold_together(stores: list[SqliteOperationStore]) -> None:
+async def test_queue_and_key_limits_hold_together(stores: list[OperationStore]) -> None:
     both = {
         ("default", "q"): ConcurrencyLimits(max_concurrent_dispatches=3, max_concurrent_per_key=2)
     }
@@ -166,7 +215,7 @@ async def test_queue_and_key_limits_hold_together(stores: list[SqliteOperationSt
     assert [r is not None for r in results] == [True, True, False, True, False, False]
 
 
-async def test_other_queues_do_not_count(stores: list[SqliteOperationStore]) -> None:
+async def test_other_queues_do_not_count(stores: list[OperationStore]) -> None:
     others = [make_record(queue="other") for _ in range(3)]
     for rec in others:
         await stores[0].create(rec)
@@ -175,27 +224,3 @@ async def test_other_queues_do_not_count(stores: list[SqliteOperationStore]) -> 
     await stores[0].create(mine)
     one = {("default", "q"): ConcurrencyLimits(max_concurrent_dispatches=1)}
     assert await attempt(stores[0], mine, limits=one) is not None
-
-
-@pytest.mark.google
-async def test_firestore_queue_store_refuses_limits() -> None:
-    from longrun_core.google.firestore_queues import FirestoreQueueStore
-    from tests.contract.google_backends import fresh_project, require_emulators
-
-    require_emulators()
-    store = FirestoreQueueStore(project=fresh_project())
-    await store.start()
-    try:
-        limited = QueueConfig(
-            project="billing",
-            queue_id="emails",
-            create_time=NOW,
-            update_time=NOW,
-            limits=ConcurrencyLimits(max_concurrent_dispatches=2),
-        )
-        with pytest.raises(FailedPrecondition) as refused:
-            await store.create(limited)
-        assert refused.value.reason == "QUEUE_LIMITS_UNSUPPORTED"
-        assert await store.get("billing", "emails") is None
-    finally:
-        await store.close()

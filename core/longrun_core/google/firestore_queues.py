@@ -18,8 +18,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from longrun_core.clock import from_micros, to_micros
-from longrun_core.errors import Aborted, AlreadyExists, FailedPrecondition, Unavailable
-from longrun_core.queues import QueueConfig, QueueState, RetryConfig
+from longrun_core.errors import Aborted, AlreadyExists, Unavailable
+from longrun_core.queues import ConcurrencyLimits, QueueConfig, QueueState, RetryConfig
 
 T = TypeVar("T")
 
@@ -79,19 +79,7 @@ def _retry(data: dict[str, Any]) -> RetryConfig:
     )
 
 
-def refuse_limits(config: QueueConfig) -> None:
-    """Concurrency limits are enforced on the SQLite backend only so far:
-    this store refuses them rather than storing a limit nothing would hold."""
-    if config.limits.any:
-        raise FailedPrecondition(
-            f"queue {config.name}: rate_limits (concurrency limits) are not supported on the "
-            "Firestore backend yet; use the embedded (SQLite) backend for them",
-            reason="QUEUE_LIMITS_UNSUPPORTED",
-        )
-
-
 def _doc(config: QueueConfig) -> dict[str, Any]:
-    refuse_limits(config)
     if config.create_time is None or config.update_time is None:
         raise ValueError(f"queue {config.name} has no create/update time to store")
     return {
@@ -102,6 +90,10 @@ def _doc(config: QueueConfig) -> dict[str, Any]:
         "create_time": config.create_time,
         "update_time": config.update_time,
         "purge_time": config.purge_time,
+        "limits": {
+            "max_concurrent_dispatches": config.limits.max_concurrent_dispatches,
+            "max_concurrent_per_key": config.limits.max_concurrent_per_key,
+        },
     }
 
 
@@ -116,6 +108,7 @@ def _config(data: dict[str, Any]) -> QueueConfig:
         create_time=create,
         update_time=update,
         purge_time=_time(data.get("purge_time")),
+        limits=ConcurrencyLimits(**(data.get("limits") or {})),
     )
 
 

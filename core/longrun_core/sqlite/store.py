@@ -221,21 +221,16 @@ def apply(
 def count_running(
     conn: sqlite3.Connection, request: SlotRequest, *, exclude: str
 ) -> tuple[int, int]:
-    """(attempts of the request's queue, of those with its key) RUNNING under
-    a lease unexpired at `request.now`, other than operation `exclude`
-    (the index operations_queue_waiting holds the queue's open ones)."""
+    """(attempts of the request's queue, of those with its key) RUNNING, other
+    than operation `exclude` (the index operations_queue_waiting holds the
+    queue's open ones). A RUNNING record holds its slot until it leaves
+    RUNNING: a crashed holder's lease is lost only when an observer has seen
+    it silent for the whole lease (longrun_core.leases), not by comparing
+    clocks, so no clock skew between workers can free a live holder's slot."""
     row = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(concurrency_key = ?), 0) FROM operations "
-        "WHERE project = ? AND queue = ? AND state = ? AND done = 0 "
-        "AND lease_expire_us > ? AND id != ?",
-        (
-            request.key,
-            request.project,
-            request.queue,
-            int(State.RUNNING),
-            to_micros(request.now),
-            exclude,
-        ),
+        "WHERE project = ? AND queue = ? AND state = ? AND done = 0 AND id != ?",
+        (request.key, request.project, request.queue, int(State.RUNNING), exclude),
     ).fetchone()
     return int(row[0]), int(row[1])
 
