@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from longrun_client import Client, JobOptions
+from longrun_client.cli import run
 from tests.acceptance.harness import Service, backend_env, wait_for
 from tests.acceptance.test_clients import BACKENDS, require_backend
 
@@ -144,7 +145,11 @@ def test_max_concurrent_per_key_holds_for_every_key(service: Service, tmp_path: 
     project, per_key = f"k-{uuid.uuid4().hex[:8]}", 2
     stamps = tmp_path / "stamps"
     stamps.mkdir()
-    create_queue(service, project, "keyed", maxConcurrentPerKey=per_key)
+    # Through the CLI this time (the other test uses grpcurl).
+    args = ["--target", service.target, "queues", "create", "keyed", "--project", project]
+    created = run([*args, "--max-per-key", str(per_key)])
+    assert created == 0
+    time.sleep(1.0)  # every worker's view (refreshed each 0.5 s) has the limit
     keys: list[str | None] = [f"customer-{i % 5}" for i in range(100)]
     jobs = submit_all(service, project, "keyed", stamps, keys)
     all_succeeded(service, project, jobs, timeout=180)
