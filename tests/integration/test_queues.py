@@ -155,7 +155,15 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[E
         store=store,
         queue=queue,
         registry=REGISTRY,
-        settings=WorkerSettings(concurrency=4, lease=5.0, heartbeat=1.0, receive_timeout=0.2),
+        settings=WorkerSettings(
+            concurrency=4,
+            lease=5.0,
+            heartbeat=1.0,
+            receive_timeout=0.2,
+            # Long: a job waiting for a slot runs promptly only if it is woken.
+            limit_retry_min=20.0,
+            limit_retry_max=30.0,
+        ),
         queues=QueueView(queue_store_for(store), interval=REFRESH),
     )
     running = asyncio.create_task(worker.run())
@@ -554,7 +562,9 @@ async def test_rate_limits_are_created_updated_by_mask_and_bounded(env: Env) -> 
         assert error_reason(caught.value) == "QUEUE_CONFIG_INVALID"
 
 
-async def test_a_job_over_the_limit_waits_concurrency_limited_then_runs(env: Env) -> None:
+async def test_a_job_over_the_limit_waits_concurrency_limited_and_is_woken_when_a_slot_frees(
+    env: Env,
+) -> None:
     await env.queues.UpdateQueue(
         queues_pb2.UpdateQueueRequest(
             queue=queues_pb2.Queue(
@@ -584,4 +594,7 @@ async def test_a_job_over_the_limit_waits_concurrency_limited_then_runs(env: Env
     finished = await env.done(holder.name)
     done = await env.done(waiting.name, timeout=15)
     assert not done.HasField("error")
-    assert STARTS[waiting.name][0] >= metadata(finished).end_time.ToDatetime(UTC).timestamp() - 0.01
+    freed_at = metadata(finished).end_time.ToDatetime(UTC).timestamp()
+    assert STARTS[waiting.name][0] >= freed_at - 0.01
+    # Woken when the slot freed, not at its retry delay (20-30 s here).
+    assert STARTS[waiting.name][0] - freed_at < 2.0

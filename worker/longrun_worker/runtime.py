@@ -48,7 +48,7 @@ from longrun_core.clock import Clock, SystemClock
 from longrun_core.errors import LongrunError, NotFound, Unavailable
 from longrun_core.failpoints import Failpoints
 from longrun_core.leases import LeaseObserver, Monotonic
-from longrun_core.model import OperationRecord, State
+from longrun_core.model import OperationRecord, State, WaitReason
 from longrun_core.packing import (
     DEFAULT_MAX_RESULT_BYTES,
     MAX_RESULT_BYTES,
@@ -57,7 +57,7 @@ from longrun_core.packing import (
     struct_to_dict,
     too_large_status,
 )
-from longrun_core.queue import Delivery, TaskQueue, Transition
+from longrun_core.queue import Delivery, TaskMessage, TaskQueue, Transition
 from longrun_core.queues import EffectiveRetry, effective_retry
 from longrun_core.signing import MessageRejected, Rejections, guard_task
 from longrun_core.store import OperationStore
@@ -80,6 +80,10 @@ SELF_FENCE = 0.75
 RELEASE_TIMEOUT = 5.0
 #: How often the worker compares its clock with the store's.
 CLOCK_CHECK_INTERVAL = 60.0
+#: When an attempt of a concurrency-limited queue ends: how many of the
+#: queue's waiting jobs are published at once, found among how many read.
+WAKE_COUNT = 2
+WAKE_SCAN = 50
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,8 @@ class WorkerSettings:
     #: A job refused for its queue's concurrency limit is published again
     #: after a delay drawn between these (seconds): its message is dropped
     #: and the dispatcher republishes it then.
-    limit_retry_min: float = 0.2
-    limit_retry_max: float = 1.0
+    limit_retry_min: float = 0.6
+    limit_retry_max: float = 3.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -235,6 +239,8 @@ class Worker:
         self._outage = 0.0
         self._claimed_at: dict[str, float] = {}
         self._rng = random.Random()
+        #: Publishes of waiting jobs after a limited queue's attempt ended.
+        self._wakers: set[asyncio.Task[None]] = set()
         self._lingering: set[concurrent.futures.Future[None]] = set()
         self.completed = 0
         #: Messages refused (share the queue's to count them all in one place).
@@ -300,6 +306,8 @@ class Worker:
             for task in background:
                 task.cancel()
             await self._drain()
+            for task in list(self._wakers):
+                task.cancel()
             self.close()
             log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
 
@@ -506,7 +514,10 @@ class Worker:
             )
             await self._finish(delivery, rec, error=err)
             return
-        await self._run(delivery, rec, spec, claimed_at, slot or _Slot())
+        try:
+            await self._run(delivery, rec, spec, claimed_at, slot or _Slot())
+        finally:
+            self._wake_waiters(rec)
 
     async def _claim(self, delivery: Delivery) -> OperationRecord:
         """The claim of the delivery's operation: done by the queue while it
@@ -544,6 +555,43 @@ class Worker:
                 name, lambda r: transitions.note_limited(r, now=now, retry_at=retry_at)
             )
         await delivery.ack()
+
+    def _wake_waiters(self, ended: OperationRecord) -> None:
+        """An attempt of a concurrency-limited queue ended: publish a few of
+        the queue's CONCURRENCY_LIMITED jobs now (those of the same key
+        first) rather than leaving its slot idle until their retry delay.
+        Best effort: a duplicate message is harmless, and the retry delay
+        remains the backstop."""
+        queues = self.queues
+        if queues is None or (ended.project, ended.queue) not in queues.limits:
+            return
+        task = asyncio.create_task(self._publish_waiters(ended))
+        self._wakers.add(task)
+        task.add_done_callback(self._wakers.discard)
+
+    async def _publish_waiters(self, ended: OperationRecord) -> None:
+        now = self.clock.now()
+        found: list[OperationRecord] = []
+        try:
+            # From a random id on (ids are random), so every waiter gets its turn.
+            for after in (uuid.uuid4().hex, ""):
+                batch = await self.store.queued_in(
+                    ended.project, ended.queue, after=after, limit=WAKE_SCAN
+                )
+                found += [
+                    r
+                    for r in batch
+                    if r.wait_reason is WaitReason.CONCURRENCY_LIMITED
+                    and (r.run_after is None or r.run_after <= now)
+                    and r.id not in {f.id for f in found}
+                ]
+                if len(found) >= WAKE_COUNT:
+                    break
+            found.sort(key=lambda r: r.concurrency_key != ended.concurrency_key)
+            for rec in found[:WAKE_COUNT]:
+                await self.queue.publish(TaskMessage(rec.name, rec.task, rec.attempt))
+        except (LongrunError, OSError) as exc:
+            log.debug("could not wake the waiters of queue %s: %s", ended.queue, exc)
 
     def _admitted_claim(self, rec: OperationRecord) -> OperationRecord:
         return self._claim_transition(rec, admitted=True)
