@@ -179,6 +179,14 @@ class OperationStore(abc.ABC):
             reason="QUEUE_LIMITS_UNSUPPORTED",
         )
 
+    async def release_slot(self, ended: OperationRecord, request: SlotRequest) -> None:
+        """Attempt `ended.attempt` of `ended` is over: give back the slots it
+        took under `request` now, if the store keeps slots apart from the
+        records (Firestore). Frees nothing while the stored record still runs
+        that attempt. Best effort: a slot not given back here is found free
+        by the next claim that needs it. SQLite counts records: nothing to do."""
+        return None
+
     async def delete(self, name: str) -> None:
         """Remove the operation; NotFound if absent. A later update by a worker
         finds nothing and cannot bring it back."""

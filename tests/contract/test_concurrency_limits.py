@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from longrun_core import transitions
+from longrun_core import slots, transitions
+from longrun_core.google.firestore_store import FirestoreOperationStore
 from longrun_core.model import OperationRecord, State
 from longrun_core.queues import ConcurrencyLimits
 from longrun_core.sqlite.backend import SqliteBackend
@@ -224,3 +225,27 @@ async def test_other_queues_do_not_count(stores: list[OperationStore]) -> None:
     await stores[0].create(mine)
     one = {("default", "q"): ConcurrencyLimits(max_concurrent_dispatches=1)}
     assert await attempt(stores[0], mine, limits=one) is not None
+
+
+async def test_release_frees_a_finished_attempts_slot_and_never_a_running_one(
+    stores: list[OperationStore],
+) -> None:
+    recs = [make_record(queue="q") for _ in range(4)]
+    for rec in recs:
+        await stores[0].create(rec)
+    held = [await attempt(stores[0], rec) for rec in recs[:3]]
+    first = held[0]
+    assert first is not None
+    # Still RUNNING that attempt: a release gives nothing back.
+    await stores[1].release_slot(first, request_for(first))
+    assert await attempt(stores[2], recs[3]) is None
+    await stores[0].update(
+        first.name,
+        lambda r: replace(r, state=State.SUCCEEDED, lease_owner=None, lease_expire_time=None),
+    )
+    await stores[1].release_slot(first, request_for(first))
+    if isinstance(stores[1], FirestoreOperationStore):
+        slot = slots.queue_slot_id("default", "q")
+        assert set(await stores[1].slot_holders(slot)) == {r.id for r in held[1:] if r}
+    got = await attempt(stores[2], recs[3])
+    assert got is not None and got.state is State.RUNNING

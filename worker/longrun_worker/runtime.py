@@ -572,7 +572,11 @@ class Worker:
     async def _publish_waiters(self, ended: OperationRecord) -> None:
         now = self.clock.now()
         found: list[OperationRecord] = []
+        queues = self.queues
+        request = transitions.slot_request(ended, queues.limits) if queues is not None else None
         try:
+            if request is not None:
+                await self.store.release_slot(ended, request)
             # From a random id on (ids are random), so every waiter gets its turn.
             for after in (uuid.uuid4().hex, ""):
                 batch = await self.store.queued_in(

@@ -127,7 +127,7 @@ from longrun_core.model import OperationRecord, State, WaitReason
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.queue import Transition
 from longrun_core.settings import BackendSettings
-from longrun_core.slots import admit, queue_slot_id, slots_of, without_dead
+from longrun_core.slots import admit, is_live, queue_slot_id, slots_of, without_dead
 from longrun_core.store import (
     CreateResult,
     Cursor,
@@ -180,6 +180,8 @@ _TRANSIENT = (
 )
 #: A guarded write whose precondition no longer holds.
 _STALE = (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted)
+#: Read-change-write rounds giving back a slot before leaving it to the next claim.
+RELEASE_ROUNDS = 5
 
 #: Documents one list query reads at most (one RPC of a list scan).
 SCAN_WINDOW = 300
@@ -616,6 +618,37 @@ class FirestoreOperationStore(OperationStore):
             await self.on_written(new.name)
             return new
         raise Aborted(f"operation {name!r} or its queue's slots changed too often; retry")
+
+    async def slot_holders(self, slot_id: str) -> dict[str, int]:
+        """The entries of slot document `slot_id` (longrun_core.slots), for
+        diagnostics and tests."""
+        snap = await self._call(self._slots.document(slot_id).get)
+        return (
+            {str(k): int(v) for k, v in (snap.get("holders") or {}).items()} if snap.exists else {}
+        )
+
+    async def release_slot(self, ended: OperationRecord, request: SlotRequest) -> None:
+        """Drop `ended`'s entry from its slot documents (guarded by their
+        update time) once its stored record no longer runs that attempt."""
+        current = await self._read(ended.id)
+        if is_live(ended.attempt, current):
+            return
+        for slot_id, _ in slots_of(request):
+            ref = self._slots.document(slot_id)
+            for _ in range(RELEASE_ROUNDS):
+                snap = await self._call(ref.get)
+                holders = dict(snap.get("holders") or {}) if snap.exists else {}
+                if holders.get(ended.id) != ended.attempt:
+                    break
+                del holders[ended.id]
+                option = self._client.write_option(last_update_time=snap.update_time)
+                try:
+                    await self._call(
+                        functools.partial(ref.update, {"holders": holders}, option=option)
+                    )
+                except _STALE:
+                    continue
+                break
 
     async def _take_slot(
         self, batch: Any, slot_id: str, limit: int, new: OperationRecord, request: SlotRequest
