@@ -597,4 +597,4 @@ async def test_a_job_over_the_limit_waits_concurrency_limited_and_is_woken_when_
     freed_at = metadata(finished).end_time.ToDatetime(UTC).timestamp()
     assert STARTS[waiting.name][0] >= freed_at - 0.01
     # Woken when the slot freed, not at its retry delay (20-30 s here).
-    assert STARTS[waiting.name][0] - freed_at < 2.0
+    assert STARTS[waiting.name][0] - freed_at < 5.0
