@@ -32,3 +32,26 @@ async def stamp(ctx: TaskContext) -> dict[str, Any]:
     if sleep > 0:
         await asyncio.sleep(sleep)
     return {"done_at": time.time()}
+
+
+@tasks.task(
+    "span",
+    retry=RetryPolicy(max_attempts=5, min_backoff=0.05, max_backoff=0.2),
+    isolation="inline",
+)
+async def span(ctx: TaskContext) -> dict[str, Any]:
+    """Sleep `params.ms` milliseconds, appending `start`/`end` lines (wall
+    clock, process id) to `params.dir`/<operation>-<attempt>.span: the
+    concurrency-limit benchmark counts overlaps from them. Inline, so
+    killing the worker ends it."""
+    import os
+    from pathlib import Path
+
+    op_id = ctx.operation.rsplit("/", 1)[-1]
+    path = Path(str(ctx.params["dir"])) / f"{op_id}-{ctx.attempt}.span"
+    with path.open("a") as out:
+        out.write(f"start {time.time():.6f} {os.getpid()}\n")
+    await asyncio.sleep(float(ctx.params.get("ms", 100)) / 1000)
+    with path.open("a") as out:
+        out.write(f"end {time.time():.6f} {os.getpid()}\n")
+    return {}

@@ -35,6 +35,7 @@ class WaitReason(enum.IntEnum):
     READY = 1
     SCHEDULED = 2
     QUEUE_PAUSED = 3
+    CONCURRENCY_LIMITED = 4
 
 
 class State(enum.IntEnum):

@@ -76,6 +76,36 @@ class RetryConfig:
             raise _bad("retry_config.min_backoff must not exceed max_backoff")
 
 
+#: Bounds of the concurrency limits (Cloud Tasks' max_concurrent_dispatches: 5,000).
+MAX_CONCURRENT_DISPATCHES_LIMIT = 5000
+MAX_CONCURRENT_PER_KEY_LIMIT = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyLimits:
+    """At most this many attempts of the queue (with the same
+    concurrency_key) RUNNING at once, over every worker; None: no limit."""
+
+    max_concurrent_dispatches: int | None = None
+    max_concurrent_per_key: int | None = None
+
+    def check(self) -> None:
+        for name, value, limit in (
+            (
+                "max_concurrent_dispatches",
+                self.max_concurrent_dispatches,
+                MAX_CONCURRENT_DISPATCHES_LIMIT,
+            ),
+            ("max_concurrent_per_key", self.max_concurrent_per_key, MAX_CONCURRENT_PER_KEY_LIMIT),
+        ):
+            if value is not None and not 1 <= value <= limit:
+                raise _bad(f"rate_limits.{name} must be 1-{limit} (0: no limit)")
+
+    @property
+    def any(self) -> bool:
+        return self.max_concurrent_dispatches is not None or self.max_concurrent_per_key is not None
+
+
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
     project: str
@@ -86,6 +116,7 @@ class QueueConfig:
     state: QueueState = QueueState.RUNNING
     retry: RetryConfig = field(default_factory=RetryConfig)
     purge_time: datetime | None = None
+    limits: ConcurrencyLimits = field(default_factory=ConcurrencyLimits)
 
     @property
     def name(self) -> str:
@@ -164,18 +195,33 @@ def resumed(config: QueueConfig, now: datetime) -> QueueConfig:
 
 #: Update mask paths and what each copies from the request's queue.
 RETRY_FIELDS = ("max_attempts", "max_retry_duration", "min_backoff", "max_backoff", "max_doublings")
-UPDATABLE_PATHS = frozenset({"retry_config", *(f"retry_config.{f}" for f in RETRY_FIELDS)})
+LIMIT_FIELDS = ("max_concurrent_dispatches", "max_concurrent_per_key")
+UPDATABLE_PATHS = frozenset(
+    {
+        "retry_config",
+        *(f"retry_config.{f}" for f in RETRY_FIELDS),
+        "rate_limits",
+        *(f"rate_limits.{f}" for f in LIMIT_FIELDS),
+    }
+)
 
 
 def apply_update(
-    config: QueueConfig, new_retry: RetryConfig, paths: list[str], now: datetime
+    config: QueueConfig,
+    new_retry: RetryConfig,
+    paths: list[str],
+    now: datetime,
+    new_limits: ConcurrencyLimits | None = None,
 ) -> QueueConfig:
-    """`config` with the fields `paths` name taken from `new_retry` (all
-    updatable fields when `paths` is empty). INVALID_ARGUMENT for a path that
-    is unknown or not updatable."""
+    """`config` with the fields `paths` name taken from `new_retry` and
+    `new_limits` (`retry_config` and `rate_limits` when `paths` is empty).
+    INVALID_ARGUMENT for a path that is unknown or not updatable."""
+    if new_limits is None:
+        new_limits = ConcurrencyLimits()
     if not paths:
-        paths = ["retry_config"]
+        paths = ["retry_config", "rate_limits"]
     retry = config.retry
+    limits = config.limits
     for path in paths:
         if path not in UPDATABLE_PATHS:
             updatable = ", ".join(sorted(UPDATABLE_PATHS))
@@ -185,11 +231,17 @@ def apply_update(
             )
         if path == "retry_config":
             retry = new_retry
+        elif path == "rate_limits":
+            limits = new_limits
+        elif path.startswith("rate_limits."):
+            attr = path.removeprefix("rate_limits.")
+            limits = replace(limits, **{attr: getattr(new_limits, attr)})
         else:
             attr = path.removeprefix("retry_config.")
             retry = replace(retry, **{attr: getattr(new_retry, attr)})
     retry.check()
-    return replace(config, retry=retry, update_time=now)
+    limits.check()
+    return replace(config, retry=retry, limits=limits, update_time=now)
 
 
 # ---- retry arithmetic (Cloud Tasks' RetryConfig semantics) ----

@@ -42,14 +42,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from longrun_core.clock import from_micros, to_micros
-from longrun_core.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
+from longrun_core.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from longrun_core.model import OperationRecord, evolve
 from longrun_core.names import OperationName, operation_name, parse_operation_name, watch_key
 from longrun_core.settings import DEFAULT_LIST_SCAN_BUDGET
 from longrun_core.watch import WatchHub
+
+if TYPE_CHECKING:
+    from longrun_core.transitions import SlotRequest
 
 #: What a list scan checks the filter on (a record, a row, a document).
 R = TypeVar("R")
@@ -148,6 +157,35 @@ class OperationStore(abc.ABC):
                 return new
             await asyncio.sleep(0)
         raise Aborted(f"operation {name!r} changed concurrently too often; retry")
+
+    async def claim_slot(
+        self,
+        name: str,
+        transition: Callable[[OperationRecord], OperationRecord | None],
+        request: SlotRequest,
+    ) -> OperationRecord:
+        """`update` with `transition` (a claim admitted past its slot check),
+        guarded by the concurrency limits of `request`: if the result is
+        RUNNING, the other attempts of its queue (and of its concurrency key)
+        that are RUNNING are counted in the same atomic step, and when a limit
+        is reached nothing is written and ConcurrencyLimited is raised. A
+        finished attempt's slot comes back at once (it is not RUNNING); a
+        crashed holder's when its lease is found lost (the dispatcher's lease
+        check or a redelivery's claim takes the record out of RUNNING).
+        Adapters that cannot guard the count raise FailedPrecondition (their
+        queue store refuses limits, so this is not reached)."""
+        raise FailedPrecondition(
+            f"{type(self).__name__} does not enforce queue concurrency limits",
+            reason="QUEUE_LIMITS_UNSUPPORTED",
+        )
+
+    async def release_slot(self, ended: OperationRecord, request: SlotRequest) -> None:
+        """Attempt `ended.attempt` of `ended` is over: give back the slots it
+        took under `request` now, if the store keeps slots apart from the
+        records (Firestore). Frees nothing while the stored record still runs
+        that attempt. Best effort: a slot not given back here is found free
+        by the next claim that needs it. SQLite counts records: nothing to do."""
+        return None
 
     async def delete(self, name: str) -> None:
         """Remove the operation; NotFound if absent. A later update by a worker

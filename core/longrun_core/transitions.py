@@ -39,6 +39,7 @@ from datetime import datetime, timedelta
 from google.rpc import code_pb2, status_pb2
 
 from longrun_core.model import OperationRecord, State, WaitReason, evolve
+from longrun_core.queues import ConcurrencyLimits
 
 
 class Rejected(Exception):
@@ -74,6 +75,72 @@ class QueuePaused(Rejected):
     """The operation's queue is paused: no attempt starts. Its message is
     dropped; the sweeper republishes it at its `dispatch_due_time`, and
     ResumeQueue republishes the queue's operations at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRequest:
+    """What a claim of a concurrency-limited queue must be admitted under:
+    at most `queue_limit` RUNNING attempts of (project, queue), and at most
+    `key_limit` of those with `key` (None: that limit does not apply)."""
+
+    project: str
+    queue: str
+    key: str | None
+    queue_limit: int | None
+    key_limit: int | None
+
+
+class SlotRequired(Rejected):
+    """The operation's queue limits its running attempts: the claim must be
+    made through `OperationStore.claim_slot`, which counts them under a guard."""
+
+    def __init__(self, request: SlotRequest) -> None:
+        super().__init__(f"queue {request.queue!r} limits concurrency: a slot is needed")
+        self.request = request
+
+
+class ConcurrencyLimited(Rejected):
+    """Every slot of the queue (or of the job's concurrency key) is taken:
+    the claim did not happen; the operation stays QUEUED."""
+
+    def __init__(self, message: str, *, full: str) -> None:
+        super().__init__(message)
+        #: "queue" or "key": which limit was reached.
+        self.full = full
+
+
+def over_limit(request: SlotRequest, running_in_queue: int, running_with_key: int) -> str | None:
+    """Which limit a new attempt would exceed ("queue", "key"), given the
+    other attempts RUNNING now; None: it may start."""
+    if request.queue_limit is not None and running_in_queue >= request.queue_limit:
+        return "queue"
+    if (
+        request.key is not None
+        and request.key_limit is not None
+        and running_with_key >= request.key_limit
+    ):
+        return "key"
+    return None
+
+
+def slot_request(
+    rec: OperationRecord, limits: Mapping[tuple[str, str], ConcurrencyLimits] | None
+) -> SlotRequest | None:
+    """The slot `rec`'s claim needs under its queue's `limits` (None: no limit applies)."""
+    found = limits.get((rec.project, rec.queue)) if limits else None
+    if found is None:
+        return None
+    key = rec.concurrency_key or None
+    key_limit = found.max_concurrent_per_key if key is not None else None
+    if found.max_concurrent_dispatches is None and key_limit is None:
+        return None
+    return SlotRequest(
+        project=rec.project,
+        queue=rec.queue,
+        key=key,
+        queue_limit=found.max_concurrent_dispatches,
+        key_limit=key_limit,
+    )
 
 
 class LeaseLost(Rejected):
@@ -204,6 +271,8 @@ def claim(
     sighting: LeaseSighting | None = None,
     paused: Collection[tuple[str, str]] = (),
     purge_times: Mapping[tuple[str, str], datetime] | None = None,
+    limits: Mapping[tuple[str, str], ConcurrencyLimits] | None = None,
+    admitted: bool = False,
 ) -> OperationRecord:
     """QUEUED -> RUNNING with attempt + 1 and a lease for `worker`; a RUNNING
     record whose lease the caller has seen lapse (`sighting`) is first taken
@@ -212,7 +281,10 @@ def claim(
     before its `run_after` (schedule time or retry backoff), QueuePaused
     while its (project, queue) is among `paused`. An operation created no
     later than its queue's purge time (`purge_times`) ends CANCELLED instead
-    (PurgeQueue's cancel may not have reached it yet)."""
+    (PurgeQueue's cancel may not have reached it yet). When its queue limits
+    concurrency (`limits`), raises SlotRequired unless the caller is the
+    store's guarded `claim_slot` (`admitted`), which counts the running
+    attempts in the same transaction."""
     if rec.state is State.RUNNING:
         rec = expire_lease(rec, now, retention, sighting=sighting)
         if rec.done:
@@ -230,6 +302,10 @@ def claim(
         raise NotDue(rec.run_after)
     if (rec.project, rec.queue) in paused:
         raise QueuePaused(f"{rec.name}: queue {rec.queue!r} is paused")
+    if not admitted:
+        request = slot_request(rec, limits)
+        if request is not None:
+            raise SlotRequired(request)
     return evolve(
         rec,
         state=State.RUNNING,
@@ -419,6 +495,22 @@ def note_paused(rec: OperationRecord, *, now: datetime) -> OperationRecord | Non
     if rec.state is not State.QUEUED or rec.wait_reason is WaitReason.QUEUE_PAUSED:
         return None
     return evolve(rec, wait_reason=WaitReason.QUEUE_PAUSED, update_time=now)
+
+
+def note_limited(
+    rec: OperationRecord, *, now: datetime, retry_at: datetime
+) -> OperationRecord | None:
+    """A claim found its queue's (or key's) slots all taken: show it
+    (wait_reason CONCURRENCY_LIMITED) and have the dispatcher publish it
+    again at `retry_at` (its message is dropped)."""
+    if rec.state is not State.QUEUED:
+        return None
+    return evolve(
+        rec,
+        wait_reason=WaitReason.CONCURRENCY_LIMITED,
+        dispatch_due_time=retry_at,
+        update_time=now,
+    )
 
 
 def purge(rec: OperationRecord, *, now: datetime, retention: timedelta) -> OperationRecord | None:

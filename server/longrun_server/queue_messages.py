@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from longrun.v1 import queues_pb2
-from longrun_core.queues import QueueConfig, RetryConfig
+from longrun_core.queues import ConcurrencyLimits, QueueConfig, RetryConfig
 
 
 def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -44,11 +44,28 @@ def retry_of(message: queues_pb2.RetryConfig) -> RetryConfig:
     )
 
 
+def limits_of(message: queues_pb2.RateLimits) -> ConcurrencyLimits:
+    """The limits a message asks for (0: no limit; a negative value stays,
+    for check() to refuse)."""
+    return ConcurrencyLimits(
+        max_concurrent_dispatches=message.max_concurrent_dispatches or None,
+        max_concurrent_per_key=message.max_concurrent_per_key or None,
+    )
+
+
+def limits_message(limits: ConcurrencyLimits) -> queues_pb2.RateLimits:
+    return queues_pb2.RateLimits(
+        max_concurrent_dispatches=limits.max_concurrent_dispatches or 0,
+        max_concurrent_per_key=limits.max_concurrent_per_key or 0,
+    )
+
+
 def queue_message(config: QueueConfig) -> queues_pb2.Queue:
     message = queues_pb2.Queue(
         name=config.name,
         state=int(config.state),  # type: ignore[arg-type]
         retry_config=retry_message(config.retry),
+        rate_limits=limits_message(config.limits),
     )
     for attr in ("create_time", "update_time", "purge_time"):
         value: datetime | None = getattr(config, attr)

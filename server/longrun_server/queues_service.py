@@ -45,7 +45,7 @@ from longrun_core.queues import (
 )
 from longrun_core.store import OperationStore
 from longrun_server.dispatcher import Dispatcher
-from longrun_server.queue_messages import queue_message, retry_of
+from longrun_server.queue_messages import limits_of, queue_message, retry_of
 from longrun_server.status import rpc_errors
 
 log = logging.getLogger("longrun.queues")
@@ -146,9 +146,16 @@ class QueuesService(queues_pb2_grpc.QueuesServicer):
             )
         retry = retry_of(request.queue.retry_config)
         retry.check()
+        limits = limits_of(request.queue.rate_limits)
+        limits.check()
         now = self.clock.now()
         config = QueueConfig(
-            project=project, queue_id=queue_id, create_time=now, update_time=now, retry=retry
+            project=project,
+            queue_id=queue_id,
+            create_time=now,
+            update_time=now,
+            retry=retry,
+            limits=limits,
         )
         await self.queues.create(config)
         return queue_message(config)
@@ -171,10 +178,11 @@ class QueuesService(queues_pb2_grpc.QueuesServicer):
         self, request: queues_pb2.UpdateQueueRequest, context: grpc.aio.ServicerContext
     ) -> queues_pb2.Queue:
         retry = retry_of(request.queue.retry_config)
+        limits = limits_of(request.queue.rate_limits)
         paths = list(request.update_mask.paths)
         now = self.clock.now()
         updated = await self._change(
-            request.queue.name, lambda c: apply_update(c, retry, paths, now)
+            request.queue.name, lambda c: apply_update(c, retry, paths, now, limits)
         )
         return queue_message(updated)
 

@@ -17,7 +17,13 @@ import pytest
 
 from longrun_core.errors import AlreadyExists
 from longrun_core.model import State, WaitReason
-from longrun_core.queues import QueueConfig, QueueState, QueueStore, RetryConfig
+from longrun_core.queues import (
+    ConcurrencyLimits,
+    QueueConfig,
+    QueueState,
+    QueueStore,
+    RetryConfig,
+)
 from longrun_core.sqlite.db import Database
 from longrun_core.sqlite.queues import SqliteQueueStore
 from longrun_core.store import OperationStore
@@ -61,6 +67,7 @@ FULL = config(
     ),
     update_time=T0 + S,
     purge_time=T0 + 2 * S,
+    limits=ConcurrencyLimits(max_concurrent_dispatches=3, max_concurrent_per_key=2),
 )
 
 

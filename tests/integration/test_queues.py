@@ -155,7 +155,15 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[E
         store=store,
         queue=queue,
         registry=REGISTRY,
-        settings=WorkerSettings(concurrency=4, lease=5.0, heartbeat=1.0, receive_timeout=0.2),
+        settings=WorkerSettings(
+            concurrency=4,
+            lease=5.0,
+            heartbeat=1.0,
+            receive_timeout=0.2,
+            # Long: a job waiting for a slot runs promptly only if it is woken.
+            limit_retry_min=20.0,
+            limit_retry_max=30.0,
+        ),
         queues=QueueView(queue_store_for(store), interval=REFRESH),
     )
     running = asyncio.create_task(worker.run())
@@ -504,3 +512,89 @@ async def test_an_attempt_past_its_dispatch_deadline_fails_and_is_retried(env: E
     assert "1s deadline" in done.error.message
     # The sleep task has the default policy (3 attempts): each one was cut.
     assert len(STARTS[op.name]) == metadata(done).attempt == 3
+
+
+# ---- concurrency limits ----
+
+
+async def test_rate_limits_are_created_updated_by_mask_and_bounded(env: Env) -> None:
+    created = await env.queues.CreateQueue(
+        queues_pb2.CreateQueueRequest(
+            parent="projects/p1",
+            queue_id="limited",
+            queue=queues_pb2.Queue(
+                rate_limits=queues_pb2.RateLimits(
+                    max_concurrent_dispatches=3, max_concurrent_per_key=2
+                )
+            ),
+        )
+    )
+    assert created.rate_limits.max_concurrent_dispatches == 3
+    updated = await env.queues.UpdateQueue(
+        queues_pb2.UpdateQueueRequest(
+            queue=queues_pb2.Queue(
+                name=Q + "limited",
+                rate_limits=queues_pb2.RateLimits(
+                    max_concurrent_dispatches=50, max_concurrent_per_key=7
+                ),
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["rate_limits.max_concurrent_per_key"]),
+        )
+    )
+    assert (
+        updated.rate_limits.max_concurrent_dispatches,
+        updated.rate_limits.max_concurrent_per_key,
+    ) == (3, 7)
+    got = await env.queues.GetQueue(queues_pb2.GetQueueRequest(name=Q + "limited"))
+    assert got == updated
+    for limits in (
+        queues_pb2.RateLimits(max_concurrent_dispatches=5001),
+        queues_pb2.RateLimits(max_concurrent_per_key=-1),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await env.queues.UpdateQueue(
+                queues_pb2.UpdateQueueRequest(
+                    queue=queues_pb2.Queue(name=Q + "limited", rate_limits=limits),
+                    update_mask=field_mask_pb2.FieldMask(paths=["rate_limits"]),
+                )
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error_reason(caught.value) == "QUEUE_CONFIG_INVALID"
+
+
+async def test_a_job_over_the_limit_waits_concurrency_limited_and_is_woken_when_a_slot_frees(
+    env: Env,
+) -> None:
+    await env.queues.UpdateQueue(
+        queues_pb2.UpdateQueueRequest(
+            queue=queues_pb2.Queue(
+                name=Q + "default",
+                rate_limits=queues_pb2.RateLimits(max_concurrent_dispatches=1),
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["rate_limits"]),
+        )
+    )
+    await asyncio.sleep(3 * REFRESH)  # past every worker's refresh: the limit is in effect
+    holder = await env.create("sleep", params={"worktime": 2})
+
+    async def running() -> bool:
+        return metadata(await env.get(holder.name)).state == jobs_pb2.JobMetadata.RUNNING
+
+    await wait_until(running, 10, 0.05, description="the first job to run")
+    waiting = await env.create()
+
+    async def limited() -> bool:
+        md = metadata(await env.get(waiting.name))
+        return md.wait_reason == jobs_pb2.JobMetadata.CONCURRENCY_LIMITED
+
+    await wait_until(limited, 10, 0.05, description="the second job to show it is limited")
+    assert STARTS[waiting.name] == []
+    other = await env.create(queue="projects/p2/queues/default", parent="projects/p2")
+    await env.done(other.name)  # another project's queue is not limited by it
+    finished = await env.done(holder.name)
+    done = await env.done(waiting.name, timeout=15)
+    assert not done.HasField("error")
+    freed_at = metadata(finished).end_time.ToDatetime(UTC).timestamp()
+    assert STARTS[waiting.name][0] >= freed_at - 0.01
+    # Woken when the slot freed, not at its retry delay (20-30 s here).
+    assert STARTS[waiting.name][0] - freed_at < 5.0

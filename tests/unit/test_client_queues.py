@@ -10,7 +10,14 @@ import pytest
 
 from longrun.v1 import jobs_pb2
 from longrun_client.cli import job_options, parse_time
-from longrun_client.queues import JobOptions, RetryOptions, queue_path, update_request
+from longrun_client.queues import (
+    JobOptions,
+    LimitOptions,
+    RetryOptions,
+    create_request,
+    queue_path,
+    update_request,
+)
 
 
 def test_job_options_fill_the_request() -> None:
@@ -55,6 +62,26 @@ def test_an_update_masks_only_the_fields_given() -> None:
     assert request.queue.retry_config.max_doublings == 0
     with pytest.raises(ValueError, match="nothing to update"):
         update_request("projects/p/queues/q", RetryOptions())
+
+
+def test_limit_options_fill_create_and_mask_only_what_is_given() -> None:
+    created = create_request("q", "p", None, LimitOptions(max_concurrent_dispatches=3))
+    assert created.queue.rate_limits.max_concurrent_dispatches == 3
+    assert created.queue.rate_limits.max_concurrent_per_key == 0
+    request = update_request(
+        "projects/p/queues/q",
+        RetryOptions(max_attempts=4),
+        LimitOptions(max_concurrent_per_key=0),
+    )
+    assert list(request.update_mask.paths) == [
+        "retry_config.max_attempts",
+        "rate_limits.max_concurrent_per_key",
+    ]
+    only_limits = update_request(
+        "projects/p/queues/q", None, LimitOptions(max_concurrent_dispatches=2)
+    )
+    assert list(only_limits.update_mask.paths) == ["rate_limits.max_concurrent_dispatches"]
+    assert only_limits.queue.rate_limits.max_concurrent_dispatches == 2
 
 
 def test_queue_paths() -> None:

@@ -150,6 +150,16 @@ _W = WorkerSettings()
     "attempt on this worker from about this long after the pause.",
 )
 @click.option(
+    "--limit-retry",
+    type=click.FloatRange(min=0.01, max=60.0),
+    default=_W.limit_retry_max,
+    envvar="LONGRUN_LIMIT_RETRY",
+    show_envvar=True,
+    show_default=True,
+    help="A job refused for its queue's concurrency limit is published again after a random "
+    "delay of up to this many seconds (at least a fifth of it).",
+)
+@click.option(
     "--max-queues",
     type=click.IntRange(min=1, max=1_000_000),
     default=_W.max_queues,
@@ -192,6 +202,8 @@ def main(**kw: Any) -> None:
             debug_errors=kw["debug_errors"],
             queue_refresh=kw["queue_refresh"],
             max_queues=kw["max_queues"],
+            limit_retry_min=kw["limit_retry"] / 5,
+            limit_retry_max=kw["limit_retry"],
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -18,7 +18,7 @@ from datetime import datetime
 from types import MappingProxyType
 
 from longrun_core.errors import LongrunError
-from longrun_core.queues import QueueState, QueueStore, RetryConfig
+from longrun_core.queues import ConcurrencyLimits, QueueState, QueueStore, RetryConfig
 
 log = logging.getLogger("longrun.worker.queues")
 
@@ -46,6 +46,8 @@ class QueueView:
         self.paused: frozenset[tuple[str, str]] = frozenset()
         self.purge_times: Mapping[tuple[str, str], datetime] = MappingProxyType({})
         self._retry: Mapping[tuple[str, str], RetryConfig] = MappingProxyType({})
+        #: The concurrency limits of the queues that set any.
+        self.limits: Mapping[tuple[str, str], ConcurrencyLimits] = MappingProxyType({})
         self.refreshed = asyncio.Event()
         self._failing = False
 
@@ -66,6 +68,7 @@ class QueueView:
             {c.key: c.purge_time for c in configs if c.purge_time is not None}
         )
         self._retry = MappingProxyType({c.key: c.retry for c in configs})
+        self.limits = MappingProxyType({c.key: c.limits for c in configs if c.limits.any})
         self.refreshed.set()
 
     async def run(self) -> None:

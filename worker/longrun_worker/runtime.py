@@ -31,6 +31,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -47,7 +48,7 @@ from longrun_core.clock import Clock, SystemClock
 from longrun_core.errors import LongrunError, NotFound, Unavailable
 from longrun_core.failpoints import Failpoints
 from longrun_core.leases import LeaseObserver, Monotonic
-from longrun_core.model import OperationRecord, State
+from longrun_core.model import OperationRecord, State, WaitReason
 from longrun_core.observability.json_logs import bind_attempt
 from longrun_core.packing import (
     DEFAULT_MAX_RESULT_BYTES,
@@ -57,7 +58,7 @@ from longrun_core.packing import (
     struct_to_dict,
     too_large_status,
 )
-from longrun_core.queue import Delivery, TaskQueue, Transition
+from longrun_core.queue import Delivery, TaskMessage, TaskQueue, Transition
 from longrun_core.queues import EffectiveRetry, effective_retry
 from longrun_core.signing import MessageRejected, Rejections, guard_task
 from longrun_core.store import OperationStore
@@ -82,6 +83,10 @@ SELF_FENCE = 0.75
 RELEASE_TIMEOUT = 5.0
 #: How often the worker compares its clock with the store's.
 CLOCK_CHECK_INTERVAL = 60.0
+#: When an attempt of a concurrency-limited queue ends: how many of the
+#: queue's waiting jobs are published at once, found among how many read.
+WAKE_COUNT = 2
+WAKE_SCAN = 50
 
 
 @dataclass(frozen=True)
@@ -117,10 +122,17 @@ class WorkerSettings:
     queue_refresh: float = 0.5
     #: Most queues (over all projects) a worker keeps in view.
     max_queues: int = 10_000
+    #: A job refused for its queue's concurrency limit is published again
+    #: after a delay drawn between these (seconds): its message is dropped
+    #: and the dispatcher republishes it then.
+    limit_retry_min: float = 0.6
+    limit_retry_max: float = 3.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if not 0 < self.limit_retry_min <= self.limit_retry_max:
+            raise ValueError("limit retry delays must be positive, min <= max")
         if not 0 < self.heartbeat <= self.lease / 2:
             raise ValueError(
                 f"heartbeat ({self.heartbeat}s) must be positive and at most half the lease "
@@ -233,6 +245,9 @@ class Worker:
         self._slots = asyncio.Semaphore(self.settings.concurrency)
         self._outage = 0.0
         self._claimed_at: dict[str, float] = {}
+        self._rng = random.Random()
+        #: Publishes of waiting jobs after a limited queue's attempt ended.
+        self._wakers: set[asyncio.Task[None]] = set()
         self._lingering: set[concurrent.futures.Future[None]] = set()
         self.completed = 0
         #: Messages refused (share the queue's to count them all in one place).
@@ -298,6 +313,8 @@ class Worker:
             for task in background:
                 task.cancel()
             await self._drain()
+            for task in list(self._wakers):
+                task.cancel()
             self.close()
             log.info("worker stopped", extra={"action": "worker_stop", "worker": self.id})
 
@@ -444,16 +461,10 @@ class Worker:
         name = delivery.message.operation
         started = self._monotonic()
         try:
-            claimed = delivery.claimed
-            if claimed is None:
-                # The task and params that run are the record's: a message naming
-                # another task than its operation's is forged (signing.guard_task).
-                claim = guard_task(self._claim_transition, delivery.message.task)
-                rec = await self.store.update(name, claim)
-            elif isinstance(claimed, Exception):
-                raise claimed
-            else:
-                rec = claimed
+            rec = await self._claim(delivery)
+        except transitions.ConcurrencyLimited as full:
+            await self._wait_for_slot(delivery, full)
+            return
         except MessageRejected as forged:
             self.rejections.record(forged, operation=name)
             await delivery.dead_letter(forged.reason)
@@ -510,10 +521,94 @@ class Worker:
             )
             await self._finish(delivery, rec, error=err)
             return
-        with self.tracer.attempt(rec, delivery.message):
-            await self._run(delivery, rec, spec, claimed_at, slot or _Slot())
+        try:
+            with self.tracer.attempt(rec, delivery.message):
+                await self._run(delivery, rec, spec, claimed_at, slot or _Slot())
+        finally:
+            self._wake_waiters(rec)
 
-    def _claim_transition(self, rec: OperationRecord) -> OperationRecord:
+    async def _claim(self, delivery: Delivery) -> OperationRecord:
+        """The claim of the delivery's operation: done by the queue while it
+        handed the message out, or here; a queue that limits concurrency has
+        it made again through the store's guarded `claim_slot`."""
+        name = delivery.message.operation
+        claimed = delivery.claimed
+        try:
+            if claimed is None:
+                # The task and params that run are the record's: a message naming
+                # another task than its operation's is forged (signing.guard_task).
+                claim = guard_task(self._claim_transition, delivery.message.task)
+                return await self.store.update(name, claim)
+            if isinstance(claimed, Exception):
+                raise claimed
+            return claimed
+        except transitions.SlotRequired as needed:
+            admitted = guard_task(self._admitted_claim, delivery.message.task)
+            return await self.store.claim_slot(name, admitted, needed.request)
+
+    async def _wait_for_slot(
+        self, delivery: Delivery, full: transitions.ConcurrencyLimited
+    ) -> None:
+        """Every slot was taken: the record shows CONCURRENCY_LIMITED and is
+        published again by the dispatcher after a random delay (so waiting
+        jobs do not retry in lockstep); this message is dropped (a nack would
+        count as a delivery toward the dead-letter queue)."""
+        name = delivery.message.operation
+        now = self.clock.now()
+        delay = self._rng.uniform(self.settings.limit_retry_min, self.settings.limit_retry_max)
+        retry_at = now + timedelta(seconds=delay)
+        log.debug("%s waits for a slot: %s", name, full, extra={"action": "concurrency_limited"})
+        with contextlib.suppress(transitions.Rejected, LongrunError):
+            await self.store.update(
+                name, lambda r: transitions.note_limited(r, now=now, retry_at=retry_at)
+            )
+        await delivery.ack()
+
+    def _wake_waiters(self, ended: OperationRecord) -> None:
+        """An attempt of a concurrency-limited queue ended: publish a few of
+        the queue's CONCURRENCY_LIMITED jobs now (those of the same key
+        first) rather than leaving its slot idle until their retry delay.
+        Best effort: a duplicate message is harmless, and the retry delay
+        remains the backstop."""
+        queues = self.queues
+        if queues is None or (ended.project, ended.queue) not in queues.limits:
+            return
+        task = asyncio.create_task(self._publish_waiters(ended))
+        self._wakers.add(task)
+        task.add_done_callback(self._wakers.discard)
+
+    async def _publish_waiters(self, ended: OperationRecord) -> None:
+        now = self.clock.now()
+        found: list[OperationRecord] = []
+        queues = self.queues
+        request = transitions.slot_request(ended, queues.limits) if queues is not None else None
+        try:
+            if request is not None:
+                await self.store.release_slot(ended, request)
+            # From a random id on (ids are random), so every waiter gets its turn.
+            for after in (uuid.uuid4().hex, ""):
+                batch = await self.store.queued_in(
+                    ended.project, ended.queue, after=after, limit=WAKE_SCAN
+                )
+                found += [
+                    r
+                    for r in batch
+                    if r.wait_reason is WaitReason.CONCURRENCY_LIMITED
+                    and (r.run_after is None or r.run_after <= now)
+                    and r.id not in {f.id for f in found}
+                ]
+                if len(found) >= WAKE_COUNT:
+                    break
+            found.sort(key=lambda r: r.concurrency_key != ended.concurrency_key)
+            for rec in found[:WAKE_COUNT]:
+                await self.queue.publish(TaskMessage(rec.name, rec.task, rec.attempt))
+        except (LongrunError, OSError) as exc:
+            log.debug("could not wake the waiters of queue %s: %s", ended.queue, exc)
+
+    def _admitted_claim(self, rec: OperationRecord) -> OperationRecord:
+        return self._claim_transition(rec, admitted=True)
+
+    def _claim_transition(self, rec: OperationRecord, admitted: bool = False) -> OperationRecord:
         # May run on a queue's database thread: only thread-safe state here.
         sighting = self.leases.sight(rec) if rec.state is State.RUNNING else None
         self._claimed_at[rec.name] = self._monotonic()
@@ -527,6 +622,8 @@ class Worker:
             sighting=sighting,
             paused=queues.paused if queues is not None else (),
             purge_times=queues.purge_times if queues is not None else None,
+            limits=queues.limits if queues is not None else None,
+            admitted=admitted,
         )
 
     async def _run(

@@ -18,7 +18,7 @@ from longrun_client.errors import (
     Unimplemented,
 )
 from longrun_client.future import OperationFuture, WaitPolicy
-from longrun_client.queues import JobOptions, RetryOptions
+from longrun_client.queues import JobOptions, LimitOptions, RetryOptions
 
 __all__ = [
     "AsyncClient",
@@ -32,6 +32,7 @@ __all__ = [
     "JobCancelled",
     "JobFailed",
     "JobOptions",
+    "LimitOptions",
     "LongrunClientError",
     "NotFound",
     "OperationError",

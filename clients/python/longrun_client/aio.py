@@ -43,6 +43,7 @@ from longrun_client.errors import (
 from longrun_client.future import FutureState, ProgressCallback, WaitPolicy, time_left
 from longrun_client.queues import (
     JobOptions,
+    LimitOptions,
     RetryOptions,
     create_request,
     queue_path,
@@ -439,10 +440,15 @@ class AsyncClient:
     # -- Queues (reading: viewer; changing: admin) ---------------------------------
 
     async def create_queue(
-        self, queue_id: str, *, project: str | None = None, retry: RetryOptions | None = None
+        self,
+        queue_id: str,
+        *,
+        project: str | None = None,
+        retry: RetryOptions | None = None,
+        limits: LimitOptions | None = None,
     ) -> queues_pb2.Queue:
         """CreateQueue `queue_id` in `project` (default: the client's)."""
-        request = create_request(queue_id, project or self.project, retry)
+        request = create_request(queue_id, project or self.project, retry, limits)
         try:
             queue: queues_pb2.Queue = await self._transport.queues.CreateQueue(
                 request, timeout=self._transport.timeout, metadata=self._transport.metadata
@@ -476,10 +482,16 @@ class AsyncClient:
             request.page_token = response.next_page_token
 
     async def update_queue(
-        self, queue: str, retry: RetryOptions, *, project: str | None = None
+        self,
+        queue: str,
+        retry: RetryOptions | None = None,
+        *,
+        project: str | None = None,
+        limits: LimitOptions | None = None,
     ) -> queues_pb2.Queue:
-        """UpdateQueue: set the retry fields given in `retry`, keep the others."""
-        request = update_request(queue_path(queue, project or self.project), retry)
+        """UpdateQueue: set the retry and limit fields given in `retry` and
+        `limits`, keep the others."""
+        request = update_request(queue_path(queue, project or self.project), retry, limits)
         updated: queues_pb2.Queue = await self._transport.call(
             self._transport.queues.UpdateQueue, request
         )

@@ -40,7 +40,7 @@ from longrun_client.credentials import ChannelSecurity, CredentialsError
 from longrun_client.durations import parse_duration
 from longrun_client.errors import OperationError, ServiceError
 from longrun_client.future import OperationFuture
-from longrun_client.queues import JobOptions, RetryOptions
+from longrun_client.queues import JobOptions, LimitOptions, RetryOptions
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -644,6 +644,19 @@ def retry_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--min-backoff", default=None, metavar="DURATION"),
             click.option("--max-backoff", default=None, metavar="DURATION"),
             click.option("--max-doublings", type=click.IntRange(0, 16), default=None),
+            click.option(
+                "--max-concurrent",
+                type=click.IntRange(0, 5000),
+                default=None,
+                help="rate_limits.max_concurrent_dispatches: attempts running at once (0: none).",
+            ),
+            click.option(
+                "--max-per-key",
+                type=click.IntRange(0, 5000),
+                default=None,
+                help="rate_limits.max_concurrent_per_key: attempts running at once per "
+                "concurrency key (0: none).",
+            ),
         ]
     ):
         f = option(f)
@@ -657,6 +670,12 @@ def _retry(kw: dict[str, Any]) -> RetryOptions:
         min_backoff=_duration(kw["min_backoff"], "--min-backoff"),
         max_backoff=_duration(kw["max_backoff"], "--max-backoff"),
         max_doublings=kw["max_doublings"],
+    )
+
+
+def _limits(kw: dict[str, Any]) -> LimitOptions:
+    return LimitOptions(
+        max_concurrent_dispatches=kw["max_concurrent"], max_concurrent_per_key=kw["max_per_key"]
     )
 
 
@@ -683,7 +702,10 @@ def queues_create(settings: Settings, /, queue_id: str, project: str | None, **k
     """Create queue QUEUE_ID; prints it as JSON."""
     if not project:
         raise click.UsageError("give --project (or LONGRUN_PROJECT)")
-    return _emit_queue(settings.client().create_queue(queue_id, project=project, retry=_retry(kw)))
+    created = settings.client().create_queue(
+        queue_id, project=project, retry=_retry(kw), limits=_limits(kw)
+    )
+    return _emit_queue(created)
 
 
 @queues.command("get")
@@ -735,9 +757,12 @@ def queues_list(settings: Settings, project: str | None, as_json: bool) -> int:
 @retry_options
 @click.pass_obj
 def queues_update(settings: Settings, /, queue: str, project: str | None, **kw: Any) -> int:
-    """Change the retry fields given (the others are kept); prints the queue."""
+    """Change the retry and limit fields given (the others are kept); prints the queue."""
     try:
-        return _emit_queue(settings.client().update_queue(queue, _retry(kw), project=project))
+        updated = settings.client().update_queue(
+            queue, _retry(kw), project=project, limits=_limits(kw)
+        )
+        return _emit_queue(updated)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 

@@ -37,6 +37,7 @@ from longrun_client.errors import ServiceError, Unavailable
 from longrun_client.future import OperationFuture, WaitPolicy
 from longrun_client.queues import (
     JobOptions,
+    LimitOptions,
     RetryOptions,
     create_request,
     queue_path,
@@ -383,10 +384,15 @@ class Client:
     # -- Queues (reading: viewer; changing: admin) ---------------------------------
 
     def create_queue(
-        self, queue_id: str, *, project: str | None = None, retry: RetryOptions | None = None
+        self,
+        queue_id: str,
+        *,
+        project: str | None = None,
+        retry: RetryOptions | None = None,
+        limits: LimitOptions | None = None,
     ) -> queues_pb2.Queue:
         """CreateQueue `queue_id` in `project` (default: the client's)."""
-        request = create_request(queue_id, project or self.project, retry)
+        request = create_request(queue_id, project or self.project, retry, limits)
         try:
             queue: queues_pb2.Queue = self._transport.queues.CreateQueue(
                 request, timeout=self._transport.timeout, metadata=self._transport.metadata
@@ -419,10 +425,16 @@ class Client:
             request.page_token = response.next_page_token
 
     def update_queue(
-        self, queue: str, retry: RetryOptions, *, project: str | None = None
+        self,
+        queue: str,
+        retry: RetryOptions | None = None,
+        *,
+        project: str | None = None,
+        limits: LimitOptions | None = None,
     ) -> queues_pb2.Queue:
-        """UpdateQueue: set the retry fields given in `retry`, keep the others."""
-        request = update_request(queue_path(queue, project or self.project), retry)
+        """UpdateQueue: set the retry and limit fields given in `retry` and
+        `limits`, keep the others."""
+        request = update_request(queue_path(queue, project or self.project), retry, limits)
         updated: queues_pb2.Queue = self._transport.call(
             self._transport.queues.UpdateQueue, request
         )

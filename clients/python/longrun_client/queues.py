@@ -89,6 +89,30 @@ class RetryOptions:
         )
 
 
+@dataclass(frozen=True)
+class LimitOptions:
+    """A queue's concurrency limits (rate_limits): at most this many attempts
+    of the queue (with the same concurrency_key) running at once, over every
+    worker. None: not set here; 0: no limit (removes one on update)."""
+
+    max_concurrent_dispatches: int | None = None
+    max_concurrent_per_key: int | None = None
+
+    def message(self) -> queues_pb2.RateLimits:
+        return queues_pb2.RateLimits(
+            max_concurrent_dispatches=self.max_concurrent_dispatches or 0,
+            max_concurrent_per_key=self.max_concurrent_per_key or 0,
+        )
+
+    def mask(self) -> list[str]:
+        """The update mask paths naming the fields set here."""
+        return [
+            f"rate_limits.{name}"
+            for name in ("max_concurrent_dispatches", "max_concurrent_per_key")
+            if getattr(self, name) is not None
+        ]
+
+
 def queue_path(queue: str, project: str | None) -> str:
     """A queue's full name from its name, or its id and project."""
     if queue.startswith("projects/"):
@@ -99,22 +123,36 @@ def queue_path(queue: str, project: str | None) -> str:
 
 
 def create_request(
-    queue_id: str, project: str | None, retry: RetryOptions | None
+    queue_id: str,
+    project: str | None,
+    retry: RetryOptions | None,
+    limits: LimitOptions | None = None,
 ) -> queues_pb2.CreateQueueRequest:
     if not project:
         raise ValueError("creating a queue needs a project")
     return queues_pb2.CreateQueueRequest(
         parent=f"projects/{project}",
         queue_id=queue_id,
-        queue=queues_pb2.Queue(retry_config=(retry or RetryOptions()).message()),
+        queue=queues_pb2.Queue(
+            retry_config=(retry or RetryOptions()).message(),
+            rate_limits=(limits or LimitOptions()).message(),
+        ),
     )
 
 
-def update_request(name: str, retry: RetryOptions) -> queues_pb2.UpdateQueueRequest:
-    """Change the retry fields set in `retry`, keep the others."""
+def update_request(
+    name: str, retry: RetryOptions | None, limits: LimitOptions | None = None
+) -> queues_pb2.UpdateQueueRequest:
+    """Change the retry and limit fields set in `retry` and `limits`, keep the others."""
+    retry = retry or RetryOptions()
+    limits = limits or LimitOptions()
     mask = retry.mask()
+    mask.paths.extend(limits.mask())
     if not mask.paths:
-        raise ValueError("nothing to update: set at least one retry field")
+        raise ValueError("nothing to update: set at least one retry or limit field")
     return queues_pb2.UpdateQueueRequest(
-        queue=queues_pb2.Queue(name=name, retry_config=retry.message()), update_mask=mask
+        queue=queues_pb2.Queue(
+            name=name, retry_config=retry.message(), rate_limits=limits.message()
+        ),
+        update_mask=mask,
     )

@@ -19,7 +19,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists, Unavailable
-from longrun_core.queues import QueueConfig, QueueState, RetryConfig
+from longrun_core.queues import ConcurrencyLimits, QueueConfig, QueueState, RetryConfig
 
 T = TypeVar("T")
 
@@ -90,6 +90,10 @@ def _doc(config: QueueConfig) -> dict[str, Any]:
         "create_time": config.create_time,
         "update_time": config.update_time,
         "purge_time": config.purge_time,
+        "limits": {
+            "max_concurrent_dispatches": config.limits.max_concurrent_dispatches,
+            "max_concurrent_per_key": config.limits.max_concurrent_per_key,
+        },
     }
 
 
@@ -104,6 +108,7 @@ def _config(data: dict[str, Any]) -> QueueConfig:
         create_time=create,
         update_time=update,
         purge_time=_time(data.get("purge_time")),
+        limits=ConcurrencyLimits(**(data.get("limits") or {})),
     )
 
 

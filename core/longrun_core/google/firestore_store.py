@@ -125,7 +125,9 @@ from longrun_core.filtering.firestore import LABEL_PAIRS, label_pair
 from longrun_core.google.list_values import DocValues, doc_position, value_fields
 from longrun_core.model import OperationRecord, State, WaitReason
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
+from longrun_core.queue import Transition
 from longrun_core.settings import BackendSettings
+from longrun_core.slots import admit, is_live, queue_slot_id, slots_of, without_dead
 from longrun_core.store import (
     CreateResult,
     Cursor,
@@ -136,9 +138,13 @@ from longrun_core.store import (
     Window,
     as_records,
     check_duplicate,
+    in_project,
+    next_version,
+    not_found,
     scan_page,
     watch_key_of,
 )
+from longrun_core.transitions import ConcurrencyLimited, SlotRequest
 from longrun_core.watch import WatchHub
 
 log = logging.getLogger("longrun.firestore")
@@ -174,6 +180,8 @@ _TRANSIENT = (
 )
 #: A guarded write whose precondition no longer holds.
 _STALE = (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted)
+#: Read-change-write rounds giving back a slot before leaving it to the next claim.
+RELEASE_ROUNDS = 5
 
 #: Documents one list query reads at most (one RPC of a list scan).
 SCAN_WINDOW = 300
@@ -356,6 +364,9 @@ class FirestoreOperationStore(OperationStore):
         self._owns_client = client is None
         self._ops = self._client.collection(collection)
         self._rids = self._client.collection(f"{collection}_request_ids")
+        #: Concurrency slot documents (longrun_core.slots), one per limited
+        #: queue and per (queue, concurrency key).
+        self._slots = self._client.collection(f"{collection}_slots")
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="firestore")
         #: List-scan windows in flight at once, so that many slow lists never
         #: take the pool's threads from the other verbs.
@@ -569,6 +580,109 @@ class FirestoreOperationStore(OperationStore):
             return False
         self._wrote(rec.id, rec.version, result.update_time)
         return True
+
+    async def claim_slot(
+        self, name: str, transition: Transition, request: SlotRequest
+    ) -> OperationRecord:
+        """The claim and its slot entries in ONE batched commit guarded by
+        `last_update_time` preconditions on the operation and on every slot
+        document read (or `create` for one not there yet): if anyone wrote
+        any of them since they were read, nothing lands and it starts over.
+        A slot document full of holders has its entries checked against
+        their operations (longrun_core.slots: dead ones are dropped in the
+        same commit) before the claim is refused."""
+        parsed = parse_operation_name(name)
+        for _ in range(self.max_conflicts):
+            snap = await self._snapshot(parsed.id)
+            if not snap.exists:
+                raise not_found(name)
+            current = from_document(snap.to_dict())
+            if not in_project(current, parsed):
+                raise not_found(name)
+            new = next_version(current, transition)
+            if new is None:
+                return current
+            batch = self._client.batch()
+            option = self._client.write_option(last_update_time=snap.update_time)
+            batch.update(self._ops.document(current.id), to_document(new), option=option)
+            if new.state is State.RUNNING:
+                for slot_id, limit in slots_of(request):
+                    await self._take_slot(batch, slot_id, limit, new, request)
+            try:
+                results = await self._call(batch.commit)
+            except (*_STALE, gexc.AlreadyExists):
+                self._seen.pop(current.id, None)
+                await asyncio.sleep(0)
+                continue
+            self._wrote(new.id, new.version, results[0].update_time)
+            await self.on_written(new.name)
+            return new
+        raise Aborted(f"operation {name!r} or its queue's slots changed too often; retry")
+
+    async def slot_holders(self, slot_id: str) -> dict[str, int]:
+        """The entries of slot document `slot_id` (longrun_core.slots), for
+        diagnostics and tests."""
+        snap = await self._call(self._slots.document(slot_id).get)
+        return (
+            {str(k): int(v) for k, v in (snap.get("holders") or {}).items()} if snap.exists else {}
+        )
+
+    async def release_slot(self, ended: OperationRecord, request: SlotRequest) -> None:
+        """Drop `ended`'s entry from its slot documents (guarded by their
+        update time) once its stored record no longer runs that attempt."""
+        current = await self._read(ended.id)
+        if is_live(ended.attempt, current):
+            return
+        for slot_id, _ in slots_of(request):
+            ref = self._slots.document(slot_id)
+            for _ in range(RELEASE_ROUNDS):
+                snap = await self._call(ref.get)
+                holders = dict(snap.get("holders") or {}) if snap.exists else {}
+                if holders.get(ended.id) != ended.attempt:
+                    break
+                del holders[ended.id]
+                option = self._client.write_option(last_update_time=snap.update_time)
+                try:
+                    await self._call(
+                        functools.partial(ref.update, {"holders": holders}, option=option)
+                    )
+                except _STALE:
+                    continue
+                break
+
+    async def _take_slot(
+        self, batch: Any, slot_id: str, limit: int, new: OperationRecord, request: SlotRequest
+    ) -> None:
+        """Add `new`'s attempt to slot `slot_id` in `batch` (guarded by the
+        slot document as read now), or raise ConcurrencyLimited."""
+        ref = self._slots.document(slot_id)
+        snap = await self._call(ref.get)
+        holders: dict[str, int] = (
+            {str(k): int(v) for k, v in (snap.get("holders") or {}).items()} if snap.exists else {}
+        )
+        taken = admit(holders, new.id, new.attempt, limit)
+        if taken is None:
+            refs = [self._ops.document(op_id) for op_id in holders if op_id != new.id]
+            got = await self._call(lambda: builtins.list(self._client.get_all(refs)))
+            records = {g.id: (from_document(g.to_dict()) if g.exists else None) for g in got}
+            holders = without_dead(holders, records)
+            taken = admit(holders, new.id, new.attempt, limit)
+        if taken is None:
+            what = "queue" if slot_id == queue_slot_id(request.project, request.queue) else "key"
+            subject = (
+                f"queue {request.queue!r}"
+                if what == "queue"
+                else f"concurrency key {request.key!r} of queue {request.queue!r}"
+            )
+            raise ConcurrencyLimited(
+                f"{subject} has {len(holders)} of {limit} attempts running", full=what
+            )
+        doc = {"project": request.project, "queue": request.queue, "holders": taken}
+        if snap.exists:
+            option = self._client.write_option(last_update_time=snap.update_time)
+            batch.update(ref, doc, option=option)
+        else:
+            batch.create(ref, doc)
 
     async def _delete(self, op_id: str, *, project: str | None = None) -> bool:
         for _ in range(self.max_conflicts):

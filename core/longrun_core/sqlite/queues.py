@@ -12,7 +12,7 @@ from typing import Any
 
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import AlreadyExists
-from longrun_core.queues import QueueConfig, QueueState, RetryConfig
+from longrun_core.queues import ConcurrencyLimits, QueueConfig, QueueState, RetryConfig
 from longrun_core.sqlite.db import Database, transaction
 
 TABLE = """
@@ -24,16 +24,37 @@ CREATE TABLE IF NOT EXISTS queues (
     create_us INTEGER NOT NULL,
     update_us INTEGER NOT NULL,
     purge_us INTEGER,
+    limits TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (project, queue_id)
 );
 """
 
-_COLUMNS = "project, queue_id, state, retry, create_us, update_us, purge_us"
+_COLUMNS = "project, queue_id, state, retry, create_us, update_us, purge_us, limits"
 _DURATIONS = ("max_retry_duration", "min_backoff", "max_backoff")
 
 
 def migrate(conn: sqlite3.Connection) -> None:
     conn.executescript(TABLE)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(queues)")}
+    if "limits" not in columns:  # a table made before the concurrency limits
+        conn.execute("ALTER TABLE queues ADD COLUMN limits TEXT NOT NULL DEFAULT '{}'")
+
+
+def limits_to_json(limits: ConcurrencyLimits) -> str:
+    data = {
+        name: value
+        for name in ("max_concurrent_dispatches", "max_concurrent_per_key")
+        if (value := getattr(limits, name)) is not None
+    }
+    return json.dumps(data, sort_keys=True)
+
+
+def limits_from_json(text: str) -> ConcurrencyLimits:
+    data = json.loads(text)
+    return ConcurrencyLimits(
+        max_concurrent_dispatches=data.get("max_concurrent_dispatches"),
+        max_concurrent_per_key=data.get("max_concurrent_per_key"),
+    )
 
 
 def retry_to_json(retry: RetryConfig) -> str:
@@ -72,6 +93,7 @@ def _row(config: QueueConfig) -> tuple[Any, ...]:
         to_micros(config.create_time),
         to_micros(config.update_time),
         None if config.purge_time is None else to_micros(config.purge_time),
+        limits_to_json(config.limits),
     )
 
 
@@ -84,6 +106,7 @@ def _config(row: tuple[Any, ...]) -> QueueConfig:
         create_time=from_micros(row[4]),
         update_time=from_micros(row[5]),
         purge_time=None if row[6] is None else from_micros(row[6]),
+        limits=limits_from_json(row[7]),
     )
 
 
@@ -94,7 +117,7 @@ def _read(conn: sqlite3.Connection, project: str, queue_id: str) -> QueueConfig 
     return None if row is None else _config(row)
 
 
-_UPSERT = f"INSERT OR REPLACE INTO queues ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)"
+_UPSERT = f"INSERT OR REPLACE INTO queues ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
 
 
 class SqliteQueueStore:

@@ -50,6 +50,7 @@ from longrun_core.store import (
     scan_page,
     watch_key_of,
 )
+from longrun_core.transitions import ConcurrencyLimited, SlotRequest, over_limit
 from longrun_core.watch import WatchHub
 
 if TYPE_CHECKING:
@@ -216,6 +217,34 @@ def apply(
     if not write_if_version(conn, new, current.version, current):
         raise RuntimeError(f"{name} changed inside a write transaction")  # cannot happen
     return new, True
+
+
+def count_running(
+    conn: sqlite3.Connection, request: SlotRequest, *, exclude: str
+) -> tuple[int, int]:
+    """(attempts of the request's queue, of those with its key) RUNNING, other
+    than operation `exclude` (the index operations_queue_waiting holds the
+    queue's open ones). A RUNNING record holds its slot until it leaves
+    RUNNING: a crashed holder's lease is lost only when an observer has seen
+    it silent for the whole lease (longrun_core.leases), not by comparing
+    clocks, so no clock skew between workers can free a live holder's slot."""
+    row = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(concurrency_key = ?), 0) FROM operations "
+        "WHERE project = ? AND queue = ? AND state = ? AND done = 0 AND id != ?",
+        (request.key, request.project, request.queue, int(State.RUNNING), exclude),
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def limited(request: SlotRequest, full: str, in_queue: int, with_key: int) -> ConcurrencyLimited:
+    if full == "queue":
+        text = f"queue {request.queue!r} has {in_queue} of {request.queue_limit} attempts running"
+    else:
+        text = (
+            f"concurrency key {request.key!r} of queue {request.queue!r} has {with_key} of "
+            f"{request.key_limit} attempts running"
+        )
+    return ConcurrencyLimited(text, full=full)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -398,6 +427,28 @@ class SqliteOperationStore(OperationStore):
         if written:
             self._records.put(rec)
         return written
+
+    async def claim_slot(
+        self, name: str, transition: Transition, request: SlotRequest
+    ) -> OperationRecord:
+        """The claim and the count of running attempts in one BEGIN IMMEDIATE
+        transaction: no other writer (worker process or server) can start an
+        attempt in between, so the count is exact."""
+
+        def claim(conn: sqlite3.Connection) -> tuple[OperationRecord, bool]:
+            rec, written = apply(conn, name, transition)
+            if written and rec.state is State.RUNNING:
+                in_queue, with_key = count_running(conn, request, exclude=rec.id)
+                full = over_limit(request, in_queue, with_key)
+                if full is not None:  # raised inside: the transaction rolls back
+                    raise limited(request, full, in_queue, with_key)
+            return rec, written
+
+        rec, written = await self.backend.db.call(lambda c: transaction(c, claim))
+        if written:
+            self._records.put(rec)
+            await self.on_written(rec.name)
+        return rec
 
     async def _delete(self, op_id: str, *, project: str | None = None) -> bool:
         sql = "DELETE FROM operations WHERE id = ?"
