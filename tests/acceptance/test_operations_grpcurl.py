@@ -78,6 +78,7 @@ def test_health_list_reports_every_served_service(service: Service) -> None:
         "": serving,
         "google.longrunning.Operations": serving,
         "longrun.v1.Jobs": serving,
+        "longrun.v1.Queues": serving,
     }
     assert check.status == serving
 
