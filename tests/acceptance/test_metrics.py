@@ -49,7 +49,9 @@ def test_counters_move_by_exactly_what_the_jobs_did(backend: str, tmp_path: Path
     svc = Service(tmp_path, backend_env(backend, tmp_path))
     with svc.kept():
         server_flags, server_port_file = _metrics_flags(svc)
-        svc.start_server(*server_flags)
+        # No redispatch of unclaimed jobs during the test: each republish adds
+        # a message, and the depth check counts the messages of waiting jobs.
+        svc.start_server(*server_flags, "--redispatch-after", "120")
         server_port = _port(server_port_file)
         worker_flags, worker_port_file = _metrics_flags(svc)
         svc.start_worker(*worker_flags)
@@ -174,8 +176,12 @@ def _check_queue_depth(svc: Service, server_port: int) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     waiting = [_create(svc, "noop", {"waits": i}) for i in range(4)]
+    # At least the waiting jobs' messages: a message an earlier job's stopped
+    # worker had received (a finished operation's, acked as stale by the next
+    # receiver) may be visible again too, depending on when its visibility
+    # timeout ran out.
     wait_for(
-        lambda: scrape(server_port).value("longrun_queue_ready_messages") == len(waiting),
+        lambda: scrape(server_port).value("longrun_queue_ready_messages") >= len(waiting),
         30,
         "the queue depth to show the waiting jobs",
     )
