@@ -4,31 +4,17 @@ transaction, so a key keeps its first revoke time."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from longrun_core.auth.api_keys import ApiKey
 from longrun_core.auth.roles import Role
-from longrun_core.errors import Unavailable
-
-T = TypeVar("T")
+from longrun_core.google.collection_client import CollectionClient
 
 DEFAULT_COLLECTION = "api_keys"
-_TRANSIENT = (
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-    gexc.ResourceExhausted,
-    gexc.RetryError,
-    gexc.Unknown,
-)
 
 
 def _time(value: Any) -> datetime | None:
@@ -66,7 +52,7 @@ def _key(key_id: str, data: dict[str, Any]) -> ApiKey:
     )
 
 
-class FirestoreKeyStore:
+class FirestoreKeyStore(CollectionClient):
     def __init__(
         self,
         *,
@@ -76,29 +62,15 @@ class FirestoreKeyStore:
         client: Any | None = None,
         call_timeout: float = 10.0,
     ) -> None:
-        self._client: Any = client or firestore.Client(project=project, database=database)
-        self._owns_client = client is None
-        self._keys = self._client.collection(collection)
-        self.call_timeout = call_timeout
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="firestore-keys")
-
-    async def _call(self, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.call_timeout):
-                return await loop.run_in_executor(self._pool, fn)
-        except _TRANSIENT as exc:
-            raise Unavailable(f"Firestore is unavailable: {exc}") from exc
-        except TimeoutError as exc:
-            raise Unavailable(f"Firestore did not answer within {self.call_timeout:g}s") from exc
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        self._pool.shutdown(wait=False)
-        if self._owns_client:
-            self._client.close()
+        super().__init__(
+            project=project,
+            database=database,
+            collection=collection,
+            client=client,
+            call_timeout=call_timeout,
+            thread_name_prefix="firestore-keys",
+        )
+        self._keys = self._collection
 
     async def add(self, key: ApiKey) -> None:
         await self._call(lambda: self._keys.document(key.key_id).create(_doc(key)))

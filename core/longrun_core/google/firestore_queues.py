@@ -6,32 +6,20 @@ the operation store's writes), retried on a conflict."""
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from longrun_core.clock import from_micros, to_micros
-from longrun_core.errors import Aborted, AlreadyExists, Unavailable
+from longrun_core.errors import Aborted, AlreadyExists
+from longrun_core.google.collection_client import CollectionClient
 from longrun_core.queues import ConcurrencyLimits, QueueConfig, QueueState, RetryConfig
 
-T = TypeVar("T")
-
 DEFAULT_COLLECTION = "queues"
-_TRANSIENT = (
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-    gexc.ResourceExhausted,
-    gexc.RetryError,
-    gexc.Unknown,
-)
 #: A write whose precondition no longer holds (someone wrote in between).
 _CONFLICT = (gexc.FailedPrecondition, gexc.Conflict, gexc.NotFound, gexc.Aborted)
 #: Read-change-write rounds an update tries before giving up (ABORTED).
@@ -112,7 +100,7 @@ def _config(data: dict[str, Any]) -> QueueConfig:
     )
 
 
-class FirestoreQueueStore:
+class FirestoreQueueStore(CollectionClient):
     def __init__(
         self,
         *,
@@ -122,29 +110,15 @@ class FirestoreQueueStore:
         client: Any | None = None,
         call_timeout: float = 10.0,
     ) -> None:
-        self._client: Any = client or firestore.Client(project=project, database=database)
-        self._owns_client = client is None
-        self._queues = self._client.collection(collection)
-        self.call_timeout = call_timeout
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="firestore-queues")
-
-    async def _call(self, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.call_timeout):
-                return await loop.run_in_executor(self._pool, fn)
-        except _TRANSIENT as exc:
-            raise Unavailable(f"Firestore is unavailable: {exc}") from exc
-        except TimeoutError as exc:
-            raise Unavailable(f"Firestore did not answer within {self.call_timeout:g}s") from exc
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        self._pool.shutdown(wait=False)
-        if self._owns_client:
-            self._client.close()
+        super().__init__(
+            project=project,
+            database=database,
+            collection=collection,
+            client=client,
+            call_timeout=call_timeout,
+            thread_name_prefix="firestore-queues",
+        )
+        self._queues = self._collection
 
     async def create(self, config: QueueConfig) -> None:
         ref = self._queues.document(doc_id(config.project, config.queue_id))

@@ -122,6 +122,7 @@ from google.rpc import status_pb2
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists, Unavailable
 from longrun_core.filtering.firestore import LABEL_PAIRS, label_pair
+from longrun_core.google.collection_client import TRANSIENT
 from longrun_core.google.list_values import DocValues, doc_position, value_fields
 from longrun_core.model import OperationRecord, State, WaitReason
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
@@ -170,14 +171,7 @@ SERVER_TIME_MAX_AGE = 60.0
 CLOCK_PROBE_ID = "clock-probe"
 
 #: Errors that mean "the backend could not be reached; retry later".
-_TRANSIENT = (
-    gexc.ServiceUnavailable,
-    gexc.DeadlineExceeded,
-    gexc.InternalServerError,
-    gexc.ResourceExhausted,
-    gexc.RetryError,
-    gexc.Unknown,
-)
+_TRANSIENT = TRANSIENT
 #: A guarded write whose precondition no longer holds.
 _STALE = (gexc.FailedPrecondition, gexc.NotFound, gexc.Aborted)
 #: Read-change-write rounds giving back a slot before leaving it to the next claim.
