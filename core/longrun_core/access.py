@@ -52,6 +52,8 @@ class Permission(enum.StrEnum):
     QUEUES_LIST = "longrun.queues.list"
     #: Every change of a queue: create, update, delete, pause, resume, purge.
     QUEUES_UPDATE = "longrun.queues.update"
+    #: ListDeadLetters: the task queue's dead letters of the project's operations.
+    DEAD_LETTERS_LIST = "longrun.deadLetters.list"
 
 
 #: The principal of the call being served (set by the edge for the handler's run).

@@ -34,6 +34,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -54,6 +55,29 @@ class TaskMessage:
     #: W3C traceparent of the span that published it ("" without tracing);
     #: signed with the rest (longrun_core.observability.trace_context).
     trace: str = ""
+
+
+#: The order of a dead letter whose queue keeps no time.
+NO_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered message as `read_dead_letters` gives it."""
+
+    message: TaskMessage
+    reason: str
+    #: The queue's own id of it (the embedded queue's row, the Pub/Sub message id).
+    id: str
+    #: When it was dead-lettered (None: the queue does not tell).
+    dead_time: datetime | None = None
+    #: Deliveries before it was dead-lettered (0: the queue does not tell).
+    deliveries: int = 0
+
+    @property
+    def order(self) -> tuple[datetime, str]:
+        """Its place in `read_dead_letters`' order (newest first)."""
+        return (self.dead_time or NO_TIME, self.id)
 
 
 class Delivery(abc.ABC):
@@ -134,6 +158,22 @@ class TaskQueue(abc.ABC):
     @abc.abstractmethod
     async def dead_letters(self, limit: int = 100) -> list[tuple[TaskMessage, str]]:
         """Inspect dead-lettered messages with their reasons (newest last)."""
+
+    async def read_dead_letters(
+        self, limit: int, *, before: tuple[datetime, str] | None = None
+    ) -> list[DeadLetter]:
+        """Up to `limit` dead letters, newest first (by `DeadLetter.order`),
+        only those ordered before `before` when given: a page of them for
+        ListDeadLetters. This default reads `dead_letters()` (no times, ids
+        by position); adapters that keep more say so."""
+        found = await self.dead_letters(limit=max(limit, 1) * 10 if before else limit)
+        letters = [
+            DeadLetter(message, reason, id=f"{i:012d}") for i, (message, reason) in enumerate(found)
+        ]
+        letters.sort(key=lambda d: d.order, reverse=True)
+        if before is not None:
+            letters = [d for d in letters if d.order < before]
+        return letters[:limit]
 
     async def start(self) -> None:
         """Create what is missing (tables, topics, subscriptions) and connect."""

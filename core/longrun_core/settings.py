@@ -280,6 +280,10 @@ class ServerSettings:
     #: Most on-time publish timers the dispatcher holds at once (work due
     #: within two sweep intervals); past that, the sweeper publishes it.
     dispatch_timers: int = 10_000
+    #: QueueStats: each count (waiting, running) stops at this many.
+    queue_stats_limit: int = 10_000
+    #: ListDeadLetters reads at most this many dead letters per call.
+    dead_letters_scan: int = 1_000
     auth: AuthenticationSettings = field(default_factory=AuthenticationSettings)
 
     @property
@@ -299,6 +303,8 @@ class ServerSettings:
         self.auth.check()
         if self.tls is not None:
             self.tls.check()
+        if self.queue_stats_limit < 1 or self.dead_letters_scan < 1:
+            raise ValueError("queue_stats_limit and dead_letters_scan must be at least 1")
         if self.max_send_message_bytes < MIN_MESSAGE_BYTES:
             raise ValueError(f"max_send_message_bytes must be at least {MIN_MESSAGE_BYTES}")
         if self.max_receive_message_bytes < MIN_MESSAGE_BYTES:

@@ -52,7 +52,7 @@ from longrun_core.errors import (
     InvalidArgument,
     NotFound,
 )
-from longrun_core.model import OperationRecord, evolve
+from longrun_core.model import OperationRecord, State, evolve
 from longrun_core.names import OperationName, operation_name, parse_operation_name, watch_key
 from longrun_core.settings import DEFAULT_LIST_SCAN_BUDGET
 from longrun_core.watch import WatchHub
@@ -269,6 +269,12 @@ class OperationStore(abc.ABC):
         """Up to `limit` QUEUED records of `queue` in `project` whose id is
         above `after`, by id (an index walk, not a scan): PurgeQueue and
         ResumeQueue go through them."""
+
+    @abc.abstractmethod
+    async def count_in_queue(self, project: str, queue: str, state: State, limit: int) -> int:
+        """How many records of `queue` in `project` are in `state` (QUEUED or
+        RUNNING), counting at most `limit` (QueueStats: an indexed COUNT, a
+        count aggregation; never a read of the records)."""
 
     @abc.abstractmethod
     async def leased(self, limit: int) -> Sequence[OperationRecord]:

@@ -288,6 +288,26 @@ _S = ServerSettings()
     "intervals); 0: the sweeper publishes everything at its next pass.",
 )
 @click.option(
+    "--queue-stats-limit",
+    type=click.IntRange(min=1, max=10_000_000),
+    default=ServerSettings.queue_stats_limit,
+    envvar="LONGRUN_QUEUE_STATS_LIMIT",
+    show_envvar=True,
+    show_default=True,
+    help="Queue stats (GetQueue/ListQueues with read_mask=stats): each count of waiting and "
+    "running jobs stops at this many.",
+)
+@click.option(
+    "--dead-letters-scan",
+    type=click.IntRange(min=1, max=100_000),
+    default=ServerSettings.dead_letters_scan,
+    envvar="LONGRUN_DEAD_LETTERS_SCAN",
+    show_envvar=True,
+    show_default=True,
+    help="ListDeadLetters reads at most this many dead letters per call (a page may be "
+    "short, with a token to go on).",
+)
+@click.option(
     "--port-file",
     type=click.Path(),
     default=None,
@@ -424,6 +444,8 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         max_schedule_ahead=kw["max_schedule_ahead"],
         queue_resume_repeat=kw["queue_resume_repeat"],
         dispatch_timers=kw["dispatch_timers"],
+        queue_stats_limit=kw["queue_stats_limit"],
+        dead_letters_scan=kw["dead_letters_scan"],
         auth=auth,
     )
     try:

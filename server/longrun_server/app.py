@@ -197,6 +197,9 @@ async def create_server(
         clock=clock,
         retention=retention,
         resume_repeat=settings.queue_resume_repeat,
+        task_queue=queue,
+        stats_limit=settings.queue_stats_limit,
+        dead_letters_scan=settings.dead_letters_scan,
     )
     server.add_generic_rpc_handlers(
         (

@@ -28,8 +28,16 @@ from longrun.v1 import queues_pb2, queues_pb2_grpc
 from longrun_core import transitions
 from longrun_core.access import Access, Permission
 from longrun_core.clock import Clock
-from longrun_core.errors import AlreadyExists, InvalidArgument, NotFound
+from longrun_core.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from longrun_core.model import State
 from longrun_core.names import parse_parent
+from longrun_core.queue import TaskQueue
 from longrun_core.queues import (
     DEFAULT_QUEUE,
     QueueConfig,
@@ -44,6 +52,13 @@ from longrun_core.queues import (
     stored_or_default,
 )
 from longrun_core.store import OperationStore
+from longrun_server.dead_letters import (
+    DeadLetterLister,
+    decode_token,
+    encode_token,
+    page_size_of,
+    parse_dead_letters_parent,
+)
 from longrun_server.dispatcher import Dispatcher
 from longrun_server.queue_messages import limits_of, queue_message, retry_of
 from longrun_server.status import rpc_errors
@@ -52,7 +67,28 @@ log = logging.getLogger("longrun.queues")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+#: A ListQueues page that asks for `stats` holds at most this many queues.
+MAX_STATS_PAGE_SIZE = 100
+#: Queues whose stats are counted at once.
+STATS_CONCURRENCY = 8
+#: Permissions TestIamPermissions may be asked about at once.
+MAX_TESTED_PERMISSIONS = 20
+#: Top-level Queue fields a read_mask may name (every one but `stats` is always returned).
+QUEUE_FIELDS = frozenset(queues_pb2.Queue.DESCRIPTOR.fields_by_name) | {"*"}
 _PAGE_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,99}$")
+
+
+def wants_stats(paths: object) -> bool:
+    """Whether a Queue read_mask asks for `stats`; INVALID_ARGUMENT for a
+    path that is not a Queue field."""
+    names = list(paths)  # type: ignore[call-overload]
+    for path in names:
+        if path.split(".")[0] not in QUEUE_FIELDS:
+            raise InvalidArgument(
+                f"read_mask path {str(path)[:100]!r} is not a Queue field",
+                reason="READ_MASK_INVALID",
+            )
+    return "stats" in names or "*" in names
 
 
 def queue_not_found(project: str, queue_id: str) -> NotFound:
@@ -75,6 +111,9 @@ class QueuesService(queues_pb2_grpc.QueuesServicer):
         retention: timedelta,
         batch: int = 500,
         resume_repeat: float = 2.0,
+        task_queue: TaskQueue | None = None,
+        stats_limit: int = 10_000,
+        dead_letters_scan: int = 1_000,
     ) -> None:
         self.queues = queues
         self.store = store
@@ -84,6 +123,13 @@ class QueuesService(queues_pb2_grpc.QueuesServicer):
         self.retention = retention
         self.batch = batch
         self.resume_repeat = resume_repeat
+        self.stats_limit = stats_limit
+        self.dead_letters = (
+            DeadLetterLister(task_queue, store, access, scan=dead_letters_scan)
+            if task_queue is not None
+            else None
+        )
+        self._stats_slots = asyncio.Semaphore(STATS_CONCURRENCY)
         self._background: set[asyncio.Task[None]] = set()
 
     # ---- reads ----
@@ -102,7 +148,25 @@ class QueuesService(queues_pb2_grpc.QueuesServicer):
     ) -> queues_pb2.Queue:
         project, queue_id = parse_queue_name(request.name)
         self.access.require(Permission.QUEUES_GET, project)
-        return queue_message(await self._get(project, queue_id))
+        with_stats = wants_stats(request.read_mask.paths)
+        message = queue_message(await self._get(project, queue_id))
+        if with_stats:
+            await self._fill_stats(message, project, queue_id)
+        return message
+
+    async def _fill_stats(self, message: queues_pb2.Queue, project: str, queue_id: str) -> None:
+        async with self._stats_slots:
+            waiting, running = await asyncio.gather(
+                self.store.count_in_queue(project, queue_id, State.QUEUED, self.stats_limit),
+                self.store.count_in_queue(project, queue_id, State.RUNNING, self.stats_limit),
+            )
+        message.stats.CopyFrom(
+            queues_pb2.QueueStats(
+                waiting_count=waiting,
+                running_count=running,
+                capped=max(waiting, running) >= self.stats_limit,
+            )
+        )
 
     @rpc_errors
     async def ListQueues(
@@ -112,7 +176,11 @@ class QueuesService(queues_pb2_grpc.QueuesServicer):
         self.access.require(Permission.QUEUES_LIST, project)
         if request.page_size < 0:
             raise InvalidArgument("page_size must not be negative", reason="PAGE_SIZE_INVALID")
-        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        with_stats = wants_stats(request.read_mask.paths)
+        size = min(
+            request.page_size or DEFAULT_PAGE_SIZE,
+            MAX_STATS_PAGE_SIZE if with_stats else MAX_PAGE_SIZE,
+        )
         after = request.page_token
         if after and not _PAGE_TOKEN.fullmatch(after):
             raise InvalidArgument(
@@ -124,9 +192,57 @@ class QueuesService(queues_pb2_grpc.QueuesServicer):
         if after < DEFAULT_QUEUE and DEFAULT_QUEUE not in merged:
             merged[DEFAULT_QUEUE] = default_queue(project)
         ordered = [merged[k] for k in sorted(merged)]
-        response = queues_pb2.ListQueuesResponse(queues=[queue_message(c) for c in ordered[:size]])
+        shown = ordered[:size]
+        response = queues_pb2.ListQueuesResponse(queues=[queue_message(c) for c in shown])
+        if with_stats:
+            await asyncio.gather(
+                *(
+                    self._fill_stats(m, c.project, c.queue_id)
+                    for m, c in zip(response.queues, shown, strict=True)
+                )
+            )
         if len(ordered) > size:
             response.next_page_token = ordered[size - 1].queue_id
+        return response
+
+    # ---- permissions and dead letters ----
+
+    @rpc_errors
+    async def TestIamPermissions(
+        self, request: queues_pb2.TestIamPermissionsRequest, context: grpc.aio.ServicerContext
+    ) -> queues_pb2.TestIamPermissionsResponse:
+        project, _ = parse_queue_name(request.resource)
+        if len(request.permissions) > MAX_TESTED_PERMISSIONS:
+            raise InvalidArgument(
+                f"at most {MAX_TESTED_PERMISSIONS} permissions may be tested at once",
+                reason="TOO_MANY_PERMISSIONS",
+            )
+        known = {p.value: p for p in Permission}
+        held = []
+        for asked in request.permissions:
+            permission = known.get(asked)
+            if permission is None:
+                continue  # an unknown permission is held by no one
+            try:
+                self.access.require(permission, project)
+            except PermissionDenied:
+                continue
+            held.append(asked)
+        return queues_pb2.TestIamPermissionsResponse(permissions=held)
+
+    @rpc_errors
+    async def ListDeadLetters(
+        self, request: queues_pb2.ListDeadLettersRequest, context: grpc.aio.ServicerContext
+    ) -> queues_pb2.ListDeadLettersResponse:
+        project = parse_dead_letters_parent(request.parent)
+        size = page_size_of(request.page_size)
+        cursor = decode_token(request.parent, request.page_token)
+        if self.dead_letters is None:
+            raise Unavailable("this server has no task queue to read dead letters from")
+        page = await self.dead_letters.page(project, size, cursor)
+        response = queues_pb2.ListDeadLettersResponse(dead_letters=page.letters)
+        if page.next_cursor is not None:
+            response.next_page_token = encode_token(request.parent, page.next_cursor)
         return response
 
     # ---- changes ----

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from longrun_core.queue import Delivery, TaskMessage, TaskQueue
+from longrun_core.queue import DeadLetter, Delivery, TaskMessage, TaskQueue
 from longrun_core.signing import (
     BAD_SIGNATURE,
     UNKNOWN_KEY,
@@ -16,6 +17,9 @@ from longrun_core.signing import (
     message_fields,
 )
 from tests.contract.conftest import publish_raw, visibility
+
+
+S5 = timedelta(seconds=5)
 
 
 async def _receive_one(queue: TaskQueue, timeout: float = 15.0) -> Delivery:
@@ -94,6 +98,35 @@ async def test_dead_lettered_message_is_kept_and_not_redelivered(queue: TaskQueu
     assert dead and dead[0][0] == TaskMessage("operations/dead", "noop", 3)
     lease = visibility(queue)
     assert await queue.receive(1, lease + 1.0) == []
+
+
+async def test_read_dead_letters_pages_newest_first_with_reason_time_and_deliveries(
+    queue: TaskQueue,
+) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    for i in range(3):
+        await queue.publish(TaskMessage(f"projects/p/operations/dl{i}", "noop", i + 1))
+        delivery = await _receive_one(queue)
+        assert delivery.message.operation == f"projects/p/operations/dl{i}"
+        await delivery.dead_letter(f"poison {i}")
+    deadline = time.monotonic() + 15
+    letters: list[DeadLetter] = []
+    while time.monotonic() < deadline and len(letters) < 3:
+        letters = await queue.read_dead_letters(10)
+    assert [d.message.operation for d in letters] == [
+        f"projects/p/operations/dl{i}" for i in (2, 1, 0)
+    ]  # newest first
+    assert [d.reason for d in letters] == ["poison 2", "poison 1", "poison 0"]
+    assert [d.message.attempt for d in letters] == [3, 2, 1]
+    assert len({d.id for d in letters}) == 3
+    for d in letters:
+        assert d.dead_time is not None and before <= d.dead_time <= datetime.now(UTC) + S5
+        assert d.deliveries == 1
+    first = await queue.read_dead_letters(2)
+    assert [d.id for d in first] == [d.id for d in letters[:2]]
+    rest = await queue.read_dead_letters(2, before=first[-1].order)
+    assert [d.id for d in rest] == [letters[2].id]
+    assert await queue.read_dead_letters(0) == []
 
 
 async def test_many_messages_each_delivered(queue: TaskQueue) -> None:

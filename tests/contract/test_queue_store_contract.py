@@ -190,3 +190,29 @@ async def test_queued_in_finds_a_queues_waiting_operations_by_id(store: Operatio
     # The queue fields round-trip (the store sets the version).
     assert found[scheduled.id] == replace(scheduled, version=found[scheduled.id].version)
     assert await store.queued_in("billing", "nothing") == []
+
+
+async def test_count_in_queue_counts_waiting_and_running_of_one_queue_up_to_a_limit(
+    store: OperationStore,
+) -> None:
+    waiting = [make_record(project="billing", queue="emails") for _ in range(4)]
+    running = [
+        make_record(project="billing", queue="emails", state=State.RUNNING, attempt=1)
+        for _ in range(2)
+    ]
+    others = [
+        make_record(project="billing", queue="reports"),
+        make_record(project="payroll", queue="emails"),
+        make_record(project="payroll", queue="emails", state=State.RUNNING, attempt=1),
+    ]
+    for rec in [*waiting, *running, *others]:
+        await store.create(rec)
+    assert await store.count_in_queue("billing", "emails", State.QUEUED, 100) == 4
+    assert await store.count_in_queue("billing", "emails", State.RUNNING, 100) == 2
+    assert await store.count_in_queue("billing", "emails", State.QUEUED, 3) == 3  # the cap
+    assert await store.count_in_queue("billing", "emails", State.QUEUED, 0) == 0
+    assert await store.count_in_queue("billing", "reports", State.QUEUED, 100) == 1
+    assert await store.count_in_queue("billing", "nothing", State.QUEUED, 100) == 0
+    # A job that finishes leaves the counts.
+    await store.update(running[0].name, lambda r: replace(r, state=State.SUCCEEDED))
+    assert await store.count_in_queue("billing", "emails", State.RUNNING, 100) == 1

@@ -1,6 +1,6 @@
 """Roles and the permissions each grants (issue 10): `viewer` reads,
 `editor` also changes operations, `admin` also manages API keys and queues
-(issue 12: viewers may read queues)."""
+(issue 12: viewers may read queues and the dead letters of their projects)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ _VIEWER = frozenset(
         Permission.WAIT,
         Permission.QUEUES_GET,
         Permission.QUEUES_LIST,
+        Permission.DEAD_LETTERS_LIST,
     }
 )
 _EDITOR = _VIEWER | {Permission.CREATE, Permission.CANCEL, Permission.DELETE}

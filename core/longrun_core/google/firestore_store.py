@@ -849,6 +849,17 @@ class FirestoreOperationStore(OperationStore):
         )
         return await self._call(functools.partial(_count, query))
 
+    async def count_in_queue(self, project: str, queue: str, state: State, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        query = (
+            self._ops.where(filter=FieldFilter("project", "==", project))
+            .where(filter=FieldFilter("queue", "==", queue))
+            .where(filter=FieldFilter("state", "==", int(state)))
+            .limit(limit)
+        )
+        return await self._call(functools.partial(_count, query))
+
     async def queued_in(
         self, project: str, queue: str, *, after: str = "", limit: int = 500
     ) -> builtins.list[OperationRecord]:

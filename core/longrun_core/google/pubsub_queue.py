@@ -78,6 +78,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from google.api_core import exceptions as gexc
@@ -86,7 +87,7 @@ from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.types import BatchSettings, FlowControl
 
 from longrun_core.errors import StartupError, Unavailable
-from longrun_core.queue import Delivery, TaskMessage, TaskQueue, Transition
+from longrun_core.queue import DeadLetter, Delivery, TaskMessage, TaskQueue, Transition
 from longrun_core.settings import BackendSettings
 from longrun_core.signing import (
     KEYS_REQUIRED,
@@ -262,6 +263,9 @@ class _Buffered:
 
 
 class PubSubTaskQueue(TaskQueue):
+    #: Most dead letters `read_dead_letters` peeks at (it pages within them).
+    dead_letter_peek = 1000
+
     def __init__(
         self,
         *,
@@ -741,19 +745,38 @@ class PubSubTaskQueue(TaskQueue):
     # ---- dead letters ----
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[TaskMessage, str]]:
+        letters = await self._peek(limit)
+        return [(d.message, d.reason) for d in reversed(letters)]
+
+    async def read_dead_letters(
+        self, limit: int, *, before: tuple[datetime, str] | None = None
+    ) -> list[DeadLetter]:
+        """Pub/Sub cannot page a subscription: this peeks at most
+        `dead_letter_peek` messages of the inspection subscription (newest
+        first by publish time on the dead-letter topic, id = message id) and
+        pages within them."""
+        if limit <= 0:
+            return []
+        letters = await self._peek(max(limit, self.dead_letter_peek))
+        if before is not None:
+            letters = [d for d in letters if d.order < before]
+        return letters[:limit]
+
+    async def _peek(self, limit: int) -> list[DeadLetter]:
         try:
             return await asyncio.to_thread(self._peek_dead_letters, limit)
         except _FAILURES as exc:
             raise Unavailable(f"cannot read dead letters: {exc}") from exc
 
-    def _peek_dead_letters(self, limit: int) -> list[tuple[TaskMessage, str]]:
-        seen: dict[str, tuple[Any, TaskMessage, str]] = {}
+    def _peek_dead_letters(self, limit: int) -> list[DeadLetter]:
+        """Up to `limit` dead letters, newest first, left in the subscription."""
+        seen: dict[str, DeadLetter] = {}
         while len(seen) < limit:
             try:
                 response = self._subscriber.pull(
                     request={
                         "subscription": self.dead_letter_subscription_path,
-                        "max_messages": limit - len(seen),
+                        "max_messages": min(limit - len(seen), 1000),
                     },
                     retry=None,
                     timeout=5.0,
@@ -780,17 +803,29 @@ class PubSubTaskQueue(TaskQueue):
                 if task is None:
                     continue
                 attrs = msg.attributes
+                source_count = attrs.get("CloudPubSubDeadLetterSourceDeliveryCount", "")
                 reason = attrs.get("reason") or (
-                    "delivered "
-                    f"{attrs.get('CloudPubSubDeadLetterSourceDeliveryCount', 'too many')} "
-                    "times without an ack"
+                    f"delivered {source_count or 'too many'} times without an ack"
                 )
-                seen[msg.message_id] = (msg.publish_time, task, reason)
+                deliveries = attrs.get("delivery_attempt") or source_count
+                seen[msg.message_id] = DeadLetter(
+                    task,
+                    reason,
+                    id=msg.message_id,
+                    dead_time=_aware(msg.publish_time),
+                    deliveries=int(deliveries) if str(deliveries).isdigit() else 0,
+                )
                 new += 1
             if not new:
                 break
-        ordered = sorted(seen.values(), key=lambda v: v[0])
-        return [(task, reason) for _, task, reason in ordered][:limit]
+        return sorted(seen.values(), key=lambda d: d.order, reverse=True)[:limit]
+
+
+def _aware(value: Any) -> datetime | None:
+    """A publish time as an aware datetime (None when unset)."""
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _is_not_found(exc: BaseException) -> bool:

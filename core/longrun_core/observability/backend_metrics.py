@@ -29,10 +29,15 @@ STORE_CALLS = {
     "due_for_dispatch": "due_for_dispatch",
     "leased": "leased",
     "count_open": "count_open",
+    "count_in_queue": "count_in_queue",
     "delete_expired": "delete_expired",
 }
 #: Queue calls timed (`receive` is not: it waits for messages by design).
-QUEUE_CALLS = {"publish": "publish", "dead_letters": "dead_letters"}
+QUEUE_CALLS = {
+    "publish": "publish",
+    "dead_letters": "dead_letters",
+    "read_dead_letters": "read_dead_letters",
+}
 
 #: Seconds: from a cached SQLite read to a slow Firestore commit.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)

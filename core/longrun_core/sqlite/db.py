@@ -198,6 +198,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL,
     dead_us INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS dead_letters_time ON dead_letters(dead_us, seq);
 
 CREATE TABLE IF NOT EXISTS health_probe (
     id INTEGER PRIMARY KEY,

@@ -23,12 +23,12 @@ import asyncio
 import sqlite3
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from longrun_core.clock import Clock, SystemClock, to_micros
+from longrun_core.clock import Clock, SystemClock, from_micros, to_micros
 from longrun_core.model import OperationRecord
-from longrun_core.queue import Delivery, TaskMessage, TaskQueue, Transition
+from longrun_core.queue import DeadLetter, Delivery, TaskMessage, TaskQueue, Transition
 from longrun_core.signing import (
     KEY_ID_ATTR,
     SIGNATURE_ATTR,
@@ -368,3 +368,33 @@ class SqliteTaskQueue(TaskQueue):
             ).fetchall()
         )
         return [(TaskMessage(op, task, attempt), reason) for op, task, attempt, reason in rows]
+
+    async def read_dead_letters(
+        self, limit: int, *, before: tuple[datetime, str] | None = None
+    ) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        where: str = ""
+        args: tuple[int, ...] = ()
+        if before is not None:
+            # Ids are the rows' seq, zero-padded so that they order as text too.
+            where = "WHERE (dead_us, seq) < (?, ?) "
+            args = (to_micros(before[0]), int(before[1]))
+        rows = await self.backend.db.call(
+            lambda c: c.execute(
+                "SELECT seq, operation, task, attempt, deliveries, reason, dead_us "
+                f"FROM dead_letters INDEXED BY dead_letters_time {where}"
+                "ORDER BY dead_us DESC, seq DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        )
+        return [
+            DeadLetter(
+                TaskMessage(op, task, attempt),
+                reason,
+                id=f"{seq:012d}",
+                dead_time=from_micros(dead_us),
+                deliveries=deliveries,
+            )
+            for seq, op, task, attempt, deliveries, reason, dead_us in rows
+        ]

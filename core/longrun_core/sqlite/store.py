@@ -554,6 +554,19 @@ class SqliteOperationStore(OperationStore):
         )
         return int(row[0])
 
+    async def count_in_queue(self, project: str, queue: str, state: State, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        row = await self.backend.db.call(
+            lambda c: c.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM operations "
+                "INDEXED BY operations_queue_waiting "
+                "WHERE project = ? AND queue = ? AND state = ? AND done = 0 LIMIT ?)",
+                (project, queue, int(state), limit),
+            ).fetchone()
+        )
+        return int(row[0])
+
     async def queued_in(
         self, project: str, queue: str, *, after: str = "", limit: int = 500
     ) -> Sequence[OperationRecord]:
