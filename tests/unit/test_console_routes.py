@@ -53,6 +53,8 @@ async def get(url: str) -> tuple[int, dict[str, str], str]:
     [
         ("/console/", "text/html", 'data-page="list"'),
         ("/console/projects/default/operations/abc-1.x_~", "text/html", 'data-page="operation"'),
+        ("/console/queues", "text/html", 'data-page="queues"'),
+        ("/console/dead-letters", "text/html", 'data-page="dead-letters"'),
         ("/console/static/console.js", "text/javascript", "WaitOperation"),
         ("/console/static/console.css", "text/css", ":focus-visible"),
     ],
@@ -86,7 +88,9 @@ async def test_console_without_slash_redirects(base: str) -> None:
         "/console/pages/list.html",
         "/console/projects/UPPER/operations/x",
         "/console/projects/p/operations/x/extra",
-        "/console/queues",
+        "/console/queues/",
+        "/console/queues/default",
+        "/console/dead-letters/x",
     ],
 )
 async def test_nothing_else_is_served(base: str, path: str) -> None:
@@ -139,7 +143,10 @@ def test_pages_have_no_inline_script_and_every_field_a_label(page: str) -> None:
     assert scan.fields and scan.fields <= scan.labels_for
     assert {"error", "live", "signin-form", "credential"} <= scan.ids
     assert 'aria-live="polite"' in html and 'role="alert"' in html
-    assert "QUEUES:" in html  # the marked place for the queues page
+    # Every page links every page in its navigation, and marks its own.
+    for href in ('href="/console/"', 'href="/console/queues"', 'href="/console/dead-letters"'):
+        assert href in html, href
+    assert html.count('aria-current="page"') == (0 if page == "operation.html" else 1)
 
 
 def test_the_script_never_builds_html_from_strings() -> None:

@@ -3,6 +3,8 @@
     GET /console                                   -> 301 /console/
     GET /console/                                  the operations list
     GET /console/projects/{p}/operations/{id}      an operation's page
+    GET /console/queues                            a project's queues (?project=)
+    GET /console/dead-letters                      the dead letters (?project=)
     GET /console/static/{console.js,console.css}   the script and style sheet
 
 Every answer carries the console's security headers (CSP without inline
@@ -41,7 +43,7 @@ STATIC_FILES: Mapping[str, str] = {
     "console.js": "text/javascript",
     "console.css": "text/css",
 }
-PAGES = ("list.html", "operation.html")
+PAGES = ("list.html", "operation.html", "queues.html", "dead-letters.html")
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,8 @@ class Console:
             self.operation_page,
         )
         app.router.add_get(PREFIX + "/static/{file}", self.static_file)
-        # QUEUES: the queues page (issue 12, branch i12-queues) goes here, as
-        # GET /console/queues, with its link in the pages' <nav>.
+        app.router.add_get(PREFIX + "/queues", self.queues_page)
+        app.router.add_get(PREFIX + "/dead-letters", self.dead_letters_page)
         app.router.add_route("*", PREFIX + "/{tail:.*}", self.not_found)
 
     @staticmethod
@@ -97,6 +99,12 @@ class Console:
 
     async def operation_page(self, request: web.Request) -> web.Response:
         return self.answer(self.pages["operation.html"])
+
+    async def queues_page(self, request: web.Request) -> web.Response:
+        return self.answer(self.pages["queues.html"])
+
+    async def dead_letters_page(self, request: web.Request) -> web.Response:
+        return self.answer(self.pages["dead-letters.html"])
 
     async def static_file(self, request: web.Request) -> web.Response:
         asset = self.static.get(request.match_info["file"])

@@ -541,9 +541,315 @@
     load();
   }
 
+  // ---- the queues page ----
+
+  // Counts and states are read again this often (ms), without a reload.
+  const QUEUES_POLL = 3000;
+  const UPDATE_PERMISSION = "longrun.queues.update";
+
+  function projectParam(fallback) {
+    const value = new URLSearchParams(location.search).get("project");
+    return value === null ? fallback : value.trim();
+  }
+
+  function queueId(name) {
+    return name.split("/").pop();
+  }
+
+  function countText(stats, field) {
+    const value = Number((stats || {})[field] || 0);
+    return String(value) + ((stats || {}).capped && value > 0 ? "+" : "");
+  }
+
+  function limitsText(limits) {
+    limits = limits || {};
+    const parts = [];
+    if (limits.maxConcurrentDispatches) parts.push("at most " + limits.maxConcurrentDispatches + " running");
+    if (limits.maxConcurrentPerKey) parts.push(limits.maxConcurrentPerKey + " per key");
+    return parts.length ? parts.join(", ") : "none";
+  }
+
+  function retryText(retry) {
+    retry = retry || {};
+    const parts = [];
+    if (retry.maxAttempts) parts.push(retry.maxAttempts + " attempts");
+    if (retry.minBackoff || retry.maxBackoff) {
+      parts.push("backoff " + (retry.minBackoff || "task's") + "–" + (retry.maxBackoff || "task's"));
+    }
+    if (retry.maxDoublings !== undefined) parts.push(retry.maxDoublings + " doublings");
+    if (retry.maxRetryDuration) parts.push("for at most " + retry.maxRetryDuration);
+    return parts.length ? parts.join(", ") : "the task's own policy";
+  }
+
+  function setupQueues() {
+    let project = projectParam("default") || "default";
+    let timer = null;
+    let generation = 0;
+    let mayUpdate = false;
+    const states = {};
+
+    function queuesPath() {
+      return "/v1/projects/" + encodeURIComponent(project) + "/queues";
+    }
+
+    async function permissions() {
+      try {
+        const data = await api("POST", queuesPath() + "/default:testIamPermissions",
+          { permissions: [UPDATE_PERMISSION] });
+        return (data.permissions || []).includes(UPDATE_PERMISSION);
+      } catch (_) {
+        return false;
+      }
+    }
+
+    function setButton(button, queue) {
+      const paused = queue.state === "PAUSED";
+      button.textContent = paused ? "Resume" : "Pause";
+      button.className = paused ? "resume" : "pause";
+      button.setAttribute("aria-label", (paused ? "Resume queue " : "Pause queue ") + queueId(queue.name));
+      button.disabled = !mayUpdate;
+      if (mayUpdate) button.removeAttribute("title");
+      else button.title = "Needs " + UPDATE_PERMISSION + " (admin) on this project";
+    }
+
+    function fill(tr, queue) {
+      const state = queue.state || "STATE_UNSPECIFIED";
+      const cells = tr.children;
+      tr.dataset.state = state;
+      cells[1].textContent = state;
+      cells[1].className = "state state-" + state.toLowerCase().replace(/[^a-z_]/g, "");
+      cells[2].textContent = countText(queue.stats, "waitingCount");
+      cells[3].textContent = countText(queue.stats, "runningCount");
+      cells[4].textContent = limitsText(queue.rateLimits);
+      cells[5].textContent = retryText(queue.retryConfig);
+      setButton(cells[6].firstChild, queue);
+    }
+
+    function row(queue) {
+      const tr = document.createElement("tr");
+      tr.dataset.name = queue.name;
+      const nameCell = document.createElement("th");
+      nameCell.scope = "row";
+      nameCell.textContent = queueId(queue.name);
+      nameCell.title = queue.name;
+      tr.append(nameCell, el("td"), el("td", "", "count"), el("td", "", "count"), el("td"),
+        el("td"), el("td"));
+      const button = el("button");
+      button.type = "button";
+      button.addEventListener("click", function () {
+        change(queue.name, tr.dataset.state === "PAUSED" ? "resume" : "pause");
+      });
+      tr.children[6].append(button);
+      fill(tr, queue);
+      return tr;
+    }
+
+    function render(queues) {
+      const body = byId("rows");
+      const shown = Array.from(body.children).map(function (tr) { return tr.dataset.name; });
+      const same = shown.length === queues.length &&
+        queues.every(function (q, i) { return shown[i] === q.name; });
+      // The same queues: update the cells in place (focus and screen readers stay put).
+      if (same) queues.forEach(function (q, i) { fill(body.children[i], q); });
+      else body.replaceChildren.apply(body, queues.map(row));
+      for (const queue of queues) {
+        const before = states[queue.name];
+        if (before && before !== queue.state) announce("Queue " + queueId(queue.name) + " is now " + queue.state);
+        states[queue.name] = queue.state;
+      }
+      byId("summary").textContent = queues.length + " queue" + (queues.length === 1 ? "" : "s") +
+        " in projects/" + project + ": jobs waiting and running now, refreshed every " +
+        QUEUES_POLL / 1000 + " s";
+    }
+
+    async function refresh(mine) {
+      try {
+        const data = await api("GET", queuesPath() + "?readMask=stats&pageSize=100");
+        if (mine !== generation) return;
+        clearError();
+        render(data.queues || []);
+      } catch (error) {
+        if (mine !== generation) return;
+        showError(error);
+        if (error instanceof ApiError && [401, 403].includes(error.http)) {
+          byId("rows").replaceChildren();
+          byId("summary").textContent = "No queues shown.";
+        }
+      }
+      if (mine === generation) timer = setTimeout(function () { refresh(mine); }, QUEUES_POLL);
+    }
+
+    async function load() {
+      const mine = ++generation;
+      if (timer) clearTimeout(timer);
+      byId("project").value = project;
+      byId("dead-letters-link").href = "/console/dead-letters?project=" + encodeURIComponent(project);
+      byId("summary").textContent = "Loading…";
+      byId("rows").replaceChildren();
+      mayUpdate = await permissions();
+      if (mine !== generation) return;
+      await refresh(mine);
+    }
+
+    async function change(name, verb) {
+      const ok = await confirmAction(
+        verb === "pause"
+          ? "Pause " + name + "? No new attempt of its jobs starts until it is resumed; running ones finish."
+          : "Resume " + name + "? Its waiting jobs are dispatched again.",
+        verb === "pause" ? "Yes, pause it" : "Yes, resume it"
+      );
+      const button = function () {
+        const tr = Array.from(byId("rows").children).find(function (r) { return r.dataset.name === name; });
+        return tr ? tr.querySelector("button") : null;
+      };
+      if (!ok) {
+        if (button()) button().focus();
+        return;
+      }
+      try {
+        const queue = await api("POST", "/v1/" + segments(name) + ":" + verb, {});
+        clearError();
+        announce("Queue " + queueId(name) + " is now " + queue.state);
+        states[name] = queue.state;
+        await refresh(generation);
+      } catch (error) {
+        showError(error);
+      }
+      if (button()) button().focus();
+    }
+
+    byId("project-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      project = byId("project").value.trim() || "default";
+      history.pushState(null, "", "/console/queues?project=" + encodeURIComponent(project));
+      load();
+    });
+    window.addEventListener("popstate", function () {
+      project = projectParam("default") || "default";
+      load();
+    });
+    setupSignin(load);
+    load();
+  }
+
+  // ---- the dead letters page ----
+
+  const DEAD_LETTERS_POLL = 5000;
+
+  function setupDeadLetters() {
+    let generation = 0;
+    let timer = null;
+    let nextToken = "";
+
+    function params() {
+      const query = new URLSearchParams(location.search);
+      return {
+        project: (query.get("project") || "").trim(),
+        pageSize: query.get("pageSize") || "25",
+        pageToken: query.get("pageToken") || "",
+      };
+    }
+
+    function url(p) {
+      const query = new URLSearchParams();
+      if (p.project) query.set("project", p.project);
+      if (p.pageSize && p.pageSize !== "25") query.set("pageSize", p.pageSize);
+      if (p.pageToken) query.set("pageToken", p.pageToken);
+      const text = query.toString();
+      return "/console/dead-letters" + (text ? "?" + text : "");
+    }
+
+    function row(letter) {
+      const tr = document.createElement("tr");
+      tr.dataset.name = letter.name || "";
+      const opCell = document.createElement("th");
+      opCell.scope = "row";
+      const operation = letter.operation || "";
+      // Only a dead letter attributed to a stored operation links to it.
+      if (operation && !String(letter.name || "").startsWith("projects/-/")) {
+        const link = el("a", shortId(operation));
+        link.href = pagePath(operation);
+        link.title = operation;
+        opCell.append(link);
+      } else {
+        opCell.append(el("span", operation + " (not found)"));
+      }
+      const time = el("time", when(letter.deadLetterTime));
+      if (letter.deadLetterTime) time.dateTime = letter.deadLetterTime;
+      const timeCell = el("td");
+      timeCell.append(time);
+      tr.append(
+        opCell,
+        el("td", letter.task || ""),
+        el("td", String(letter.attempt || 0)),
+        el("td", letter.deliveryCount ? String(letter.deliveryCount) : "unknown"),
+        el("td", letter.reason || ""),
+        timeCell,
+        el("td", letter.queue ? queueId(letter.queue) : "")
+      );
+      if (letter.queue) tr.lastChild.title = letter.queue;
+      return tr;
+    }
+
+    async function load() {
+      const p = params();
+      const mine = ++generation;
+      if (timer) clearTimeout(timer);
+      byId("project").value = p.project;
+      byId("page-size").value = ["10", "25", "50"].includes(p.pageSize) ? p.pageSize : "25";
+      const query = new URLSearchParams({ pageSize: byId("page-size").value });
+      if (p.pageToken) query.set("pageToken", p.pageToken);
+      const parent = "projects/" + (p.project ? encodeURIComponent(p.project) : "-");
+      try {
+        const data = await api("GET", "/v1/" + parent + "/deadLetters?" + query.toString());
+        if (mine !== generation) return;
+        clearError();
+        const letters = data.deadLetters || [];
+        const before = byId("rows").children.length;
+        byId("rows").replaceChildren.apply(byId("rows"), letters.map(row));
+        nextToken = data.nextPageToken || "";
+        byId("next-page").disabled = !nextToken;
+        byId("summary").textContent = letters.length + " dead letter" +
+          (letters.length === 1 ? "" : "s") +
+          (p.project ? " in projects/" + p.project : " in every project you may see") +
+          (p.pageToken ? " (a later page)" : "") + ", newest first";
+        if (before && letters.length !== before) announce(letters.length + " dead letters shown");
+      } catch (error) {
+        if (mine !== generation) return;
+        byId("rows").replaceChildren();
+        byId("summary").textContent = "No dead letters shown.";
+        showError(error);
+      }
+      // The first page follows new dead letters without a reload.
+      if (mine === generation && !p.pageToken) timer = setTimeout(load, DEAD_LETTERS_POLL);
+    }
+
+    function go(p) {
+      history.pushState(null, "", url(p));
+      load();
+    }
+
+    byId("project-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      go({ project: byId("project").value.trim(), pageSize: byId("page-size").value, pageToken: "" });
+    });
+    byId("next-page").addEventListener("click", function () {
+      if (nextToken) go(Object.assign(params(), { pageToken: nextToken }));
+    });
+    byId("first-page").addEventListener("click", function () {
+      go(Object.assign(params(), { pageToken: "" }));
+    });
+    byId("refresh").addEventListener("click", load);
+    window.addEventListener("popstate", load);
+    setupSignin(load);
+    load();
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     const page = document.body.dataset.page;
     if (page === "list") setupList();
     else if (page === "operation") setupOperation();
+    else if (page === "queues") setupQueues();
+    else if (page === "dead-letters") setupDeadLetters();
   });
 })();
