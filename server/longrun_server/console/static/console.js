@@ -574,7 +574,7 @@
     const parts = [];
     if (retry.maxAttempts) parts.push(retry.maxAttempts + " attempts");
     if (retry.minBackoff || retry.maxBackoff) {
-      parts.push("backoff " + (retry.minBackoff || "task's") + "–" + (retry.maxBackoff || "task's"));
+      parts.push("backoff " + (retry.minBackoff || "the task's") + " to " + (retry.maxBackoff || "the task's"));
     }
     if (retry.maxDoublings !== undefined) parts.push(retry.maxDoublings + " doublings");
     if (retry.maxRetryDuration) parts.push("for at most " + retry.maxRetryDuration);
