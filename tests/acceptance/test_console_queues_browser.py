@@ -241,11 +241,10 @@ def test_a_forged_messages_dead_letter_appears_and_links_to_its_operation(
     # Put an unsigned message for the operation straight on the queue.
     Queue(deployment.service, "embedded").put(TaskMessage(name, "noop", 7))
 
-    def row(driver: Any) -> list[str] | None:
+    def row(driver: Any) -> list[str]:
+        """The first row's cells' text ([]: no row yet, and wait_until waits on)."""
         trs = driver.find_elements("css selector", "#rows tr")
-        if not trs:
-            return None
-        return [c.text for c in trs[0].find_elements("css selector", "th, td")]
+        return [c.text for c in trs[0].find_elements("css selector", "th, td")] if trs else []
 
     cells = wait_until(browser, row, "the dead letter, without a reload")
     assert not_reloaded(browser)

@@ -18,7 +18,6 @@ from longrun_core.signing import (
 )
 from tests.contract.conftest import publish_raw, visibility
 
-
 S5 = timedelta(seconds=5)
 
 

@@ -782,7 +782,7 @@
         opCell,
         el("td", letter.task || ""),
         el("td", String(letter.attempt || 0)),
-        el("td", letter.deliveryCount ? String(letter.deliveryCount) : "unknown"),
+        el("td", letter.deliveryCount ? String(letter.deliveryCount) : "none recorded"),
         el("td", letter.reason || ""),
         timeCell,
         el("td", letter.queue ? queueId(letter.queue) : "")
