@@ -196,6 +196,41 @@ def test_a_queue_paused_elsewhere_shows_paused_without_a_reload(
     http.ok("POST", f"/v1/projects/{p}/queues/default:resume", {})
 
 
+def test_a_pause_that_fails_shows_the_servers_error(deployment: Deployment, browser: Any) -> None:
+    http, p = deployment.http(), project()
+    http.ok("POST", f"/v1/projects/{p}/queues?queueId=brief", {})
+    browser.get(f"{deployment.base}/console/queues?project={p}")
+    wait_until(browser, lambda d: state_of(d, "brief") == "RUNNING", "the queue")
+    button_of(browser, "brief").click()
+    dialog = browser.find_element("id", "confirm")
+    wait_until(browser, lambda d: dialog.is_displayed(), "the confirmation")
+    # Deleted while the user reads the question.
+    assert http.call("DELETE", f"/v1/projects/{p}/queues/brief").status == 200
+    browser.find_element("id", "confirm-yes").click()
+    alert = wait_until(
+        browser,
+        lambda d: (
+            d.find_element("id", "error") if d.find_element("id", "error").is_displayed() else None
+        ),
+        "the error",
+    )
+    assert alert.text.startswith("404 NOT_FOUND")
+    assert f"projects/{p}/queues/brief does not exist" in alert.text
+    # The page's polls go on (the row leaves) and do not hide the error.
+    refreshes = int(browser.find_element("id", "queues").get_attribute("data-refreshes") or 0)
+    wait_until(
+        browser,
+        lambda d: (
+            int(d.find_element("id", "queues").get_attribute("data-refreshes") or 0)
+            >= refreshes + 2
+        ),
+        "two more polls",
+    )
+    assert "brief" not in queue_rows(browser)
+    assert browser.find_element("id", "error").text.startswith("404 NOT_FOUND")
+    assert http.call("GET", f"/v1/projects/{p}/queues/brief").status == 404
+
+
 def test_the_keyboard_reaches_pause_and_the_confirmation(
     deployment: Deployment, browser: Any
 ) -> None:

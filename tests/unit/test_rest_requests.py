@@ -63,7 +63,24 @@ QUEUE_ROUTES = {
     ("POST", QUEUE + ":pause", "*", Q + "PauseQueue"),
     ("POST", QUEUE + ":resume", "*", Q + "ResumeQueue"),
     ("POST", QUEUE + ":purge", "*", Q + "PurgeQueue"),
+    (
+        "POST",
+        "/v1/{resource=projects/*/queues/*}:testIamPermissions",
+        "*",
+        Q + "TestIamPermissions",
+    ),
+    ("GET", "/v1/{parent=projects/*}/deadLetters", "", Q + "ListDeadLetters"),
 }
+
+
+def test_dead_letters_of_every_project_and_queue_stats_by_query() -> None:
+    request = _build(
+        "GET", "/v1/projects/-/deadLetters", [("pageSize", "10"), ("pageToken", "abc")]
+    )
+    assert (request.parent, request.page_size, request.page_token) == ("projects/-", 10, "abc")
+    got = _build("GET", "/v1/projects/billing/queues/emails", [("readMask", "stats")])
+    assert got.name == "projects/billing/queues/emails"
+    assert list(got.read_mask.paths) == ["stats"]
 
 
 def test_queue_update_takes_the_name_from_the_path_and_the_queue_from_the_body() -> None:

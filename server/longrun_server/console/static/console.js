@@ -586,6 +586,7 @@
     let timer = null;
     let generation = 0;
     let mayUpdate = false;
+    let pollError = false;
     const states = {};
 
     function queuesPath() {
@@ -666,11 +667,15 @@
       try {
         const data = await api("GET", queuesPath() + "?readMask=stats&pageSize=100");
         if (mine !== generation) return;
-        clearError();
+        // A poll clears only its own error: an action's stays until the next action.
+        if (pollError) clearError();
+        pollError = false;
         render(data.queues || []);
+        byId("queues").dataset.refreshes = String(Number(byId("queues").dataset.refreshes || 0) + 1);
       } catch (error) {
         if (mine !== generation) return;
         showError(error);
+        pollError = true;
         if (error instanceof ApiError && [401, 403].includes(error.http)) {
           byId("rows").replaceChildren();
           byId("summary").textContent = "No queues shown.";
@@ -709,11 +714,13 @@
       try {
         const queue = await api("POST", "/v1/" + segments(name) + ":" + verb, {});
         clearError();
+        pollError = false;
         announce("Queue " + queueId(name) + " is now " + queue.state);
         states[name] = queue.state;
         await refresh(generation);
       } catch (error) {
         showError(error);
+        pollError = false;
       }
       if (button()) button().focus();
     }
