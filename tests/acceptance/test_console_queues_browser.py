@@ -207,15 +207,17 @@ def test_a_pause_that_fails_shows_the_servers_error(deployment: Deployment, brow
     # Deleted while the user reads the question.
     assert http.call("DELETE", f"/v1/projects/{p}/queues/brief").status == 200
     browser.find_element("id", "confirm-yes").click()
-    alert = wait_until(
+    text = wait_until(
         browser,
         lambda d: (
-            d.find_element("id", "error") if d.find_element("id", "error").is_displayed() else None
+            d.find_element("id", "error").text
+            if d.find_element("id", "error").is_displayed()
+            else ""
         ),
         "the error",
     )
-    assert alert.text.startswith("404 NOT_FOUND")
-    assert f"projects/{p}/queues/brief does not exist" in alert.text
+    assert text.startswith("404 NOT_FOUND")
+    assert f"projects/{p}/queues/brief does not exist" in text
     # The page's polls go on (the row leaves) and do not hide the error.
     refreshes = int(browser.find_element("id", "queues").get_attribute("data-refreshes") or 0)
     wait_until(
