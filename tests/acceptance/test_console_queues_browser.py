@@ -294,6 +294,11 @@ def test_a_forged_messages_dead_letter_appears_and_links_to_its_operation(
     assert [d["operation"] for d in api] == [name]
     assert api[0]["reason"] == cells[4]
     screenshot(browser, "console-dead-letters")
+    # Without a project: every project the caller may see (projects/-).
+    everywhere = http.ok("GET", "/v1/projects/-/deadLetters?pageSize=200")["deadLetters"]
+    assert name in [d["operation"] for d in everywhere]
+    browser.get(f"{deployment.base}/console/dead-letters?pageSize=50")
+    wait_until(browser, lambda d: d.find_elements("link text", op_id), "it among all projects'")
     # Its operation is one click (or Enter) away.
     browser.find_element("link text", op_id).click()
     wait_until(browser, lambda d: d.current_url.endswith(name), "the operation's page")

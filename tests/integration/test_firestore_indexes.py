@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from longrun_core.filtering import parse_filter
+from longrun_core.model import State
 from longrun_core.store import ScanBudget
 from tests.contract.google_backends import make_firestore_store, require_emulators
 from tests.contract.records import BASE, make_record
@@ -90,6 +91,8 @@ async def test_every_query_the_store_runs_has_a_declared_index() -> None:
         await store.due_for_dispatch(BASE + timedelta(days=1), 10)
         waiting = await store.queued_in("acme", "default", limit=2)
         await store.queued_in("acme", "default", after=waiting[-1].id, limit=2)
+        for state in (State.QUEUED, State.RUNNING):  # Queue.stats
+            await store.count_in_queue("acme", "default", state, 100)
         await store.delete_expired(BASE + timedelta(days=400), 10)
         reports = await asyncio.to_thread(_index_usage, store.project)
     finally:
