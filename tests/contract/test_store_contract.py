@@ -19,6 +19,8 @@ from longrun_core.store import Cursor, OperationStore, request_fingerprint
 from tests.contract.records import BASE, make_record
 
 RETENTION = timedelta(days=30)
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+FIRST_ATTEMPT = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
 LEASE = timedelta(seconds=10)
 
 
@@ -31,12 +33,50 @@ async def test_create_then_get_round_trips_every_field(store: OperationStore) ->
         run_after=BASE + timedelta(seconds=5, microseconds=7),
         lease_duration=timedelta(seconds=12, microseconds=345678),
         releases=2,
+        trace=TRACEPARENT,
+        first_attempt_trace=FIRST_ATTEMPT,
     )
     result = await store.create(rec)
     assert result.created
     got = await store.get(rec.name)
     assert got == replace(rec, version=got.version)
     assert got.version >= 1
+
+
+async def test_the_trace_and_the_first_attempts_span_are_kept_through_retries(
+    store: OperationStore,
+) -> None:
+    """The CreateJob traceparent is stored with the record (JobMetadata.trace_id
+    shows its trace id); the first retried attempt's span is kept, and a
+    later retry does not replace it."""
+    rec = make_record(trace=TRACEPARENT)
+    await store.create(rec)
+    got = await store.get(rec.name)
+    assert got.trace == TRACEPARENT and got.first_attempt_trace is None
+    assert got.metadata().trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    second_attempt = "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01"
+    for attempt, span in ((1, FIRST_ATTEMPT), (2, second_attempt)):
+        now = BASE + timedelta(seconds=attempt)
+        await store.update(
+            rec.name,
+            lambda r, now=now: transitions.claim(
+                r, worker="w", now=now, lease=LEASE, retention=RETENTION
+            ),
+        )
+        await store.update(
+            rec.name,
+            lambda r, now=now, attempt=attempt, span=span: transitions.retry(
+                r,
+                worker="w",
+                attempt=attempt,
+                now=now,
+                delay=timedelta(0),
+                error=b"",
+                attempt_trace=span,
+            ),
+        )
+    got = await store.get(rec.name)
+    assert (got.attempt, got.trace, got.first_attempt_trace) == (2, TRACEPARENT, FIRST_ATTEMPT)
 
 
 async def test_get_unknown_is_not_found_and_malformed_is_invalid(store: OperationStore) -> None:

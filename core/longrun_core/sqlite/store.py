@@ -85,6 +85,9 @@ ADDED_COLUMNS = {
     "dispatch_deadline_us": "INTEGER",
     "concurrency_key": "TEXT",
     "wait_reason": "INTEGER NOT NULL DEFAULT 0",
+    # Tracing (issue 14): the CreateJob's and the first attempt's traceparent.
+    "trace": "TEXT",
+    "first_attempt_trace": "TEXT",
 }
 #: Indexes on added columns, created by `migrate` once the columns exist.
 #: A request id is unique within its project (the old index made it unique
@@ -377,7 +380,7 @@ class SqliteOperationStore(OperationStore):
         # at its dispatch_due_time (its schedule time).
         outbox = None if is_scheduled_ahead(rec) else self.outbox
         # Taken here: the database thread does not see this task's trace context.
-        message = TaskMessage(rec.name, rec.task, rec.attempt, current_traceparent())
+        message = TaskMessage(rec.name, rec.task, rec.attempt, rec.trace or current_traceparent())
 
         def insert_and_enqueue(conn: sqlite3.Connection) -> None:
             conn.execute(_INSERT, row)
