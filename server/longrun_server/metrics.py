@@ -6,8 +6,14 @@ call is timed.
   the interceptor (`MetricsInterceptor`, outermost: it sees the auth
   interceptor's UNAUTHENTICATED too); its `_count` is the RPC count.
 * `longrun_wait_operation_open`: WaitOperation calls in progress.
-* `longrun_jobs_created_total{task,project}`: operations newly stored
+* `longrun_jobs_created_total{task,project,queue}`: operations newly stored
   (request_id replays not counted), from the store's insert.
+* `longrun_jobs_ended_total{task,queue,outcome}`: operations this server
+  ended (a cancel or purge of a queued job, the sweeper failing one whose
+  lease lapsed with no attempt left); workers count the ends they write.
+* `longrun_queue_ready_jobs{queue}`, `longrun_queue_oldest_ready_job_age_seconds{queue}`:
+  per-queue depth from the operation store (queue_depth.QueueReadyGauges).
+  `queue` label values are capped (queue_labels).
 * `longrun_leases_expired_total`: RUNNING operations this server's sweeper
   took back from a worker that stopped renewing its lease.
 * store and queue call latency (longrun_core.observability.backend_metrics)
@@ -27,14 +33,19 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from longrun_core.model import OperationRecord
+from longrun_core.model import OperationRecord, State
 from longrun_core.observability.backend_metrics import (
     BackendMetrics,
     instrument_queue,
     instrument_store,
 )
 from longrun_core.observability.exposition import MetricsEndpoint
-from longrun_core.observability.queue_depth import QueueDepthGauges, sqlite_depth_reader
+from longrun_core.observability.queue_depth import (
+    QueueDepthGauges,
+    QueueReadyGauges,
+    sqlite_depth_reader,
+)
+from longrun_core.observability.queue_labels import DEFAULT_MAX_QUEUE_LABELS, QueueLabels
 from longrun_core.queue import TaskQueue
 from longrun_core.store import OperationStore
 from longrun_server.dispatcher import Dispatcher
@@ -57,9 +68,19 @@ def _code_name(code: Any) -> str:
     return "UNKNOWN"
 
 
+_OUTCOMES = {
+    State.SUCCEEDED: "succeeded",
+    State.FAILED: "failed",
+    State.CANCELLED: "cancelled",
+}
+
+
 class ServerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, queue_labels: QueueLabels | None = None
+    ) -> None:
         self.registry = registry
+        self.queue_label = queue_labels or QueueLabels()
         self.rpc = Histogram(
             "longrun_rpc_duration_seconds",
             "gRPC calls (HTTP gateway calls included), by full method and status code.",
@@ -72,8 +93,15 @@ class ServerMetrics:
         )
         self.jobs_created = Counter(
             "longrun_jobs_created",
-            "Operations created (request_id replays excluded), by task and project.",
-            ["task", "project"],
+            "Operations created (request_id replays excluded), by task, project and queue id.",
+            ["task", "project", "queue"],
+            registry=registry,
+        )
+        self.jobs_ended = Counter(
+            "longrun_jobs_ended",
+            "Operations this server ended (cancelled or purged while queued, failed by the "
+            "sweeper), by task, queue id and outcome.",
+            ["task", "queue", "outcome"],
             registry=registry,
         )
         self.leases_expired = Counter(
@@ -84,7 +112,12 @@ class ServerMetrics:
         self.backend = BackendMetrics(registry)
 
     def job_created(self, rec: OperationRecord) -> None:
-        self.jobs_created.labels(rec.task, rec.project).inc()
+        self.jobs_created.labels(rec.task, rec.project, self.queue_label(rec.queue)).inc()
+
+    def job_ended(self, rec: OperationRecord) -> None:
+        outcome = _OUTCOMES.get(rec.state)
+        if outcome is not None:
+            self.jobs_ended.labels(rec.task, self.queue_label(rec.queue), outcome).inc()
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -212,6 +245,7 @@ class ServerObservability:
     endpoint: MetricsEndpoint
     interceptor: MetricsInterceptor
     depth: QueueDepthGauges | None = None
+    ready: QueueReadyGauges | None = None
 
     @classmethod
     def build(
@@ -223,11 +257,16 @@ class ServerObservability:
         port_file: Path | None = None,
         registry: CollectorRegistry | None = None,
         depth_ttl: float = 5.0,
+        max_queues: int = DEFAULT_MAX_QUEUE_LABELS,
     ) -> ServerObservability:
-        """Instrument `store` and `queue` (call before serving)."""
-        metrics = ServerMetrics(registry or CollectorRegistry())
-        instrument_store(store, metrics.backend, on_created=metrics.job_created)
+        """Instrument `store` and `queue` (call before serving); at most
+        `max_queues` queue label values (queue_labels)."""
+        metrics = ServerMetrics(registry or CollectorRegistry(), QueueLabels(max_queues))
+        instrument_store(
+            store, metrics.backend, on_created=metrics.job_created, on_ended=metrics.job_ended
+        )
         instrument_queue(queue, metrics.backend)
+        ready = QueueReadyGauges(metrics.registry, store, ttl=depth_ttl, max_queues=max_queues)
         reader = sqlite_depth_reader(queue)
         depth = (
             QueueDepthGauges(metrics.registry, reader, ttl=depth_ttl)
@@ -237,10 +276,10 @@ class ServerObservability:
         endpoint = MetricsEndpoint(
             metrics.registry,
             address,
-            before_scrape=[depth.refresh] if depth is not None else [],
+            before_scrape=[ready.refresh, *([depth.refresh] if depth is not None else [])],
             port_file=port_file,
         )
-        return cls(metrics, endpoint, MetricsInterceptor(metrics), depth)
+        return cls(metrics, endpoint, MetricsInterceptor(metrics), depth, ready)
 
     async def start(self, dispatcher: Dispatcher) -> int:
         """Count `dispatcher`'s lease expiries and listen; returns the metrics port."""

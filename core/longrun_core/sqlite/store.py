@@ -38,6 +38,7 @@ from longrun_core.store import (
     Cursor,
     ListPage,
     OperationStore,
+    QueueReady,
     RecordFilter,
     ScanBudget,
     Window,
@@ -556,6 +557,20 @@ class SqliteOperationStore(OperationStore):
             ).fetchone()
         )
         return int(row[0])
+
+    async def ready_by_queue(self, now: datetime, limit: int) -> Sequence[QueueReady]:
+        if limit <= 0:
+            return []
+        # The walk of the not-done rows (operations_queue_waiting), at most `limit` QUEUED ones.
+        rows = await self.backend.db.call(
+            lambda c: c.execute(
+                "SELECT queue, count(*), MIN(since) FROM ("
+                "SELECT queue, COALESCE(run_after_us, create_us) AS since FROM operations "
+                "WHERE done = 0 AND state = ? LIMIT ?) WHERE since <= ? GROUP BY queue",
+                (int(State.QUEUED), limit, to_micros(now)),
+            ).fetchall()
+        )
+        return [QueueReady(str(q), int(n), from_micros(int(since))) for q, n, since in rows]
 
     async def queued_in(
         self, project: str, queue: str, *, after: str = "", limit: int = 500
