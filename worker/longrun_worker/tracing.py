@@ -15,7 +15,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from longrun_core.model import OperationRecord
-from longrun_core.observability.trace_context import TRACE_ATTR, valid_traceparent
+from longrun_core.observability.trace_context import (
+    remote_parent,
+    remote_span_context,
+    valid_traceparent,
+)
 from longrun_core.queue import TaskMessage
 
 if TYPE_CHECKING:
@@ -28,21 +32,22 @@ _ATTEMPT: contextvars.ContextVar[str] = contextvars.ContextVar("longrun_attempt_
 
 def _link_to(traceparent: str) -> list[Link]:
     """A Link to the span `traceparent` names (none if it is not well formed)."""
-    from opentelemetry.trace import Link, SpanContext, TraceFlags
+    from opentelemetry.trace import Link
 
-    value = valid_traceparent(traceparent)
-    if not value:
-        return []
-    _, trace_id, span_id, flags = value.split("-")
-    context = SpanContext(
-        int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16))
-    )
-    return [Link(context, {"longrun.link": "first_attempt"})]
+    context = remote_span_context(traceparent)
+    return [] if context is None else [Link(context, _LINK_ATTRIBUTES)]
+
+
+_LINK_ATTRIBUTES = {"longrun.link": "first_attempt"}
 
 
 class AttemptTracer:
     def __init__(self, provider: TracerProvider | None = None) -> None:
         self._tracer = provider.get_tracer("longrun.worker") if provider is not None else None
+        if self._tracer is not None:
+            from opentelemetry.trace import SpanKind
+
+            self._consumer = SpanKind.CONSUMER
 
     def attempt_traceparent(self) -> str:
         """The current attempt span as a traceparent ("" outside an attempt or
@@ -54,17 +59,14 @@ class AttemptTracer:
         if self._tracer is None:
             yield
             return
-        from opentelemetry.trace import SpanKind
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
         parent = valid_traceparent(message.trace) or valid_traceparent(rec.trace)
-        context = TraceContextTextMapPropagator().extract({TRACE_ATTR: parent}) if parent else None
+        context = remote_parent(parent) if parent else None
         first = rec.first_attempt_trace
         links = _link_to(first) if first else []
         with self._tracer.start_as_current_span(
             f"attempt {rec.task}",
             context=context,
-            kind=SpanKind.CONSUMER,
+            kind=self._consumer,
             links=links,
             attributes={
                 "longrun.operation": rec.name,
