@@ -103,9 +103,7 @@ def run(quick: bool = False, profile: bool = False, what: str = "both") -> list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument(
-        "--profile", action="store_true", help="py-spy one more round of each side"
-    )
+    parser.add_argument("--profile", action="store_true", help="py-spy one more round of each side")
     parser.add_argument(
         "--what", choices=["both", "metrics", "tracing"], default="both", help="what is on"
     )
