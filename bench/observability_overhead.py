@@ -40,7 +40,7 @@ def observed_args(spans: Path, what: str = "both") -> list[str]:
 
 
 def measure(
-    quick: bool, what: str = "both"
+    quick: bool, what: str = "both", profile: bool = False
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     rounds, warmup, seconds = plan(quick)
     with tempfile.TemporaryDirectory(prefix="bench-obs-") as tmp:
@@ -66,12 +66,15 @@ def measure(
                 return r
 
             a, b = interleave(rounds, on, off)
+            if profile:  # one more round of each under py-spy (bench/results/observability-*)
+                longrun_round(observed, warmup, seconds, CONCURRENCY, profile="observability-on")
+                longrun_round(plain, warmup, seconds, CONCURRENCY, profile="observability-off")
         span_count = sum(1 for _ in spans.open()) if spans.exists() else 0
     return a, b, span_count
 
 
 def run(quick: bool = False, profile: bool = False, what: str = "both") -> list[Figure]:
-    on, off, span_count = measure(quick, what)
+    on, off, span_count = measure(quick, what, profile)
     value, baseline = median_of(on, "rate"), median_of(off, "rate")
     r = ratio(value, baseline)
     return [
@@ -100,11 +103,12 @@ def run(quick: bool = False, profile: bool = False, what: str = "both") -> list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="py-spy one more round of each side")
     parser.add_argument(
         "--what", choices=["both", "metrics", "tracing"], default="both", help="what is on"
     )
     args = parser.parse_args()
-    standalone(run(args.quick, what=args.what), "observability_overhead")
+    standalone(run(args.quick, args.profile, what=args.what), "observability_overhead")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ import click
 from longrun_core.auth.oidc_limits import MAX_TOKEN_LIFETIME_LIMIT
 from longrun_core.errors import StartupError
 from longrun_core.observability.json_logs import LOG_FORMATS, configure_logging
+from longrun_core.observability.queue_labels import (
+    DEFAULT_MAX_QUEUE_LABELS,
+    MAX_QUEUE_LABELS_LIMIT,
+)
 from longrun_core.observability.tracing import TRACE_EXPORTERS, TracingSettings
 from longrun_core.settings import (
     CLIENT_AUTH_MODES,
@@ -218,6 +222,16 @@ def backend_options(fn: F) -> F:
             help="Write the bound metrics port here once it listens (for tests and scripts).",
         ),
         click.option(
+            "--metrics-max-queues",
+            type=click.IntRange(1, MAX_QUEUE_LABELS_LIMIT),
+            default=DEFAULT_MAX_QUEUE_LABELS,
+            envvar="LONGRUN_METRICS_MAX_QUEUES",
+            show_envvar=True,
+            show_default=True,
+            help="Most queue ids given a `queue` label value of their own; the rest are "
+            "`_other` (docs/observability.md).",
+        ),
+        click.option(
             "--trace-exporter",
             type=click.Choice(TRACE_EXPORTERS),
             default="none",
@@ -390,6 +404,8 @@ class MetricsSettings:
 
     address: str = ""
     port_file: Path | None = None
+    #: --metrics-max-queues: the cap on `queue` label values.
+    max_queues: int = DEFAULT_MAX_QUEUE_LABELS
 
     @property
     def enabled(self) -> bool:
@@ -414,6 +430,7 @@ TRACING_OFF = TracingSettings()
 
 def metrics_settings(kw: dict[str, Any]) -> MetricsSettings:
     address, port_file = kw.pop("metrics_address"), kw.pop("metrics_port_file")
+    max_queues = int(kw.pop("metrics_max_queues"))
     if address:
         from longrun_core.observability.exposition import split_address  # aiohttp: only if on
 
@@ -421,7 +438,9 @@ def metrics_settings(kw: dict[str, Any]) -> MetricsSettings:
             split_address(address)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--metrics-address") from exc
-    return MetricsSettings(address, port_file.absolute() if port_file is not None else None)
+    return MetricsSettings(
+        address, port_file.absolute() if port_file is not None else None, max_queues
+    )
 
 
 _A = AuthenticationSettings()

@@ -118,6 +118,13 @@ class OperationRecord:
     concurrency_key: str | None = None
     #: Why it waits while QUEUED (see WaitReason).
     wait_reason: WaitReason = WaitReason.NONE
+    #: W3C traceparent of the CreateJob span that stored it (tracing on; else
+    #: None): JobMetadata.trace_id shows its trace id, and every task message
+    #: published for it (the sweeper's republishes too) carries it.
+    trace: str | None = None
+    #: W3C traceparent of its first attempt's span, kept when that attempt is
+    #: retried or given back: later attempts' spans link to it.
+    first_attempt_trace: str | None = None
 
     @property
     def name(self) -> str:
@@ -146,6 +153,7 @@ class OperationRecord:
             labels=dict(self.labels),
             queue=queue_name(self.project, self.queue),
             concurrency_key=self.concurrency_key or "",
+            trace_id=trace_id_of(self.trace),
         )
         if self.state is State.QUEUED:
             md.wait_reason = int(self.wait_reason or WaitReason.READY)  # type: ignore[assignment]
@@ -172,6 +180,13 @@ class OperationRecord:
                     status_pb2.Status(code=13, message="operation ended without outcome")
                 )
         return op
+
+
+def trace_id_of(traceparent: str | None) -> str:
+    """The 32-hex trace id of a `00-TRACE-SPAN-FLAGS` traceparent ("" for none)."""
+    if not traceparent or len(traceparent) < 35:
+        return ""
+    return traceparent[3:35]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -112,6 +112,15 @@ class Watch(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class QueueReady:
+    """`OperationStore.ready_by_queue`'s answer for one queue id."""
+
+    queue: str
+    ready: int
+    oldest_ready_since: datetime
+
+
 class OperationStore(abc.ABC):
     max_conflicts = 50
 
@@ -293,6 +302,14 @@ class OperationStore(abc.ABC):
         """How many unfinished operations `creator` (a principal id) made,
         counting at most `limit` (the open-operations quota's question; an
         index walk, never a scan of every record)."""
+
+    @abc.abstractmethod
+    async def ready_by_queue(self, now: datetime, limit: int) -> Sequence[QueueReady]:
+        """The QUEUED operations that may run at `now` (no `run_after`, or one
+        passed), grouped by queue id (projects together): how many, and since
+        when the longest-waiting one may run (its `run_after`, else its
+        `create_time`). Reads at most `limit` QUEUED records (an index walk,
+        never a scan of every record): what the per-queue depth gauges show."""
 
     @abc.abstractmethod
     async def delete_expired(self, now: datetime, limit: int) -> int:

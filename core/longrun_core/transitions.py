@@ -404,12 +404,16 @@ def retry(
     delay: timedelta,
     error: bytes,
     releases: int = 0,
+    attempt_trace: str | None = None,
 ) -> OperationRecord:
     """A transient failure with attempts left: back to QUEUED, due after `delay`.
-    The error is kept (not shown while not done) for the final outcome."""
+    The error is kept (not shown while not done) for the final outcome.
+    `attempt_trace` (the failed attempt's span, as a traceparent) is kept as
+    the first attempt's unless one is kept already: later attempts link to it."""
     _check_fence(rec, worker, attempt, releases)
     return evolve(
         rec,
+        first_attempt_trace=rec.first_attempt_trace or attempt_trace or None,
         state=State.QUEUED,
         error=error,
         lease_owner=None,
@@ -431,15 +435,18 @@ def release(
     retention: timedelta,
     max_releases: int,
     releases: int = 0,
+    attempt_trace: str | None = None,
 ) -> OperationRecord:
     """Graceful shutdown: give the operation back so another worker takes it
     at once. The interrupted attempt is given back too (it was not the task's
     fault), at most `max_releases` times per operation: past that it counts,
     so an operation whose runs keep bringing workers down cannot loop forever,
-    and one with no attempts left ends FAILED. Fenced."""
+    and one with no attempts left ends FAILED. Fenced. `attempt_trace`: as
+    for `retry`."""
     _check_fence(rec, worker, attempt, releases)
     requeued = evolve(
         rec,
+        first_attempt_trace=rec.first_attempt_trace or attempt_trace or None,
         state=State.QUEUED,
         lease_owner=None,
         lease_expire_time=None,

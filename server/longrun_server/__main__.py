@@ -569,7 +569,11 @@ async def serve(
         )
     observability = (
         ServerObservability.build(
-            metrics.address, backends.store, backends.queue, port_file=metrics.port_file
+            metrics.address,
+            backends.store,
+            backends.queue,
+            port_file=metrics.port_file,
+            max_queues=metrics.max_queues,
         )
         if metrics.enabled
         else None

@@ -7,7 +7,8 @@ with `fetch`. For them:
 
 - a preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
   is answered 204 with the methods the routes use (GET, POST, DELETE) and
-  the headers they read (authorization, x-goog-api-key, content-type);
+  the headers they read (authorization, x-goog-api-key, content-type,
+  traceparent, tracestate);
 - every other answer carries `Access-Control-Allow-Origin: <the origin>`
   and exposes the headers a client may read (Retry-After for 429s).
 
@@ -30,8 +31,9 @@ from aiohttp.typedefs import Handler, Middleware
 
 #: Methods the gateway's routes use.
 ALLOWED_METHODS = ("GET", "POST", "DELETE")
-#: Request headers the gateway reads (credentials, and the JSON body's type).
-ALLOWED_HEADERS = ("authorization", "x-goog-api-key", "content-type")
+#: Request headers the gateway reads (credentials, the JSON body's type, and
+#: the W3C trace context an instrumented browser app sends).
+ALLOWED_HEADERS = ("authorization", "x-goog-api-key", "content-type", "traceparent", "tracestate")
 #: Response headers a cross-origin caller may read besides the safelisted ones.
 EXPOSED_HEADERS = ("retry-after",)
 #: Seconds a browser may cache a preflight answer.

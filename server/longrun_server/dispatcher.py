@@ -108,7 +108,7 @@ class Dispatcher:
         try:
             async with asyncio.timeout(self.publish_timeout):
                 await self.queue.publish(
-                    TaskMessage(rec.name, rec.task, rec.attempt, current_traceparent())
+                    TaskMessage(rec.name, rec.task, rec.attempt, rec.trace or current_traceparent())
                 )
             if not mark:
                 return

@@ -29,6 +29,7 @@ from longrun_core.errors import InvalidArgument, NotFound
 from longrun_core.failpoints import Failpoints
 from longrun_core.model import OperationRecord, State, WaitReason, queue_name
 from longrun_core.names import DEFAULT_PROJECT, check_project_id, parse_parent
+from longrun_core.observability.trace_context import current_traceparent
 from longrun_core.queues import (
     DEFAULT_QUEUE,
     QueueConfig,
@@ -190,6 +191,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             queue=queue_id,
             dispatch_deadline=check_dispatch_deadline(request),
             concurrency_key=check_concurrency_key(request.concurrency_key),
+            trace=current_traceparent() or None,
         )
 
     def schedule_of(self, request: jobs_pb2.CreateJobRequest, now: datetime) -> datetime | None:

@@ -6,8 +6,14 @@ call is timed.
   the interceptor (`MetricsInterceptor`, outermost: it sees the auth
   interceptor's UNAUTHENTICATED too); its `_count` is the RPC count.
 * `longrun_wait_operation_open`: WaitOperation calls in progress.
-* `longrun_jobs_created_total{task,project}`: operations newly stored
+* `longrun_jobs_created_total{task,project,queue}`: operations newly stored
   (request_id replays not counted), from the store's insert.
+* `longrun_jobs_ended_total{task,queue,outcome}`: operations this server
+  ended (a cancel or purge of a queued job, the sweeper failing one whose
+  lease lapsed with no attempt left); workers count the ends they write.
+* `longrun_queue_ready_jobs{queue}`, `longrun_queue_oldest_ready_job_age_seconds{queue}`:
+  per-queue depth from the operation store (queue_depth.QueueReadyGauges).
+  `queue` label values are capped (queue_labels).
 * `longrun_leases_expired_total`: RUNNING operations this server's sweeper
   took back from a worker that stopped renewing its lease.
 * store and queue call latency (longrun_core.observability.backend_metrics)
@@ -27,17 +33,23 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from longrun_core.model import OperationRecord
+from longrun_core.model import OperationRecord, State
 from longrun_core.observability.backend_metrics import (
     BackendMetrics,
     instrument_queue,
     instrument_store,
 )
 from longrun_core.observability.exposition import MetricsEndpoint
-from longrun_core.observability.queue_depth import QueueDepthGauges, sqlite_depth_reader
+from longrun_core.observability.queue_depth import (
+    QueueDepthGauges,
+    QueueReadyGauges,
+    sqlite_depth_reader,
+)
+from longrun_core.observability.queue_labels import DEFAULT_MAX_QUEUE_LABELS, QueueLabels
 from longrun_core.queue import TaskQueue
 from longrun_core.store import OperationStore
 from longrun_server.dispatcher import Dispatcher
+from longrun_server.rpc_tracing import RpcTracingInterceptor
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -57,9 +69,19 @@ def _code_name(code: Any) -> str:
     return "UNKNOWN"
 
 
+_OUTCOMES = {
+    State.SUCCEEDED: "succeeded",
+    State.FAILED: "failed",
+    State.CANCELLED: "cancelled",
+}
+
+
 class ServerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, queue_labels: QueueLabels | None = None
+    ) -> None:
         self.registry = registry
+        self.queue_label = queue_labels or QueueLabels()
         self.rpc = Histogram(
             "longrun_rpc_duration_seconds",
             "gRPC calls (HTTP gateway calls included), by full method and status code.",
@@ -72,8 +94,15 @@ class ServerMetrics:
         )
         self.jobs_created = Counter(
             "longrun_jobs_created",
-            "Operations created (request_id replays excluded), by task and project.",
-            ["task", "project"],
+            "Operations created (request_id replays excluded), by task, project and queue id.",
+            ["task", "project", "queue"],
+            registry=registry,
+        )
+        self.jobs_ended = Counter(
+            "longrun_jobs_ended",
+            "Operations this server ended (cancelled or purged while queued, failed by the "
+            "sweeper), by task, queue id and outcome.",
+            ["task", "queue", "outcome"],
             registry=registry,
         )
         self.leases_expired = Counter(
@@ -84,7 +113,12 @@ class ServerMetrics:
         self.backend = BackendMetrics(registry)
 
     def job_created(self, rec: OperationRecord) -> None:
-        self.jobs_created.labels(rec.task, rec.project).inc()
+        self.jobs_created.labels(rec.task, rec.project, self.queue_label(rec.queue)).inc()
+
+    def job_ended(self, rec: OperationRecord) -> None:
+        outcome = _OUTCOMES.get(rec.state)
+        if outcome is not None:
+            self.jobs_ended.labels(rec.task, self.queue_label(rec.queue), outcome).inc()
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -93,6 +127,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
+        #: method -> (the inner handler, its timed wrapper): built once per
+        #: method (and inner handler), not per call; bounded by the methods served.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._children: dict[tuple[str, str], Any] = {}
 
     async def intercept_service(
         self,
@@ -102,7 +140,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return self.wrap(handler, handler_call_details.method)
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self.wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         kw = {
@@ -132,7 +176,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         code = context.code()
         name = _code_name(code) if code is not None else ("OK" if ok else "UNKNOWN")
-        self.metrics.rpc.labels(method, name).observe(time.perf_counter() - start)
+        key = (method, name)
+        child = self._children.get(key)
+        if child is None:  # bounded: methods served x status codes
+            child = self._children[key] = self.metrics.rpc.labels(method, name)
+        child.observe(time.perf_counter() - start)
 
     def _single(self, behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
         waits = self.metrics.open_waits if method == WAIT_METHOD else None
@@ -180,12 +228,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
 
 def server_tracing(provider: TracerProvider) -> grpc.aio.ServerInterceptor:
-    """OpenTelemetry's gRPC server interceptor on `provider` (outermost: the
-    handler, and the task message it publishes, run inside its span)."""
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
-
-    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(tracer_provider=provider)
-    return interceptor
+    """The server's RPC span interceptor on `provider` (outermost: the
+    handler, and the task message it publishes, run inside its span):
+    rpc_tracing.RpcTracingInterceptor, the spans of
+    opentelemetry-instrumentation-grpc at a lower cost per call."""
+    return RpcTracingInterceptor(provider)
 
 
 def count_lease_expiries(dispatcher: Dispatcher, metrics: ServerMetrics) -> None:
@@ -212,6 +259,7 @@ class ServerObservability:
     endpoint: MetricsEndpoint
     interceptor: MetricsInterceptor
     depth: QueueDepthGauges | None = None
+    ready: QueueReadyGauges | None = None
 
     @classmethod
     def build(
@@ -223,11 +271,16 @@ class ServerObservability:
         port_file: Path | None = None,
         registry: CollectorRegistry | None = None,
         depth_ttl: float = 5.0,
+        max_queues: int = DEFAULT_MAX_QUEUE_LABELS,
     ) -> ServerObservability:
-        """Instrument `store` and `queue` (call before serving)."""
-        metrics = ServerMetrics(registry or CollectorRegistry())
-        instrument_store(store, metrics.backend, on_created=metrics.job_created)
+        """Instrument `store` and `queue` (call before serving); at most
+        `max_queues` queue label values (queue_labels)."""
+        metrics = ServerMetrics(registry or CollectorRegistry(), QueueLabels(max_queues))
+        instrument_store(
+            store, metrics.backend, on_created=metrics.job_created, on_ended=metrics.job_ended
+        )
         instrument_queue(queue, metrics.backend)
+        ready = QueueReadyGauges(metrics.registry, store, ttl=depth_ttl, max_queues=max_queues)
         reader = sqlite_depth_reader(queue)
         depth = (
             QueueDepthGauges(metrics.registry, reader, ttl=depth_ttl)
@@ -237,10 +290,10 @@ class ServerObservability:
         endpoint = MetricsEndpoint(
             metrics.registry,
             address,
-            before_scrape=[depth.refresh] if depth is not None else [],
+            before_scrape=[ready.refresh, *([depth.refresh] if depth is not None else [])],
             port_file=port_file,
         )
-        return cls(metrics, endpoint, MetricsInterceptor(metrics), depth)
+        return cls(metrics, endpoint, MetricsInterceptor(metrics), depth, ready)
 
     async def start(self, dispatcher: Dispatcher) -> int:
         """Count `dispatcher`'s lease expiries and listen; returns the metrics port."""

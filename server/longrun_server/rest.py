@@ -62,6 +62,7 @@ from google.rpc import code_pb2, status_pb2
 from multidict import CIMultiDictProxy
 
 from longrun.v1 import api_keys_pb2, jobs_pb2, queues_pb2
+from longrun_core.observability.trace_context import valid_traceparent
 from longrun_core.settings import DEFAULT_MESSAGE_BYTES
 from longrun_server.console.routes import Console
 from longrun_server.cors import CorsPolicy
@@ -110,9 +111,14 @@ BODY_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 #: connection closes (closing with unread input would reset it, losing the answer).
 LINGER = 2.0
 
-#: HTTP request headers passed on to the gRPC call as metadata (the caller's
-#: credentials); no other header reaches the services.
-FORWARDED_HEADERS = CREDENTIAL_HEADERS = ("authorization", "x-goog-api-key")
+#: HTTP request headers passed on to the gRPC call as metadata: the caller's
+#: credentials, and its W3C trace context (`trace_metadata`); no other header
+#: reaches the services.
+CREDENTIAL_HEADERS = ("authorization", "x-goog-api-key")
+TRACE_HEADERS = ("traceparent", "tracestate")
+FORWARDED_HEADERS = CREDENTIAL_HEADERS + TRACE_HEADERS
+#: Longest `tracestate` forwarded (W3C: at most 32 members, 512 characters advised).
+MAX_TRACESTATE_CHARS = 512
 
 #: Query parameters that configure the response rather than set a field
 #: (google-api-core REST transports send `$alt=json;enum-encoding=int`).
@@ -172,6 +178,22 @@ def served_services(*, api_keys: bool = False) -> list[ServiceDescriptor]:
     if api_keys:
         services.append(api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeys"])
     return services
+
+
+def trace_metadata(headers: CIMultiDictProxy[str]) -> tuple[tuple[str, str], ...]:
+    """The caller's W3C trace context as gRPC metadata, so that the server's
+    span for the call (and so the job's CreateJob span) continues the caller's
+    trace: a well-formed `traceparent` (the first one; anything else is
+    dropped, and the call starts a new trace) and, with it, a printable
+    `tracestate` of at most MAX_TRACESTATE_CHARS."""
+    parent = valid_traceparent(headers.get("traceparent", "").strip().lower())
+    if not parent:
+        return ()
+    metadata = [("traceparent", parent)]
+    state = headers.get("tracestate", "").strip()
+    if state and len(state) <= MAX_TRACESTATE_CHARS and state.isascii() and state.isprintable():
+        metadata.append(("tracestate", state))
+    return tuple(metadata)
 
 
 #: Request headers forwarded to the gRPC call as metadata, so HTTP callers
@@ -763,6 +785,7 @@ class RestGateway:
         """The gRPC metadata of the call made for `request`: its credential
         headers, and the SANs of its verified client certificate (signed)."""
         metadata: list[tuple[str, MetadataValue]] = list(credential_metadata(request.headers))
+        metadata += trace_metadata(request.headers)
         if self.forwarding_secret is not None and request.transport is not None:
             sans = https_peer_sans(request.transport.get_extra_info("ssl_object"))
             metadata += forwarding_metadata(sans, self.forwarding_secret)

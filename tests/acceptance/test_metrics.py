@@ -105,6 +105,7 @@ def test_counters_move_by_exactly_what_the_jobs_did(backend: str, tmp_path: Path
                     worker_before,
                     "longrun_worker_outcomes_total",
                     task="sleep",
+                    queue="default",
                     outcome="cancelled",
                 )
                 == 1
@@ -123,10 +124,13 @@ def test_counters_move_by_exactly_what_the_jobs_did(backend: str, tmp_path: Path
 
 def _check_server(before: Scrape, after: Scrape) -> None:
     created = "longrun_jobs_created_total"
-    assert after.minus(before, created, task="noop", project=PROJECT) == 3
-    assert after.minus(before, created, task="fail", project=PROJECT) == 2
-    assert after.minus(before, created, task="sleep", project=PROJECT) == 1
+    default = {"project": PROJECT, "queue": "default"}
+    assert after.minus(before, created, task="noop", **default) == 3
+    assert after.minus(before, created, task="fail", **default) == 2
+    assert after.minus(before, created, task="sleep", **default) == 1
     assert after.minus(before, created, task="no-such-task", project="default") == 0
+    # The worker ended every one of them: the server ended none.
+    assert not any(k[0] == "longrun_jobs_ended_total" for k in after.samples)
     rpc = "longrun_rpc_duration_seconds_count"
     assert after.minus(before, rpc, method=f"/{CREATE}", code="OK") == 6
     assert after.minus(before, rpc, method=f"/{CREATE}", code="INVALID_ARGUMENT") == 1
@@ -147,10 +151,11 @@ def _check_worker(before: Scrape, after: Scrape) -> None:
     assert after.minus(before, attempts, task="fail") == 1 + 3
     assert after.minus(before, attempts, task="sleep") == 1
     outcomes = "longrun_worker_outcomes_total"
-    assert after.minus(before, outcomes, task="noop", outcome="succeeded") == 3
-    assert after.minus(before, outcomes, task="fail", outcome="failed") == 2
-    assert after.minus(before, outcomes, task="fail", outcome="succeeded") == 0
-    assert after.minus(before, outcomes, task="sleep", outcome="cancelled") == 1
+    default = {"queue": "default"}
+    assert after.minus(before, outcomes, task="noop", outcome="succeeded", **default) == 3
+    assert after.minus(before, outcomes, task="fail", outcome="failed", **default) == 2
+    assert after.minus(before, outcomes, task="fail", outcome="succeeded", **default) == 0
+    assert after.minus(before, outcomes, task="sleep", outcome="cancelled", **default) == 1
     assert after.minus(before, "longrun_worker_retries_total", task="fail") == 2
     assert after.minus(before, "longrun_worker_retries_total", task="noop") == 0
     assert after.minus(before, "longrun_worker_dead_letters_total", task="fail") == 1
@@ -192,3 +197,128 @@ def _check_queue_depth(svc: Service, server_port: int) -> None:
         30,
         "the oldest ready job's age to grow",
     )
+
+
+def _queue(svc: Service, queue_id: str) -> None:
+    svc.call(
+        "longrun.v1.Queues/CreateQueue",
+        {"parent": f"projects/{PROJECT}", "queue_id": queue_id, "queue": {}},
+    )
+
+
+def _create_in(svc: Service, queue_id: str, task: str, params: dict[str, object]) -> str:
+    op = svc.call(
+        CREATE,
+        {"parent": f"projects/{PROJECT}", "task": task, "params": params, "queue": queue_id},
+    )
+    return str(op["name"])
+
+
+def test_per_queue_counters_and_depth_with_capped_queue_labels(
+    backend: str, tmp_path: Path
+) -> None:
+    """Jobs created and ended are counted by task and queue, queue depth and
+    oldest ready age are per queue, and past --metrics-max-queues (2 here:
+    `default` and the first other queue) queues share the label `_other`."""
+    env = backend_env(backend, tmp_path) | {"LONGRUN_METRICS_MAX_QUEUES": "2"}
+    svc = Service(tmp_path, env)
+    with svc.kept():
+        server_flags, server_port_file = _metrics_flags(svc)
+        svc.start_server(*server_flags, "--redispatch-after", "120")
+        server_port = _port(server_port_file)
+        worker_flags, worker_port_file = _metrics_flags(svc)
+        worker = svc.start_worker(*worker_flags)
+        worker_port = _port(worker_port_file)
+        for queue_id in ("qa", "qb", "qp", "qq", "qr"):
+            _queue(svc, queue_id)
+        server_before, worker_before = scrape(server_port), scrape(worker_port)
+
+        # qa: the first queue past `default` both processes count, so its own label.
+        first = [_create_in(svc, "qa", "noop", {"n": i}) for i in range(2)]
+        first.append(_create_in(svc, "qa", "fail", {"permanent": True}))
+        assert list(_done(svc, first).values()) == ["SUCCEEDED", "SUCCEEDED", "FAILED"]
+        # qb: past the cap, counted as `_other`.
+        later = [_create_in(svc, "qb", "noop", {"n": 9})]
+        assert list(_done(svc, later).values()) == ["SUCCEEDED"]
+        wait_for(
+            lambda: (
+                sum(
+                    scrape(worker_port).minus(worker_before, "longrun_worker_outcomes_total", **k)
+                    for k in (
+                        {"task": "noop", "queue": "qa", "outcome": "succeeded"},
+                        {"task": "fail", "queue": "qa", "outcome": "failed"},
+                        {"task": "noop", "queue": "_other", "outcome": "succeeded"},
+                    )
+                )
+                == 4
+            ),
+            30,
+            "the worker's outcomes by queue",
+        )
+        worker_after = scrape(worker_port)
+        worker.terminate()
+        worker.wait(timeout=30)
+
+        # No worker now: jobs wait. qp gets 3 (one cancelled while queued: the
+        # server ends it), qq and qr one each.
+        waiting = [_create_in(svc, "qp", "noop", {"n": i}) for i in range(3)]
+        waiting += [_create_in(svc, "qq", "noop", {}), _create_in(svc, "qr", "noop", {})]
+        svc.call(f"{OPS}/CancelOperation", {"name": waiting[0]})
+        assert _state(svc, waiting[0]) == "CANCELLED"
+
+        def depth() -> dict[str, float]:
+            got = scrape(server_port)
+            return {
+                dict(labels)["queue"]: value
+                for (name, labels), value in got.samples.items()
+                if name == "longrun_queue_ready_jobs"
+            }
+
+        # The two deepest queues by their ids (qq before qr on the tie), the rest `_other`.
+        wait_for(lambda: depth() == {"qp": 2, "qq": 1, "_other": 1}, 30, "the depth by queue")
+        ages = "longrun_queue_oldest_ready_job_age_seconds"
+        first_age = scrape(server_port).value(ages, queue="qp")
+        assert first_age >= 0
+        wait_for(
+            lambda: scrape(server_port).value(ages, queue="qp") > first_age,
+            30,
+            "the oldest ready job's age in qp to grow",
+        )
+        server_after = scrape(server_port)
+
+    created = "longrun_jobs_created_total"
+    moved = {
+        (dict(labels)["task"], dict(labels)["queue"]): value
+        - server_before.samples.get((name, labels), 0.0)
+        for (name, labels), value in server_after.samples.items()
+        if name == created and dict(labels)["project"] == PROJECT
+    }
+    assert {k: v for k, v in moved.items() if v} == {
+        ("noop", "qa"): 2,
+        ("fail", "qa"): 1,
+        ("noop", "_other"): 1 + 5,
+    }
+    ended = "longrun_jobs_ended_total"
+    assert (
+        server_after.minus(server_before, ended, task="noop", queue="_other", outcome="cancelled")
+        == 1
+    )
+    assert sum(v for (n, _), v in server_after.samples.items() if n == ended) == 1
+    outcomes = "longrun_worker_outcomes_total"
+    assert (
+        worker_after.minus(worker_before, outcomes, task="noop", queue="qa", outcome="succeeded")
+        == 2
+    )
+    assert (
+        worker_after.minus(worker_before, outcomes, task="fail", queue="qa", outcome="failed") == 1
+    )
+    assert (
+        worker_after.minus(
+            worker_before, outcomes, task="noop", queue="_other", outcome="succeeded"
+        )
+        == 1
+    )
+    assert {dict(lb)["queue"] for (n, lb) in worker_after.samples if n == outcomes} <= {
+        "qa",
+        "_other",
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,8 @@ from longrun_core.store import Cursor, OperationStore, request_fingerprint
 from tests.contract.records import BASE, make_record
 
 RETENTION = timedelta(days=30)
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+FIRST_ATTEMPT = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
 LEASE = timedelta(seconds=10)
 
 
@@ -31,12 +34,73 @@ async def test_create_then_get_round_trips_every_field(store: OperationStore) ->
         run_after=BASE + timedelta(seconds=5, microseconds=7),
         lease_duration=timedelta(seconds=12, microseconds=345678),
         releases=2,
+        trace=TRACEPARENT,
+        first_attempt_trace=FIRST_ATTEMPT,
     )
     result = await store.create(rec)
     assert result.created
     got = await store.get(rec.name)
     assert got == replace(rec, version=got.version)
     assert got.version >= 1
+
+
+def _claim_at(r: OperationRecord, *, now: datetime) -> OperationRecord:
+    return transitions.claim(r, worker="w", now=now, lease=LEASE, retention=RETENTION)
+
+
+def _retry_at(r: OperationRecord, *, now: datetime, attempt: int, span: str) -> OperationRecord:
+    return transitions.retry(
+        r, worker="w", attempt=attempt, now=now, delay=timedelta(0), error=b"", attempt_trace=span
+    )
+
+
+async def test_the_trace_and_the_first_attempts_span_are_kept_through_retries(
+    store: OperationStore,
+) -> None:
+    """The CreateJob traceparent is stored with the record (JobMetadata.trace_id
+    shows its trace id); the first retried attempt's span is kept, and a
+    later retry does not replace it."""
+    rec = make_record(trace=TRACEPARENT)
+    await store.create(rec)
+    got = await store.get(rec.name)
+    assert got.trace == TRACEPARENT and got.first_attempt_trace is None
+    assert got.metadata().trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    second_attempt = "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01"
+    for attempt, span in ((1, FIRST_ATTEMPT), (2, second_attempt)):
+        now = BASE + timedelta(seconds=attempt)
+        await store.update(rec.name, functools.partial(_claim_at, now=now))
+        await store.update(
+            rec.name, functools.partial(_retry_at, now=now, attempt=attempt, span=span)
+        )
+    got = await store.get(rec.name)
+    assert (got.attempt, got.trace, got.first_attempt_trace) == (2, TRACEPARENT, FIRST_ATTEMPT)
+
+
+async def test_ready_by_queue_counts_the_runnable_queued_records_of_each_queue(
+    store: OperationStore,
+) -> None:
+    now = BASE + timedelta(hours=1)
+    a_old = make_record(queue="a", create_time=BASE + timedelta(seconds=1))
+    a_retried = make_record(queue="a", run_after=now - timedelta(seconds=5))
+    b_new = make_record(queue="b", create_time=now - timedelta(seconds=30))
+    b_later = make_record(queue="b", run_after=now + timedelta(minutes=5))  # not due yet
+    c_future = make_record(queue="c", run_after=now + timedelta(seconds=1))
+    running = make_record(queue="a", project="other")
+    for rec in (a_old, a_retried, b_new, b_later, c_future, running):
+        await store.create(rec)
+    await store.update(
+        running.name,
+        lambda r: transitions.claim(
+            r, worker="w", now=now - timedelta(minutes=1), lease=LEASE, retention=RETENTION
+        ),
+    )
+    by_queue = {q.queue: q for q in await store.ready_by_queue(now, 1000)}
+    assert set(by_queue) == {"a", "b"}
+    assert (by_queue["a"].ready, by_queue["a"].oldest_ready_since) == (2, a_old.create_time)
+    assert (by_queue["b"].ready, by_queue["b"].oldest_ready_since) == (1, b_new.create_time)
+    # At most `limit` records are read.
+    assert sum(q.ready for q in await store.ready_by_queue(now, 2)) <= 2
+    assert await store.ready_by_queue(now, 0) == []
 
 
 async def test_get_unknown_is_not_found_and_malformed_is_invalid(store: OperationStore) -> None:

@@ -5,6 +5,7 @@ depth is read from the embedded queue's table."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,31 @@ async def test_queue_publishes_are_timed_and_depth_counts_ready_messages(
     capped = sqlite_depth_reader(backends.queue, cap=1)
     assert capped is not None
     assert (await capped()).ready == 1
+
+
+async def test_on_ended_counts_each_write_that_ends_an_operation(tmp_path: Path) -> None:
+    from longrun_core import transitions
+    from longrun_core.model import State, evolve
+    from longrun_core.sqlite.backend import SqliteBackend
+    from longrun_core.sqlite.store import SqliteOperationStore
+    from tests.contract.records import make_record
+
+    store = SqliteOperationStore(SqliteBackend(tmp_path / "ended.db"))
+    await store.start()
+    ended: list[State] = []
+    instrument_store(
+        store, BackendMetrics(CollectorRegistry()), on_ended=lambda r: ended.append(r.state)
+    )
+    try:
+        rec = make_record()
+        await store.create(rec)
+        now = rec.create_time + timedelta(seconds=1)
+        await store.update(
+            rec.name, lambda r: transitions.request_cancel(r, now=now, retention=timedelta(days=1))
+        )
+        # A write to an operation already done is not another end.
+        await store.update(rec.name, lambda r: evolve(r, labels={"seen": "yes"}))
+        assert (await store.get(rec.name)).labels == {"seen": "yes"}
+        assert ended == [State.CANCELLED]
+    finally:
+        await store.close()

@@ -3,7 +3,8 @@
 `record` appends one line per execution that reached its end to
 `$LONGRUN_TEST_RECORD_DIR/<operation id>`, so a test can count executions
 across processes; `record_once` is the same with max_attempts=1, and
-`record_sync` a sync one. The
+`record_sync` a sync one; `fails_once` fails transiently on its first attempt
+only. The
 misbehaving tasks note each start there (`note`), then: `crash` kills its
 worker process every time (an inline async task is not isolated), `exits`
 raises SystemExit, `hard_exit` calls os._exit, `segfault` dereferences NULL,
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from longrun_core.tasks import PermanentError, RetryPolicy, TaskContext, TaskSet
+from longrun_core.tasks import PermanentError, RetryPolicy, TaskContext, TaskSet, TransientError
 
 tasks = TaskSet()
 
@@ -58,6 +59,14 @@ async def record_once(ctx: TaskContext) -> dict[str, Any]:
 def record_sync(ctx: TaskContext) -> dict[str, Any]:
     """`record` as a sync task (in a task process by default)."""
     note(ctx, f"{ctx.attempt} {os.getpid()}")
+    return {"attempt": ctx.attempt}
+
+
+@tasks.task("fails_once", retry=RetryPolicy(max_attempts=3, min_backoff=0.05, max_backoff=0.1))
+async def fails_once(ctx: TaskContext) -> dict[str, Any]:
+    """Fail transiently on the first attempt, succeed on the next."""
+    if ctx.attempt == 1:
+        raise TransientError("the first attempt fails")
     return {"attempt": ctx.attempt}
 
 

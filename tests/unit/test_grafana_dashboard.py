@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
-from longrun_core.observability.queue_depth import QueueDepth, QueueDepthGauges
+from longrun_core.observability.queue_depth import QueueDepth, QueueDepthGauges, QueueReadyGauges
+from longrun_core.store import OperationStore
 from longrun_server.metrics import ServerMetrics
 from longrun_worker.metrics import PrometheusWorkerMetrics
 
@@ -26,7 +27,7 @@ EXTERNAL_LABELS = {"job", "instance", "le"}
 
 def exported() -> tuple[dict[str, set[str]], set[str]]:
     """Every sample name the processes can export, with its label names."""
-    registries = [CollectorRegistry() for _ in range(3)]
+    registries = [CollectorRegistry() for _ in range(4)]
     ServerMetrics(registries[0])
     PrometheusWorkerMetrics(registries[1])
 
@@ -34,6 +35,7 @@ def exported() -> tuple[dict[str, set[str]], set[str]]:
         return QueueDepth(0, 0.0)
 
     QueueDepthGauges(registries[2], read)
+    QueueReadyGauges(registries[3], cast(OperationStore, None))  # the store is read on scrape
     names: dict[str, set[str]] = {}
     for registry in registries:
         for family in registry.collect():

@@ -241,7 +241,11 @@ async def work(
     worker_metrics, endpoint = None, None
     if metrics.enabled:
         worker_metrics, endpoint = worker_observability(
-            metrics.address, backends.store, backends.queue, port_file=metrics.port_file
+            metrics.address,
+            backends.store,
+            backends.queue,
+            port_file=metrics.port_file,
+            max_queues=metrics.max_queues,
         )
         try:
             await endpoint.start()

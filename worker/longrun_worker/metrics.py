@@ -5,8 +5,9 @@ that is all it costs. `PrometheusWorkerMetrics` counts into a registry.
 * `longrun_worker_attempts_total{task}`: attempts started (a handler began).
 * `longrun_worker_attempt_duration_seconds{task,ending}`: how long each
   attempt ran; ending: done, cancelled, deadline, lost.
-* `longrun_worker_outcomes_total{task,outcome}`: operations this worker
-  ended: succeeded, failed, cancelled.
+* `longrun_worker_outcomes_total{task,queue,outcome}`: operations this worker
+  ended: succeeded, failed, cancelled; `queue` is the queue id, at most
+  `--metrics-max-queues` values (longrun_core.observability.queue_labels).
 * `longrun_worker_retries_total{task}`: failed attempts scheduled for retry.
 * `longrun_worker_dead_letters_total{task}`: operations whose message this
   worker moved to the dead-letter destination (failed after their last
@@ -29,6 +30,7 @@ from longrun_core.observability.backend_metrics import (
     instrument_store,
 )
 from longrun_core.observability.exposition import MetricsEndpoint
+from longrun_core.observability.queue_labels import DEFAULT_MAX_QUEUE_LABELS, QueueLabels
 from longrun_core.queue import TaskQueue
 from longrun_core.store import OperationStore
 
@@ -61,8 +63,11 @@ class WorkerMetrics:
 
 
 class PrometheusWorkerMetrics(WorkerMetrics):
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, queue_labels: QueueLabels | None = None
+    ) -> None:
         self.registry = registry
+        self.queue_label = queue_labels or QueueLabels()
         self.attempts = Counter(
             "longrun_worker_attempts", "Attempts started, by task.", ["task"], registry=registry
         )
@@ -75,8 +80,9 @@ class PrometheusWorkerMetrics(WorkerMetrics):
         )
         self.outcomes = Counter(
             "longrun_worker_outcomes",
-            "Operations this worker ended, by task and outcome (succeeded, failed, cancelled).",
-            ["task", "outcome"],
+            "Operations this worker ended, by task, queue id and outcome (succeeded, failed, "
+            "cancelled).",
+            ["task", "queue", "outcome"],
             registry=registry,
         )
         self.retries = Counter(
@@ -110,7 +116,7 @@ class PrometheusWorkerMetrics(WorkerMetrics):
     def finished(self, rec: OperationRecord, *, dead_lettered: bool) -> None:
         outcome = _OUTCOMES.get(rec.state)
         if outcome is not None:
-            self.outcomes.labels(rec.task, outcome).inc()
+            self.outcomes.labels(rec.task, self.queue_label(rec.queue), outcome).inc()
         if dead_lettered:
             self.dead_lettered(rec.task)
 
@@ -128,10 +134,11 @@ def worker_observability(
     *,
     port_file: Path | None = None,
     registry: CollectorRegistry | None = None,
+    max_queues: int = DEFAULT_MAX_QUEUE_LABELS,
 ) -> tuple[PrometheusWorkerMetrics, MetricsEndpoint]:
     """The worker's metrics and `/metrics` endpoint; `store` and `queue` are
     instrumented (call before the worker runs)."""
-    metrics = PrometheusWorkerMetrics(registry or CollectorRegistry())
+    metrics = PrometheusWorkerMetrics(registry or CollectorRegistry(), QueueLabels(max_queues))
     instrument_store(store, metrics.backend)
     instrument_queue(queue, metrics.backend)
     return metrics, MetricsEndpoint(metrics.registry, address, port_file=port_file)

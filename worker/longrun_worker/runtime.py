@@ -601,7 +601,9 @@ class Worker:
                     break
             found.sort(key=lambda r: r.concurrency_key != ended.concurrency_key)
             for rec in found[:WAKE_COUNT]:
-                await self.queue.publish(TaskMessage(rec.name, rec.task, rec.attempt))
+                await self.queue.publish(
+                    TaskMessage(rec.name, rec.task, rec.attempt, rec.trace or "")
+                )
         except (LongrunError, OSError) as exc:
             log.debug("could not wake the waiters of queue %s: %s", ended.queue, exc)
 
@@ -1028,6 +1030,7 @@ class Worker:
     async def _retry(
         self, delivery: Delivery, rec: OperationRecord, error: bytes, delay: timedelta
     ) -> None:
+        attempt_trace = self.tracer.attempt_traceparent()  # here: not in the store's thread
         try:
             await self.store.update(
                 rec.name,
@@ -1039,6 +1042,7 @@ class Worker:
                     now=self.clock.now(),
                     delay=delay,
                     error=error,
+                    attempt_trace=attempt_trace,
                 ),
             )
         except (transitions.Rejected, NotFound):
@@ -1050,6 +1054,7 @@ class Worker:
     async def _release(self, delivery: Delivery, rec: OperationRecord) -> None:
         """Give the operation back (bounded: the store may be down; then the
         lease lapses and another worker takes over)."""
+        attempt_trace = self.tracer.attempt_traceparent()
         try:
             async with asyncio.timeout(RELEASE_TIMEOUT):
                 with contextlib.suppress(transitions.Rejected, NotFound):
@@ -1063,6 +1068,7 @@ class Worker:
                             now=self.clock.now(),
                             retention=self.retention,
                             max_releases=self.settings.max_releases,
+                            attempt_trace=attempt_trace,
                         ),
                     )
                     if released.done:

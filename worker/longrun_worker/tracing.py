@@ -1,49 +1,89 @@
 """The worker's spans (with `--trace-exporter`): one `attempt TASK` span per
 attempt, a child of the span that published the task message (the server's
-CreateJob, through `TaskMessage.trace`), and an `outcome` span around the
-write of what the attempt came to. Without a tracer provider both are
-no-ops."""
+CreateJob, through `TaskMessage.trace`; the operation's stored CreateJob
+traceparent when the message has none), and an `outcome` span around the
+write of what the attempt came to. Every attempt is a span of its own; an
+attempt after the first carries a span Link to the first attempt's span
+(`OperationRecord.first_attempt_trace`, kept by the retry or release the
+first attempt wrote). Without a tracer provider all of it is a no-op."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from longrun_core.model import OperationRecord
-from longrun_core.observability.trace_context import TRACE_ATTR, valid_traceparent
+from longrun_core.observability.trace_context import (
+    remote_parent,
+    remote_span_context,
+    valid_traceparent,
+)
 from longrun_core.queue import TaskMessage
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Link
+
+#: The traceparent of the attempt span current in this context ("" outside one).
+_ATTEMPT: contextvars.ContextVar[str] = contextvars.ContextVar("longrun_attempt_span", default="")
+
+
+def _link_to(traceparent: str) -> list[Link]:
+    """A Link to the span `traceparent` names (none if it is not well formed)."""
+    from opentelemetry.trace import Link
+
+    context = remote_span_context(traceparent)
+    return [] if context is None else [Link(context, _LINK_ATTRIBUTES)]
+
+
+_LINK_ATTRIBUTES = {"longrun.link": "first_attempt"}
 
 
 class AttemptTracer:
     def __init__(self, provider: TracerProvider | None = None) -> None:
         self._tracer = provider.get_tracer("longrun.worker") if provider is not None else None
+        if self._tracer is not None:
+            from opentelemetry.trace import SpanKind
+
+            self._consumer = SpanKind.CONSUMER
+
+    def attempt_traceparent(self) -> str:
+        """The current attempt span as a traceparent ("" outside an attempt or
+        without tracing): what a retry keeps as the first attempt's span."""
+        return _ATTEMPT.get()
 
     @contextlib.contextmanager
     def attempt(self, rec: OperationRecord, message: TaskMessage) -> Iterator[None]:
         if self._tracer is None:
             yield
             return
-        from opentelemetry.trace import SpanKind
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-        parent = valid_traceparent(message.trace)
-        context = TraceContextTextMapPropagator().extract({TRACE_ATTR: parent}) if parent else None
+        parent = valid_traceparent(message.trace) or valid_traceparent(rec.trace)
+        context = remote_parent(parent) if parent else None
+        first = rec.first_attempt_trace
+        links = _link_to(first) if first else []
         with self._tracer.start_as_current_span(
             f"attempt {rec.task}",
             context=context,
-            kind=SpanKind.CONSUMER,
+            kind=self._consumer,
+            links=links,
             attributes={
                 "longrun.operation": rec.name,
                 "longrun.task": rec.task,
                 "longrun.attempt": rec.attempt,
                 "longrun.max_attempts": rec.max_attempts,
             },
-        ):
-            yield
+        ) as span:
+            span_context = span.get_span_context()
+            token = _ATTEMPT.set(
+                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+                f"{int(span_context.trace_flags):02x}"
+            )
+            try:
+                yield
+            finally:
+                _ATTEMPT.reset(token)
 
     @contextlib.contextmanager
     def outcome(self, ending: str) -> Iterator[None]:

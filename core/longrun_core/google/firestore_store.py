@@ -134,6 +134,7 @@ from longrun_core.store import (
     Cursor,
     ListPage,
     OperationStore,
+    QueueReady,
     RecordFilter,
     ScanBudget,
     Window,
@@ -859,6 +860,29 @@ class FirestoreOperationStore(OperationStore):
             .limit(limit)
         )
         return await self._call(functools.partial(_count, query))
+
+    async def ready_by_queue(self, now: datetime, limit: int) -> builtins.list[QueueReady]:
+        if limit <= 0:
+            return []
+        # The single-field index on state; only the three fields needed are read.
+        query = (
+            self._ops.where(filter=FieldFilter("state", "==", int(State.QUEUED)))
+            .select(["queue", "run_after", "create_time"])
+            .limit(limit)
+        )
+        docs = await self._call(functools.partial(_fetch_docs, query))
+        ready: dict[str, tuple[int, datetime]] = {}
+        for doc in docs:
+            since = doc.get("run_after") or doc.get("create_time")
+            if since is None:
+                continue
+            since = _plain_datetime(since)
+            if since > now:
+                continue
+            queue = str(doc.get("queue") or "default")
+            count, oldest = ready.get(queue, (0, since))
+            ready[queue] = (count + 1, min(oldest, since))
+        return [QueueReady(q, n, oldest) for q, (n, oldest) in ready.items()]
 
     async def queued_in(
         self, project: str, queue: str, *, after: str = "", limit: int = 500

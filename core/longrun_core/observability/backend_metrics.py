@@ -88,9 +88,12 @@ def instrument_store(
     metrics: BackendMetrics,
     *,
     on_created: Callable[[OperationRecord], None] | None = None,
+    on_ended: Callable[[OperationRecord], None] | None = None,
 ) -> None:
     """Time `store`'s primitives; `on_created(record)` runs for each
-    operation the store newly created (not for a request_id replay)."""
+    operation the store newly created (not for a request_id replay), and
+    `on_ended(record)` for each write through this store object that ended
+    an operation (a compare-and-set from a record not done to a done one)."""
     for attr, call in STORE_CALLS.items():
         setattr(store, attr, _timed(metrics.store_calls, call, getattr(store, attr)))
     if on_created is not None:
@@ -104,6 +107,22 @@ def instrument_store(
             return result
 
         store._insert = counted  # type: ignore[method-assign]
+    if on_ended is not None:
+        replace = store._replace_if_version
+
+        @functools.wraps(replace)
+        async def ended(
+            rec: OperationRecord,
+            expected_version: int,
+            *,
+            previous: OperationRecord | None = None,
+        ) -> bool:
+            written = await replace(rec, expected_version, previous=previous)
+            if written and rec.done and previous is not None and not previous.done:
+                on_ended(rec)
+            return written
+
+        store._replace_if_version = ended  # type: ignore[method-assign]
 
 
 def instrument_queue(queue: TaskQueue, metrics: BackendMetrics) -> None:

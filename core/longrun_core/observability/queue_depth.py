@@ -12,10 +12,13 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from longrun_core.observability.queue_labels import DEFAULT_MAX_QUEUE_LABELS, top_queues
 from longrun_core.queue import TaskQueue
+from longrun_core.store import OperationStore
 
 #: Ready messages counted at most (the count is an index walk this long).
 DEFAULT_DEPTH_CAP = 100_000
@@ -71,6 +74,66 @@ class QueueDepthGauges:
         self.reads += 1
         self.ready.set(depth.ready)
         self.oldest_age.set(depth.oldest_ready_age)
+
+
+#: QUEUED operations read at most by one per-queue depth read.
+DEFAULT_READY_CAP = 100_000
+
+
+class QueueReadyGauges:
+    """Per queue, from the operation store (both backends):
+    `longrun_queue_ready_jobs{queue}` (QUEUED jobs that may run now) and
+    `longrun_queue_oldest_ready_job_age_seconds{queue}` (how long the
+    longest-waiting of them has been able to run). One bounded read
+    (`OperationStore.ready_by_queue`, at most `cap` records) per `ttl`
+    seconds however often it is scraped; at most `max_queues` queue label
+    values (queue_labels.top_queues); a queue with no ready job has no series."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        store: OperationStore,
+        *,
+        ttl: float = DEFAULT_DEPTH_TTL,
+        cap: int = DEFAULT_READY_CAP,
+        max_queues: int = DEFAULT_MAX_QUEUE_LABELS,
+        monotonic: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.cap = cap
+        self.max_queues = max_queues
+        self._monotonic = monotonic
+        self._now = now
+        self._read_at: float | None = None
+        self.reads = 0
+        self.ready = Gauge(
+            "longrun_queue_ready_jobs",
+            "QUEUED jobs that may run now, by queue id (capped; read on scrape, cached).",
+            ["queue"],
+            registry=registry,
+        )
+        self.oldest_age = Gauge(
+            "longrun_queue_oldest_ready_job_age_seconds",
+            "Seconds the longest-waiting job that may run has waited, by queue id.",
+            ["queue"],
+            registry=registry,
+        )
+
+    async def refresh(self) -> None:
+        mono = self._monotonic()
+        if self._read_at is not None and mono - self._read_at < self.ttl:
+            return
+        self._read_at = mono
+        now = self._now()
+        shown = top_queues(await self.store.ready_by_queue(now, self.cap), self.max_queues, now)
+        self.reads += 1
+        self.ready.clear()
+        self.oldest_age.clear()
+        for label, (count, age) in shown.items():
+            self.ready.labels(label).set(count)
+            self.oldest_age.labels(label).set(age)
 
 
 def sqlite_depth_reader(queue: TaskQueue, cap: int = DEFAULT_DEPTH_CAP) -> DepthReader | None:

@@ -10,6 +10,11 @@ never what runs. A value that is not a well-formed `traceparent` is ignored."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import SpanContext
 
 #: The message attribute (and signed field) holding the trace context.
 TRACE_ATTR = "traceparent"
@@ -35,3 +40,33 @@ def current_traceparent() -> str:
     if not context.is_valid:
         return ""
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def remote_span_context(traceparent: str | None, tracestate: str = "") -> SpanContext | None:
+    """The remote span a well-formed `traceparent` names (None otherwise):
+    what a propagator's extract gives, without its carrier lookups."""
+    value = valid_traceparent(traceparent)
+    if not value:
+        return None
+    from opentelemetry.trace import SpanContext, TraceFlags, TraceState
+
+    _, trace_id, span_id, flags = value.split("-")
+    state = TraceState.from_header([tracestate]) if tracestate else None
+    return SpanContext(
+        int(trace_id, 16),
+        int(span_id, 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(flags, 16)),
+        trace_state=state,
+    )
+
+
+def remote_parent(traceparent: str | None, tracestate: str = "") -> Context | None:
+    """A context whose current span is the remote one `traceparent` names,
+    to start a child span in (None when it is not well formed)."""
+    span_context = remote_span_context(traceparent, tracestate)
+    if span_context is None:
+        return None
+    from opentelemetry.trace import NonRecordingSpan, set_span_in_context
+
+    return set_span_in_context(NonRecordingSpan(span_context))

@@ -38,6 +38,7 @@ from longrun_core.store import (
     Cursor,
     ListPage,
     OperationStore,
+    QueueReady,
     RecordFilter,
     ScanBudget,
     Window,
@@ -85,6 +86,9 @@ ADDED_COLUMNS = {
     "dispatch_deadline_us": "INTEGER",
     "concurrency_key": "TEXT",
     "wait_reason": "INTEGER NOT NULL DEFAULT 0",
+    # Tracing (issue 14): the CreateJob's and the first attempt's traceparent.
+    "trace": "TEXT",
+    "first_attempt_trace": "TEXT",
 }
 #: Indexes on added columns, created by `migrate` once the columns exist.
 #: A request id is unique within its project (the old index made it unique
@@ -377,7 +381,7 @@ class SqliteOperationStore(OperationStore):
         # at its dispatch_due_time (its schedule time).
         outbox = None if is_scheduled_ahead(rec) else self.outbox
         # Taken here: the database thread does not see this task's trace context.
-        message = TaskMessage(rec.name, rec.task, rec.attempt, current_traceparent())
+        message = TaskMessage(rec.name, rec.task, rec.attempt, rec.trace or current_traceparent())
 
         def insert_and_enqueue(conn: sqlite3.Connection) -> None:
             conn.execute(_INSERT, row)
@@ -566,6 +570,20 @@ class SqliteOperationStore(OperationStore):
             ).fetchone()
         )
         return int(row[0])
+
+    async def ready_by_queue(self, now: datetime, limit: int) -> Sequence[QueueReady]:
+        if limit <= 0:
+            return []
+        # The walk of the not-done rows (operations_queue_waiting), at most `limit` QUEUED ones.
+        rows = await self.backend.db.call(
+            lambda c: c.execute(
+                "SELECT queue, count(*), MIN(since) FROM ("
+                "SELECT queue, COALESCE(run_after_us, create_us) AS since FROM operations "
+                "WHERE done = 0 AND state = ? LIMIT ?) WHERE since <= ? GROUP BY queue",
+                (int(State.QUEUED), limit, to_micros(now)),
+            ).fetchall()
+        )
+        return [QueueReady(str(q), int(n), from_micros(int(since))) for q, n, since in rows]
 
     async def queued_in(
         self, project: str, queue: str, *, after: str = "", limit: int = 500
