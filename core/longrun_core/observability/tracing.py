@@ -2,7 +2,7 @@
 
 Each process builds its own `TracerProvider` (never the global one) and
 passes it down: the server to its gRPC interceptor
-(opentelemetry-instrumentation-grpc), the worker to its attempt spans. The
+(rpc_tracing.py), the worker to its attempt spans. The
 trace context crosses the queue in the task message
 (`TaskMessage.trace`, signed: trace_context.py).
 
