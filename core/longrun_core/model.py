@@ -36,6 +36,7 @@ class WaitReason(enum.IntEnum):
     SCHEDULED = 2
     QUEUE_PAUSED = 3
     CONCURRENCY_LIMITED = 4
+    RATE_LIMITED = 5
 
 
 class State(enum.IntEnum):
@@ -118,6 +119,9 @@ class OperationRecord:
     concurrency_key: str | None = None
     #: Why it waits while QUEUED (see WaitReason).
     wait_reason: WaitReason = WaitReason.NONE
+    #: The time of the queue rate-limit token reserved for its next attempt
+    #: (longrun_core.rate_bucket); None: it holds none.
+    rate_token_time: datetime | None = None
 
     @property
     def name(self) -> str:

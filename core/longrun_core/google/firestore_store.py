@@ -105,6 +105,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,16 +120,25 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 from google.rpc import status_pb2
 
+from longrun_core import transitions
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists, Unavailable
 from longrun_core.filtering.firestore import LABEL_PAIRS, label_pair
 from longrun_core.google.collection_client import TRANSIENT
 from longrun_core.google.list_values import DocValues, doc_position, value_fields
-from longrun_core.model import OperationRecord, State, WaitReason
+from longrun_core.model import OperationRecord, State, WaitReason, evolve
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.queue import Transition
+from longrun_core.rate_bucket import Granted, Refused, holds_token, take
 from longrun_core.settings import BackendSettings
-from longrun_core.slots import admit, is_live, queue_slot_id, slots_of, without_dead
+from longrun_core.slots import (
+    admit,
+    bucket_id,
+    is_live,
+    queue_slot_id,
+    slots_of,
+    without_dead,
+)
 from longrun_core.store import (
     CreateResult,
     Cursor,
@@ -145,7 +155,12 @@ from longrun_core.store import (
     scan_page,
     watch_key_of,
 )
-from longrun_core.transitions import ConcurrencyLimited, SlotRequest
+from longrun_core.transitions import (
+    ConcurrencyLimited,
+    SlotRequest,
+    rate_refused,
+    rate_reserved,
+)
 from longrun_core.watch import WatchHub
 
 log = logging.getLogger("longrun.firestore")
@@ -167,6 +182,9 @@ _DURATION_FIELDS = frozenset({"lease_duration", "dispatch_deadline"})
 _MICRO = timedelta(microseconds=1)
 #: How old the last server time seen may be before `store_time` asks anew.
 SERVER_TIME_MAX_AGE = 60.0
+#: Claims that lost a race for a queue's rate bucket document retry after a
+#: random pause of up to this many seconds times the round (at most 8).
+BUCKET_BACKOFF = 0.005
 #: A document id no operation has (ids are 32 hex digits), read for its read time.
 CLOCK_PROBE_ID = "clock-probe"
 
@@ -578,15 +596,20 @@ class FirestoreOperationStore(OperationStore):
     async def claim_slot(
         self, name: str, transition: Transition, request: SlotRequest
     ) -> OperationRecord:
-        """The claim and its slot entries in ONE batched commit guarded by
-        `last_update_time` preconditions on the operation and on every slot
-        document read (or `create` for one not there yet): if anyone wrote
-        any of them since they were read, nothing lands and it starts over.
-        A slot document full of holders has its entries checked against
-        their operations (longrun_core.slots: dead ones are dropped in the
-        same commit) before the claim is refused."""
+        """The claim, its slot entries and its rate token in ONE batched
+        commit guarded by `last_update_time` preconditions on the operation
+        and on every slot and bucket document read (or `create` for one not
+        there yet): if anyone wrote any of them since they were read, nothing
+        lands and it starts over (after a short random pause when a rate
+        bucket is involved, so claims contending for it do not retry in
+        lockstep). A slot document full of holders has its entries checked
+        against their operations (longrun_core.slots: dead ones are dropped
+        in the same commit) before the claim is refused; a claim refused for
+        concurrency takes no token. A claim that must wait for a token
+        reserves it and writes the record waiting (RATE_LIMITED) in the same
+        commit, then raises RateLimited."""
         parsed = parse_operation_name(name)
-        for _ in range(self.max_conflicts):
+        for round_ in range(self.max_conflicts):
             snap = await self._snapshot(parsed.id)
             if not snap.exists:
                 raise not_found(name)
@@ -597,21 +620,65 @@ class FirestoreOperationStore(OperationStore):
             if new is None:
                 return current
             batch = self._client.batch()
-            option = self._client.write_option(last_update_time=snap.update_time)
-            batch.update(self._ops.document(current.id), to_document(new), option=option)
+            granted: Granted | None = None
             if new.state is State.RUNNING:
                 for slot_id, limit in slots_of(request):
                     await self._take_slot(batch, slot_id, limit, new, request)
+                now = new.update_time
+                if request.rate is not None and not holds_token(current.rate_token_time, now):
+                    granted = await self._take_token(batch, request, now)
+                    if granted.start > now:
+                        noted = transitions.note_rate_limited(
+                            current, now=now, retry_at=granted.start, token_time=granted.start
+                        )
+                        assert noted is not None  # current is QUEUED: new is its claim
+                        new = evolve(noted, version=current.version + 1)
+                    else:
+                        granted = None
+            option = self._client.write_option(last_update_time=snap.update_time)
+            batch.update(self._ops.document(current.id), to_document(new), option=option)
             try:
                 results = await self._call(batch.commit)
             except (*_STALE, gexc.AlreadyExists):
                 self._seen.pop(current.id, None)
-                await asyncio.sleep(0)
+                await asyncio.sleep(
+                    random.uniform(0, BUCKET_BACKOFF * min(round_ + 1, 8))
+                    if request.rate is not None
+                    else 0
+                )
                 continue
-            self._wrote(new.id, new.version, results[0].update_time)
+            self._wrote(new.id, new.version, results[-1].update_time)
             await self.on_written(new.name)
+            if granted is not None:
+                raise rate_reserved(request, granted.start)
             return new
         raise Aborted(f"operation {name!r} or its queue's slots changed too often; retry")
+
+    async def _take_token(self, batch: Any, request: SlotRequest, now: datetime) -> Granted:
+        """Move the queue's rate bucket on by one token in `batch` (guarded by
+        the bucket document as read now), or raise RateLimited (nothing taken)."""
+        assert request.rate is not None
+        ref = self._slots.document(bucket_id(request.project, request.queue))
+        snap = await self._call(ref.get)
+        stored = snap.get("tat") if snap.exists else None
+        tat = None if stored is None else _plain_datetime(stored)
+        taken = take(tat, now, rate=request.rate, burst=request.burst, horizon=request.horizon)
+        if isinstance(taken, Refused):
+            raise rate_refused(request, taken.retry_at)
+        doc = {"project": request.project, "queue": request.queue, "tat": taken.tat}
+        if snap.exists:
+            option = self._client.write_option(last_update_time=snap.update_time)
+            batch.update(ref, doc, option=option)
+        else:
+            batch.create(ref, doc)
+        return taken
+
+    async def rate_bucket_tat(self, project: str, queue: str) -> datetime | None:
+        """The `tat` of a queue's rate bucket (longrun_core.rate_bucket), for
+        diagnostics and tests; None: never used."""
+        snap = await self._call(self._slots.document(bucket_id(project, queue)).get)
+        stored = snap.get("tat") if snap.exists else None
+        return None if stored is None else _plain_datetime(stored)
 
     async def slot_holders(self, slot_id: str) -> dict[str, int]:
         """The entries of slot document `slot_id` (longrun_core.slots), for

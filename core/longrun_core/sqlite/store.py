@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.rpc import status_pb2
 
+from longrun_core import transitions
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import AlreadyExists
 from longrun_core.filtering.index_terms import IndexTerms
-from longrun_core.model import OperationRecord, State, WaitReason
+from longrun_core.model import OperationRecord, State, WaitReason, evolve
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.observability.trace_context import current_traceparent
 from longrun_core.queue import TaskMessage, Transition
+from longrun_core.rate_bucket import Granted, Refused, holds_token, take
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.db import transaction
 from longrun_core.sqlite.list_scan import (
@@ -32,6 +34,7 @@ from longrun_core.sqlite.list_scan import (
     value_columns,
 )
 from longrun_core.sqlite.queues import migrate as migrate_queues
+from longrun_core.sqlite.queues import read_bucket, write_bucket
 from longrun_core.stamped_cache import DEFAULT_MAX_BYTES, StampedCache
 from longrun_core.store import (
     CreateResult,
@@ -50,7 +53,13 @@ from longrun_core.store import (
     scan_page,
     watch_key_of,
 )
-from longrun_core.transitions import ConcurrencyLimited, SlotRequest, over_limit
+from longrun_core.transitions import (
+    ConcurrencyLimited,
+    SlotRequest,
+    over_limit,
+    rate_refused,
+    rate_reserved,
+)
 from longrun_core.watch import WatchHub
 
 if TYPE_CHECKING:
@@ -66,6 +75,7 @@ _TIME_FIELDS = {
     "run_after": "run_after_us",
     "schedule_time": "schedule_us",
     "expire_time": "expire_us",
+    "rate_token_time": "rate_token_us",
 }
 #: Durations, kept as whole microseconds.
 _DURATION_FIELDS = {"lease_duration": "lease_us", "dispatch_deadline": "dispatch_deadline_us"}
@@ -85,6 +95,7 @@ ADDED_COLUMNS = {
     "dispatch_deadline_us": "INTEGER",
     "concurrency_key": "TEXT",
     "wait_reason": "INTEGER NOT NULL DEFAULT 0",
+    "rate_token_us": "INTEGER",
 }
 #: Indexes on added columns, created by `migrate` once the columns exist.
 #: A request id is unique within its project (the old index made it unique
@@ -197,13 +208,8 @@ def write_if_version(
     return bool(conn.execute(sql, params).rowcount == 1)
 
 
-def apply(
-    conn: sqlite3.Connection, name: str, transition: Transition
-) -> tuple[OperationRecord, bool]:
-    """`OperationStore.update` inside a write transaction the caller holds (so
-    nobody can write in between: no compare-and-set loop). Returns (record,
-    whether it was written). NotFound if absent; exceptions from `transition`
-    propagate, leaving the transaction for the caller to roll back."""
+def read_current(conn: sqlite3.Connection, name: str) -> OperationRecord:
+    """The stored record of operation `name`; NotFound if absent."""
     parsed = parse_operation_name(name)
     row = conn.execute(f"{_SELECT} WHERE id = ?", (parsed.id,)).fetchone()
     if row is None:
@@ -211,6 +217,17 @@ def apply(
     current = from_row(row)
     if not in_project(current, parsed):
         raise not_found(name)
+    return current
+
+
+def apply(
+    conn: sqlite3.Connection, name: str, transition: Transition
+) -> tuple[OperationRecord, bool]:
+    """`OperationStore.update` inside a write transaction the caller holds (so
+    nobody can write in between: no compare-and-set loop). Returns (record,
+    whether it was written). NotFound if absent; exceptions from `transition`
+    propagate, leaving the transaction for the caller to roll back."""
+    current = read_current(conn, name)
     new = next_version(current, transition)
     if new is None:
         return current, False
@@ -431,23 +448,56 @@ class SqliteOperationStore(OperationStore):
     async def claim_slot(
         self, name: str, transition: Transition, request: SlotRequest
     ) -> OperationRecord:
-        """The claim and the count of running attempts in one BEGIN IMMEDIATE
-        transaction: no other writer (worker process or server) can start an
-        attempt in between, so the count is exact."""
+        """The claim, the count of running attempts and the rate token in one
+        BEGIN IMMEDIATE transaction: no other writer (worker process or
+        server) can start an attempt in between, so the count is exact and
+        the bucket is read and moved on by one claim at a time. The
+        concurrency check comes first: a claim refused for it takes no token.
+        A claim that must wait for a token reserves it and writes the record
+        waiting (RATE_LIMITED) in the same transaction, then raises
+        RateLimited."""
 
-        def claim(conn: sqlite3.Connection) -> tuple[OperationRecord, bool]:
-            rec, written = apply(conn, name, transition)
-            if written and rec.state is State.RUNNING:
-                in_queue, with_key = count_running(conn, request, exclude=rec.id)
-                full = over_limit(request, in_queue, with_key)
-                if full is not None:  # raised inside: the transaction rolls back
-                    raise limited(request, full, in_queue, with_key)
-            return rec, written
+        def claim(conn: sqlite3.Connection) -> tuple[OperationRecord, bool, Granted | None]:
+            current = read_current(conn, name)
+            new = next_version(current, transition)
+            if new is None:
+                return current, False, None
+            granted: Granted | None = None
+            if new.state is State.RUNNING:
+                if request.concurrency:
+                    in_queue, with_key = count_running(conn, request, exclude=new.id)
+                    full = over_limit(request, in_queue, with_key)
+                    if full is not None:  # raised inside: the transaction rolls back
+                        raise limited(request, full, in_queue, with_key)
+                now = new.update_time
+                if request.rate is not None and not holds_token(current.rate_token_time, now):
+                    taken = take(
+                        read_bucket(conn, request.project, request.queue),
+                        now,
+                        rate=request.rate,
+                        burst=request.burst,
+                        horizon=request.horizon,
+                    )
+                    if isinstance(taken, Refused):  # nothing taken: roll back, say when
+                        raise rate_refused(request, taken.retry_at)
+                    write_bucket(conn, request.project, request.queue, taken.tat)
+                    if taken.start > now:
+                        granted = taken
+                        noted = transitions.note_rate_limited(
+                            current, now=now, retry_at=taken.start, token_time=taken.start
+                        )
+                        assert noted is not None  # current is QUEUED: new is its claim
+                        new = evolve(noted, version=current.version + 1)
+            if not write_if_version(conn, new, current.version, current):
+                raise RuntimeError(f"{name} changed inside a write transaction")  # cannot happen
+            return new, True, granted
 
-        rec, written = await self.backend.db.call(lambda c: transaction(c, claim))
+        rec, written, granted = await self.backend.db.call(lambda c: transaction(c, claim))
         if written:
             self._records.put(rec)
             await self.on_written(rec.name)
+        if granted is not None:
+            raise rate_reserved(request, granted.start)
         return rec
 
     async def _delete(self, op_id: str, *, project: str | None = None) -> bool:
