@@ -192,7 +192,7 @@ def test_an_update_out_of_bounds_or_leaving_a_burst_without_rate_is_refused() ->
             T0,
             ConcurrencyLimits(max_dispatches_per_second=600),
         )
-    with pytest.raises(InvalidArgument, match="needs rate_limits.max_dispatches_per_second"):
+    with pytest.raises(InvalidArgument, match=r"needs rate_limits\.max_dispatches_per_second"):
         apply_update(
             current,
             RetryConfig(),
@@ -280,6 +280,9 @@ def test_an_unreserved_wait_keeps_no_token_and_a_pause_or_slot_wait_spends_it() 
     limited = transitions.note_limited(holding, now=T0, retry_at=retry)
     assert paused is not None and paused.rate_token_time is None
     assert limited is not None and limited.rate_token_time is None
-    assert transitions.note_rate_limited(
-        record(state=State.RUNNING), now=T0, retry_at=retry, token_time=None
-    ) is None
+    assert (
+        transitions.note_rate_limited(
+            record(state=State.RUNNING), now=T0, retry_at=retry, token_time=None
+        )
+        is None
+    )
