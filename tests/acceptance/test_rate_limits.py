@@ -116,3 +116,60 @@ def test_the_rate_holds_across_workers_and_a_killed_worker(
     span = max(starts) - min(starts)
     assert (len(starts) - BURST) / span <= RATE * 1.05, span
     assert (len(starts) - BURST) / span > 0.5 * RATE, span
+
+
+def test_out_of_range_rates_are_refused_and_an_update_mask_changes_the_rate(
+    service: Service,
+) -> None:
+    project = f"v-{uuid.uuid4().hex[:8]}"
+    parent = f"projects/{project}"
+    refused = service.grpcurl(
+        "longrun.v1.Queues/CreateQueue",
+        data={
+            "parent": parent,
+            "queueId": "fast",
+            "queue": {"rateLimits": {"maxDispatchesPerSecond": 501}},
+        },
+    )
+    assert refused.code != 0
+    assert "InvalidArgument" in refused.stderr and "max_dispatches_per_second" in refused.stderr
+    burst_alone = service.grpcurl(
+        "longrun.v1.Queues/CreateQueue",
+        data={"parent": parent, "queueId": "b", "queue": {"rateLimits": {"maxBurstSize": 4}}},
+    )
+    assert burst_alone.code != 0 and "needs rate_limits" in burst_alone.stderr
+    service.call(
+        "longrun.v1.Queues/CreateQueue",
+        {
+            "parent": parent,
+            "queueId": "q",
+            "queue": {"rateLimits": {"maxDispatchesPerSecond": 5, "maxBurstSize": 2}},
+        },
+    )
+    updated = service.call(
+        "longrun.v1.Queues/UpdateQueue",
+        {
+            "queue": {
+                "name": f"{parent}/queues/q",
+                "rateLimits": {"maxDispatchesPerSecond": 7.5, "maxBurstSize": 9},
+            },
+            "updateMask": {"paths": ["rate_limits.max_dispatches_per_second"]},
+        },
+    )
+    assert updated["rate_limits"] == {"max_dispatches_per_second": 7.5, "max_burst_size": 2}
+    cli = run(
+        [
+            "--target",
+            service.target,
+            "queues",
+            "update",
+            "q",
+            "--project",
+            project,
+            "--max-burst-size",
+            "4",
+        ]
+    )
+    assert cli == 0
+    shown = service.call("longrun.v1.Queues/GetQueue", {"name": f"{parent}/queues/q"})
+    assert shown["rate_limits"] == {"max_dispatches_per_second": 7.5, "max_burst_size": 4}
