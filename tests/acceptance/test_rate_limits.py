@@ -12,7 +12,6 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -76,19 +75,20 @@ def test_the_rate_holds_across_workers_and_a_killed_worker(
     assert created == 0
     shown = service.call("longrun.v1.Queues/GetQueue", {"name": f"projects/{project}/queues/paced"})
     assert shown["rate_limits"] == {"max_dispatches_per_second": RATE, "max_burst_size": BURST}
-    time.sleep(1.0)  # every worker's view (refreshed each 0.5 s) has the limit
+    # Enqueued at once: submitted to the paused queue, then resumed.
+    assert run([*base, "pause", "paced", "--project", project]) == 0
+    time.sleep(1.0)  # every worker's view (refreshed each 0.5 s) has the limit and pause
     jobs: list[str] = []
     with Client(service.target, project=project) as client:
         for _ in range(80):
             future = client.submit(
-                "stamped",
-                {"ms": 20, "dir": str(stamps)},
-                options=JobOptions(queue="paced", delay=timedelta(seconds=2)),
+                "stamped", {"ms": 20, "dir": str(stamps)}, options=JobOptions(queue="paced")
             )
             jobs.append(future.name)
+        client.resume_queue("paced")
 
         def one_waits_rate_limited() -> bool:
-            for name in jobs[-20:]:
+            for name in jobs:
                 metadata = jobs_pb2.JobMetadata()
                 client.get(name).metadata.Unpack(metadata)
                 if metadata.wait_reason == jobs_pb2.JobMetadata.RATE_LIMITED:
