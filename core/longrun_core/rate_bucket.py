@@ -18,6 +18,15 @@ back (a cancelled or purged job's token goes unused, the rate only drops).
 When even the reservation would be due past `horizon`, nothing is taken and
 the claim comes back when one could fit (`Refused.retry_at`).
 
+Starts are gated too. A reserved job may reach a worker late (its message
+was delivered late), and late reservations would bunch with on-time ones.
+So every start also passes a second bucket of the same rate and size kept
+beside the first, `start_tat`, moved on only by attempts that actually
+start (`gate`): a start it does not admit now waits (briefly: the first
+bucket lets only the rate through) until it does, keeping its token. Every
+window of starts then holds at most `burst + rate * length` of them, however
+late their messages came.
+
 Which clock: the claimer's (`now` is the claim's own time, as for a job's
 schedule time and retry backoff). A `tat` further ahead than any take could
 have put it (a clock that jumped back, or a skewed writer) is reset to `now`,
@@ -100,3 +109,18 @@ def holds_token(token_time: datetime | None, now: datetime) -> bool:
     now (no later than TOKEN_GRACE past it; never before it: the claim's
     run_after check sees to that)."""
     return token_time is not None and now <= token_time + TOKEN_GRACE
+
+
+def gate(
+    start_tat: datetime | None, now: datetime, *, rate: float, burst: int
+) -> tuple[bool, datetime]:
+    """The start gate: (True, the new start_tat) when an attempt may start
+    now; (False, when it may) otherwise, nothing taken."""
+    step = interval(rate)
+    if start_tat is None or start_tat > now + step * burst:
+        start_tat = now  # unused, or ahead of what starts can write: open
+    new = max(start_tat, now) + step
+    earliest = new - step * burst
+    if earliest > now:
+        return False, earliest
+    return True, new

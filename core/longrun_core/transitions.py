@@ -40,7 +40,15 @@ from google.rpc import code_pb2, status_pb2
 
 from longrun_core.model import OperationRecord, State, WaitReason, evolve
 from longrun_core.queues import ConcurrencyLimits
-from longrun_core.rate_bucket import DEFAULT_HORIZON, RESERVED_BACKSTOP, effective_burst
+from longrun_core.rate_bucket import (
+    DEFAULT_HORIZON,
+    RESERVED_BACKSTOP,
+    Refused,
+    effective_burst,
+    gate,
+    holds_token,
+    take,
+)
 
 
 class Rejected(Exception):
@@ -139,6 +147,54 @@ def rate_refused(request: SlotRequest, retry_at: datetime) -> RateLimited:
         until=retry_at,
         reserved=False,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RateStep:
+    """What a claim of a rate-limited queue writes (longrun_core.rate_bucket):
+    `record` (the claim, or the record waiting RATE_LIMITED with a token due
+    later; its version is the caller's to set) and the bucket's `tat` and
+    `start_tat`; `wait` is raised once that is written (None: it started)."""
+
+    record: OperationRecord
+    tat: datetime
+    start_tat: datetime | None
+    wait: RateLimited | None
+
+
+def rate_step(
+    current: OperationRecord,
+    claimed: OperationRecord,
+    request: SlotRequest,
+    tat: datetime | None,
+    start_tat: datetime | None,
+) -> RateStep:
+    """The rate part of `claimed` (the RUNNING record the claim of `current`
+    made) given the queue's bucket as read: a token (one reserved for the
+    job and still held, or a fresh one), then the start gate. Raises
+    RateLimited with nothing to write when no token can be reserved within
+    the horizon."""
+    assert request.rate is not None
+    now = claimed.update_time
+
+    def waiting(until: datetime) -> OperationRecord:
+        noted = note_rate_limited(current, now=now, retry_at=until, token_time=until)
+        assert noted is not None  # current is QUEUED: claimed is its claim
+        return noted
+
+    if not holds_token(current.rate_token_time, now):
+        taken = take(tat, now, rate=request.rate, burst=request.burst, horizon=request.horizon)
+        if isinstance(taken, Refused):
+            raise rate_refused(request, taken.retry_at)
+        tat = taken.tat
+        if taken.start > now:
+            return RateStep(
+                waiting(taken.start), tat, start_tat, rate_reserved(request, taken.start)
+            )
+    admitted, when = gate(start_tat, now, rate=request.rate, burst=request.burst)
+    if not admitted:  # a token is held: wait for the gate, keeping it
+        return RateStep(waiting(when), tat or now, start_tat, rate_reserved(request, when))
+    return RateStep(claimed, tat or now, when, None)
 
 
 class ConcurrencyLimited(Rejected):

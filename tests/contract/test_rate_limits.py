@@ -246,3 +246,32 @@ async def test_firestore_keeps_the_bucket_in_one_document(
     for rec in recs:
         await attempt(stores[1], rec)
     assert await store.rate_bucket_tat("default", "q") == NOW + 4 * STEP
+
+
+async def test_late_reservations_do_not_bunch_past_the_burst(
+    stores: list[OperationStore],
+) -> None:
+    """Reserved jobs whose messages all come late, at one instant (within the
+    grace): the start gate lets the burst start and has the rest wait for its
+    next opening (taking nothing meanwhile), keeping their tokens."""
+    recs = await make(stores[0], 8)
+    for rec in recs[:3]:
+        assert isinstance(await attempt(stores[0], rec), OperationRecord)
+    for rec in recs[3:]:
+        assert isinstance(await attempt(stores[1], rec), RateLimited)
+    late = NOW + 5 * STEP + timedelta(milliseconds=500)
+    results = [await attempt(stores[i % 4], rec, late) for i, rec in enumerate(recs[3:])]
+    started = [r for r in results if isinstance(r, OperationRecord)]
+    waiting = [r for r in results if isinstance(r, RateLimited)]
+    assert len(started) == 3
+    assert [w.until for w in waiting] == [late + STEP, late + STEP]
+    held = [r for r in recs[3:] if (await stores[0].get(r.name)).state is State.QUEUED]
+    assert len(held) == 2
+    # They keep their tokens: at the gate's opening one starts without a new
+    # token, the other waits one interval more.
+    first = await attempt(stores[2], held[0], late + STEP)
+    assert isinstance(first, OperationRecord) and first.state is State.RUNNING
+    second = await attempt(stores[3], held[1], late + STEP)
+    assert isinstance(second, RateLimited) and second.until == late + 2 * STEP
+    third = await attempt(stores[3], held[1], late + 2 * STEP)
+    assert isinstance(third, OperationRecord)

@@ -22,6 +22,7 @@ from longrun_core.rate_bucket import (
     Granted,
     Refused,
     effective_burst,
+    gate,
     holds_token,
     take,
     tokens,
@@ -286,3 +287,21 @@ def test_an_unreserved_wait_keeps_no_token_and_a_pause_or_slot_wait_spends_it() 
         )
         is None
     )
+
+
+def test_the_start_gate_admits_the_burst_then_one_per_interval_and_takes_nothing_when_shut() -> (
+    None
+):
+    start_tat = None
+    for _ in range(5):
+        admitted, start_tat = gate(start_tat, T0, rate=20, burst=5)
+        assert admitted
+    shut, when = gate(start_tat, T0, rate=20, burst=5)
+    assert not shut and when == T0 + 50 * MS
+    again, still = gate(start_tat, T0 + 10 * MS, rate=20, burst=5)
+    assert not again and still == when  # nothing was taken by the refusal
+    opened, _ = gate(start_tat, when, rate=20, burst=5)
+    assert opened
+    # A start_tat beyond anything starts can write (a clock jump) is reset.
+    reset, new = gate(T0 + timedelta(hours=1), T0, rate=20, burst=5)
+    assert reset and new == T0 + 50 * MS

@@ -129,7 +129,6 @@ from longrun_core.google.list_values import DocValues, doc_position, value_field
 from longrun_core.model import OperationRecord, State, WaitReason, evolve
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.queue import Transition
-from longrun_core.rate_bucket import Granted, Refused, holds_token, take
 from longrun_core.settings import BackendSettings
 from longrun_core.slots import (
     admit,
@@ -158,8 +157,6 @@ from longrun_core.store import (
 from longrun_core.transitions import (
     ConcurrencyLimited,
     SlotRequest,
-    rate_refused,
-    rate_reserved,
 )
 from longrun_core.watch import WatchHub
 
@@ -283,6 +280,12 @@ def from_document(doc: dict[str, Any]) -> OperationRecord:
             value = bytes(value)
         values[name] = value
     return OperationRecord(**values)
+
+
+def _bucket_time(snap: Any, name: str) -> datetime | None:
+    """A time field of a rate bucket document (None: absent or never set)."""
+    stored = snap.to_dict().get(name) if snap.exists else None
+    return None if stored is None else _plain_datetime(stored)
 
 
 def _plain_datetime(value: datetime) -> datetime:
@@ -620,21 +623,14 @@ class FirestoreOperationStore(OperationStore):
             if new is None:
                 return current
             batch = self._client.batch()
-            granted: Granted | None = None
+            wait: transitions.RateLimited | None = None
             if new.state is State.RUNNING:
                 for slot_id, limit in slots_of(request):
                     await self._take_slot(batch, slot_id, limit, new, request)
-                now = new.update_time
-                if request.rate is not None and not holds_token(current.rate_token_time, now):
-                    granted = await self._take_token(batch, request, now)
-                    if granted.start > now:
-                        noted = transitions.note_rate_limited(
-                            current, now=now, retry_at=granted.start, token_time=granted.start
-                        )
-                        assert noted is not None  # current is QUEUED: new is its claim
-                        new = evolve(noted, version=current.version + 1)
-                    else:
-                        granted = None
+                if request.rate is not None:
+                    step = await self._rate_step(batch, current, new, request)
+                    new = evolve(step.record, version=current.version + 1)
+                    wait = step.wait
             option = self._client.write_option(last_update_time=snap.update_time)
             batch.update(self._ops.document(current.id), to_document(new), option=option)
             try:
@@ -649,36 +645,39 @@ class FirestoreOperationStore(OperationStore):
                 continue
             self._wrote(new.id, new.version, results[-1].update_time)
             await self.on_written(new.name)
-            if granted is not None:
-                raise rate_reserved(request, granted.start)
+            if wait is not None:
+                raise wait
             return new
         raise Aborted(f"operation {name!r} or its queue's slots changed too often; retry")
 
-    async def _take_token(self, batch: Any, request: SlotRequest, now: datetime) -> Granted:
-        """Move the queue's rate bucket on by one token in `batch` (guarded by
-        the bucket document as read now), or raise RateLimited (nothing taken)."""
-        assert request.rate is not None
+    async def _rate_step(
+        self, batch: Any, current: OperationRecord, claimed: OperationRecord, request: SlotRequest
+    ) -> transitions.RateStep:
+        """The claim's rate step (transitions.rate_step) on the queue's bucket
+        document as read now, its write added to `batch` guarded by that
+        read; RateLimited (nothing taken) when no token can be reserved."""
         ref = self._slots.document(bucket_id(request.project, request.queue))
         snap = await self._call(ref.get)
-        stored = snap.get("tat") if snap.exists else None
-        tat = None if stored is None else _plain_datetime(stored)
-        taken = take(tat, now, rate=request.rate, burst=request.burst, horizon=request.horizon)
-        if isinstance(taken, Refused):
-            raise rate_refused(request, taken.retry_at)
-        doc = {"project": request.project, "queue": request.queue, "tat": taken.tat}
+        tat, start_tat = (_bucket_time(snap, "tat"), _bucket_time(snap, "start_tat"))
+        step = transitions.rate_step(current, claimed, request, tat, start_tat)
+        doc = {
+            "project": request.project,
+            "queue": request.queue,
+            "tat": step.tat,
+            "start_tat": step.start_tat,
+        }
         if snap.exists:
             option = self._client.write_option(last_update_time=snap.update_time)
             batch.update(ref, doc, option=option)
         else:
             batch.create(ref, doc)
-        return taken
+        return step
 
     async def rate_bucket_tat(self, project: str, queue: str) -> datetime | None:
         """The `tat` of a queue's rate bucket (longrun_core.rate_bucket), for
         diagnostics and tests; None: never used."""
         snap = await self._call(self._slots.document(bucket_id(project, queue)).get)
-        stored = snap.get("tat") if snap.exists else None
-        return None if stored is None else _plain_datetime(stored)
+        return _bucket_time(snap, "tat")
 
     async def slot_holders(self, slot_id: str) -> dict[str, int]:
         """The entries of slot document `slot_id` (longrun_core.slots), for

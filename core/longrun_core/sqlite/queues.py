@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS rate_buckets (
     project TEXT NOT NULL,
     queue_id TEXT NOT NULL,
     tat_us INTEGER NOT NULL,
+    start_us INTEGER,
     PRIMARY KEY (project, queue_id)
 );
 """
@@ -62,19 +63,37 @@ def limits_from_json(text: str) -> ConcurrencyLimits:
     return ConcurrencyLimits(**{name: data[name] for name in LIMIT_FIELDS if name in data})
 
 
-def read_bucket(conn: sqlite3.Connection, project: str, queue_id: str) -> datetime | None:
-    """The rate bucket's `tat` of a queue (longrun_core.rate_bucket); None: never used."""
+def read_bucket(
+    conn: sqlite3.Connection, project: str, queue_id: str
+) -> tuple[datetime | None, datetime | None]:
+    """A queue's rate bucket (longrun_core.rate_bucket): (tat, start_tat),
+    None for a time never set."""
     row = conn.execute(
-        "SELECT tat_us FROM rate_buckets WHERE project = ? AND queue_id = ?", (project, queue_id)
+        "SELECT tat_us, start_us FROM rate_buckets WHERE project = ? AND queue_id = ?",
+        (project, queue_id),
     ).fetchone()
-    return None if row is None else from_micros(row[0])
+    if row is None:
+        return None, None
+    return from_micros(row[0]), None if row[1] is None else from_micros(row[1])
 
 
-def write_bucket(conn: sqlite3.Connection, project: str, queue_id: str, tat: datetime) -> None:
+def write_bucket(
+    conn: sqlite3.Connection,
+    project: str,
+    queue_id: str,
+    tat: datetime,
+    start_tat: datetime | None,
+) -> None:
     """Store a queue's bucket (inside the caller's write transaction)."""
     conn.execute(
-        "INSERT OR REPLACE INTO rate_buckets (project, queue_id, tat_us) VALUES (?, ?, ?)",
-        (project, queue_id, to_micros(tat)),
+        "INSERT OR REPLACE INTO rate_buckets (project, queue_id, tat_us, start_us) "
+        "VALUES (?, ?, ?, ?)",
+        (
+            project,
+            queue_id,
+            to_micros(tat),
+            None if start_tat is None else to_micros(start_tat),
+        ),
     )
 
 

@@ -21,7 +21,6 @@ from longrun_core.model import OperationRecord, State, WaitReason, evolve
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.observability.trace_context import current_traceparent
 from longrun_core.queue import TaskMessage, Transition
-from longrun_core.rate_bucket import Granted, Refused, holds_token, take
 from longrun_core.sqlite.backend import SqliteBackend
 from longrun_core.sqlite.db import transaction
 from longrun_core.sqlite.list_scan import (
@@ -57,8 +56,7 @@ from longrun_core.transitions import (
     ConcurrencyLimited,
     SlotRequest,
     over_limit,
-    rate_refused,
-    rate_reserved,
+    rate_step,
 )
 from longrun_core.watch import WatchHub
 
@@ -457,47 +455,36 @@ class SqliteOperationStore(OperationStore):
         waiting (RATE_LIMITED) in the same transaction, then raises
         RateLimited."""
 
-        def claim(conn: sqlite3.Connection) -> tuple[OperationRecord, bool, Granted | None]:
+        def claim(
+            conn: sqlite3.Connection,
+        ) -> tuple[OperationRecord, bool, transitions.RateLimited | None]:
             current = read_current(conn, name)
             new = next_version(current, transition)
             if new is None:
                 return current, False, None
-            granted: Granted | None = None
+            wait: transitions.RateLimited | None = None
             if new.state is State.RUNNING:
                 if request.concurrency:
                     in_queue, with_key = count_running(conn, request, exclude=new.id)
                     full = over_limit(request, in_queue, with_key)
                     if full is not None:  # raised inside: the transaction rolls back
                         raise limited(request, full, in_queue, with_key)
-                now = new.update_time
-                if request.rate is not None and not holds_token(current.rate_token_time, now):
-                    taken = take(
-                        read_bucket(conn, request.project, request.queue),
-                        now,
-                        rate=request.rate,
-                        burst=request.burst,
-                        horizon=request.horizon,
-                    )
-                    if isinstance(taken, Refused):  # nothing taken: roll back, say when
-                        raise rate_refused(request, taken.retry_at)
-                    write_bucket(conn, request.project, request.queue, taken.tat)
-                    if taken.start > now:
-                        granted = taken
-                        noted = transitions.note_rate_limited(
-                            current, now=now, retry_at=taken.start, token_time=taken.start
-                        )
-                        assert noted is not None  # current is QUEUED: new is its claim
-                        new = evolve(noted, version=current.version + 1)
+                if request.rate is not None:
+                    tat, start_tat = read_bucket(conn, request.project, request.queue)
+                    step = rate_step(current, new, request, tat, start_tat)
+                    write_bucket(conn, request.project, request.queue, step.tat, step.start_tat)
+                    new = evolve(step.record, version=current.version + 1)
+                    wait = step.wait
             if not write_if_version(conn, new, current.version, current):
                 raise RuntimeError(f"{name} changed inside a write transaction")  # cannot happen
-            return new, True, granted
+            return new, True, wait
 
-        rec, written, granted = await self.backend.db.call(lambda c: transaction(c, claim))
+        rec, written, wait = await self.backend.db.call(lambda c: transaction(c, claim))
         if written:
             self._records.put(rec)
             await self.on_written(rec.name)
-        if granted is not None:
-            raise rate_reserved(request, granted.start)
+        if wait is not None:
+            raise wait
         return rec
 
     async def _delete(self, op_id: str, *, project: str | None = None) -> bool:
