@@ -32,9 +32,6 @@ def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]
     require_backend(request.param)
     env = backend_env(request.param, tmp_path)
     env["LONGRUN_TASK_MODULES"] = "tests.acceptance.stamped_tasks"
-    import os
-
-    env["LONGRUN_LOG_LEVEL"] = os.environ.get("DBG_LEVEL", "INFO")
     svc = Service(tmp_path, env)
     with svc.kept():
         svc.start_server()
@@ -118,13 +115,23 @@ def test_the_rate_holds_across_workers_and_a_killed_worker(
         )
         victim.send_signal(signal.SIGKILL)
         victim.wait()
+        dispatched: list[float] = []
         for name in jobs:
             op = client.wait(name, timeout=120)
             assert op.done and not op.HasField("error"), op
+            metadata = jobs_pb2.JobMetadata()
+            op.metadata.Unpack(metadata)
+            dispatched.append(metadata.start_time.ToDatetime().timestamp())
 
+    # The dispatch times the records hold (first attempts' starts, stamped by
+    # the claim the bucket admitted) keep the bound exactly.
+    assert most_in_window(dispatched, 1.0) <= RATE + BURST
     starts = [start for start, _ in read_starts(stamps)]
     assert len(starts) >= len(jobs)
-    assert most_in_window(starts, 1.0) <= RATE + BURST
+    # The tasks' own stamps follow their claims by a varying delay (the
+    # claim's commit, the task's start: up to ~0.1 s on a loaded emulator,
+    # one interval at 10/s), so they may show one start more.
+    assert most_in_window(starts, 1.0) <= RATE + BURST + 1
     # On average no faster than the rate; and not far below it, though the
     # tokens the killed worker had reserved went unused (spent, by design).
     span = max(starts) - min(starts)
