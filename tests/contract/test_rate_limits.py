@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from longrun.v1 import jobs_pb2
 from longrun_core import transitions
 from longrun_core.google.firestore_store import FirestoreOperationStore
 from longrun_core.model import OperationRecord, State, WaitReason
@@ -128,7 +129,7 @@ async def test_a_reservation_shows_rate_limited_and_starts_on_its_token_without_
     waiting = await stores[2].get(recs[3].name)
     assert waiting.state is State.QUEUED
     assert waiting.wait_reason is WaitReason.RATE_LIMITED
-    assert waiting.metadata().wait_reason == WaitReason.RATE_LIMITED
+    assert waiting.metadata().wait_reason == jobs_pb2.JobMetadata.RATE_LIMITED
     assert waiting.run_after == NOW + STEP and waiting.rate_token_time == NOW + STEP
     # Before its token: not due (the claim's own run_after check).
     with pytest.raises(transitions.NotDue):

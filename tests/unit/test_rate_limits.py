@@ -289,9 +289,7 @@ def test_an_unreserved_wait_keeps_no_token_and_a_pause_or_slot_wait_spends_it() 
     )
 
 
-def test_the_start_gate_admits_the_burst_then_one_per_interval_and_nothing_when_shut() -> (
-    None
-):
+def test_the_start_gate_admits_the_burst_then_one_per_interval_and_nothing_when_shut() -> None:
     start_tat = None
     for _ in range(5):
         admitted, start_tat = gate(start_tat, T0, rate=20, burst=5)
