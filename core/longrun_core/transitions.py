@@ -179,7 +179,15 @@ def rate_step(
 
     def waiting(until: datetime) -> OperationRecord:
         noted = note_rate_limited(current, now=now, retry_at=until, token_time=until)
-        assert noted is not None  # current is QUEUED: claimed is its claim
+        if noted is None:
+            # `current` was RUNNING under a lease found lost: the claim took it
+            # back first. Nothing is written; the lease check requeues it.
+            raise RateLimited(
+                f"queue {request.queue!r} has no rate token now for a taken-over "
+                "attempt; it is requeued when its lease is found lost",
+                until=until,
+                reserved=False,
+            )
         return noted
 
     if not holds_token(current.rate_token_time, now):

@@ -303,3 +303,17 @@ def test_the_start_gate_admits_the_burst_then_one_per_interval_and_nothing_when_
     # A start_tat beyond anything starts can write (a clock jump) is reset.
     reset, new = gate(T0 + timedelta(hours=1), T0, rate=20, burst=5)
     assert reset and new == T0 + 50 * MS
+
+
+def test_a_taken_over_attempt_with_no_token_writes_nothing() -> None:
+    """The claim of a RUNNING record whose lease was found lost, in a queue
+    with no token free now: no waiting note can be made of a RUNNING record,
+    so the step is refused whole (the lease check requeues the job)."""
+    running = record(state=State.RUNNING, attempt=1, lease_owner="gone", lease_expire_time=T0 - MS)
+    claimed = replace(running, attempt=2, lease_owner="w", update_time=T0)
+    request = transitions.SlotRequest("billing", "api", None, None, None, rate=20, burst=1)
+    with pytest.raises(transitions.RateLimited) as refused:
+        transitions.rate_step(running, claimed, request, T0 + 50 * MS, None)
+    assert not refused.value.reserved
+    started = transitions.rate_step(running, claimed, request, None, None)
+    assert started.record is claimed and started.wait is None
