@@ -36,6 +36,7 @@ class WaitReason(enum.IntEnum):
     SCHEDULED = 2
     QUEUE_PAUSED = 3
     CONCURRENCY_LIMITED = 4
+    RATE_LIMITED = 5
 
 
 class State(enum.IntEnum):
@@ -125,6 +126,9 @@ class OperationRecord:
     #: W3C traceparent of its first attempt's span, kept when that attempt is
     #: retried or given back: later attempts' spans link to it.
     first_attempt_trace: str | None = None
+    #: The time of the queue rate-limit token reserved for its next attempt
+    #: (longrun_core.rate_bucket); None: it holds none.
+    rate_token_time: datetime | None = None
 
     @property
     def name(self) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import enum
+import math
 import random
 import re
 from collections.abc import Callable
@@ -79,15 +80,25 @@ class RetryConfig:
 #: Bounds of the concurrency limits (Cloud Tasks' max_concurrent_dispatches: 5,000).
 MAX_CONCURRENT_DISPATCHES_LIMIT = 5000
 MAX_CONCURRENT_PER_KEY_LIMIT = 5000
+#: Bounds of the rate limit (Cloud Tasks': max_dispatches_per_second <= 500;
+#: queue.yaml's bucket_size <= 500).
+MAX_DISPATCHES_PER_SECOND_LIMIT = 500.0
+MAX_BURST_SIZE_LIMIT = 500
 
 
 @dataclass(frozen=True, slots=True)
 class ConcurrencyLimits:
-    """At most this many attempts of the queue (with the same
-    concurrency_key) RUNNING at once, over every worker; None: no limit."""
+    """A queue's `rate_limits`, each None when not set: at most
+    `max_concurrent_dispatches` attempts of the queue (and
+    `max_concurrent_per_key` with the same concurrency_key) RUNNING at once,
+    and attempts started at most `max_dispatches_per_second` on average with
+    bursts of `max_burst_size` (a token bucket, longrun_core.rate_bucket),
+    over every worker."""
 
     max_concurrent_dispatches: int | None = None
     max_concurrent_per_key: int | None = None
+    max_dispatches_per_second: float | None = None
+    max_burst_size: int | None = None
 
     def check(self) -> None:
         for name, value, limit in (
@@ -100,9 +111,30 @@ class ConcurrencyLimits:
         ):
             if value is not None and not 1 <= value <= limit:
                 raise _bad(f"rate_limits.{name} must be 1-{limit} (0: no limit)")
+        rate = self.max_dispatches_per_second
+        if rate is not None and not (
+            math.isfinite(rate) and 0 < rate <= MAX_DISPATCHES_PER_SECOND_LIMIT
+        ):
+            raise _bad(
+                "rate_limits.max_dispatches_per_second must be more than 0 and at most "
+                f"{MAX_DISPATCHES_PER_SECOND_LIMIT:g} (0: no limit)"
+            )
+        burst = self.max_burst_size
+        if burst is not None and not 1 <= burst <= MAX_BURST_SIZE_LIMIT:
+            raise _bad(f"rate_limits.max_burst_size must be 1-{MAX_BURST_SIZE_LIMIT} (0: unset)")
+        if burst is not None and rate is None:
+            raise _bad(
+                "rate_limits.max_burst_size needs rate_limits.max_dispatches_per_second: "
+                "the burst is the size of the rate's token bucket"
+            )
 
     @property
     def any(self) -> bool:
+        return self.concurrency or self.max_dispatches_per_second is not None
+
+    @property
+    def concurrency(self) -> bool:
+        """Whether a concurrency limit (rather than only a rate) is set."""
         return self.max_concurrent_dispatches is not None or self.max_concurrent_per_key is not None
 
 
@@ -195,7 +227,12 @@ def resumed(config: QueueConfig, now: datetime) -> QueueConfig:
 
 #: Update mask paths and what each copies from the request's queue.
 RETRY_FIELDS = ("max_attempts", "max_retry_duration", "min_backoff", "max_backoff", "max_doublings")
-LIMIT_FIELDS = ("max_concurrent_dispatches", "max_concurrent_per_key")
+LIMIT_FIELDS = (
+    "max_concurrent_dispatches",
+    "max_concurrent_per_key",
+    "max_dispatches_per_second",
+    "max_burst_size",
+)
 UPDATABLE_PATHS = frozenset(
     {
         "retry_config",

@@ -25,6 +25,13 @@ def queue_slot_id(project: str, queue: str) -> str:
     return f"{project}~{queue}"
 
 
+def bucket_id(project: str, queue: str) -> str:
+    """The document id of a queue's rate bucket (longrun_core.rate_bucket), in
+    the slot documents' collection (a queue id holds no '~', so it cannot
+    clash with a slot document's)."""
+    return f"{project}~{queue}~rate"
+
+
 def key_slot_id(project: str, queue: str, key: str) -> str:
     """A document id for any key (keys may hold '/', which ids may not)."""
     digest = hashlib.sha256(key.encode()).hexdigest()[:40]

@@ -181,6 +181,14 @@ class OperationStore(abc.ABC):
         finished attempt's slot comes back at once (it is not RUNNING); a
         crashed holder's when its lease is found lost (the dispatcher's lease
         check or a redelivery's claim takes the record out of RUNNING).
+        When `request.rate` is set, the same step takes a token from the
+        queue's rate bucket kept in the store, after the concurrency check
+        (`transitions.rate_step`, longrun_core.rate_bucket): a claim with no
+        token now writes the record waiting RATE_LIMITED with a token
+        reserved for later and the bucket moved on, then raises RateLimited
+        (reserved); with none within the horizon it writes nothing and
+        raises RateLimited (not reserved). Guarantees in
+        tests/contract/test_rate_limits.py.
         Adapters that cannot guard the count raise FailedPrecondition (their
         queue store refuses limits, so this is not reached)."""
         raise FailedPrecondition(

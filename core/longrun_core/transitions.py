@@ -40,6 +40,15 @@ from google.rpc import code_pb2, status_pb2
 
 from longrun_core.model import OperationRecord, State, WaitReason, evolve
 from longrun_core.queues import ConcurrencyLimits
+from longrun_core.rate_bucket import (
+    DEFAULT_HORIZON,
+    RESERVED_BACKSTOP,
+    Refused,
+    effective_burst,
+    gate,
+    holds_token,
+    take,
+)
 
 
 class Rejected(Exception):
@@ -88,6 +97,15 @@ class SlotRequest:
     key: str | None
     queue_limit: int | None
     key_limit: int | None
+    #: The queue's rate limit (None: none) and its bucket size.
+    rate: float | None = None
+    burst: int = 1
+    #: Longest a token may be reserved ahead (longrun_core.rate_bucket).
+    horizon: timedelta = DEFAULT_HORIZON
+
+    @property
+    def concurrency(self) -> bool:
+        return self.queue_limit is not None or (self.key is not None and self.key_limit is not None)
 
 
 class SlotRequired(Rejected):
@@ -97,6 +115,94 @@ class SlotRequired(Rejected):
     def __init__(self, request: SlotRequest) -> None:
         super().__init__(f"queue {request.queue!r} limits concurrency: a slot is needed")
         self.request = request
+
+
+class RateLimited(Rejected):
+    """The queue's rate limit has no token for the claim now: the attempt did
+    not start; the operation stays QUEUED. `reserved`: a token due at `until`
+    was reserved for it and the record shows it (the store wrote both in the
+    claim's guarded step); otherwise nothing was taken and the claim may be
+    tried again at `until`."""
+
+    def __init__(self, message: str, *, until: datetime, reserved: bool) -> None:
+        super().__init__(message)
+        self.until = until
+        self.reserved = reserved
+
+
+def rate_reserved(request: SlotRequest, start: datetime) -> RateLimited:
+    return RateLimited(
+        f"queue {request.queue!r} is at its rate of {request.rate:g}/s: a token due at "
+        f"{start.isoformat()} was reserved",
+        until=start,
+        reserved=True,
+    )
+
+
+def rate_refused(request: SlotRequest, retry_at: datetime) -> RateLimited:
+    return RateLimited(
+        f"queue {request.queue!r} is at its rate of {request.rate:g}/s with tokens reserved "
+        f"{request.horizon.total_seconds():g}s ahead: none taken; try again at "
+        f"{retry_at.isoformat()}",
+        until=retry_at,
+        reserved=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RateStep:
+    """What a claim of a rate-limited queue writes (longrun_core.rate_bucket):
+    `record` (the claim, or the record waiting RATE_LIMITED with a token due
+    later; its version is the caller's to set) and the bucket's `tat` and
+    `start_tat`; `wait` is raised once that is written (None: it started)."""
+
+    record: OperationRecord
+    tat: datetime
+    start_tat: datetime | None
+    wait: RateLimited | None
+
+
+def rate_step(
+    current: OperationRecord,
+    claimed: OperationRecord,
+    request: SlotRequest,
+    tat: datetime | None,
+    start_tat: datetime | None,
+) -> RateStep:
+    """The rate part of `claimed` (the RUNNING record the claim of `current`
+    made) given the queue's bucket as read: a token (one reserved for the
+    job and still held, or a fresh one), then the start gate. Raises
+    RateLimited with nothing to write when no token can be reserved within
+    the horizon."""
+    assert request.rate is not None
+    now = claimed.update_time
+
+    def waiting(until: datetime) -> OperationRecord:
+        noted = note_rate_limited(current, now=now, retry_at=until, token_time=until)
+        if noted is None:
+            # `current` was RUNNING under a lease found lost: the claim took it
+            # back first. Nothing is written; the lease check requeues it.
+            raise RateLimited(
+                f"queue {request.queue!r} has no rate token now for a taken-over "
+                "attempt; it is requeued when its lease is found lost",
+                until=until,
+                reserved=False,
+            )
+        return noted
+
+    if not holds_token(current.rate_token_time, now):
+        taken = take(tat, now, rate=request.rate, burst=request.burst, horizon=request.horizon)
+        if isinstance(taken, Refused):
+            raise rate_refused(request, taken.retry_at)
+        tat = taken.tat
+        if taken.start > now:
+            return RateStep(
+                waiting(taken.start), tat, start_tat, rate_reserved(request, taken.start)
+            )
+    admitted, when = gate(start_tat, now, rate=request.rate, burst=request.burst)
+    if not admitted:  # a token is held: wait for the gate, keeping it
+        return RateStep(waiting(when), tat or now, start_tat, rate_reserved(request, when))
+    return RateStep(claimed, tat or now, when, None)
 
 
 class ConcurrencyLimited(Rejected):
@@ -124,15 +230,20 @@ def over_limit(request: SlotRequest, running_in_queue: int, running_with_key: in
 
 
 def slot_request(
-    rec: OperationRecord, limits: Mapping[tuple[str, str], ConcurrencyLimits] | None
+    rec: OperationRecord,
+    limits: Mapping[tuple[str, str], ConcurrencyLimits] | None,
+    *,
+    horizon: timedelta = DEFAULT_HORIZON,
 ) -> SlotRequest | None:
-    """The slot `rec`'s claim needs under its queue's `limits` (None: no limit applies)."""
+    """The slot (and rate token) `rec`'s claim needs under its queue's
+    `limits` (None: no limit applies)."""
     found = limits.get((rec.project, rec.queue)) if limits else None
     if found is None:
         return None
     key = rec.concurrency_key or None
     key_limit = found.max_concurrent_per_key if key is not None else None
-    if found.max_concurrent_dispatches is None and key_limit is None:
+    rate = found.max_dispatches_per_second
+    if found.max_concurrent_dispatches is None and key_limit is None and rate is None:
         return None
     return SlotRequest(
         project=rec.project,
@@ -140,6 +251,9 @@ def slot_request(
         key=key,
         queue_limit=found.max_concurrent_dispatches,
         key_limit=key_limit,
+        rate=rate,
+        burst=effective_burst(rate, found.max_burst_size) if rate is not None else 1,
+        horizon=horizon,
     )
 
 
@@ -273,6 +387,7 @@ def claim(
     purge_times: Mapping[tuple[str, str], datetime] | None = None,
     limits: Mapping[tuple[str, str], ConcurrencyLimits] | None = None,
     admitted: bool = False,
+    rate_horizon: timedelta = DEFAULT_HORIZON,
 ) -> OperationRecord:
     """QUEUED -> RUNNING with attempt + 1 and a lease for `worker`; a RUNNING
     record whose lease the caller has seen lapse (`sighting`) is first taken
@@ -284,7 +399,8 @@ def claim(
     (PurgeQueue's cancel may not have reached it yet). When its queue limits
     concurrency (`limits`), raises SlotRequired unless the caller is the
     store's guarded `claim_slot` (`admitted`), which counts the running
-    attempts in the same transaction."""
+    attempts and takes the rate token (reserving one at most `rate_horizon`
+    ahead) in the same transaction."""
     if rec.state is State.RUNNING:
         rec = expire_lease(rec, now, retention, sighting=sighting)
         if rec.done:
@@ -303,7 +419,7 @@ def claim(
     if (rec.project, rec.queue) in paused:
         raise QueuePaused(f"{rec.name}: queue {rec.queue!r} is paused")
     if not admitted:
-        request = slot_request(rec, limits)
+        request = slot_request(rec, limits, horizon=rate_horizon)
         if request is not None:
             raise SlotRequired(request)
     return evolve(
@@ -316,6 +432,7 @@ def claim(
         lease_expire_time=now + lease,
         lease_duration=lease,
         dispatch_due_time=None,
+        rate_token_time=None,
         update_time=now,
     )
 
@@ -501,7 +618,8 @@ def note_paused(rec: OperationRecord, *, now: datetime) -> OperationRecord | Non
     wait_reason QUEUE_PAUSED) until an attempt starts. Written once."""
     if rec.state is not State.QUEUED or rec.wait_reason is WaitReason.QUEUE_PAUSED:
         return None
-    return evolve(rec, wait_reason=WaitReason.QUEUE_PAUSED, update_time=now)
+    # A reserved rate token is spent: the job takes a fresh one once resumed.
+    return evolve(rec, wait_reason=WaitReason.QUEUE_PAUSED, rate_token_time=None, update_time=now)
 
 
 def note_limited(
@@ -516,6 +634,37 @@ def note_limited(
         rec,
         wait_reason=WaitReason.CONCURRENCY_LIMITED,
         dispatch_due_time=retry_at,
+        rate_token_time=None,  # a reserved rate token is spent (see rate_bucket)
+        update_time=now,
+    )
+
+
+def note_rate_limited(
+    rec: OperationRecord, *, now: datetime, retry_at: datetime, token_time: datetime | None
+) -> OperationRecord | None:
+    """A claim found no rate token free now (wait_reason RATE_LIMITED). With
+    `token_time`, a token due then was reserved for the job: it may not start
+    before it (`run_after`), starts on it without taking another, and is
+    published again then by the worker that reserved it (the sweeper at
+    `retry_at` if that worker is gone). Without, nothing was taken and the
+    dispatcher publishes it again at `retry_at`."""
+    if rec.state is not State.QUEUED:
+        return None
+    if token_time is None:
+        return evolve(
+            rec,
+            wait_reason=WaitReason.RATE_LIMITED,
+            dispatch_due_time=retry_at,
+            rate_token_time=None,
+            update_time=now,
+        )
+    run_after = token_time if rec.run_after is None else max(rec.run_after, token_time)
+    return evolve(
+        rec,
+        wait_reason=WaitReason.RATE_LIMITED,
+        run_after=run_after,
+        dispatch_due_time=max(retry_at, token_time + RESERVED_BACKSTOP),
+        rate_token_time=token_time,
         update_time=now,
     )
 

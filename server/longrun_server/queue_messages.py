@@ -50,6 +50,8 @@ def limits_of(message: queues_pb2.RateLimits) -> ConcurrencyLimits:
     return ConcurrencyLimits(
         max_concurrent_dispatches=message.max_concurrent_dispatches or None,
         max_concurrent_per_key=message.max_concurrent_per_key or None,
+        max_dispatches_per_second=message.max_dispatches_per_second or None,
+        max_burst_size=message.max_burst_size or None,
     )
 
 
@@ -57,6 +59,8 @@ def limits_message(limits: ConcurrencyLimits) -> queues_pb2.RateLimits:
     return queues_pb2.RateLimits(
         max_concurrent_dispatches=limits.max_concurrent_dispatches or 0,
         max_concurrent_per_key=limits.max_concurrent_per_key or 0,
+        max_dispatches_per_second=limits.max_dispatches_per_second or 0.0,
+        max_burst_size=limits.max_burst_size or 0,
     )
 
 

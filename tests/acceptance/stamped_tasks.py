@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from longrun_core.tasks import RetryPolicy, TaskContext, TaskSet
+from longrun_core.tasks import RetryPolicy, TaskContext, TaskSet, TransientError
 
 tasks = TaskSet()
 
@@ -31,3 +31,18 @@ async def stamped(ctx: TaskContext) -> dict[str, Any]:
     with path.open("a") as out:
         out.write(f"end {time.time():.6f} {os.getpid()}\n")
     return {"ms": ms}
+
+
+@tasks.task(
+    "stamped_failing",
+    retry=RetryPolicy(max_attempts=2, min_backoff=30, max_backoff=30),
+    isolation="inline",
+)
+async def stamped_failing(ctx: TaskContext) -> dict[str, Any]:
+    """Stamp the attempt's start like `stamped`, then fail transiently (its
+    own retry policy is far off what a queue's retry_config sets)."""
+    op_id = ctx.operation.rsplit("/", 1)[-1]
+    path = Path(str(ctx.params["dir"])) / f"{op_id}-{ctx.attempt}.stamps"
+    with path.open("a") as out:
+        out.write(f"start {time.time():.6f} {os.getpid()}\n")
+    raise TransientError("failing on purpose")

@@ -160,6 +160,16 @@ _W = WorkerSettings()
     "delay of up to this many seconds (at least a fifth of it).",
 )
 @click.option(
+    "--rate-reserve-max",
+    type=click.FloatRange(min=1.0, max=3600.0),
+    default=_W.rate_reserve_max,
+    envvar="LONGRUN_RATE_RESERVE_MAX",
+    show_envvar=True,
+    show_default=True,
+    help="Longest a claim of a rate-limited queue reserves its token ahead (seconds); past "
+    "it the job waits unreserved and is tried again later.",
+)
+@click.option(
     "--max-queues",
     type=click.IntRange(min=1, max=1_000_000),
     default=_W.max_queues,
@@ -204,6 +214,7 @@ def main(**kw: Any) -> None:
             max_queues=kw["max_queues"],
             limit_retry_min=kw["limit_retry"] / 5,
             limit_retry_max=kw["limit_retry"],
+            rate_reserve_max=kw["rate_reserve_max"],
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

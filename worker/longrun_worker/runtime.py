@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from google.protobuf import struct_pb2
@@ -127,6 +127,11 @@ class WorkerSettings:
     #: and the dispatcher republishes it then.
     limit_retry_min: float = 0.6
     limit_retry_max: float = 3.0
+    #: Longest a claim of a rate-limited queue reserves a token ahead
+    #: (longrun_core.rate_bucket); past it nothing is taken and the job is
+    #: published again when a reservation could fit, plus a random part of
+    #: this, so a large backlog is not claimed over and over.
+    rate_reserve_max: float = 60.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -150,6 +155,8 @@ class WorkerSettings:
             )
         if self.outage_retry_max <= 0:
             raise ValueError("outage_retry_max must be positive")
+        if not 1.0 <= self.rate_reserve_max <= 3600.0:
+            raise ValueError("rate_reserve_max must be 1-3600 seconds")
         if self.queue_refresh <= 0 or self.max_queues < 1:
             raise ValueError("queue_refresh must be positive and max_queues at least 1")
 
@@ -465,6 +472,9 @@ class Worker:
         except transitions.ConcurrencyLimited as full:
             await self._wait_for_slot(delivery, full)
             return
+        except transitions.RateLimited as limited:
+            await self._wait_for_token(delivery, limited)
+            return
         except MessageRejected as forged:
             self.rejections.record(forged, operation=name)
             await delivery.dead_letter(forged.reason)
@@ -564,6 +574,46 @@ class Worker:
             )
         await delivery.ack()
 
+    async def _wait_for_token(self, delivery: Delivery, limited: transitions.RateLimited) -> None:
+        """The queue's rate had no token free now. With one reserved (the
+        store wrote the record RATE_LIMITED with it), this process publishes
+        the job again at the token's time (the sweeper at its backstop due
+        time if this process is gone by then). Without (none could be
+        reserved within rate_reserve_max), the record shows RATE_LIMITED and
+        the dispatcher publishes it again once a reservation could fit, plus
+        a random part of the horizon. Either way this message is dropped."""
+        name = delivery.message.operation
+        log.debug("%s waits for a rate token: %s", name, limited, extra={"action": "rate_limited"})
+        if limited.reserved:
+            self._publish_at(delivery.message, limited.until)
+        else:
+            now = self.clock.now()
+            spread = self._rng.uniform(0, self.settings.rate_reserve_max / 2)
+            retry_at = max(limited.until, now) + timedelta(seconds=spread)
+            with contextlib.suppress(transitions.Rejected, LongrunError):
+                await self.store.update(
+                    name,
+                    lambda r: transitions.note_rate_limited(
+                        r, now=now, retry_at=retry_at, token_time=None
+                    ),
+                )
+        await delivery.ack()
+
+    def _publish_at(self, message: TaskMessage, at: datetime) -> None:
+        """Publish `message` again at `at` (a reserved token's time)."""
+        delay = max(0.0, (at - self.clock.now()).total_seconds())
+
+        async def publish() -> None:
+            await asyncio.sleep(delay)
+            try:
+                await self.queue.publish(message)
+            except (LongrunError, OSError) as exc:  # the sweeper's backstop publishes it
+                log.debug("could not publish %s at its token: %s", message.operation, exc)
+
+        task = asyncio.create_task(publish())
+        self._wakers.add(task)
+        task.add_done_callback(self._wakers.discard)
+
     def _wake_waiters(self, ended: OperationRecord) -> None:
         """An attempt of a concurrency-limited queue ended: publish a few of
         the queue's CONCURRENCY_LIMITED jobs now (those of the same key
@@ -571,7 +621,8 @@ class Worker:
         Best effort: a duplicate message is harmless, and the retry delay
         remains the backstop."""
         queues = self.queues
-        if queues is None or (ended.project, ended.queue) not in queues.limits:
+        found = queues.limits.get((ended.project, ended.queue)) if queues is not None else None
+        if found is None or not found.concurrency:
             return
         task = asyncio.create_task(self._publish_waiters(ended))
         self._wakers.add(task)
@@ -626,6 +677,7 @@ class Worker:
             purge_times=queues.purge_times if queues is not None else None,
             limits=queues.limits if queues is not None else None,
             admitted=admitted,
+            rate_horizon=timedelta(seconds=self.settings.rate_reserve_max),
         )
 
     async def _run(

@@ -657,6 +657,20 @@ def retry_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="rate_limits.max_concurrent_per_key: attempts running at once per "
                 "concurrency key (0: none).",
             ),
+            click.option(
+                "--max-dispatches-per-second",
+                type=click.FloatRange(0, 500),
+                default=None,
+                help="rate_limits.max_dispatches_per_second: attempts started per second, "
+                "over every worker (0: none).",
+            ),
+            click.option(
+                "--max-burst-size",
+                type=click.IntRange(0, 500),
+                default=None,
+                help="rate_limits.max_burst_size: attempts that may start at once after "
+                "the queue was idle (0: one second's worth of the rate).",
+            ),
         ]
     ):
         f = option(f)
@@ -675,7 +689,10 @@ def _retry(kw: dict[str, Any]) -> RetryOptions:
 
 def _limits(kw: dict[str, Any]) -> LimitOptions:
     return LimitOptions(
-        max_concurrent_dispatches=kw["max_concurrent"], max_concurrent_per_key=kw["max_per_key"]
+        max_concurrent_dispatches=kw["max_concurrent"],
+        max_concurrent_per_key=kw["max_per_key"],
+        max_dispatches_per_second=kw["max_dispatches_per_second"],
+        max_burst_size=kw["max_burst_size"],
     )
 
 

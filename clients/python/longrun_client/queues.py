@@ -91,24 +91,35 @@ class RetryOptions:
 
 @dataclass(frozen=True)
 class LimitOptions:
-    """A queue's concurrency limits (rate_limits): at most this many attempts
-    of the queue (with the same concurrency_key) running at once, over every
-    worker. None: not set here; 0: no limit (removes one on update)."""
+    """A queue's rate_limits: at most this many attempts of the queue (with
+    the same concurrency_key) running at once, and started per second, over
+    every worker. None: not set here; 0: no limit (removes one on update)."""
 
     max_concurrent_dispatches: int | None = None
     max_concurrent_per_key: int | None = None
+    #: Attempts started per second on average over every worker (a token
+    #: bucket of `max_burst_size` tokens; 0: no limit).
+    max_dispatches_per_second: float | None = None
+    max_burst_size: int | None = None
 
     def message(self) -> queues_pb2.RateLimits:
         return queues_pb2.RateLimits(
             max_concurrent_dispatches=self.max_concurrent_dispatches or 0,
             max_concurrent_per_key=self.max_concurrent_per_key or 0,
+            max_dispatches_per_second=self.max_dispatches_per_second or 0.0,
+            max_burst_size=self.max_burst_size or 0,
         )
 
     def mask(self) -> list[str]:
         """The update mask paths naming the fields set here."""
         return [
             f"rate_limits.{name}"
-            for name in ("max_concurrent_dispatches", "max_concurrent_per_key")
+            for name in (
+                "max_concurrent_dispatches",
+                "max_concurrent_per_key",
+                "max_dispatches_per_second",
+                "max_burst_size",
+            )
             if getattr(self, name) is not None
         ]
 

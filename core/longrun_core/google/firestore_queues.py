@@ -17,7 +17,13 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists
 from longrun_core.google.collection_client import CollectionClient
-from longrun_core.queues import ConcurrencyLimits, QueueConfig, QueueState, RetryConfig
+from longrun_core.queues import (
+    LIMIT_FIELDS,
+    ConcurrencyLimits,
+    QueueConfig,
+    QueueState,
+    RetryConfig,
+)
 
 DEFAULT_COLLECTION = "queues"
 #: A write whose precondition no longer holds (someone wrote in between).
@@ -78,10 +84,7 @@ def _doc(config: QueueConfig) -> dict[str, Any]:
         "create_time": config.create_time,
         "update_time": config.update_time,
         "purge_time": config.purge_time,
-        "limits": {
-            "max_concurrent_dispatches": config.limits.max_concurrent_dispatches,
-            "max_concurrent_per_key": config.limits.max_concurrent_per_key,
-        },
+        "limits": {name: getattr(config.limits, name) for name in LIMIT_FIELDS},
     }
 
 
@@ -96,7 +99,9 @@ def _config(data: dict[str, Any]) -> QueueConfig:
         create_time=create,
         update_time=update,
         purge_time=_time(data.get("purge_time")),
-        limits=ConcurrencyLimits(**(data.get("limits") or {})),
+        limits=ConcurrencyLimits(
+            **{k: v for k, v in (data.get("limits") or {}).items() if k in LIMIT_FIELDS}
+        ),
     )
 
 

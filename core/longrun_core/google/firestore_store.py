@@ -105,6 +105,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,16 +120,24 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 from google.rpc import status_pb2
 
+from longrun_core import transitions
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import Aborted, AlreadyExists, Unavailable
 from longrun_core.filtering.firestore import LABEL_PAIRS, label_pair
 from longrun_core.google.collection_client import TRANSIENT
 from longrun_core.google.list_values import DocValues, doc_position, value_fields
-from longrun_core.model import OperationRecord, State, WaitReason
+from longrun_core.model import OperationRecord, State, WaitReason, evolve
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.queue import Transition
 from longrun_core.settings import BackendSettings
-from longrun_core.slots import admit, is_live, queue_slot_id, slots_of, without_dead
+from longrun_core.slots import (
+    admit,
+    bucket_id,
+    is_live,
+    queue_slot_id,
+    slots_of,
+    without_dead,
+)
 from longrun_core.store import (
     CreateResult,
     Cursor,
@@ -146,7 +155,10 @@ from longrun_core.store import (
     scan_page,
     watch_key_of,
 )
-from longrun_core.transitions import ConcurrencyLimited, SlotRequest
+from longrun_core.transitions import (
+    ConcurrencyLimited,
+    SlotRequest,
+)
 from longrun_core.watch import WatchHub
 
 log = logging.getLogger("longrun.firestore")
@@ -168,6 +180,9 @@ _DURATION_FIELDS = frozenset({"lease_duration", "dispatch_deadline"})
 _MICRO = timedelta(microseconds=1)
 #: How old the last server time seen may be before `store_time` asks anew.
 SERVER_TIME_MAX_AGE = 60.0
+#: Claims that lost a race for a queue's rate bucket document retry after a
+#: random pause of up to this many seconds times the round (at most 8).
+BUCKET_BACKOFF = 0.005
 #: A document id no operation has (ids are 32 hex digits), read for its read time.
 CLOCK_PROBE_ID = "clock-probe"
 
@@ -266,6 +281,12 @@ def from_document(doc: dict[str, Any]) -> OperationRecord:
             value = bytes(value)
         values[name] = value
     return OperationRecord(**values)
+
+
+def _bucket_time(snap: Any, name: str) -> datetime | None:
+    """A time field of a rate bucket document (None: absent or never set)."""
+    stored = snap.to_dict().get(name) if snap.exists else None
+    return None if stored is None else _plain_datetime(stored)
 
 
 def _plain_datetime(value: datetime) -> datetime:
@@ -579,15 +600,20 @@ class FirestoreOperationStore(OperationStore):
     async def claim_slot(
         self, name: str, transition: Transition, request: SlotRequest
     ) -> OperationRecord:
-        """The claim and its slot entries in ONE batched commit guarded by
-        `last_update_time` preconditions on the operation and on every slot
-        document read (or `create` for one not there yet): if anyone wrote
-        any of them since they were read, nothing lands and it starts over.
-        A slot document full of holders has its entries checked against
-        their operations (longrun_core.slots: dead ones are dropped in the
-        same commit) before the claim is refused."""
+        """The claim, its slot entries and its rate token in ONE batched
+        commit guarded by `last_update_time` preconditions on the operation
+        and on every slot and bucket document read (or `create` for one not
+        there yet): if anyone wrote any of them since they were read, nothing
+        lands and it starts over (after a short random pause when a rate
+        bucket is involved, so claims contending for it do not retry in
+        lockstep). A slot document full of holders has its entries checked
+        against their operations (longrun_core.slots: dead ones are dropped
+        in the same commit) before the claim is refused; a claim refused for
+        concurrency takes no token. A claim that must wait for a token
+        reserves it and writes the record waiting (RATE_LIMITED) in the same
+        commit, then raises RateLimited."""
         parsed = parse_operation_name(name)
-        for _ in range(self.max_conflicts):
+        for round_ in range(self.max_conflicts):
             snap = await self._snapshot(parsed.id)
             if not snap.exists:
                 raise not_found(name)
@@ -598,21 +624,61 @@ class FirestoreOperationStore(OperationStore):
             if new is None:
                 return current
             batch = self._client.batch()
-            option = self._client.write_option(last_update_time=snap.update_time)
-            batch.update(self._ops.document(current.id), to_document(new), option=option)
+            wait: transitions.RateLimited | None = None
             if new.state is State.RUNNING:
                 for slot_id, limit in slots_of(request):
                     await self._take_slot(batch, slot_id, limit, new, request)
+                if request.rate is not None:
+                    step = await self._rate_step(batch, current, new, request)
+                    new = evolve(step.record, version=current.version + 1)
+                    wait = step.wait
+            option = self._client.write_option(last_update_time=snap.update_time)
+            batch.update(self._ops.document(current.id), to_document(new), option=option)
             try:
                 results = await self._call(batch.commit)
             except (*_STALE, gexc.AlreadyExists):
                 self._seen.pop(current.id, None)
-                await asyncio.sleep(0)
+                await asyncio.sleep(
+                    random.uniform(0, BUCKET_BACKOFF * min(round_ + 1, 8))
+                    if request.rate is not None
+                    else 0
+                )
                 continue
-            self._wrote(new.id, new.version, results[0].update_time)
+            self._wrote(new.id, new.version, results[-1].update_time)
             await self.on_written(new.name)
+            if wait is not None:
+                raise wait
             return new
         raise Aborted(f"operation {name!r} or its queue's slots changed too often; retry")
+
+    async def _rate_step(
+        self, batch: Any, current: OperationRecord, claimed: OperationRecord, request: SlotRequest
+    ) -> transitions.RateStep:
+        """The claim's rate step (transitions.rate_step) on the queue's bucket
+        document as read now, its write added to `batch` guarded by that
+        read; RateLimited (nothing taken) when no token can be reserved."""
+        ref = self._slots.document(bucket_id(request.project, request.queue))
+        snap = await self._call(ref.get)
+        tat, start_tat = (_bucket_time(snap, "tat"), _bucket_time(snap, "start_tat"))
+        step = transitions.rate_step(current, claimed, request, tat, start_tat)
+        doc = {
+            "project": request.project,
+            "queue": request.queue,
+            "tat": step.tat,
+            "start_tat": step.start_tat,
+        }
+        if snap.exists:
+            option = self._client.write_option(last_update_time=snap.update_time)
+            batch.update(ref, doc, option=option)
+        else:
+            batch.create(ref, doc)
+        return step
+
+    async def rate_bucket_tat(self, project: str, queue: str) -> datetime | None:
+        """The `tat` of a queue's rate bucket (longrun_core.rate_bucket), for
+        diagnostics and tests; None: never used."""
+        snap = await self._call(self._slots.document(bucket_id(project, queue)).get)
+        return _bucket_time(snap, "tat")
 
     async def slot_holders(self, slot_id: str) -> dict[str, int]:
         """The entries of slot document `slot_id` (longrun_core.slots), for

@@ -7,12 +7,18 @@ import builtins
 import json
 import sqlite3
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import AlreadyExists
-from longrun_core.queues import ConcurrencyLimits, QueueConfig, QueueState, RetryConfig
+from longrun_core.queues import (
+    LIMIT_FIELDS,
+    ConcurrencyLimits,
+    QueueConfig,
+    QueueState,
+    RetryConfig,
+)
 from longrun_core.sqlite.db import Database, transaction
 
 TABLE = """
@@ -25,6 +31,13 @@ CREATE TABLE IF NOT EXISTS queues (
     update_us INTEGER NOT NULL,
     purge_us INTEGER,
     limits TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (project, queue_id)
+);
+CREATE TABLE IF NOT EXISTS rate_buckets (
+    project TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
+    tat_us INTEGER NOT NULL,
+    start_us INTEGER,
     PRIMARY KEY (project, queue_id)
 );
 """
@@ -41,19 +54,46 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def limits_to_json(limits: ConcurrencyLimits) -> str:
-    data = {
-        name: value
-        for name in ("max_concurrent_dispatches", "max_concurrent_per_key")
-        if (value := getattr(limits, name)) is not None
-    }
+    data = {name: value for name in LIMIT_FIELDS if (value := getattr(limits, name)) is not None}
     return json.dumps(data, sort_keys=True)
 
 
 def limits_from_json(text: str) -> ConcurrencyLimits:
     data = json.loads(text)
-    return ConcurrencyLimits(
-        max_concurrent_dispatches=data.get("max_concurrent_dispatches"),
-        max_concurrent_per_key=data.get("max_concurrent_per_key"),
+    return ConcurrencyLimits(**{name: data[name] for name in LIMIT_FIELDS if name in data})
+
+
+def read_bucket(
+    conn: sqlite3.Connection, project: str, queue_id: str
+) -> tuple[datetime | None, datetime | None]:
+    """A queue's rate bucket (longrun_core.rate_bucket): (tat, start_tat),
+    None for a time never set."""
+    row = conn.execute(
+        "SELECT tat_us, start_us FROM rate_buckets WHERE project = ? AND queue_id = ?",
+        (project, queue_id),
+    ).fetchone()
+    if row is None:
+        return None, None
+    return from_micros(row[0]), None if row[1] is None else from_micros(row[1])
+
+
+def write_bucket(
+    conn: sqlite3.Connection,
+    project: str,
+    queue_id: str,
+    tat: datetime,
+    start_tat: datetime | None,
+) -> None:
+    """Store a queue's bucket (inside the caller's write transaction)."""
+    conn.execute(
+        "INSERT OR REPLACE INTO rate_buckets (project, queue_id, tat_us, start_us) "
+        "VALUES (?, ?, ?, ?)",
+        (
+            project,
+            queue_id,
+            to_micros(tat),
+            None if start_tat is None else to_micros(start_tat),
+        ),
     )
 
 

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.rpc import status_pb2
 
+from longrun_core import transitions
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import AlreadyExists
 from longrun_core.filtering.index_terms import IndexTerms
-from longrun_core.model import OperationRecord, State, WaitReason
+from longrun_core.model import OperationRecord, State, WaitReason, evolve
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.observability.trace_context import current_traceparent
 from longrun_core.queue import TaskMessage, Transition
@@ -32,6 +33,7 @@ from longrun_core.sqlite.list_scan import (
     value_columns,
 )
 from longrun_core.sqlite.queues import migrate as migrate_queues
+from longrun_core.sqlite.queues import read_bucket, write_bucket
 from longrun_core.stamped_cache import DEFAULT_MAX_BYTES, StampedCache
 from longrun_core.store import (
     CreateResult,
@@ -51,7 +53,12 @@ from longrun_core.store import (
     scan_page,
     watch_key_of,
 )
-from longrun_core.transitions import ConcurrencyLimited, SlotRequest, over_limit
+from longrun_core.transitions import (
+    ConcurrencyLimited,
+    SlotRequest,
+    over_limit,
+    rate_step,
+)
 from longrun_core.watch import WatchHub
 
 if TYPE_CHECKING:
@@ -67,6 +74,7 @@ _TIME_FIELDS = {
     "run_after": "run_after_us",
     "schedule_time": "schedule_us",
     "expire_time": "expire_us",
+    "rate_token_time": "rate_token_us",
 }
 #: Durations, kept as whole microseconds.
 _DURATION_FIELDS = {"lease_duration": "lease_us", "dispatch_deadline": "dispatch_deadline_us"}
@@ -89,6 +97,7 @@ ADDED_COLUMNS = {
     # Tracing (issue 14): the CreateJob's and the first attempt's traceparent.
     "trace": "TEXT",
     "first_attempt_trace": "TEXT",
+    "rate_token_us": "INTEGER",
 }
 #: Indexes on added columns, created by `migrate` once the columns exist.
 #: A request id is unique within its project (the old index made it unique
@@ -201,13 +210,8 @@ def write_if_version(
     return bool(conn.execute(sql, params).rowcount == 1)
 
 
-def apply(
-    conn: sqlite3.Connection, name: str, transition: Transition
-) -> tuple[OperationRecord, bool]:
-    """`OperationStore.update` inside a write transaction the caller holds (so
-    nobody can write in between: no compare-and-set loop). Returns (record,
-    whether it was written). NotFound if absent; exceptions from `transition`
-    propagate, leaving the transaction for the caller to roll back."""
+def read_current(conn: sqlite3.Connection, name: str) -> OperationRecord:
+    """The stored record of operation `name`; NotFound if absent."""
     parsed = parse_operation_name(name)
     row = conn.execute(f"{_SELECT} WHERE id = ?", (parsed.id,)).fetchone()
     if row is None:
@@ -215,6 +219,17 @@ def apply(
     current = from_row(row)
     if not in_project(current, parsed):
         raise not_found(name)
+    return current
+
+
+def apply(
+    conn: sqlite3.Connection, name: str, transition: Transition
+) -> tuple[OperationRecord, bool]:
+    """`OperationStore.update` inside a write transaction the caller holds (so
+    nobody can write in between: no compare-and-set loop). Returns (record,
+    whether it was written). NotFound if absent; exceptions from `transition`
+    propagate, leaving the transaction for the caller to roll back."""
+    current = read_current(conn, name)
     new = next_version(current, transition)
     if new is None:
         return current, False
@@ -435,23 +450,45 @@ class SqliteOperationStore(OperationStore):
     async def claim_slot(
         self, name: str, transition: Transition, request: SlotRequest
     ) -> OperationRecord:
-        """The claim and the count of running attempts in one BEGIN IMMEDIATE
-        transaction: no other writer (worker process or server) can start an
-        attempt in between, so the count is exact."""
+        """The claim, the count of running attempts and the rate token in one
+        BEGIN IMMEDIATE transaction: no other writer (worker process or
+        server) can start an attempt in between, so the count is exact and
+        the bucket is read and moved on by one claim at a time. The
+        concurrency check comes first: a claim refused for it takes no token.
+        A claim that must wait for a token reserves it and writes the record
+        waiting (RATE_LIMITED) in the same transaction, then raises
+        RateLimited."""
 
-        def claim(conn: sqlite3.Connection) -> tuple[OperationRecord, bool]:
-            rec, written = apply(conn, name, transition)
-            if written and rec.state is State.RUNNING:
-                in_queue, with_key = count_running(conn, request, exclude=rec.id)
-                full = over_limit(request, in_queue, with_key)
-                if full is not None:  # raised inside: the transaction rolls back
-                    raise limited(request, full, in_queue, with_key)
-            return rec, written
+        def claim(
+            conn: sqlite3.Connection,
+        ) -> tuple[OperationRecord, bool, transitions.RateLimited | None]:
+            current = read_current(conn, name)
+            new = next_version(current, transition)
+            if new is None:
+                return current, False, None
+            wait: transitions.RateLimited | None = None
+            if new.state is State.RUNNING:
+                if request.concurrency:
+                    in_queue, with_key = count_running(conn, request, exclude=new.id)
+                    full = over_limit(request, in_queue, with_key)
+                    if full is not None:  # raised inside: the transaction rolls back
+                        raise limited(request, full, in_queue, with_key)
+                if request.rate is not None:
+                    tat, start_tat = read_bucket(conn, request.project, request.queue)
+                    step = rate_step(current, new, request, tat, start_tat)
+                    write_bucket(conn, request.project, request.queue, step.tat, step.start_tat)
+                    new = evolve(step.record, version=current.version + 1)
+                    wait = step.wait
+            if not write_if_version(conn, new, current.version, current):
+                raise RuntimeError(f"{name} changed inside a write transaction")  # cannot happen
+            return new, True, wait
 
-        rec, written = await self.backend.db.call(lambda c: transaction(c, claim))
+        rec, written, wait = await self.backend.db.call(lambda c: transaction(c, claim))
         if written:
             self._records.put(rec)
             await self.on_written(rec.name)
+        if wait is not None:
+            raise wait
         return rec
 
     async def _delete(self, op_id: str, *, project: str | None = None) -> bool:
