@@ -11,6 +11,8 @@ Layout
     reservation, holding the operation id and the request fingerprint (a
     request id is unique within its project; the default project keeps the
     key `sha256(request_id)` it had before operations had a project).
+    `{collection}_settings/{name}`: secrets every server on this store
+    shares, e.g. the page-token key (longrun_core.shared_secrets).
     Documents without `project` (written before it existed) belong to the
     default project: `get` reads them so, and every rewrite stores the
     field. A list limited to projects finds them only once rewritten
@@ -361,6 +363,8 @@ class FirestoreOperationStore(OperationStore):
         #: Concurrency slot documents (longrun_core.slots), one per limited
         #: queue and per (queue, concurrency key).
         self._slots = self._client.collection(f"{collection}_slots")
+        #: Secrets every process on this store shares (longrun_core.shared_secrets).
+        self._settings = self._client.collection(f"{collection}_settings")
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="firestore")
         #: List-scan windows in flight at once, so that many slow lists never
         #: take the pool's threads from the other verbs.
@@ -467,6 +471,22 @@ class FirestoreOperationStore(OperationStore):
             close = getattr(transport, "close", None)
             if callable(close):
                 close()
+
+    async def shared_secret(self, name: str, fresh: bytes) -> bytes:
+        """The secret kept as `{collection}_settings/{name}`, `fresh` if
+        there was none (created with `create`: of racing processes one
+        wins and the others read its secret)."""
+        ref = self._settings.document(name)
+        try:
+            await self._call(functools.partial(ref.create, {"value": fresh}))
+            return fresh
+        except gexc.AlreadyExists:
+            pass
+        snap = await self._call(ref.get)
+        value = snap.get("value") if snap.exists else None
+        if not isinstance(value, bytes) or not value:
+            raise Unavailable(f"the shared setting {name!r} is unreadable; delete it to renew it")
+        return value
 
     async def on_written(self, name: str) -> None:
         self.hub.notify(watch_key_of(name))
