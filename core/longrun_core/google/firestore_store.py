@@ -126,6 +126,7 @@ from longrun_core.errors import Aborted, AlreadyExists, Unavailable
 from longrun_core.filtering.firestore import LABEL_PAIRS, label_pair
 from longrun_core.google.collection_client import TRANSIENT
 from longrun_core.google.list_values import DocValues, doc_position, value_fields
+from longrun_core.google.raw_firestore import RawFirestore
 from longrun_core.model import OperationRecord, State, WaitReason
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.queue import Transition
@@ -359,6 +360,8 @@ class FirestoreOperationStore(OperationStore):
         self._client: Any = client or firestore.Client(project=project, database=database)
         self._owns_client = client is None
         self._ops = self._client.collection(collection)
+        #: Reads and guarded writes of operation documents on raw protobufs.
+        self._raw = RawFirestore(self._client)
         self._rids = self._client.collection(f"{collection}_request_ids")
         #: Concurrency slot documents (longrun_core.slots), one per limited
         #: queue and per (queue, concurrency key).
@@ -437,8 +440,7 @@ class FirestoreOperationStore(OperationStore):
 
     async def _snapshot(self, op_id: str) -> Any:
         ref = self._ops.document(op_id)
-        snap = await self._call(ref.get)
-        self._saw_server_time(snap.read_time)
+        snap = await self._call(functools.partial(self._raw.get, ref, self.call_timeout))
         if snap.exists:
             self._remember(op_id, int(snap.get("version")), snap.update_time)
         else:
@@ -584,15 +586,15 @@ class FirestoreOperationStore(OperationStore):
         else:
             update_time = seen[1]
         ref = self._ops.document(rec.id)
-        option = self._client.write_option(last_update_time=update_time)
+        write = functools.partial(
+            self._raw.update, ref, to_document(rec), update_time, self.call_timeout
+        )
         try:
-            result = await self._call(
-                functools.partial(ref.update, to_document(rec), option=option)
-            )
+            written = await self._call(write)
         except _STALE:
             self._seen.pop(rec.id, None)
             return False
-        self._wrote(rec.id, rec.version, result.update_time)
+        self._wrote(rec.id, rec.version, written)
         return True
 
     async def claim_slot(
