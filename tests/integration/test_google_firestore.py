@@ -410,7 +410,11 @@ async def test_waiters_share_one_listener_released_after_the_last(
 
 
 async def _settled(store: FirestoreOperationStore) -> None:
-    await eventually(lambda: not store._stopping, timeout=10, what="listeners closed")
+    await eventually(
+        lambda: store.listen_targets == store.active_listeners,
+        timeout=10,
+        what="listen targets removed",
+    )
 
 
 async def test_listener_per_operation(store: FirestoreOperationStore) -> None:

@@ -217,6 +217,39 @@ class RawFirestore:
             raise _api_error(exc) from exc
         return RawSnapshot(reference, doc)
 
+    @staticmethod
+    def create_write(reference: Any, fields: Mapping[str, Any]) -> Any:
+        """`create`: the document with `fields`, failing if it exists."""
+        write = _Write()
+        write.update.name = reference._document_path
+        for key, value in fields.items():
+            encode_value(value, write.update.fields[key])
+        write.current_document.exists = False
+        return write
+
+    @staticmethod
+    def update_write(reference: Any, fields: Mapping[str, Any], last_update_time: datetime) -> Any:
+        """`update(fields, option=write_option(last_update_time=...))`: the
+        top-level keys are the update mask (plain field names only)."""
+        write = _Write()
+        write.update.name = reference._document_path
+        for key, value in fields.items():
+            encode_value(value, write.update.fields[key])
+        write.update_mask.field_paths.extend(fields.keys())
+        write.current_document.update_time.CopyFrom(timestamp_of(last_update_time))
+        return write
+
+    def commit(self, writes: list[Any], timeout: float) -> list[DatetimeWithNanoseconds]:
+        """Commit `writes` atomically (a batch); their update times."""
+        request = _CommitRequest(database=self._database, writes=writes)
+        try:
+            response = retried(
+                lambda left: self._commit(request, timeout=left, metadata=self._metadata), timeout
+            )
+        except grpc.RpcError as exc:
+            raise _api_error(exc) from exc
+        return [_time_of(result.update_time) for result in response.write_results]
+
     def update(
         self,
         reference: Any,
@@ -224,19 +257,11 @@ class RawFirestore:
         last_update_time: datetime,
         timeout: float,
     ) -> DatetimeWithNanoseconds:
-        """`reference.update(fields, option=write_option(last_update_time=...))`;
-        returns the write's update time. Keys must be plain field names."""
-        write = _Write()
-        write.update.name = reference._document_path
-        for key, value in fields.items():
-            encode_value(value, write.update.fields[key])
-        write.update_mask.field_paths.extend(fields.keys())
-        write.current_document.update_time.CopyFrom(timestamp_of(last_update_time))
-        request = _CommitRequest(database=self._database, writes=[write])
-        try:
-            response = retried(
-                lambda left: self._commit(request, timeout=left, metadata=self._metadata), timeout
-            )
-        except grpc.RpcError as exc:
-            raise _api_error(exc) from exc
-        return _time_of(response.write_results[0].update_time)
+        """One guarded update (`update_write`); its update time."""
+        return self.commit([self.update_write(reference, fields, last_update_time)], timeout)[0]
+
+    def create(
+        self, reference: Any, fields: Mapping[str, Any], timeout: float
+    ) -> DatetimeWithNanoseconds:
+        """One `create_write`; its update time (AlreadyExists if it exists)."""
+        return self.commit([self.create_write(reference, fields)], timeout)[0]
