@@ -84,10 +84,8 @@ from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.types import BatchSettings, FlowControl
-from google.pubsub_v1.types import PubsubMessage
 
 from longrun_core.errors import StartupError, Unavailable
-from longrun_core.google.publish_batches import LoopBatches
 from longrun_core.queue import Delivery, TaskMessage, TaskQueue, Transition
 from longrun_core.settings import BackendSettings
 from longrun_core.signing import (
@@ -306,8 +304,6 @@ class PubSubTaskQueue(TaskQueue):
         self._subscriber: Any = subscriber or SubscriberClient()
         self._owns_clients = publisher is None and subscriber is None
         self._publish_retry = _retry(PUBLISH_TIMEOUT)
-        #: Task messages go out batched per loop iteration (google/publish_batches.py).
-        self._batches = LoopBatches(self._send_batch)
         #: For the unary admin and pull calls.
         self._rpc = {"retry": _retry(RPC_TIMEOUT), "timeout": RPC_TIMEOUT}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -420,7 +416,6 @@ class PubSubTaskQueue(TaskQueue):
             buffer.put_nowait(None)  # wake a receive still waiting
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        await self._batches.drain()
         stream, self._stream = self._stream, None
         await asyncio.to_thread(self._shutdown, stream)
 
@@ -455,15 +450,13 @@ class PubSubTaskQueue(TaskQueue):
         if self._closing:
             raise Unavailable("the Pub/Sub queue is closed")
         try:
+            future = self._publisher.publish(
+                topic, data, retry=self._publish_retry, timeout=RPC_TIMEOUT, **attributes
+            )
             async with asyncio.timeout(PUBLISH_TIMEOUT + 5):
-                await self._batches.publish(topic, PubsubMessage(data=data, attributes=attributes))
+                await asyncio.wrap_future(future)
         except _FAILURES as exc:
             raise Unavailable(f"cannot publish to {topic}: {exc}") from exc
-
-    def _send_batch(self, topic: str, messages: list[Any]) -> None:
-        self._publisher.api.publish(
-            topic=topic, messages=messages, retry=self._publish_retry, timeout=RPC_TIMEOUT
-        )
 
     # ---- receiving ----
 
