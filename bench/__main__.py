@@ -6,7 +6,7 @@ one table at the end, and bench/results/<timestamp>.json + latest.json.
 Names: get_throughput, jobs_throughput, roundtrip, wake_latency, wait_10k,
 list_latency, slow_filters, google_e2e, list_rss, isolation_overhead,
 auth_overhead, trigger_latency, queues_schedule, observability_overhead,
-queues_limits. Each also
+queues_limits, scale_out. Each also
 runs alone: `python -m bench.<name>`.
 A benchmark that fails is reported as an error row; the others still run.
 Exit status: 0 when every run benchmark worked (met targets or not), 1 if
@@ -42,6 +42,7 @@ BENCHMARKS = [
     "queues_schedule",
     "observability_overhead",
     "queues_limits",
+    "scale_out",
 ]
 
 

@@ -39,10 +39,12 @@ class LoadStats:
 
 
 class LongrunClient:
-    """One grpc.aio channel to our server."""
+    """One grpc.aio channel to our server (or, with an `ipv4:A,B` target,
+    round_robin over several servers)."""
 
     def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target)
+        options = [("grpc.lb_policy_name", "round_robin")] if target.startswith("ipv4:") else []
+        self.channel = grpc.aio.insecure_channel(target, options=options)
         self.jobs = jobs_pb2_grpc.JobsStub(self.channel)
         self.ops = operations_pb2_grpc.OperationsStub(self.channel)
 

@@ -360,10 +360,14 @@ def standalone(figures: Sequence[Figure], module: str) -> None:
 # ---- profiling ----
 
 
-def start_profile(pid: int, name: str, seconds: float) -> list[subprocess.Popen[bytes]]:
+def start_profile(
+    pid: int, name: str, seconds: float, *, gil_only: bool = False
+) -> list[subprocess.Popen[bytes]]:
     """py-spy on `pid` for `seconds`: bench/results/<name>.svg (flame graph) and
     <name>.txt (collapsed stacks, for `python -m bench.profiles`). Returns the
-    recorders to pass to `finish_profile`; empty if py-spy is missing."""
+    recorders to pass to `finish_profile`; empty if py-spy is missing.
+    `gil_only`: only samples of threads holding the GIL (Python CPU, not
+    threads blocked in a gRPC call or a lock)."""
     import shutil
 
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -389,6 +393,7 @@ def start_profile(pid: int, name: str, seconds: float) -> list[subprocess.Popen[
                     "--output",
                     str(RESULTS / f"{name}.{suffix}"),
                     "--nonblocking",
+                    *(["--gil"] if gil_only else []),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -2,7 +2,8 @@
 of benchmark 4, on the Firestore + Pub/Sub emulators (server and workers
 with `--store firestore --queue pubsub`, a fresh project per run). The
 Celery and polling-future baselines are measured again in the same run.
-Targets: create -> done p50 <= 150 ms; Wait wake-up p99 <= 100 ms.
+Targets: create -> done p50 <= 150 ms; Wait wake-up p99 <= 100 ms. Also
+(full runs) benchmark 16, 1 vs 2 servers, on the emulators.
 
 Without FIRESTORE_EMULATOR_HOST and PUBSUB_EMULATOR_HOST set, this runs
 itself again under `python -m scripts.emulators run -- ...`, which starts
@@ -21,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import jobs_throughput, roundtrip, wake_latency
+from bench import jobs_throughput, roundtrip, scale_out, wake_latency
 from bench.common import ROOT, Figure, note, standalone
 
 NAME_JOBS = "7 emulators: no-op jobs/s"
@@ -42,6 +43,8 @@ def inside(quick: bool, profile: bool) -> list[Figure]:
     if not quick:
         a, b = jobs_throughput.measure("google", quick, profile="google-jobs" if profile else "")
         figures += jobs_throughput.figures(NAME_JOBS, "google", a, b, None)
+        two, one = scale_out.measure("google", quick)
+        figures += scale_out.figures("google", two, one)
     return figures
 
 

@@ -226,6 +226,9 @@ class ServerSettings:
     #: Longest WaitOperation when the caller gives no timeout and no deadline.
     max_wait: float = 600.0
     page_token_secret: bytes = field(default=b"", repr=False)
+    #: Let several server processes listen on the same gRPC (and HTTP) port
+    #: (SO_REUSEPORT: the kernel spreads new connections over them).
+    reuse_port: bool = False
     grace: float = 5.0
     max_concurrent_rpcs: int = 100_000
     #: Largest message the server sends (grpc.max_send_message_length), and

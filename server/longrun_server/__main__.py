@@ -116,8 +116,18 @@ _S = ServerSettings()
     default="",
     envvar="LONGRUN_PAGE_TOKEN_SECRET",
     show_envvar=True,
-    help="Key that signs page tokens (default: random per process; "
-    "set it when several servers share a store).",
+    help="Key that signs page tokens (default: one generated once and kept in the store, "
+    "so every server on the store accepts the others' tokens).",
+)
+@click.option(
+    "--reuse-port/--no-reuse-port",
+    default=False,
+    envvar="LONGRUN_REUSE_PORT",
+    show_envvar=True,
+    show_default=True,
+    help="Let several server processes listen on the same --address (and --http-address) "
+    "port, SO_REUSEPORT: the kernel spreads new connections over them. Without it a port "
+    "in use fails the start.",
 )
 @click.option(
     "--grace",
@@ -420,6 +430,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         sweep_interval=kw["sweep_interval"],
         lease_check_interval=kw["lease_check_interval"],
         page_token_secret=kw["page_token_secret"].encode(),
+        reuse_port=kw["reuse_port"],
         grace=kw["grace"],
         max_send_message_bytes=kw["max_send_message_bytes"],
         max_receive_message_bytes=kw["max_receive_message_bytes"],
@@ -620,6 +631,7 @@ async def serve(
                 http.host,
                 http.port,
                 https_context(certificates) if certificates is not None else None,
+                reuse_port=settings.reuse_port,
             )
         except OSError as exc:
             await gateway.stop()

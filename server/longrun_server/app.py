@@ -4,7 +4,6 @@ checking and reflection. `create_server` binds; callers start and stop."""
 from __future__ import annotations
 
 import importlib
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +21,7 @@ from longrun_core.queue import TaskQueue
 from longrun_core.queue_stores import queue_store_for
 from longrun_core.queues import QueueStore
 from longrun_core.settings import ServerSettings
+from longrun_core.shared_secrets import PAGE_TOKEN_KEY, fresh_secret, shared_secret
 from longrun_core.store import OperationStore, PageTokens
 from longrun_core.tasks import TaskRegistry
 from longrun_server.api_keys_service import ApiKeysService
@@ -44,8 +44,13 @@ SERVER_OPTIONS = [
     ("grpc.max_concurrent_streams", 1_000_000),
     ("grpc.server.max_pending_requests", 1_000_000),
     ("grpc.server.max_pending_requests_hard_limit", 1_000_000),
-    ("grpc.so_reuseport", 0),
 ]
+
+
+def port_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """SO_REUSEPORT only with --reuse-port: otherwise a port another process
+    holds fails the start instead of being silently shared."""
+    return [("grpc.so_reuseport", 1 if settings.reuse_port else 0)]
 
 
 def message_limit_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -82,6 +87,14 @@ def connection_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ]
+
+
+async def page_token_key(settings: ServerSettings, store: OperationStore) -> bytes:
+    """--page-token-secret, else the key kept in the store (so every server
+    on one store accepts the others' tokens), else one for this process."""
+    if settings.page_token_secret:
+        return settings.page_token_secret
+    return await shared_secret(store, PAGE_TOKEN_KEY) or fresh_secret()
 
 
 _ = (struct_pb2, operations_pb2)  # types reflection must resolve (Any metadata/response)
@@ -153,6 +166,7 @@ async def create_server(
     server = grpc.aio.server(
         options=[
             *SERVER_OPTIONS,
+            *port_options(settings),
             *message_limit_options(settings),
             *connection_options(settings),
         ],
@@ -162,7 +176,7 @@ async def create_server(
     operations = OperationsService(
         store,
         clock=clock,
-        tokens=PageTokens(settings.page_token_secret or secrets.token_bytes(32)),
+        tokens=PageTokens(await page_token_key(settings, store)),
         retention=retention,
         max_wait=settings.max_wait,
         page_limits=page_limits(settings),

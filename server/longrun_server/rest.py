@@ -617,10 +617,16 @@ class RestGateway:
         return app
 
     async def start(
-        self, host: str | None, port: int, ssl_context: ssl.SSLContext | None = None
+        self,
+        host: str | None,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> int:
         """Listen on host:port (port 0: any), with TLS when `ssl_context` is
-        given (server/tls.py https_context); returns the bound port."""
+        given (server/tls.py https_context); returns the bound port.
+        `reuse_port`: other processes may listen on the same port (SO_REUSEPORT)."""
         self._channel = grpc.aio.insecure_channel(self.target, options=self.channel_options())
         self._runner = JsonErrorAppRunner(
             self.app(),
@@ -640,6 +646,7 @@ class RestGateway:
             host=host,
             port=port,
             reuse_address=True,
+            reuse_port=reuse_port or None,
             ssl_context=ssl_context,
         )
         await site.start()

@@ -62,6 +62,9 @@ class Service:
     port: int = 0
     #: Words before the Python command of every process, e.g. ["prlimit", "--nofile=128"].
     launcher: list[str] = field(default_factory=list)
+    #: The server's log file in `workdir` (another server on the same
+    #: workdir and store, tests/acceptance/test_scale_out.py, takes another).
+    server_log: str = "server.log"
 
     #: Flags every server/worker gets before the caller's: short sweeps,
     #: redispatch, leases and heartbeats, so fault tests finish quickly.
@@ -117,7 +120,7 @@ class Service:
                 *self.server_flags,
                 *args,
             ],
-            "server.log",
+            self.server_log,
             extra_env,
         )
         wait_for(

@@ -410,7 +410,11 @@ async def test_waiters_share_one_listener_released_after_the_last(
 
 
 async def _settled(store: FirestoreOperationStore) -> None:
-    await eventually(lambda: not store._stopping, timeout=10, what="listeners closed")
+    await eventually(
+        lambda: store.listen_targets == store.active_listeners,
+        timeout=10,
+        what="listen targets removed",
+    )
 
 
 async def test_listener_per_operation(store: FirestoreOperationStore) -> None:
@@ -566,3 +570,47 @@ async def test_reservations_are_keyed_by_project_and_request_id(
     assert reservations[request_doc_id("default", rid)]["operation_id"] == d.id
     await store.delete(a.name)
     assert set(await _docs(raw, "operations_request_ids")) == {request_doc_id("default", rid)}
+
+
+async def test_one_listen_stream_carries_every_listener(
+    store: FirestoreOperationStore, other: FirestoreOperationStore
+) -> None:
+    import threading
+
+    recs = [make_record() for _ in range(20)]
+    await asyncio.gather(*(store.create(r) for r in recs))
+    async with store.watch(recs[0].name):  # the stream and its reader thread exist now
+        threads = threading.active_count()
+        async with contextlib.AsyncExitStack() as stack:
+            watches = [await stack.enter_async_context(store.watch(r.name)) for r in recs[1:]]
+            assert store.active_listeners == 20 and store.listen_targets == 20
+            assert store.listen_clients == 1
+            assert threading.active_count() == threads  # no thread per listener
+            for rec in recs[1:]:
+                await other.update(rec.name, lambda r: replace(r, progress_percent=3))
+            woken = await asyncio.gather(*(w.changed(10.0) for w in watches))
+            assert all(woken)
+    await _settled(store)
+    assert store.listen_targets == 0
+
+
+async def test_a_broken_listen_stream_is_opened_again_and_wakes_its_waiters(
+    store: FirestoreOperationStore, other: FirestoreOperationStore
+) -> None:
+    rec = make_record()
+    await store.create(rec)
+    async with store.watch(rec.name) as watch:
+        stream = store._listen_channels[0].stream
+        broken = stream._call
+        assert broken is not None
+        broken.cancel()  # as if the connection dropped
+        assert await watch.changed(10.0)  # woken to read again: a change may be lost
+        await eventually(
+            lambda: stream._call is not None and stream._call is not broken,
+            timeout=10,
+            what="a new listen stream",
+        )
+        while await watch.changed(0.3):
+            pass  # the re-added target's first events
+        await other.update(rec.name, lambda r: replace(r, progress_percent=4))
+        assert await watch.changed(10.0)

@@ -32,7 +32,7 @@ from longrun_client.client import (
     list_name,
     wait_request,
 )
-from longrun_client.credentials import ChannelSecurity
+from longrun_client.credentials import ChannelSecurity, balancing_options
 from longrun_client.errors import (
     DeadlineExceeded,
     OperationError,
@@ -312,9 +312,11 @@ class AsyncClient:
             if security is not None:
                 channel = security.aio_channel(str(target))
             elif credentials is not None:
-                channel = grpc.aio.secure_channel(target, credentials)
+                channel = grpc.aio.secure_channel(
+                    target, credentials, options=balancing_options(str(target))
+                )
             else:
-                channel = grpc.aio.insecure_channel(target)
+                channel = grpc.aio.insecure_channel(target, options=balancing_options(str(target)))
         self._channel = channel
         self._transport = _AsyncTransport(channel, metadata, timeout, attempts)
         self._policy = wait_policy or WaitPolicy()

@@ -32,7 +32,7 @@ from longrun.v1 import (
     queues_pb2_grpc,
 )
 from longrun_client.codec import dict_to_struct
-from longrun_client.credentials import ChannelSecurity
+from longrun_client.credentials import ChannelSecurity, balancing_options
 from longrun_client.errors import ServiceError, Unavailable
 from longrun_client.future import OperationFuture, WaitPolicy
 from longrun_client.queues import (
@@ -64,7 +64,10 @@ def make_channel(
     credentials: grpc.ChannelCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
-    """A TLS channel when `credentials` are given, else a plaintext one."""
+    """A TLS channel when `credentials` are given, else a plaintext one.
+    A target naming several servers (`ipv4:HOST:PORT,HOST:PORT`, or `dns:///`
+    a name with several addresses) gets round_robin over them."""
+    options = [*balancing_options(target), *options]
     if credentials is not None:
         return grpc.secure_channel(target, credentials, options=list(options))
     return grpc.insecure_channel(target, options=list(options))

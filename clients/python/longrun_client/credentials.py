@@ -151,10 +151,13 @@ class _Plugin(grpc.AuthMetadataPlugin):
 
 
 def is_loopback_target(target: str) -> bool:
-    """Whether `target` (host:port, [v6]:port, unix:...) stays on this machine."""
+    """Whether `target` (host:port, [v6]:port, unix:..., or an `ipv4:`/`ipv6:`
+    list of several addresses) stays on this machine."""
     if target.startswith(("unix:", "unix-abstract:")):
         return True
     target = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+    if "," in target:
+        return all(is_loopback_target(one) for one in target.split(","))
     host = target.rpartition(":")[0] if ":" in target else target
     host = host.strip("[]")
     if host == "localhost":
@@ -163,6 +166,19 @@ def is_loopback_target(target: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+#: Target schemes that may name several servers (`ipv4:10.0.0.1:50051,10.0.0.2:50051`,
+#: `dns:///longrun.internal:50051` resolving to several addresses).
+MULTI_ADDRESS_SCHEMES = ("ipv4:", "ipv6:", "dns:")
+
+
+def balancing_options(target: str) -> list[tuple[str, Any]]:
+    """Channel options spreading calls over every server a target names
+    (round_robin; gRPC's default, pick_first, sends everything to one)."""
+    if target.startswith(MULTI_ADDRESS_SCHEMES):
+        return [("grpc.lb_policy_name", "round_robin")]
+    return []
 
 
 @dataclass(frozen=True)
@@ -268,6 +284,7 @@ class ChannelSecurity:
         return source
 
     def channel(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        options = [*balancing_options(target), *options]
         credentials = self.channel_credentials()
         if credentials is not None:
             return grpc.secure_channel(target, credentials, options=list(options))
@@ -278,6 +295,7 @@ class ChannelSecurity:
         return grpc.intercept_channel(channel, MetadataInterceptor(source))
 
     def aio_channel(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        options = [*balancing_options(target), *options]
         credentials = self.channel_credentials()
         if credentials is not None:
             return grpc.aio.secure_channel(target, credentials, options=list(options))

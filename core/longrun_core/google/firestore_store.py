@@ -11,6 +11,8 @@ Layout
     reservation, holding the operation id and the request fingerprint (a
     request id is unique within its project; the default project keeps the
     key `sha256(request_id)` it had before operations had a project).
+    `{collection}_settings/{name}`: secrets every server on this store
+    shares, e.g. the page-token key (longrun_core.shared_secrets).
     Documents without `project` (written before it existed) belong to the
     default project: `get` reads them so, and every rewrite stores the
     field. A list limited to projects finds them only once rewritten
@@ -82,18 +84,18 @@ Guarantees
       times of recent responses, for skew warnings only.
     * Watch: one document listener per watched operation, shared by all
       waiters in this process through `WatchHub` and stopped after the last
-      waiter leaves. `start_source` returns only once the listener has
-      delivered its initial snapshot, so a change made after the waiter's
-      next read always produces a later snapshot that wakes it. Writes made
-      through this store wake local waiters at once, and the listener's
-      echo of such a write is suppressed. Each listener is its own gRPC
-      stream plus a consumer thread, so cost grows with the number of
-      operations watched at once, not with the number of waiters.
-      Firestore allows 100 concurrent streams per connection, and past that
-      every call on the connection stalls (the emulator does not enforce
-      this). So listeners run on dedicated `ListenClient`s, at most
-      `listeners_per_client` (90) each, each on its own connection and
-      separate from the CRUD client.
+      waiter leaves. A listener is one target of a shared `Listen` stream
+      (google/listen_stream.py), not a stream and a thread of its own: adding
+      and removing one is a message on an open stream. `start_source`
+      returns only once Firestore said the target is CURRENT, so a change
+      made after the waiter's next read always produces a later event that
+      wakes it; a broken stream is opened again and wakes every waiter to
+      read again. Writes made through this store wake local waiters at
+      once, and the listener's echo of such a write is suppressed. Cost
+      grows with the number of operations watched at once, not with the
+      number of waiters. Listen streams run on dedicated `ListenClient`s,
+      each on its own connection and separate from the CRUD client, with
+      at most `listeners_per_client` (90) targets each.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ from longrun_core.errors import Aborted, AlreadyExists, Unavailable
 from longrun_core.filtering.firestore import LABEL_PAIRS, label_pair
 from longrun_core.google.collection_client import TRANSIENT
 from longrun_core.google.list_values import DocValues, doc_position, value_fields
+from longrun_core.google.listen_stream import ListenStream
+from longrun_core.google.raw_firestore import RawFirestore
 from longrun_core.model import OperationRecord, State, WaitReason, evolve
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.queue import Transition
@@ -338,21 +342,41 @@ class ListenClient(firestore.Client):  # type: ignore[misc]
 
 
 class _ListenChannel:
-    __slots__ = ("client", "listeners")
+    """A listen client (its own connection) and the one Listen stream on it
+    that carries its listeners' targets (google/listen_stream.py)."""
 
-    def __init__(self, client: Any) -> None:
+    __slots__ = ("client", "listeners", "stream")
+
+    def __init__(self, client: Any, stream: ListenStream) -> None:
         self.client = client
+        self.stream = stream
         self.listeners = 0
+
+    @staticmethod
+    def open(*, project: str, database: str) -> _ListenChannel:
+        """Blocking: builds the client and its channel."""
+        client = ListenClient(project=project, database=database)
+        channel = client._firestore_api._transport.grpc_channel
+        stream = ListenStream(channel, client._database_string, tuple(client._rpc_metadata))
+        return _ListenChannel(client, stream)
+
+    def close(self) -> None:
+        self.stream.close()
+        transport = getattr(getattr(self.client, "_firestore_api", None), "_transport", None)
+        close = getattr(transport, "close", None)
+        if callable(close):
+            close()
 
 
 class _Listener:
-    __slots__ = ("channel", "local_version", "name", "ready", "watch")
+    __slots__ = ("channel", "local_version", "name", "ready", "target")
 
     def __init__(self, name: str, ready: asyncio.Future[None], channel: _ListenChannel) -> None:
         self.name = name
         self.ready = ready
         self.channel = channel
-        self.watch: Any = None
+        #: The listen stream's target id while listening.
+        self.target: int | None = None
         #: Highest version this store wrote (and announced locally) meanwhile.
         self.local_version = 0
 
@@ -379,10 +403,14 @@ class FirestoreOperationStore(OperationStore):
         self._client: Any = client or firestore.Client(project=project, database=database)
         self._owns_client = client is None
         self._ops = self._client.collection(collection)
+        #: Reads and guarded writes of operation documents on raw protobufs.
+        self._raw = RawFirestore(self._client)
         self._rids = self._client.collection(f"{collection}_request_ids")
         #: Concurrency slot documents (longrun_core.slots), one per limited
         #: queue and per (queue, concurrency key).
         self._slots = self._client.collection(f"{collection}_slots")
+        #: Secrets every process on this store shares (longrun_core.shared_secrets).
+        self._settings = self._client.collection(f"{collection}_settings")
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="firestore")
         #: List-scan windows in flight at once, so that many slow lists never
         #: take the pool's threads from the other verbs.
@@ -391,7 +419,6 @@ class FirestoreOperationStore(OperationStore):
         self._listeners: dict[str, _Listener] = {}
         self._listen_channels: list[_ListenChannel] = []
         self.listeners_per_client = listeners_per_client
-        self._stopping: set[asyncio.Future[None]] = set()
         self._closed = False
         #: How many listeners were ever started (tests check sharing with it).
         self.listeners_started = 0
@@ -455,8 +482,7 @@ class FirestoreOperationStore(OperationStore):
 
     async def _snapshot(self, op_id: str) -> Any:
         ref = self._ops.document(op_id)
-        snap = await self._call(ref.get)
-        self._saw_server_time(snap.read_time)
+        snap = await self._call(functools.partial(self._raw.get, ref, self.call_timeout))
         if snap.exists:
             self._remember(op_id, int(snap.get("version")), snap.update_time)
         else:
@@ -472,23 +498,37 @@ class FirestoreOperationStore(OperationStore):
             return
         for listener in list(self._listeners.values()):
             self._stop_listener(listener)
-        if self._stopping:
-            await asyncio.gather(*self._stopping, return_exceptions=True)
         self._closed = True
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:
         self._pool.shutdown(wait=True)
-        clients = [c.client for c in self._listen_channels]
-        self._listen_channels.clear()
-        if self._owns_client:
-            clients.append(self._client)
+        channels, self._listen_channels = self._listen_channels, []
+        for channel in channels:
+            channel.close()
+        clients = [self._client] if self._owns_client else []
         for client in clients:
             transport = getattr(getattr(client, "_firestore_api", None), "_transport", None)
             close = getattr(transport, "close", None)
             if callable(close):
                 close()
+
+    async def shared_secret(self, name: str, fresh: bytes) -> bytes:
+        """The secret kept as `{collection}_settings/{name}`, `fresh` if
+        there was none (created with `create`: of racing processes one
+        wins and the others read its secret)."""
+        ref = self._settings.document(name)
+        try:
+            await self._call(functools.partial(ref.create, {"value": fresh}))
+            return fresh
+        except gexc.AlreadyExists:
+            pass
+        snap = await self._call(ref.get)
+        value = snap.get("value") if snap.exists else None
+        if not isinstance(value, bytes) or not value:
+            raise Unavailable(f"the shared setting {name!r} is unreadable; delete it to renew it")
+        return value
 
     async def on_written(self, name: str) -> None:
         self.hub.notify(watch_key_of(name))
@@ -504,10 +544,12 @@ class FirestoreOperationStore(OperationStore):
             ref = self._ops.document(rec.id)
             doc = to_document(rec)
             try:
-                result = await self._call(functools.partial(ref.create, doc))
+                written = await self._call(
+                    functools.partial(self._raw.create, ref, doc, self.call_timeout)
+                )
             except gexc.AlreadyExists as exc:
                 raise _exists(rec) from exc
-            self._wrote(rec.id, rec.version, result.update_time)
+            self._wrote(rec.id, rec.version, written)
         else:
             existing = await self._insert_with_request_id(rec, rec.request_id)
             if existing is not None:
@@ -532,21 +574,22 @@ class FirestoreOperationStore(OperationStore):
         }
         takeover: Any = None  # update_time of a stale reservation to replace
         for _ in range(self.max_conflicts):
-            batch = self._client.batch()
-            if takeover is None:
-                batch.create(rid_ref, reservation)
-            else:
-                option = self._client.write_option(last_update_time=takeover)
-                batch.update(rid_ref, reservation, option=option)
-            batch.create(op_ref, doc)
+            writes = [
+                self._raw.create_write(rid_ref, reservation)
+                if takeover is None
+                else self._raw.update_write(rid_ref, reservation, takeover),
+                self._raw.create_write(op_ref, doc),
+            ]
             try:
-                results = await self._call(batch.commit)
+                results = await self._call(
+                    functools.partial(self._raw.commit, writes, self.call_timeout)
+                )
             except gexc.AlreadyExists:
                 pass  # the reservation or the operation id exists: find out which
             except _STALE:
                 pass  # the stale reservation changed meanwhile: look again
             else:
-                self._wrote(rec.id, rec.version, results[-1].update_time)
+                self._wrote(rec.id, rec.version, results[-1])
                 return None
             takeover = None
             rid_snap = await self._call(rid_ref.get)
@@ -586,15 +629,15 @@ class FirestoreOperationStore(OperationStore):
         else:
             update_time = seen[1]
         ref = self._ops.document(rec.id)
-        option = self._client.write_option(last_update_time=update_time)
+        write = functools.partial(
+            self._raw.update, ref, to_document(rec), update_time, self.call_timeout
+        )
         try:
-            result = await self._call(
-                functools.partial(ref.update, to_document(rec), option=option)
-            )
+            written = await self._call(write)
         except _STALE:
             self._seen.pop(rec.id, None)
             return False
-        self._wrote(rec.id, rec.version, result.update_time)
+        self._wrote(rec.id, rec.version, written)
         return True
 
     async def claim_slot(
@@ -1029,57 +1072,41 @@ class FirestoreOperationStore(OperationStore):
         loop = asyncio.get_running_loop()
         channel = await self._listen_channel()
         listener = _Listener(name, loop.create_future(), channel)
-        channel.listeners += 1
 
-        def on_snapshot(docs: Sequence[Any], _changes: object, _read_time: object) -> None:
-            # Runs on the listener's consumer thread.
-            version: int | None = None
-            if docs and docs[0].exists:
-                version = int(docs[0].get("version"))
+        def on_event(event: str, version: int | None) -> None:
+            # Runs on the listen stream's reader thread.
             # RuntimeError: the loop is closed, so nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._on_snapshot, listener, version)
+                loop.call_soon_threadsafe(self._on_event, listener, event, version)
 
-        ref = channel.client.collection(self.collection).document(op_id)
-        opening = asyncio.ensure_future(self._call(lambda: ref.on_snapshot(on_snapshot)))
-        try:
-            listener.watch = await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            # The waiter left while the listener opened: close it once it is open.
-            channel.listeners -= 1
-            opening.add_done_callback(
-                lambda f: None if f.cancelled() or f.exception() else f.result().unsubscribe()
-            )
-            raise
-        except BaseException:
-            channel.listeners -= 1
-            raise
+        listener.target = channel.stream.add(self._ops.document(op_id)._document_path, on_event)
+        channel.listeners += 1
         self._listeners[name] = listener
         self.listeners_started += 1
         try:
             async with asyncio.timeout(LISTEN_READY_TIMEOUT):
                 await asyncio.shield(listener.ready)
         except TimeoutError:
-            log.warning(
-                "listener for %s gave no initial snapshot within %ss", name, LISTEN_READY_TIMEOUT
-            )
+            log.warning("listener for %s was not current within %ss", name, LISTEN_READY_TIMEOUT)
             if not listener.ready.done():
-                listener.ready.set_result(None)  # its first snapshot will then wake waiters
+                listener.ready.set_result(None)  # its next event will then wake waiters
         except BaseException:
             self._stop_listener(listener)
             raise
         return functools.partial(self._stop_listener, listener)
 
-    def _on_snapshot(self, listener: _Listener, version: int | None) -> None:
+    def _on_event(self, listener: _Listener, event: str, version: int | None) -> None:
         if self._listeners.get(listener.name) is not listener:
             return  # stopped meanwhile
         if not listener.ready.done():
-            # The initial snapshot: the listener is live. Waiters that joined while
+            if event == "changed":
+                return  # the document as it was when the target was added
+            # Current (or reset): the listener is live. Waiters that joined while
             # it started (they read before it was live) are woken to read again.
             self.hub.notify(listener.name)
             listener.ready.set_result(None)
             return
-        if version is not None and version <= listener.local_version:
+        if event == "changed" and version is not None and version <= listener.local_version:
             return  # our own write, already announced by on_written
         self.hub.notify(listener.name)
 
@@ -1088,16 +1115,20 @@ class FirestoreOperationStore(OperationStore):
         for channel in self._listen_channels:
             if channel.listeners < self.listeners_per_client:
                 return channel
-        client = await self._call(
-            functools.partial(ListenClient, project=self.project, database=self.database)
+        fresh = await self._call(
+            functools.partial(_ListenChannel.open, project=self.project, database=self.database)
         )
         for channel in self._listen_channels:  # another waiter may have made room meanwhile
             if channel.listeners < self.listeners_per_client:
-                break
-        else:
-            channel = _ListenChannel(client)
-            self._listen_channels.append(channel)
-        return channel
+                fresh.close()
+                return channel
+        self._listen_channels.append(fresh)
+        return fresh
+
+    @property
+    def listen_targets(self) -> int:
+        """Targets on this store's listen streams (one per open listener)."""
+        return sum(channel.stream.targets for channel in self._listen_channels)
 
     @property
     def listen_clients(self) -> int:
@@ -1107,14 +1138,11 @@ class FirestoreOperationStore(OperationStore):
     def _stop_listener(self, listener: _Listener) -> None:
         if self._listeners.get(listener.name) is listener:
             del self._listeners[listener.name]
-        watch, listener.watch = listener.watch, None
-        if watch is None:
+        target, listener.target = listener.target, None
+        if target is None:
             return
         listener.channel.listeners -= 1
-        loop = asyncio.get_running_loop()
-        stopping = loop.run_in_executor(self._pool, watch.unsubscribe)
-        self._stopping.add(stopping)
-        stopping.add_done_callback(self._stopping.discard)
+        listener.channel.stream.remove(target)
 
 
 def _count(query: Any) -> int:
