@@ -79,8 +79,11 @@ _UNAVAILABLE = {
 _FATAL_AT_START = {sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_NOTADB}
 #: How often `_open` tries again while the file is busy (another process is
 #: creating it or switching it to WAL) before it reports the store unavailable.
-OPEN_ATTEMPTS = 8
+#: The pause doubles from OPEN_BACKOFF up to OPEN_BACKOFF_MAX: about 15 s in
+#: all, so a loaded machine's slow first schema write does not fail a start.
+OPEN_ATTEMPTS = 20
 OPEN_BACKOFF = 0.05
+OPEN_BACKOFF_MAX = 1.0
 #: How long a write waits for another process's lock (ms).
 BUSY_TIMEOUT_MS = 30_000
 #: After a full-disk error: at most one checkpoint this often (s), waiting this
@@ -250,7 +253,7 @@ class Database:
                 if (busy or isinstance(exc, _ChangedWhileOpening)) and attempt + 1 < OPEN_ATTEMPTS:
                     log.debug("database busy at open (%s); retrying in %.2fs", exc, delay)
                     time.sleep(delay)
-                    delay *= 2
+                    delay = min(delay * 2, OPEN_BACKOFF_MAX)
                     continue
                 mapped = storage_error(exc)
                 if mapped is None or primary in _FATAL_AT_START:
