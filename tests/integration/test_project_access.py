@@ -307,6 +307,27 @@ async def test_a_full_name_of_another_project_is_not_found(
     assert (await env.store.get(op.name)).cancel_requested is False
 
 
+async def test_a_wait_on_a_full_name_reads_the_record_once_when_it_is_done(env: Env) -> None:
+    """The permission check of a full name needs no read, so a Wait on a done
+    operation (a queued one cancelled ends at once) reads it once, inside its
+    watch, not twice."""
+    op = await env.create(parent="projects/acme")
+    op_id = op.name.rsplit("/", 1)[1]
+    await env.ops.CancelOperation(operations_pb2.CancelOperationRequest(name=op.name))
+    env.access.log.clear()
+    got = await env.ops.WaitOperation(_request("WaitOperation", op.name))
+    assert got.done and got.name == op.name
+    reads = [entry for entry in env.access.log if entry[0] == "read"]
+    assert reads == [("read", op_id)]
+    absent = f"projects/acme/operations/{'0' * 32}"
+    code, reason, meta = await _denied(env.ops.WaitOperation(_request("WaitOperation", absent)))
+    assert (code, reason, meta) == (
+        grpc.StatusCode.NOT_FOUND,
+        "OPERATION_NOT_FOUND",
+        {"name": absent},
+    )
+
+
 # ---- ListOperations ----
 
 
