@@ -405,7 +405,9 @@ async def test_watch_record_reads_the_record_and_signals_every_later_change(
             assert (got.name, got.version, got.progress_percent) == (rec.name, 2 + n, 7 + n)
             assert not await watch.changed(0.05)
             writer = asyncio.create_task(
-                store.update(rec.name, lambda r: replace(r, progress_percent=r.progress_percent + 1))
+                store.update(
+                    rec.name, lambda r: replace(r, progress_percent=r.progress_percent + 1)
+                )
             )
             assert await watch.changed(10.0)
             await writer
