@@ -213,7 +213,8 @@ def test_batch_create_through_curl(rest: Rest) -> None:
     assert [op["name"] for op in again["operations"]] == names
     for i, name in enumerate(names):
         done = rest.ok("-X", "POST", f"/v1/{name}:wait", "-d", '{"timeout":"30s"}')
-        assert (done["done"], done["response"]) == (True, {"i": i})
+        assert done["done"] is True
+        assert done["response"]["value"] == {"i": i}, done
     listed = rest.ok(f"/v1/projects/{project}/operations")
     assert sorted(o["name"] for o in listed["operations"]) == sorted(names)
     mixed = json.dumps({"requests": [{"task": "noop"}, {"task": "noop", "parent": "projects/x"}]})
