@@ -64,6 +64,14 @@ class LongrunClient:
         op: operations_pb2.Operation = await self.jobs.CreateJob(request, timeout=30)
         return op
 
+    async def create_many(self, n: int, task: str = "noop") -> list[operations_pb2.Operation]:
+        """`n` jobs of `task` in one BatchCreateJobs call."""
+        request = jobs_pb2.BatchCreateJobsRequest(
+            requests=[jobs_pb2.CreateJobRequest(task=task) for _ in range(n)]
+        )
+        got: jobs_pb2.BatchCreateJobsResponse = await self.jobs.BatchCreateJobs(request, timeout=30)
+        return list(got.operations)
+
     async def wait(self, name: str, seconds: int = WAIT_SECONDS) -> operations_pb2.Operation:
         op: operations_pb2.Operation = await self.ops.WaitOperation(
             operations_pb2.WaitOperationRequest(
@@ -127,6 +135,44 @@ async def longrun_load(
                     stats.latencies.append(t1 - t0)
 
         await asyncio.gather(*(one_loop() for _ in range(concurrency)))
+    stats.seconds = seconds
+    return stats
+
+
+async def longrun_batch_load(
+    target: str, *, concurrency: int, batch: int, seconds: float, warmup: float
+) -> LoadStats:
+    """`concurrency // batch` loops of: BatchCreateJobs of `batch` no-op jobs,
+    then one WaitOperation per job (concurrently) until all are done; the
+    same `concurrency` jobs in flight as `longrun_load`. Counts the jobs of
+    batches that started and ended within the measured `seconds`."""
+    stats = LoadStats()
+    async with LongrunClient(target) as client:
+        loop = asyncio.get_running_loop()
+        start = loop.time() + warmup
+        end = start + seconds
+
+        async def one_loop() -> None:
+            while loop.time() < end:
+                t0 = loop.time()
+                try:
+                    ops = await client.create_many(batch)
+                    done = await asyncio.gather(*(client.wait(op.name) for op in ops))
+                    failed = [op.name for op in done if not op.HasField("response")]
+                    if failed:
+                        raise RuntimeError(f"{failed[0]} did not succeed")
+                except (grpc.RpcError, RuntimeError) as exc:
+                    stats.errors += 1
+                    stats.first_error = stats.first_error or repr(exc)[:500]
+                    await asyncio.sleep(0.05)
+                    continue
+                t1 = loop.time()
+                stats.total += batch
+                if t0 >= start and t1 <= end:
+                    stats.completed += batch
+                    stats.latencies.append(t1 - t0)
+
+        await asyncio.gather(*(one_loop() for _ in range(max(1, concurrency // batch))))
     stats.seconds = seconds
     return stats
 

@@ -42,6 +42,8 @@ from bench.common import (
 NAME = "2 no-op jobs/s"
 CONCURRENCY = 16
 WORKERS = 2
+#: Jobs per BatchCreateJobs call in the batched side (reported apart).
+BATCH = 8
 
 
 def plan(quick: bool) -> tuple[int, float, float]:
@@ -50,8 +52,15 @@ def plan(quick: bool) -> tuple[int, float, float]:
 
 
 def longrun_round(
-    svc: BenchService, warmup: float, seconds: float, concurrency: int, profile: str = ""
+    svc: BenchService,
+    warmup: float,
+    seconds: float,
+    concurrency: int,
+    profile: str = "",
+    batch: int = 0,
 ) -> dict[str, Any]:
+    """One measured round; `batch` > 0: jobs created `batch` at a time with
+    BatchCreateJobs (clients.longrun_batch_load), the same jobs in flight."""
     assert svc.server is not None
     meter = CpuMeter({"server": [svc.server.pid], "workers": [w.pid for w in svc.workers]})
     recorders = []
@@ -59,9 +68,15 @@ def longrun_round(
         recorders = start_profile(svc.server.pid, f"{profile}-server", warmup + seconds)
         recorders += start_profile(svc.workers[0].pid, f"{profile}-worker", warmup + seconds)
     meter.start()
-    stats = asyncio.run(
-        clients.longrun_load(svc.target, concurrency=concurrency, seconds=seconds, warmup=warmup)
-    )
+    if batch:
+        load = clients.longrun_batch_load(
+            svc.target, concurrency=concurrency, batch=batch, seconds=seconds, warmup=warmup
+        )
+    else:
+        load = clients.longrun_load(
+            svc.target, concurrency=concurrency, seconds=seconds, warmup=warmup
+        )
+    stats = asyncio.run(load)
     meter.stop()
     finish_profile(recorders)
     return round_details(stats, meter)
@@ -101,13 +116,20 @@ def round_details(stats: clients.LoadStats, meter: CpuMeter) -> dict[str, Any]:
 def interleave(
     rounds: int, ours: Callable[[], dict[str, Any]], theirs: Callable[[], dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    a: list[dict[str, Any]] = []
-    b: list[dict[str, Any]] = []
-    for i in range(rounds):
-        order = [(a, ours), (b, theirs)]
-        for runs, fn in order if i % 2 == 0 else reversed(order):
-            runs.append(fn())
+    a, b = interleave_all(rounds, [ours, theirs])
     return a, b
+
+
+def interleave_all(
+    rounds: int, sides: list[Callable[[], dict[str, Any]]]
+) -> list[list[dict[str, Any]]]:
+    """`rounds` rounds of every side, the order reversed every other round."""
+    runs: list[list[dict[str, Any]]] = [[] for _ in sides]
+    for i in range(rounds):
+        order = list(zip(runs, sides, strict=True))
+        for into, fn in order if i % 2 == 0 else reversed(order):
+            into.append(fn())
+    return runs
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float:
@@ -115,9 +137,15 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float:
 
 
 def measure(
-    backend: str, quick: bool, concurrency: int = CONCURRENCY, profile: str = ""
+    backend: str,
+    quick: bool,
+    concurrency: int = CONCURRENCY,
+    profile: str = "",
+    batched: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Alternating rounds of longrun (on `backend`) and Celery; returns both lists."""
+    """Alternating rounds of longrun (on `backend`) and Celery; returns both
+    lists. With `batched`, a third side in every round creates its jobs
+    BATCH at a time with BatchCreateJobs; its rounds go into that list."""
     rounds, warmup, seconds = plan(quick)
     with (
         longrun_service(backend, workers=WORKERS) as svc,
@@ -139,7 +167,19 @@ def measure(
                 note(f"{NAME}: celery {r['rate']:.0f} jobs/s ({r['errors']} errors)")
                 return r
 
-            a, b = interleave(rounds, ours, theirs)
+            def ours_batched() -> dict[str, Any]:
+                r = longrun_round(svc, warmup, seconds, concurrency, batch=BATCH)
+                note(
+                    f"{NAME}: longrun/{backend} batched {r['rate']:.0f} jobs/s "
+                    f"({r['errors']} errors)"
+                )
+                return r
+
+            if batched is None:
+                a, b = interleave(rounds, ours, theirs)
+            else:
+                a, b, c = interleave_all(rounds, [ours, theirs, ours_batched])
+                batched += c
             if profile:
                 longrun_round(svc, warmup, seconds, concurrency, profile)
         finally:
@@ -189,9 +229,51 @@ def figures(
     ]
 
 
+def batched_figures(
+    backend: str, batched: list[dict[str, Any]], celery: list[dict[str, Any]]
+) -> list[Figure]:
+    """The BatchCreateJobs side: reported, not counted for the 2.0x target."""
+    value, baseline = median_of(batched, "rate"), median_of(celery, "rate")
+    common = {"client_concurrency": CONCURRENCY, "workers": WORKERS, "batch": BATCH}
+    return [
+        Figure(
+            benchmark=NAME,
+            figure=f"longrun/{backend} jobs/s, BatchCreateJobs of {BATCH}",
+            value=value,
+            unit="jobs/s",
+            baseline_name="Celery+redis prefork c=2",
+            baseline=baseline,
+            ratio=ratio(value, baseline),
+            ratio_note="ours/celery",
+            target="reported",
+            met=None,
+            details=common | {"longrun": batched},
+        ),
+        Figure(
+            benchmark=NAME,
+            figure=f"longrun/{backend} service CPU per job, BatchCreateJobs of {BATCH}",
+            value=median_of(batched, "service_cpu_ms_per_job"),
+            unit="ms",
+            baseline_name="Celery+redis",
+            baseline=median_of(celery, "service_cpu_ms_per_job"),
+            ratio=ratio(
+                median_of(celery, "service_cpu_ms_per_job"),
+                median_of(batched, "service_cpu_ms_per_job"),
+            ),
+            ratio_note="celery/ours",
+            target="reported",
+            met=None,
+            details=common,
+        ),
+    ]
+
+
 def run(quick: bool = False, profile: bool = False, concurrency: int = CONCURRENCY) -> list[Figure]:
-    ours, celery = measure("embedded", quick, concurrency, "jobs" if profile else "")
-    return figures(NAME, "embedded", ours, celery, 2.0)
+    batched: list[dict[str, Any]] = []
+    ours, celery = measure("embedded", quick, concurrency, "jobs" if profile else "", batched)
+    return figures(NAME, "embedded", ours, celery, 2.0) + batched_figures(
+        "embedded", batched, celery
+    )
 
 
 def main() -> None:

@@ -277,6 +277,8 @@ class ServerSettings:
     outage_lease_grace: float = 15.0
     #: Furthest ahead a CreateJob schedule_time may be (Cloud Tasks: 30 days).
     max_schedule_ahead: float = 30 * 86400.0
+    #: Most items one BatchCreateJobs may hold.
+    max_batch_create: int = 100
     #: ResumeQueue republishes the queue's waiting operations at once and
     #: again this many seconds later (past the workers' --queue-refresh).
     queue_resume_repeat: float = 2.0

@@ -226,6 +226,16 @@ class OperationStore(abc.ABC):
         async with self.hub.subscribe(parsed.watch_key) as sub:
             yield sub
 
+    @asynccontextmanager
+    async def watch_record(self, name: str) -> AsyncIterator[tuple[Watch, OperationRecord]]:
+        """`watch` together with the record as read after the watch began, so
+        a change after that read is signalled on the watch: one read where
+        `watch` then `get` take two (WaitOperation's path). NotFound as `get`
+        (absent, or a full name of another project than the record's)."""
+        parsed = parse_operation_name(name)
+        async with self.hub.subscribe(parsed.watch_key) as sub:
+            yield sub, await self.get(name)
+
     # ---- primitives for adapters ----
 
     @abc.abstractmethod

@@ -278,6 +278,15 @@ _S = ServerSettings()
     help="Furthest ahead (seconds) a CreateJob schedule_time may be; 30 days like Cloud Tasks.",
 )
 @click.option(
+    "--max-batch-create",
+    type=click.IntRange(min=1, max=10_000),
+    default=ServerSettings.max_batch_create,
+    envvar="LONGRUN_MAX_BATCH_CREATE",
+    show_envvar=True,
+    show_default=True,
+    help="Most jobs one BatchCreateJobs call may create (AIP-233 batch bound).",
+)
+@click.option(
     "--queue-resume-repeat",
     type=click.FloatRange(min=0.0, max=600.0),
     default=ServerSettings.queue_resume_repeat,
@@ -453,6 +462,7 @@ def main(ctx: click.Context, /, **kw: Any) -> None:
         health_timeout=kw["health_timeout"],
         outage_lease_grace=kw["outage_lease_grace"],
         max_schedule_ahead=kw["max_schedule_ahead"],
+        max_batch_create=kw["max_batch_create"],
         queue_resume_repeat=kw["queue_resume_repeat"],
         dispatch_timers=kw["dispatch_timers"],
         queue_stats_limit=kw["queue_stats_limit"],

@@ -202,6 +202,7 @@ async def create_server(
         ),
         queues=queue_store,
         max_schedule_ahead=timedelta(seconds=settings.max_schedule_ahead),
+        max_batch_create=settings.max_batch_create,
     )
     queues = QueuesService(
         queue_store,

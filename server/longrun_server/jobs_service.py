@@ -16,6 +16,7 @@ deferred (transitions.NotDue)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -25,7 +26,7 @@ from google.protobuf.json_format import MessageToDict
 from longrun.v1 import jobs_pb2, jobs_pb2_grpc
 from longrun_core.access import Access, AllowAll, Permission, current_principal
 from longrun_core.clock import Clock, IdGenerator
-from longrun_core.errors import InvalidArgument, NotFound
+from longrun_core.errors import InvalidArgument, LongrunError, NotFound
 from longrun_core.failpoints import Failpoints
 from longrun_core.model import OperationRecord, State, WaitReason, queue_name
 from longrun_core.names import DEFAULT_PROJECT, check_project_id, parse_parent
@@ -37,7 +38,7 @@ from longrun_core.queues import (
     effective_retry,
     job_queue,
 )
-from longrun_core.store import OperationStore, is_scheduled_ahead, request_fingerprint
+from longrun_core.store import CreateResult, OperationStore, is_scheduled_ahead, request_fingerprint
 from longrun_core.tasks import TaskRegistry
 from longrun_core.validation import (
     check_labels,
@@ -59,6 +60,8 @@ MAX_SCHEDULE_AHEAD = timedelta(days=30)
 MIN_DISPATCH_DEADLINE = timedelta(seconds=1)
 MAX_DISPATCH_DEADLINE = timedelta(hours=24)
 MAX_CONCURRENCY_KEY = 128
+#: Most items of one BatchCreateJobs by default (`--max-batch-create`).
+MAX_BATCH_CREATE = 100
 
 
 class JobsService(jobs_pb2_grpc.JobsServicer):
@@ -76,8 +79,10 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         open_quota: OpenOperationsQuota | None = None,
         queues: QueueStore | None = None,
         max_schedule_ahead: timedelta = MAX_SCHEDULE_AHEAD,
+        max_batch_create: int = MAX_BATCH_CREATE,
     ) -> None:
         self.store = store
+        self.max_batch_create = max_batch_create
         #: Unfinished operations per authenticated principal (quotas.py).
         self.open_quota = open_quota or OpenOperationsQuota(0, store.count_open)
         #: None: every job goes to its project's default queue, with its defaults.
@@ -104,6 +109,14 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             await self.open_quota.admit(principal.id)
         result = await self.store.create(rec)
         self.failpoints.hit("after_store")
+        self.dispatch_created(result)
+        if not result.created:
+            context.set_trailing_metadata(((REPLAYED_METADATA_KEY, "true"),))
+        return result.record.to_operation()
+
+    def dispatch_created(self, result: CreateResult) -> None:
+        """Hand a newly stored job to the dispatcher unless its create already
+        enqueued it (nothing for a replayed request_id)."""
         created = result.record
         if result.created and is_scheduled_ahead(created):
             # Due soon: published on time by a timer (else by the sweeper).
@@ -111,9 +124,60 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             self.dispatcher.dispatch_at(created, created.run_after)
         elif result.created and not result.enqueued:
             self.dispatcher.dispatch_soon(created)
-        if not result.created:
-            context.set_trailing_metadata(((REPLAYED_METADATA_KEY, "true"),))
-        return result.record.to_operation()
+
+    @rpc_errors
+    async def BatchCreateJobs(
+        self, request: jobs_pb2.BatchCreateJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.BatchCreateJobsResponse:
+        """AIP-233: every item validated and authorized on its own parent first
+        (one bad item fails the batch, its `index` in the error's metadata,
+        nothing stored), then stored; see jobs.proto for a partial failure."""
+        count = len(request.requests)
+        if not 1 <= count <= self.max_batch_create:
+            raise InvalidArgument(
+                f"requests holds {count} items; 1 to {self.max_batch_create} are allowed "
+                "(--max-batch-create)",
+                reason="BATCH_SIZE_INVALID",
+                metadata={"count": str(count), "max": str(self.max_batch_create)},
+            )
+        batch_parent = parse_parent(request.parent) if request.parent else None
+        records: list[OperationRecord] = []
+        for index, item in enumerate(request.requests):
+            try:
+                records.append(await self.batch_item(item, batch_parent))
+            except LongrunError as exc:
+                exc.metadata["index"] = str(index)
+                raise
+        principal = current_principal()
+        if not principal.anonymous:
+            await self.open_quota.admit(principal.id, len(records))
+        results = await asyncio.gather(*(self.store.create(rec) for rec in records))
+        self.failpoints.hit("after_store")
+        for result in results:
+            self.dispatch_created(result)
+        return jobs_pb2.BatchCreateJobsResponse(
+            operations=[result.record.to_operation() for result in results]
+        )
+
+    async def batch_item(
+        self, item: jobs_pb2.CreateJobRequest, batch_parent: str | None
+    ) -> OperationRecord:
+        """The record of one BatchCreateJobs item, once its project (the
+        batch's parent, which the item's must match) allows CREATE."""
+        if batch_parent is None:
+            project = self.project_of(item)
+        else:
+            if item.parent and parse_parent(item.parent) != batch_parent:
+                raise InvalidArgument(
+                    f"an item's parent {item.parent!r} differs from the batch's parent "
+                    f"'projects/{batch_parent}'; leave it empty or the same",
+                    reason="PARENT_MISMATCH",
+                    metadata={"parent": item.parent},
+                )
+            project = batch_parent
+        self.access.require(Permission.CREATE, project)
+        queue = await self.queue_of(project, item.queue)
+        return self.new_record(item, project, queue=queue)
 
     async def queue_of(self, project: str, requested: str) -> QueueConfig | None:
         """The stored configuration of the queue `requested` names (None for

@@ -98,6 +98,17 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
             raise denied(permission, name) from None
         return rec
 
+    async def authorized_name(self, name: str, permission: Permission) -> str:
+        """The full name `name` stands for, once the caller may `permission` on
+        its project. A full name is checked without reading the record (the
+        caller reads it next, and an absent one is NOT_FOUND there, after the
+        same check); a legacy name is resolved through `authorized`."""
+        parsed = parse_operation_name(name)
+        if parsed.project is not None:
+            self.access.require(permission, parsed.project)
+            return name
+        return (await self.authorized(name, permission)).name
+
     @rpc_errors
     async def GetOperation(
         self, request: operations_pb2.GetOperationRequest, context: grpc.aio.ServicerContext
@@ -194,7 +205,7 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
         """Return as soon as the operation is done, or its latest state when the
         shorter of `timeout` and the RPC deadline (minus a margin) runs out. A
         timeout longer than the server's max wait is clamped to it."""
-        name = (await self.authorized(request.name, Permission.WAIT)).name
+        name = await self.authorized_name(request.name, Permission.WAIT)
         budget = self.max_wait
         if request.HasField("timeout"):
             budget = min(budget, wait_timeout(request.timeout))
@@ -204,8 +215,7 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
             budget = min(budget, max(remaining_rpc - min(0.05, remaining_rpc / 10), 0.0))
         loop_time = time.monotonic()
         deadline = loop_time + budget
-        async with self.store.watch(name) as watch:
-            rec = await self.store.get(name)
+        async with self.store.watch_record(name) as (watch, rec):
             while not rec.done:
                 left = deadline - time.monotonic()
                 if left <= 0:

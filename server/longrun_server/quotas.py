@@ -103,11 +103,13 @@ class OpenOperationsQuota:
         self.limit = limit
         self.count_open = count_open
 
-    async def admit(self, principal: str) -> None:
+    async def admit(self, principal: str, count: int = 1) -> None:
+        """Allow `count` more unfinished operations of `principal` (all or
+        none: a batch over the quota is refused whole)."""
         if not self.limit:
             return
         open_now = await self.count_open(principal, self.limit)
-        if open_now >= self.limit:
+        if open_now + count > self.limit:
             error = QuotaExceeded(
                 f"open operations quota exceeded for {principal!r}: at most {self.limit} "
                 "unfinished operations; wait for some to finish, or cancel or delete them",

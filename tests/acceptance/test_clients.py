@@ -138,6 +138,20 @@ def test_request_id_makes_submit_idempotent(client: Client) -> None:
     assert again.name == first.name
 
 
+def test_submit_many_creates_a_batch_in_one_call_and_each_job_runs(client: Client) -> None:
+    project = f"batch-{uuid.uuid4().hex[:8]}"
+    futures = client.submit_many("noop", [{"n": i} for i in range(5)], project=project)
+    assert len({f.name for f in futures}) == 5
+    assert all(f.name.startswith(f"projects/{project}/operations/") for f in futures)
+    assert [f.result(timeout=30) for f in futures] == [{"n": i} for i in range(5)]
+    # One bad item: the whole batch is refused, naming it, and nothing is stored.
+    with pytest.raises(InvalidArgument) as info:
+        client.submit_many("noop", [{"n": 9}, {"n": float("nan")}], project=f"{project}-bad")
+    assert info.value.error_info is not None
+    assert info.value.error_info.metadata["index"] == "1"
+    assert list(client.list(project=f"{project}-bad")) == []
+
+
 def test_get_list_wait_delete(client: Client) -> None:
     run = uuid.uuid4().hex[:12]
     names = {client.submit("noop", {"i": i}, labels={"run": run}).name for i in range(3)}
@@ -226,6 +240,12 @@ def test_a_client_project_scopes_submit_and_list(shared: Service) -> None:
         with pytest.raises(InvalidArgument) as bad:
             a.submit("noop", project="Bad_Project")
         assert bad.value.reason == "PROJECT_ID_INVALID"
+
+
+async def test_an_async_client_submits_many(shared: Service) -> None:
+    async with AsyncClient(shared.target) as client:
+        futures = await client.submit_many("noop", [{"x": 1}, None, {"x": 3}])
+        assert [await f.result(timeout=30) for f in futures] == [{"x": 1}, {}, {"x": 3}]
 
 
 async def test_an_async_client_project_scopes_submit_and_list(shared: Service) -> None:

@@ -197,6 +197,33 @@ def test_project_routes_and_the_routes_without_a_project(rest: Rest) -> None:
     assert rest.ok(f"/v1/projects/{project}/operations") == {}
 
 
+def test_batch_create_through_curl(rest: Rest) -> None:
+    """`POST /v1/projects/{p}/jobs:batchCreate` (AIP-233): one operation per
+    item in order, each run; a repeat with the same request ids creates none;
+    an item of another parent is 400 naming it."""
+    project = f"rest-batch-{uuid.uuid4().hex[:8]}"
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    items = [{"task": "noop", "params": {"i": i}, "requestId": rid} for i, rid in enumerate(ids)]
+    body = json.dumps({"requests": items})
+    created = rest.ok("-X", "POST", f"/v1/projects/{project}/jobs:batchCreate", "-d", body)
+    names = [op["name"] for op in created["operations"]]
+    assert len(set(names)) == 3
+    assert all(n.startswith(f"projects/{project}/operations/") for n in names)
+    again = rest.ok("-X", "POST", f"/v1/projects/{project}/jobs:batchCreate", "-d", body)
+    assert [op["name"] for op in again["operations"]] == names
+    for i, name in enumerate(names):
+        done = rest.ok("-X", "POST", f"/v1/{name}:wait", "-d", '{"timeout":"30s"}')
+        assert done["done"] is True
+        assert done["response"]["value"] == {"i": i}, done
+    listed = rest.ok(f"/v1/projects/{project}/operations")
+    assert sorted(o["name"] for o in listed["operations"]) == sorted(names)
+    mixed = json.dumps({"requests": [{"task": "noop"}, {"task": "noop", "parent": "projects/x"}]})
+    reply = rest.curl("-X", "POST", f"/v1/projects/{project}-2/jobs:batchCreate", "-d", mixed)
+    info = _error(reply, 400, "INVALID_ARGUMENT")
+    assert (info["reason"], info["metadata"]["index"]) == ("PARENT_MISMATCH", "1")
+    assert rest.ok(f"/v1/projects/{project}-2/operations") == {}
+
+
 def test_wait_returns_the_latest_state_at_its_timeout(rest: Rest) -> None:
     op = rest.ok("-X", "POST", "/v1/jobs", "-d", '{"task":"sleep","params":{"worktime":30}}')
     started = time.monotonic()

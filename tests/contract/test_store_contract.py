@@ -394,6 +394,26 @@ async def test_watch_wakes_on_change_and_times_out_without(store: OperationStore
     assert (await store.get(rec.name)).progress_percent == 42
 
 
+async def test_watch_record_reads_the_record_and_signals_every_later_change(
+    store: OperationStore,
+) -> None:
+    rec = make_record()
+    await store.create(rec)
+    await store.update(rec.name, lambda r: replace(r, progress_percent=7))
+    for n, name in enumerate((rec.name, f"operations/{rec.id}")):
+        async with store.watch_record(name) as (watch, got):
+            assert (got.name, got.version, got.progress_percent) == (rec.name, 2 + n, 7 + n)
+            assert not await watch.changed(0.05)
+            writer = asyncio.create_task(
+                store.update(
+                    rec.name, lambda r: replace(r, progress_percent=r.progress_percent + 1)
+                )
+            )
+            assert await watch.changed(10.0)
+            await writer
+    assert (await store.get(rec.name)).progress_percent == 9
+
+
 async def test_many_waiters_on_one_operation_all_wake(store: OperationStore) -> None:
     rec = make_record()
     await store.create(rec)

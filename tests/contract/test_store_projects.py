@@ -68,6 +68,11 @@ async def test_a_full_name_of_another_project_is_not_found_for_every_verb(
     with pytest.raises(NotFound):
         async with store.watch(wrong):
             pass
+    for absent_or_wrong in (wrong, operation_name("acme", "0" * 32)):
+        with pytest.raises(NotFound) as info:
+            async with store.watch_record(absent_or_wrong):
+                pass
+        assert info.value.metadata == {"name": absent_or_wrong}
     # Nothing changed, nothing deleted.
     got = await store.get(rec.name)
     assert (got.progress_percent, got.version) == (0, 1)

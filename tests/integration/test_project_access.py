@@ -8,6 +8,7 @@ asked before reading anything (AIP-211)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +210,82 @@ async def test_a_replayed_request_id_is_marked_in_the_trailing_metadata(env: Env
     assert await replayed("projects/b") is None  # first in its project
 
 
+# ---- BatchCreateJobs ----
+
+
+def _batch(parent: str, *items: jobs_pb2.CreateJobRequest) -> jobs_pb2.BatchCreateJobsRequest:
+    return jobs_pb2.BatchCreateJobsRequest(parent=parent, requests=list(items))
+
+
+def _item(parent: str = "", request_id: str = "", task: str = "noop") -> jobs_pb2.CreateJobRequest:
+    return jobs_pb2.CreateJobRequest(parent=parent, task=task, request_id=request_id)
+
+
+async def _stored(env: Env) -> list[str]:
+    env.access.everything = True
+    listed = await env.ops.ListOperations(operations_pb2.ListOperationsRequest(name="operations"))
+    return sorted(o.name for o in listed.operations)
+
+
+async def test_batch_create_stores_each_item_in_order_once_per_request_id(env: Env) -> None:
+    ids = [str(uuid.UUID(int=i + 1, version=4)) for i in range(3)]
+    request = _batch("projects/acme", *(_item(request_id=rid) for rid in ids))
+    got = await env.jobs.BatchCreateJobs(request)
+    names = [op.name for op in got.operations]
+    assert len(set(names)) == 3 and all(n.startswith("projects/acme/operations/") for n in names)
+    for name, rid in zip(names, ids, strict=True):
+        assert (await env.store.get(name)).request_id == rid
+    again = await env.jobs.BatchCreateJobs(request)
+    assert [op.name for op in again.operations] == names
+    assert await _stored(env) == sorted(names)
+
+
+async def test_batch_create_authorizes_every_items_parent_before_storing_any(env: Env) -> None:
+    env.access.everything = False
+    env.access.projects = {"a": ALL, "b": ALL - {Permission.CREATE}}
+    request = _batch("", _item("projects/a"), _item("projects/b"), _item("projects/a"))
+    code, reason, meta = await _denied(env.jobs.BatchCreateJobs(request))
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "IAM_PERMISSION_DENIED")
+    assert (meta["index"], meta["resource"]) == ("1", "projects/b")
+    assert ("require", Permission.CREATE.value, "a") in env.access.log
+    assert await _stored(env) == []
+    env.access.everything = False
+    env.access.projects["b"] = ALL
+    got = await env.jobs.BatchCreateJobs(request)
+    assert [op.name.split("/")[1] for op in got.operations] == ["a", "b", "a"]
+
+
+async def test_batch_create_refuses_a_bad_item_whole(env: Env) -> None:
+    cases = [
+        (_batch("projects/p", _item(), _item(task="no-such-task")), "1"),
+        (_batch("projects/p", _item("projects/q"), _item()), "0"),
+    ]
+    for request, index in cases:
+        code, reason, meta = await _denied(env.jobs.BatchCreateJobs(request))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, reason
+        assert meta["index"] == index
+    assert await _stored(env) == []
+
+
+async def test_batch_create_is_bounded(env: Env) -> None:
+    code, reason, meta = await _denied(env.jobs.BatchCreateJobs(_batch("projects/p")))
+    assert (code, reason, meta["count"]) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BATCH_SIZE_INVALID",
+        "0",
+    )
+    limit = ServerSettings().max_batch_create
+    too_many = _batch("projects/p", *(_item() for _ in range(limit + 1)))
+    code, reason, meta = await _denied(env.jobs.BatchCreateJobs(too_many))
+    assert (reason, meta["count"], meta["max"]) == (
+        "BATCH_SIZE_INVALID",
+        str(limit + 1),
+        str(limit),
+    )
+    full = await env.jobs.BatchCreateJobs(_batch("projects/p", *(_item() for _ in range(limit))))
+    assert len(full.operations) == limit
+
+
 # ---- one operation: full names ask first, legacy names read first ----
 
 SINGLE = [
@@ -305,6 +382,27 @@ async def test_a_full_name_of_another_project_is_not_found(
         {"name": wrong},
     )
     assert (await env.store.get(op.name)).cancel_requested is False
+
+
+async def test_a_wait_on_a_full_name_reads_the_record_once_when_it_is_done(env: Env) -> None:
+    """The permission check of a full name needs no read, so a Wait on a done
+    operation (a queued one cancelled ends at once) reads it once, inside its
+    watch, not twice."""
+    op = await env.create(parent="projects/acme")
+    op_id = op.name.rsplit("/", 1)[1]
+    await env.ops.CancelOperation(operations_pb2.CancelOperationRequest(name=op.name))
+    env.access.log.clear()
+    got = await env.ops.WaitOperation(_request("WaitOperation", op.name))
+    assert got.done and got.name == op.name
+    reads = [entry for entry in env.access.log if entry[0] == "read"]
+    assert reads == [("read", op_id)]
+    absent = f"projects/acme/operations/{'0' * 32}"
+    code, reason, meta = await _denied(env.ops.WaitOperation(_request("WaitOperation", absent)))
+    assert (code, reason, meta) == (
+        grpc.StatusCode.NOT_FOUND,
+        "OPERATION_NOT_FOUND",
+        {"name": absent},
+    )
 
 
 # ---- ListOperations ----

@@ -82,6 +82,17 @@ def test_open_operations_counted_up_to_limit() -> None:
     assert seen == [("user:a", 3), ("user:b", 3)]
 
 
+def test_a_batch_is_admitted_whole_or_not_at_all() -> None:
+    async def count(principal: str, limit: int) -> int:
+        return min(2, limit)
+
+    quota = OpenOperationsQuota(5, count)
+    asyncio.run(quota.admit("user:a", 3))  # 2 open + 3 = 5: fits
+    with pytest.raises(QuotaExceeded) as caught:
+        asyncio.run(quota.admit("user:a", 4))  # 2 + 4 > 5
+    assert caught.value.metadata["quota_limit_value"] == "5"
+
+
 def test_quota_error_carries_quota_failure_and_retry_info() -> None:
     quota = RateQuota(1.0, burst=1, monotonic=FakeMonotonic())
     quota.admit("user:a")

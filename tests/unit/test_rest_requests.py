@@ -111,6 +111,13 @@ def test_routes_come_from_the_descriptors_plus_the_extra_rules() -> None:
         ("POST", "/v1/{name=projects/*/operations/*}:wait", "*", ops + "WaitOperation"),
         ("POST", "/v1/{parent=projects/*}/jobs", "*", "longrun.v1.Jobs.CreateJob"),
         ("POST", "/v1/jobs", "*", "longrun.v1.Jobs.CreateJob"),
+        (
+            "POST",
+            "/v1/{parent=projects/*}/jobs:batchCreate",
+            "*",
+            "longrun.v1.Jobs.BatchCreateJobs",
+        ),
+        ("POST", "/v1/jobs:batchCreate", "*", "longrun.v1.Jobs.BatchCreateJobs"),
         *QUEUE_ROUTES,
     }
     assert {r.rpc_path for r in ROUTES} >= {

@@ -28,6 +28,7 @@ from longrun_client.client import (
     DEFAULT_TIMEOUT,
     RETRY_PAUSE,
     WAIT_DEADLINE_MARGIN,
+    batch_request,
     job_request,
     list_name,
     wait_request,
@@ -380,6 +381,21 @@ class AsyncClient:
             options.apply(request)
         operation = await self._transport.call(self._transport.jobs.CreateJob, request)
         return self.follow(operation, response_type=response_type)
+
+    async def submit_many(
+        self,
+        task: str,
+        params: Sequence[Mapping[str, Any] | None],
+        *,
+        labels: Mapping[str, str] | None = None,
+        project: str | None = None,
+        options: JobOptions | None = None,
+        response_type: type[Message] | None = None,
+    ) -> list[AsyncOperationFuture[Any]]:
+        """Create many jobs in one BatchCreateJobs call; see Client.submit_many."""
+        request = batch_request(task, params, labels, project or self.project, options)
+        response = await self._transport.call(self._transport.jobs.BatchCreateJobs, request)
+        return [self.follow(op, response_type=response_type) for op in response.operations]
 
     def follow(
         self,
