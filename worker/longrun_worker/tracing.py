@@ -14,6 +14,9 @@ import contextvars
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from opentelemetry.context import attach, detach
+from opentelemetry.trace import set_span_in_context
+
 from longrun_core.model import OperationRecord
 from longrun_core.observability.trace_context import (
     remote_parent,
@@ -63,7 +66,7 @@ class AttemptTracer:
         context = remote_parent(parent) if parent else None
         first = rec.first_attempt_trace
         links = _link_to(first) if first else []
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             f"attempt {rec.task}",
             context=context,
             kind=self._consumer,
@@ -74,21 +77,30 @@ class AttemptTracer:
                 "longrun.attempt": rec.attempt,
                 "longrun.max_attempts": rec.max_attempts,
             },
-        ) as span:
-            span_context = span.get_span_context()
-            token = _ATTEMPT.set(
-                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-                f"{int(span_context.trace_flags):02x}"
-            )
-            try:
-                yield
-            finally:
-                _ATTEMPT.reset(token)
+        )
+        # One attach/detach of our own rather than use_span's generator.
+        token = attach(set_span_in_context(span))
+        span_context = span.get_span_context()
+        mark = _ATTEMPT.set(
+            f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+            f"{int(span_context.trace_flags):02x}"
+        )
+        try:
+            yield
+        finally:
+            _ATTEMPT.reset(mark)
+            detach(token)
+            span.end()
 
     @contextlib.contextmanager
     def outcome(self, ending: str) -> Iterator[None]:
         if self._tracer is None:
             yield
             return
-        with self._tracer.start_as_current_span("outcome", attributes={"longrun.ending": ending}):
+        span = self._tracer.start_span("outcome", attributes={"longrun.ending": ending})
+        token = attach(set_span_in_context(span))
+        try:
             yield
+        finally:
+            detach(token)
+            span.end()
