@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from google.rpc import code_pb2
 
 from longrun.v1 import jobs_pb2
@@ -23,12 +24,16 @@ from tests.unit.test_transitions import (
     LEASE,
     RETENTION,
     claim,
-    clock,  # noqa: F401 - the fixture
     finish_ok,
     lapsed,
     new_record,
     release,
 )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 def retry(rec: OperationRecord, clock: FakeClock, message: str = "flaky") -> OperationRecord:
