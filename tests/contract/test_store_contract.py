@@ -103,8 +103,8 @@ async def test_the_attempts_history_is_stored_and_bounded(store: OperationStore)
         assert running.attempts[-1] == AttemptEntry(attempt=attempt, start_time=now, worker="w")
         await store.update(
             rec.name,
-            lambda r, now=now, attempt=attempt: transitions.retry(
-                r,
+            functools.partial(
+                transitions.retry,
                 worker="w",
                 attempt=attempt,
                 now=now + timedelta(microseconds=250),
