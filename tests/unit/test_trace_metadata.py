@@ -169,3 +169,26 @@ def test_the_gateway_drops_an_overlong_tracestate() -> None:
     assert trace_metadata(_headers(traceparent=PARENT, tracestate=long)) == (
         ("traceparent", PARENT),
     )
+
+
+def test_the_outcome_write_is_an_event_of_the_attempt_span_not_a_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = AttemptTracer(provider)
+    rec = _claimed(_record(trace=PARENT))
+    with tracer.outcome("done"):  # outside an attempt: nothing to mark
+        pass
+    with (
+        tracer.attempt(rec, TaskMessage(rec.name, rec.task, 1, PARENT)),
+        tracer.outcome("deadline"),
+    ):
+        pass
+    (span,) = exporter.get_finished_spans()  # the attempt's only
+    assert span.name == f"attempt {rec.task}"
+    (event,) = span.events
+    assert event.name == "outcome"
+    assert event.attributes is not None and event.attributes["longrun.ending"] == "deadline"
+    assert 0 <= float(event.attributes["longrun.write_seconds"]) < 5  # type: ignore[arg-type]
+    assert span.start_time is not None and span.end_time is not None
+    assert span.start_time <= event.timestamp <= span.end_time
