@@ -24,7 +24,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import field_mask_pb2
 
 from longrun.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2, queues_pb2_grpc
-from longrun_client import Client
+from longrun_client import AsyncClient, Client
 from longrun_client.cli import run as cli_run
 from longrun_core import transitions
 from longrun_core.access import Permission
@@ -340,6 +340,15 @@ async def test_the_client_and_cli_read_queue_stats_and_dead_letters(env: Env) ->
         ]  # newest first, over two pages of one
     finally:
         client.close()
+    aclient = AsyncClient(env.target, project="p1")
+    try:
+        assert not (await aclient.get_queue("default")).HasField("stats")
+        assert (await aclient.get_queue("default", stats=True)).stats.waiting_count == 3
+        assert [q.stats.waiting_count async for q in aclient.list_queues(stats=True)] == [3]
+        letters = [d.reason async for d in aclient.list_dead_letters(page_size=1)]
+        assert letters == ["poison: cli", "poison: client"]
+    finally:
+        await aclient.close()
 
     code, out = await asyncio.to_thread(
         _cli, env.target, "queues", "stats", "--project", "p1", "--json"

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, overload
 
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
 from longrun.v1 import (
@@ -41,6 +41,7 @@ from longrun_client.queues import (
     RetryOptions,
     create_request,
     queue_path,
+    stats_mask,
     update_request,
 )
 from longrun_client.tracing import trace_metadata
@@ -413,7 +414,7 @@ class Client:
         name = queue_path(queue, project or self.project)
         got: queues_pb2.Queue = self._transport.call(
             self._transport.queues.GetQueue,
-            queues_pb2.GetQueueRequest(name=name, read_mask=_stats_mask(stats)),
+            queues_pb2.GetQueueRequest(name=name, read_mask=stats_mask(stats)),
         )
         return got
 
@@ -426,7 +427,7 @@ class Client:
         if not target:
             raise ValueError("listing queues needs a project")
         request = queues_pb2.ListQueuesRequest(
-            parent=f"projects/{target}", read_mask=_stats_mask(stats)
+            parent=f"projects/{target}", read_mask=stats_mask(stats)
         )
         while True:
             response: queues_pb2.ListQueuesResponse = self._transport.call(
@@ -504,8 +505,3 @@ class Client:
             self._transport.queues.PurgeQueue, queues_pb2.PurgeQueueRequest(name=name)
         )
         return purged
-
-
-def _stats_mask(stats: bool) -> field_mask_pb2.FieldMask | None:
-    """The read_mask asking for `Queue.stats` (None: the queue alone)."""
-    return field_mask_pb2.FieldMask(paths=["stats"]) if stats else None
