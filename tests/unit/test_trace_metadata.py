@@ -14,6 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from longrun.v1 import jobs_pb2
 from longrun_client.codec import operation_to_dict
@@ -192,3 +193,21 @@ def test_the_outcome_write_is_an_event_of_the_attempt_span_not_a_span() -> None:
     assert 0 <= float(event.attributes["longrun.write_seconds"]) < 5  # type: ignore[arg-type]
     assert span.start_time is not None and span.end_time is not None
     assert span.start_time <= event.timestamp <= span.end_time
+
+
+def test_an_exception_out_of_an_attempt_is_recorded_on_its_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = AttemptTracer(provider)
+    rec = _claimed(_record(trace=PARENT))
+    with (
+        pytest.raises(RuntimeError),
+        tracer.attempt(rec, TaskMessage(rec.name, rec.task, 1, PARENT)),
+    ):
+        raise RuntimeError("store down")
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "RuntimeError: store down"
+    assert [e.name for e in span.events] == ["exception"]
+    assert tracer.attempt_traceparent() == ""

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from opentelemetry.context import attach, detach
-from opentelemetry.trace import Span, set_span_in_context
+from opentelemetry.trace import Span, Status, StatusCode, set_span_in_context
 
 from longrun_core.model import OperationRecord
 from longrun_core.observability.trace_context import (
@@ -95,6 +95,11 @@ class AttemptTracer:
         )
         try:
             yield
+        except Exception as exc:  # as use_span did: recorded, the span in error
+            if span.is_recording():
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
         finally:
             _ATTEMPT.reset(mark)
             _SPAN.reset(current)
