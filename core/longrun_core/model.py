@@ -8,6 +8,7 @@ Records are immutable; every state change is a pure function in
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
 from longrun.v1 import jobs_pb2
+from longrun_core.clock import from_micros, to_micros
 from longrun_core.names import DEFAULT_PROJECT, operation_name
 
 
@@ -56,6 +58,72 @@ class State(enum.IntEnum):
     @property
     def done(self) -> bool:
         return self >= State.SUCCEEDED
+
+
+#: Attempts an operation's history keeps (`OperationRecord.attempts`): the
+#: most recent ones; older entries are dropped. Fixed, so that a record's
+#: size stays bounded on both stores.
+MAX_ATTEMPT_HISTORY = 10
+#: Characters of an attempt's error message its history entry keeps.
+MAX_ATTEMPT_MESSAGE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEntry:
+    """One attempt in an operation's history (`longrun.v1.AttemptRecord`):
+    opened by a claim, closed by the transition that ends the attempt."""
+
+    attempt: int
+    start_time: datetime
+    worker: str
+    end_time: datetime | None = None
+    #: A google.rpc.Code: 0 when it succeeded (or still runs).
+    code: int = 0
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": self.attempt, "s": to_micros(self.start_time), "w": self.worker}
+        if self.end_time is not None:
+            out["e"] = to_micros(self.end_time)
+        if self.code:
+            out["c"] = self.code
+        if self.message:
+            out["m"] = self.message
+        return out
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> AttemptEntry:
+        end = value.get("e")
+        return cls(
+            attempt=int(value["n"]),
+            start_time=from_micros(int(value["s"])),
+            worker=str(value.get("w", "")),
+            end_time=None if end is None else from_micros(int(end)),
+            code=int(value.get("c", 0)),
+            message=str(value.get("m", "")),
+        )
+
+    def to_proto(self) -> jobs_pb2.AttemptRecord:
+        out = jobs_pb2.AttemptRecord(
+            attempt=self.attempt, code=self.code, message=self.message, worker=self.worker
+        )
+        out.start_time.CopyFrom(_ts(self.start_time))
+        if self.end_time is not None:
+            out.end_time.CopyFrom(_ts(self.end_time))
+        return out
+
+
+def attempts_to_text(attempts: tuple[AttemptEntry, ...]) -> str | None:
+    """How both stores keep an attempts history: compact JSON (None: empty)."""
+    if not attempts:
+        return None
+    return json.dumps([a.to_json() for a in attempts], separators=(",", ":"))
+
+
+def attempts_from_text(text: str | None) -> tuple[AttemptEntry, ...]:
+    if not text:
+        return ()
+    return tuple(AttemptEntry.from_json(item) for item in json.loads(text))
 
 
 #: Bytes a record takes beyond its blobs and strings (the object, its
@@ -129,6 +197,9 @@ class OperationRecord:
     #: The time of the queue rate-limit token reserved for its next attempt
     #: (longrun_core.rate_bucket); None: it holds none.
     rate_token_time: datetime | None = None
+    #: The most recent attempts, oldest first (at most MAX_ATTEMPT_HISTORY),
+    #: written by the transitions that start and end attempts.
+    attempts: tuple[AttemptEntry, ...] = ()
 
     @property
     def name(self) -> str:
@@ -143,6 +214,7 @@ class OperationRecord:
         messages plus a fixed allowance for the rest (what caches count)."""
         size = RECORD_OVERHEAD + len(self.params) + len(self.progress_message)
         size += len(self.response or b"") + len(self.error or b"")
+        size += sum(200 + len(a.message) for a in self.attempts)
         return size + sum(len(k) + len(v) + 100 for k, v in self.labels.items())
 
     def metadata(self) -> jobs_pb2.JobMetadata:
@@ -158,6 +230,7 @@ class OperationRecord:
             queue=queue_name(self.project, self.queue),
             concurrency_key=self.concurrency_key or "",
             trace_id=trace_id_of(self.trace),
+            attempts=[a.to_proto() for a in self.attempts],
         )
         if self.state is State.QUEUED:
             md.wait_reason = int(self.wait_reason or WaitReason.READY)  # type: ignore[assignment]

@@ -32,13 +32,22 @@ its own monotonic clock (`LeaseSighting`, kept by `longrun_core.leases`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from google.rpc import code_pb2, status_pb2
 
-from longrun_core.model import OperationRecord, State, WaitReason, evolve
+from longrun_core.model import (
+    MAX_ATTEMPT_HISTORY,
+    MAX_ATTEMPT_MESSAGE,
+    AttemptEntry,
+    OperationRecord,
+    State,
+    WaitReason,
+    evolve,
+)
 from longrun_core.queues import ConcurrencyLimits
 from longrun_core.rate_bucket import (
     DEFAULT_HORIZON,
@@ -296,6 +305,33 @@ def lease_remaining(rec: OperationRecord, sighting: LeaseSighting | None) -> tim
     return max(duration - sighting.silent_for, timedelta(0))
 
 
+def _opened(rec: OperationRecord, *, worker: str, now: datetime) -> tuple[AttemptEntry, ...]:
+    """The history with the attempt a claim starts now (the claim's number:
+    `rec.attempt + 1`) appended, the oldest dropped past MAX_ATTEMPT_HISTORY."""
+    entry = AttemptEntry(attempt=rec.attempt + 1, start_time=now, worker=worker)
+    return (*rec.attempts, entry)[-MAX_ATTEMPT_HISTORY:]
+
+
+def _closed(rec: OperationRecord, *, now: datetime, code: int, message: str) -> OperationRecord:
+    """`rec` with its running attempt's history entry ended now with `code`
+    and `message` (unchanged when the last entry is not open)."""
+    if not rec.attempts or rec.attempts[-1].end_time is not None:
+        return rec
+    last = dataclasses.replace(
+        rec.attempts[-1], end_time=now, code=code, message=message[:MAX_ATTEMPT_MESSAGE]
+    )
+    return evolve(rec, attempts=(*rec.attempts[:-1], last))
+
+
+def _closed_by_status(
+    rec: OperationRecord, *, now: datetime, error: bytes | None
+) -> OperationRecord:
+    if error is None:
+        return _closed(rec, now=now, code=code_pb2.OK, message="")
+    status = status_pb2.Status.FromString(error)
+    return _closed(rec, now=now, code=status.code, message=status.message)
+
+
 def status_bytes(code: int, message: str) -> bytes:
     data: bytes = status_pb2.Status(code=code, message=message).SerializeToString()
     return data
@@ -354,6 +390,12 @@ def expire_lease(
     remaining = lease_remaining(rec, sighting)
     if remaining > timedelta(0):
         raise LeaseHeld(remaining)
+    rec = _closed(
+        rec,
+        now=now,
+        code=code_pb2.ABORTED,
+        message="worker lost (lease expired without a heartbeat)",
+    )
     if rec.cancel_requested:
         return _finished(rec, State.CANCELLED, now, retention, error=cancelled_error(rec.attempt))
     if rec.attempt >= rec.max_attempts:
@@ -427,6 +469,7 @@ def claim(
         state=State.RUNNING,
         wait_reason=WaitReason.NONE,
         attempt=rec.attempt + 1,
+        attempts=_opened(rec, worker=worker, now=now),
         start_time=rec.start_time or now,
         lease_owner=worker,
         lease_expire_time=now + lease,
@@ -502,6 +545,7 @@ def finish(
     """Record the outcome of `attempt`. Fenced. An error with code CANCELLED
     after a cancel request ends CANCELLED; other errors end FAILED."""
     _check_fence(rec, worker, attempt, releases)
+    rec = _closed_by_status(rec, now=now, error=error)
     if response is not None:
         return _finished(
             evolve(rec, progress_percent=100), State.SUCCEEDED, now, retention, response=response
@@ -528,6 +572,7 @@ def retry(
     `attempt_trace` (the failed attempt's span, as a traceparent) is kept as
     the first attempt's unless one is kept already: later attempts link to it."""
     _check_fence(rec, worker, attempt, releases)
+    rec = _closed_by_status(rec, now=now, error=error)
     return evolve(
         rec,
         first_attempt_trace=rec.first_attempt_trace or attempt_trace or None,
@@ -561,6 +606,7 @@ def release(
     and one with no attempts left ends FAILED. Fenced. `attempt_trace`: as
     for `retry`."""
     _check_fence(rec, worker, attempt, releases)
+    rec = _closed(rec, now=now, code=code_pb2.ABORTED, message="given back by a worker shutdown")
     requeued = evolve(
         rec,
         first_attempt_trace=rec.first_attempt_trace or attempt_trace or None,

@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry.context import attach, detach
+from opentelemetry.trace import set_span_in_context
 
 from longrun_core.observability.trace_context import remote_parent
 
@@ -79,10 +81,12 @@ class RpcTracingInterceptor(grpc.aio.ServerInterceptor):
         return remote_parent(parent, state) if parent else None
 
     def _end(self, span: Span, context: Any, ok: bool) -> None:
-        code = _code_of(context, ok)
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code is not grpc.StatusCode.OK:
-            span.set_status(self._error(code))
+        if span.is_recording():  # a span not sampled takes no attributes
+            code = _code_of(context, ok)
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:
+                span.set_status(self._error(code))
+        span.end()
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         service, _, name = method.lstrip("/").partition("/")
@@ -105,27 +109,34 @@ class RpcTracingInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
+    def _start(self, method: str, context: Any, attributes: Mapping[str, str]) -> Span:
+        return self._tracer.start_span(
+            method,
+            context=self.parent(context),
+            kind=self._kind,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
     def _unary(
         self, behavior: Callable[..., Any], method: str, attributes: Mapping[str, str]
     ) -> Callable[..., Awaitable[Any]]:
         async def traced(request: Any, context: Any) -> Any:
             ok = False
-            with self._tracer.start_as_current_span(
-                method,
-                context=self.parent(context),
-                kind=self._kind,
-                attributes=attributes,
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
-                try:
-                    result = behavior(request, context)
-                    if hasattr(result, "__await__"):
-                        result = await result
-                    ok = True
-                    return result
-                finally:
-                    self._end(span, context, ok)
+            span = self._start(method, context, attributes)
+            # Current for what the call does (CreateJob's task message takes its
+            # traceparent): one attach/detach, not use_span's generator.
+            token = attach(set_span_in_context(span))
+            try:
+                result = behavior(request, context)
+                if hasattr(result, "__await__"):
+                    result = await result
+                ok = True
+                return result
+            finally:
+                detach(token)
+                self._end(span, context, ok)
 
         return traced
 
@@ -134,26 +145,21 @@ class RpcTracingInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[..., AsyncIterator[Any]]:
         async def traced(request: Any, context: Any) -> AsyncIterator[Any]:
             ok = False
-            with self._tracer.start_as_current_span(
-                method,
-                context=self.parent(context),
-                kind=self._kind,
-                attributes=attributes,
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
-                try:
-                    result = behavior(request, context)
-                    if hasattr(result, "__await__"):  # writes with context.write
-                        await result
-                    elif hasattr(result, "__aiter__"):
-                        async for item in result:
-                            yield item
-                    else:
-                        for item in result:
-                            yield item
-                    ok = True
-                finally:
-                    self._end(span, context, ok)
+            span = self._start(method, context, attributes)
+            token = attach(set_span_in_context(span))
+            try:
+                result = behavior(request, context)
+                if hasattr(result, "__await__"):  # writes with context.write
+                    await result
+                elif hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                else:
+                    for item in result:
+                        yield item
+                ok = True
+            finally:
+                detach(token)
+                self._end(span, context, ok)
 
         return traced

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.rpc import code_pb2
 
 from tests.acceptance.browser import (
     Http,
@@ -230,6 +231,34 @@ def test_cancel_asks_first_and_then_the_job_ends_cancelled(
     assert not browser.find_element("id", "cancel").is_enabled()
     assert '"code": 1' in browser.find_element("id", "result").text
     screenshot(browser, "console-operation-cancelled")
+
+
+def test_the_attempts_timeline_shows_each_attempt_and_how_it_ended(
+    deployment: Deployment, browser: Any
+) -> None:
+    http, p = deployment.http(), project()
+    message = f"boom-{uuid.uuid4().hex[:6]}"
+    name = http.create(p, "fail", {"message": message})  # transient: 3 attempts
+    browser.get(f"{deployment.base}/console/{name}")
+    wait_until(browser, lambda d: d.find_element("id", "state").text == "FAILED", "FAILED")
+    stored = http.ok("GET", f"/v1/{name}")["metadata"]["attempts"]
+    assert [a["attempt"] for a in stored] == [1, 2, 3]
+
+    assert all(a["code"] not in (0, None) and message in a["message"] for a in stored)
+    items = browser.find_elements("css selector", "#attempt-timeline li")
+    outcomes = [code_pb2.Code.Name(a["code"]) for a in stored]
+    assert [i.get_attribute("data-outcome") for i in items] == outcomes
+    for number, (item, attempt) in enumerate(zip(items, stored, strict=True), start=1):
+        text = item.text
+        assert text.startswith(f"Attempt {number} on {attempt['worker']}: "), text
+        assert f"{code_pb2.Code.Name(attempt['code'])}: {attempt['message']}" in text
+        times = item.find_elements("tag name", "time")
+        assert [t.get_attribute("datetime") for t in times] == [
+            attempt["startTime"],
+            attempt["endTime"],
+        ]
+    assert browser.find_element("id", "attempts-note").text == ""
+    screenshot(browser, "console-operation-attempts")
 
 
 def test_delete_asks_first_and_removes_the_operation(deployment: Deployment, browser: Any) -> None:

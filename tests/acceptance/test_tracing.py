@@ -1,7 +1,7 @@
 """Tracing across the queue on real processes: a client's trace context
 (a `traceparent` header, on gRPC or the HTTP gateway) continues in the
 server's CreateJob span, crosses the queue inside the signed task message,
-and the worker's attempt and outcome spans join the same trace; the
+and the worker's attempt span (with its outcome event) joins the same trace; the
 operation's metadata names the trace; each retried attempt is a span of its
 own, linked to the first attempt's."""
 
@@ -53,6 +53,15 @@ def _attempts(spans: list[dict[str, Any]], task: str, name: str) -> list[dict[st
     )
 
 
+def _outcomes(span: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `outcome` events of an attempt span (the write of what it came to)."""
+    return [e for e in span.get("events", []) if e["name"] == "outcome"]
+
+
+def _outcome_count(path: Path) -> int:
+    return sum(len(_outcomes(s)) for s in _spans(path) if s["name"].startswith("attempt "))
+
+
 def test_one_jobs_spans_share_the_clients_trace(backend: str, tmp_path: Path) -> None:
     server_file, worker_file = tmp_path / "server-spans.jsonl", tmp_path / "worker-spans.jsonl"
     env = backend_env(backend, tmp_path) | {
@@ -73,9 +82,9 @@ def test_one_jobs_spans_share_the_clients_trace(backend: str, tmp_path: Path) ->
             op = svc.call(f"{OPS}/GetOperation", {"name": name})  # grpcurl: proto names
             assert op["metadata"]["trace_id"] == trace_id, op
         wait_for(
-            lambda: sum(s["name"] == "outcome" for s in _spans(worker_file)) == 1 + 2 + 3,
+            lambda: _outcome_count(worker_file) == 1 + 2 + 3,
             30,
-            "the worker's outcome spans",
+            "the worker's attempt spans with their outcome events",
         )
         untraced = svc.call(CREATE, {"task": "noop", "params": {}})
         # Without a traceparent the server starts a trace; the operation names it.
@@ -87,17 +96,19 @@ def test_one_jobs_spans_share_the_clients_trace(backend: str, tmp_path: Path) ->
     create = creates[noop_trace]
     assert create["kind"] == "SERVER" and create["service"] == "longrun-server"
     assert creates[untraced["metadata"]["trace_id"]]["parent_span_id"] is None
-    # The worker's attempt is the CreateJob span's child, the outcome write the attempt's.
-    (attempt,) = [s for s in worker_spans if s["trace_id"] == noop_trace and s["name"] != "outcome"]
+    # The worker's attempt is the CreateJob span's child; the outcome write an event of it.
+    assert all(s["name"].startswith("attempt ") for s in worker_spans)  # no other spans
+    (attempt,) = [s for s in worker_spans if s["trace_id"] == noop_trace]
     assert attempt["name"] == "attempt noop"
     assert attempt["parent_span_id"] == create["span_id"]
     assert attempt["attributes"]["longrun.operation"] == noop
     assert attempt["attributes"]["longrun.attempt"] == 1
     assert attempt["service"] == "longrun-worker"
     assert attempt["links"] == []
-    (outcome,) = [s for s in worker_spans if s["trace_id"] == noop_trace and s["name"] == "outcome"]
-    assert outcome["parent_span_id"] == attempt["span_id"]
+    (outcome,) = _outcomes(attempt)
     assert outcome["attributes"]["longrun.ending"] == "done"
+    assert 0 <= outcome["attributes"]["longrun.write_seconds"] < 30
+    assert attempt["start_ns"] <= outcome["time_ns"] <= attempt["end_ns"]
 
     # Retried jobs: every attempt is a span of its own in the job's trace,
     # under its CreateJob span (from the redelivered message, or from the
@@ -121,19 +132,15 @@ def test_one_jobs_spans_share_the_clients_trace(backend: str, tmp_path: Path) ->
             assert later["links"] == [
                 {"trace_id": first["trace_id"], "span_id": first["span_id"]}
             ], later
-        endings = [
-            s["attributes"]["longrun.ending"]
-            for s in worker_spans
-            if s["name"] == "outcome" and s["parent_span_id"] in {a["span_id"] for a in attempts}
-        ]
-        assert len(endings) == count
+        endings = [e["attributes"]["longrun.ending"] for a in attempts for e in _outcomes(a)]
+        assert endings == ["done"] * count  # each attempt ran to its end (failed or not)
     assert noop_trace != once_trace != failed_trace
 
     # The worker's log entries inside the attempt name the trace (Cloud Logging's field).
     logged = [json.loads(line) for line in (tmp_path / "worker-0.log").read_text().splitlines()]
     (finish,) = [e for e in logged if e.get("action") == "finish" and e["operation"] == noop]
     assert str(finish["logging.googleapis.com/trace"]).endswith(f"/traces/{noop_trace}")
-    assert finish["logging.googleapis.com/spanId"] == outcome["span_id"]
+    assert finish["logging.googleapis.com/spanId"] == attempt["span_id"]
 
 
 def test_a_traceparent_header_on_the_http_gateway_continues_the_callers_trace(
@@ -207,9 +214,9 @@ def test_the_python_client_propagates_its_callers_span(tmp_path: Path) -> None:
                 future = client.submit("noop", {"traced": True})
             assert future.result(timeout=60) is not None
         wait_for(
-            lambda: any(s["name"] == "outcome" for s in _spans(worker_file)),
+            lambda: _outcome_count(worker_file) == 1,
             30,
-            "the worker's outcome span",
+            "the worker's attempt span with its outcome event",
         )
     ours = span.get_span_context()
     trace_id, span_id = f"{ours.trace_id:032x}", f"{ours.span_id:016x}"

@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import pytest
+from google.rpc import code_pb2
 
 from longrun_core import transitions
 from longrun_core.backends import Backends
 from longrun_core.errors import AlreadyExists, InvalidArgument, NotFound
-from longrun_core.model import OperationRecord, State
+from longrun_core.model import MAX_ATTEMPT_HISTORY, AttemptEntry, OperationRecord, State
 from longrun_core.queue import TaskQueue
 from longrun_core.store import Cursor, OperationStore, request_fingerprint
 from tests.contract.records import BASE, make_record
@@ -36,6 +37,17 @@ async def test_create_then_get_round_trips_every_field(store: OperationStore) ->
         releases=2,
         trace=TRACEPARENT,
         first_attempt_trace=FIRST_ATTEMPT,
+        attempts=(
+            AttemptEntry(
+                attempt=1,
+                start_time=BASE,
+                worker="w1",
+                end_time=BASE + timedelta(microseconds=7),
+                code=14,
+                message="flaky",
+            ),
+            AttemptEntry(attempt=2, start_time=BASE + timedelta(seconds=1), worker="w2"),
+        ),
     )
     result = await store.create(rec)
     assert result.created
@@ -74,6 +86,38 @@ async def test_the_trace_and_the_first_attempts_span_are_kept_through_retries(
         )
     got = await store.get(rec.name)
     assert (got.attempt, got.trace, got.first_attempt_trace) == (2, TRACEPARENT, FIRST_ATTEMPT)
+
+
+async def test_the_attempts_history_is_stored_and_bounded(store: OperationStore) -> None:
+    """Each claim opens a history entry and the write that ends the attempt
+    closes it; the store keeps every field of the last MAX_ATTEMPT_HISTORY."""
+    rec = make_record(max_attempts=MAX_ATTEMPT_HISTORY + 2)
+    await store.create(rec)
+    got = await store.get(rec.name)
+    assert got.attempts == () and got.metadata().attempts == []
+    error = transitions.status_bytes(code_pb2.UNAVAILABLE, "try again")
+    for attempt in range(1, MAX_ATTEMPT_HISTORY + 3):
+        now = BASE + timedelta(seconds=attempt)
+        await store.update(rec.name, functools.partial(_claim_at, now=now))
+        running = await store.get(rec.name)
+        assert running.attempts[-1] == AttemptEntry(attempt=attempt, start_time=now, worker="w")
+        await store.update(
+            rec.name,
+            functools.partial(
+                transitions.retry,
+                worker="w",
+                attempt=attempt,
+                now=now + timedelta(microseconds=250),
+                delay=timedelta(0),
+                error=error,
+            ),
+        )
+    got = await store.get(rec.name)
+    assert [a.attempt for a in got.attempts] == list(range(3, MAX_ATTEMPT_HISTORY + 3))
+    last = got.attempts[-1]
+    assert last.end_time == BASE + timedelta(seconds=MAX_ATTEMPT_HISTORY + 2, microseconds=250)
+    assert (last.code, last.message, last.worker) == (code_pb2.UNAVAILABLE, "try again", "w")
+    assert len(got.metadata().attempts) == MAX_ATTEMPT_HISTORY
 
 
 async def test_ready_by_queue_counts_the_runnable_queued_records_of_each_queue(

@@ -7,6 +7,11 @@ purpose (as a worker does with a poison task), or forged."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import io
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +24,8 @@ from google.longrunning import operations_pb2
 from google.protobuf import field_mask_pb2
 
 from longrun.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2, queues_pb2_grpc
+from longrun_client import AsyncClient, Client
+from longrun_client.cli import run as cli_run
 from longrun_core import transitions
 from longrun_core.access import Permission
 from longrun_core.auth.roles import Role
@@ -54,6 +61,8 @@ class Env:
     access: Grants
     queues: queues_pb2_grpc.QueuesStub
     jobs: jobs_pb2_grpc.JobsStub
+    #: host:port of the server, for the Python client and the CLI.
+    target: str = ""
 
     async def create(self, parent: str = "projects/p1", queue: str = "") -> str:
         op: operations_pb2.Operation = await self.jobs.CreateJob(
@@ -118,6 +127,7 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[E
             access,
             queues_pb2_grpc.QueuesStub(channel),
             jobs_pb2_grpc.JobsStub(channel),
+            f"localhost:{port}",
         )
     finally:
         await channel.close()
@@ -293,3 +303,68 @@ async def test_dead_letters_page_with_tokens_bound_to_their_parent(env: Env) -> 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await env.dead(parent, page_size=size, page_token=token)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, parent
+
+
+# ---- the Python client and the CLI ----
+
+
+def _cli(target: str, *args: str) -> tuple[int, str]:
+    """Run `longrun ARGS` against `target` (in a thread: the server shares the loop)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli_run(["--target", target, *args])
+    return code, out.getvalue()
+
+
+async def test_the_client_and_cli_read_queue_stats_and_dead_letters(env: Env) -> None:
+    names = [await env.create() for _ in range(3)]
+    await _dead_letter(env, names[0], "poison: client")
+    await _dead_letter(env, names[1], "poison: cli")
+    await _listed(env, "projects/p1", 2)
+    client = Client(env.target, project="p1")
+    try:
+        plain = await asyncio.to_thread(client.get_queue, "default")
+        assert not plain.HasField("stats")
+        counted = await asyncio.to_thread(
+            functools.partial(client.get_queue, "default", stats=True)
+        )
+        assert (counted.stats.waiting_count, counted.stats.running_count) == (3, 0)
+        listed = await asyncio.to_thread(lambda: list(client.list_queues(stats=True)))
+        assert [(q.name, q.stats.waiting_count) for q in listed] == [
+            ("projects/p1/queues/default", 3)
+        ]
+        dead = await asyncio.to_thread(lambda: list(client.list_dead_letters(page_size=1)))
+        assert [(d.operation, d.reason) for d in dead] == [
+            (names[1], "poison: cli"),
+            (names[0], "poison: client"),
+        ]  # newest first, over two pages of one
+    finally:
+        client.close()
+    aclient = AsyncClient(env.target, project="p1")
+    try:
+        assert not (await aclient.get_queue("default")).HasField("stats")
+        assert (await aclient.get_queue("default", stats=True)).stats.waiting_count == 3
+        assert [q.stats.waiting_count async for q in aclient.list_queues(stats=True)] == [3]
+        letters = [d.reason async for d in aclient.list_dead_letters(page_size=1)]
+        assert letters == ["poison: cli", "poison: client"]
+    finally:
+        await aclient.close()
+
+    code, out = await asyncio.to_thread(
+        _cli, env.target, "queues", "stats", "--project", "p1", "--json"
+    )
+    assert code == 0
+    assert [(q["name"], q["stats"].get("waitingCount")) for q in json.loads(out)] == [
+        ("projects/p1/queues/default", "3")
+    ]  # int64 is a string in JSON
+    code, out = await asyncio.to_thread(
+        _cli, env.target, "dead-letters", "list", "--project", "p1", "--limit", "1", "--json"
+    )
+    assert code == 0
+    assert [(d["operation"], d["reason"]) for d in json.loads(out)] == [(names[1], "poison: cli")]
+    code, out = await asyncio.to_thread(_cli, env.target, "dead-letters", "list", "--project", "p1")
+    assert code == 0 and "poison: cli" in out and "poison: client" in out
+    code, out = await asyncio.to_thread(
+        _cli, env.target, "queues", "stats", "default", "--project", "p1"
+    )
+    assert code == 0 and "projects/p1/queues/default" in out

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from longrun_server.rpc_tracing import RpcTracingInterceptor
+from tests.support.waiting import wait_until
 
 Traced = tuple[grpc.aio.Channel, InMemorySpanExporter, RpcTracingInterceptor]
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -101,7 +102,11 @@ async def test_a_failed_call_records_its_code(
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await channel.unary_unary("/t.Svc/Echo")(b"fail")
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
-    (span,) = exporter.get_finished_spans()
+    # context.abort sends the status before the handler unwinds: the span
+    # ends a moment after the caller has the error.
+    (span,) = await wait_until(
+        lambda: exporter.get_finished_spans() or None, description="the failed call's span"
+    )
     assert (span.attributes or {})["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
     assert span.status.status_code is StatusCode.ERROR
     assert span.status.description == "NOT_FOUND"

@@ -14,6 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from longrun.v1 import jobs_pb2
 from longrun_client.codec import operation_to_dict
@@ -169,3 +170,44 @@ def test_the_gateway_drops_an_overlong_tracestate() -> None:
     assert trace_metadata(_headers(traceparent=PARENT, tracestate=long)) == (
         ("traceparent", PARENT),
     )
+
+
+def test_the_outcome_write_is_an_event_of_the_attempt_span_not_a_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = AttemptTracer(provider)
+    rec = _claimed(_record(trace=PARENT))
+    with tracer.outcome("done"):  # outside an attempt: nothing to mark
+        pass
+    with (
+        tracer.attempt(rec, TaskMessage(rec.name, rec.task, 1, PARENT)),
+        tracer.outcome("deadline"),
+    ):
+        pass
+    (span,) = exporter.get_finished_spans()  # the attempt's only
+    assert span.name == f"attempt {rec.task}"
+    (event,) = span.events
+    assert event.name == "outcome"
+    assert event.attributes is not None and event.attributes["longrun.ending"] == "deadline"
+    assert 0 <= float(event.attributes["longrun.write_seconds"]) < 5  # type: ignore[arg-type]
+    assert span.start_time is not None and span.end_time is not None
+    assert span.start_time <= event.timestamp <= span.end_time
+
+
+def test_an_exception_out_of_an_attempt_is_recorded_on_its_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = AttemptTracer(provider)
+    rec = _claimed(_record(trace=PARENT))
+    with (
+        pytest.raises(RuntimeError),
+        tracer.attempt(rec, TaskMessage(rec.name, rec.task, 1, PARENT)),
+    ):
+        raise RuntimeError("store down")
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "RuntimeError: store down"
+    assert [e.name for e in span.events] == ["exception"]
+    assert tracer.attempt_traceparent() == ""

@@ -48,6 +48,7 @@ from longrun_client.queues import (
     RetryOptions,
     create_request,
     queue_path,
+    stats_mask,
     update_request,
 )
 from longrun_client.tracing import trace_metadata
@@ -475,26 +476,55 @@ class AsyncClient:
             raise ServiceError.from_grpc(exc) from exc
         return queue
 
-    async def get_queue(self, queue: str, *, project: str | None = None) -> queues_pb2.Queue:
-        """GetQueue: `queue` is an id (in `project`, default the client's) or a full name."""
+    async def get_queue(
+        self, queue: str, *, project: str | None = None, stats: bool = False
+    ) -> queues_pb2.Queue:
+        """GetQueue: `queue` is an id (in `project`, default the client's) or a
+        full name; `stats` asks for `Queue.stats` too (see Client.get_queue)."""
         name = queue_path(queue, project or self.project)
         got: queues_pb2.Queue = await self._transport.call(
-            self._transport.queues.GetQueue, queues_pb2.GetQueueRequest(name=name)
+            self._transport.queues.GetQueue,
+            queues_pb2.GetQueueRequest(name=name, read_mask=stats_mask(stats)),
         )
         return got
 
-    async def list_queues(self, project: str | None = None) -> AsyncIterator[queues_pb2.Queue]:
-        """The project's queues by id, `default` included (every page, lazily)."""
+    async def list_queues(
+        self, project: str | None = None, *, stats: bool = False
+    ) -> AsyncIterator[queues_pb2.Queue]:
+        """The project's queues by id, `default` included (every page, lazily);
+        with `Queue.stats` when `stats`."""
         target = project or self.project
         if not target:
             raise ValueError("listing queues needs a project")
-        request = queues_pb2.ListQueuesRequest(parent=f"projects/{target}")
+        request = queues_pb2.ListQueuesRequest(
+            parent=f"projects/{target}", read_mask=stats_mask(stats)
+        )
         while True:
             response: queues_pb2.ListQueuesResponse = await self._transport.call(
                 self._transport.queues.ListQueues, request
             )
             for queue in response.queues:
                 yield queue
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    async def list_dead_letters(
+        self, project: str | None = None, *, page_size: int = 0
+    ) -> AsyncIterator[queues_pb2.DeadLetter]:
+        """ListDeadLetters, newest first (see Client.list_dead_letters)."""
+        target = project or self.project
+        if not target:
+            raise ValueError("listing dead letters needs a project (or '-')")
+        request = queues_pb2.ListDeadLettersRequest(
+            parent=f"projects/{target}", page_size=page_size
+        )
+        while True:
+            response: queues_pb2.ListDeadLettersResponse = await self._transport.call(
+                self._transport.queues.ListDeadLetters, request
+            )
+            for letter in response.dead_letters:
+                yield letter
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token

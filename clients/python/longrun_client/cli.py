@@ -15,6 +15,7 @@ interrupted (Ctrl-C: the operation goes on).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -820,6 +821,88 @@ def queues_resume(settings: Settings, queue: str, project: str | None) -> int:
 def queues_purge(settings: Settings, queue: str, project: str | None) -> int:
     """Cancel every queued job of QUEUE (they end CANCELLED, code 1)."""
     return _emit_queue(settings.client().purge_queue(queue, project=project))
+
+
+@queues.command("stats")
+@click.argument("queue", required=False)
+@_PROJECT
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of Queues with stats.")
+@click.pass_obj
+def queues_stats(settings: Settings, queue: str | None, project: str | None, as_json: bool) -> int:
+    """Waiting and running jobs of QUEUE, or of every queue of the project
+    (read_mask `stats`; `+` marks a count the server stopped at its limit)."""
+    client = settings.client()
+    if queue:
+        found = [client.get_queue(queue, project=project, stats=True)]
+    elif project:
+        found = list(client.list_queues(project, stats=True))
+    else:
+        raise click.UsageError("give QUEUE or --project (or LONGRUN_PROJECT)")
+    if as_json:
+        _emit_json([MessageToDict(q) for q in found])
+        return EXIT_OK
+    table = Table("name", "state", "waiting", "running")
+    for q in found:
+        more = "+" if q.stats.capped else ""
+        table.add_row(
+            q.name,
+            queues_pb2.Queue.State.Name(q.state).lower(),
+            f"{q.stats.waiting_count}{more}",
+            f"{q.stats.running_count}{more}",
+        )
+    _print_table(table)
+    return EXIT_OK
+
+
+@cli.group("dead-letters")
+def dead_letters() -> None:
+    """Task messages given up on (ListDeadLetters; the viewer role)."""
+
+
+@dead_letters.command("list")
+@click.option(
+    "--project",
+    default=None,
+    envvar="LONGRUN_PROJECT",
+    show_envvar=True,
+    help="The project, or - for every project you may see.",
+)
+@click.option(
+    "--limit", type=click.IntRange(1, 100_000), default=100, show_default=True, help="At most."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of DeadLetters.")
+@click.pass_obj
+def dead_letters_list(settings: Settings, project: str | None, limit: int, as_json: bool) -> int:
+    """The project's dead letters, newest first."""
+    if not project:
+        raise click.UsageError("give --project (or LONGRUN_PROJECT), or --project - for all")
+    found = list(
+        itertools.islice(
+            settings.client().list_dead_letters(project, page_size=min(limit, 200)), limit
+        )
+    )
+    if as_json:
+        _emit_json([MessageToDict(d) for d in found])
+        return EXIT_OK
+    table = Table("time", "operation", "task", "attempt", "deliveries", "reason")
+    for d in found:
+        table.add_row(
+            _when(d, "dead_letter_time"),
+            d.operation,
+            d.task,
+            str(d.attempt),
+            str(d.delivery_count or ""),
+            d.reason,
+        )
+    _print_table(table)
+    return EXIT_OK
+
+
+def _print_table(table: Table) -> None:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=250)
+    console.print(table)
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,7 @@ from longrun_client.queues import (
     RetryOptions,
     create_request,
     queue_path,
+    stats_mask,
     update_request,
 )
 from longrun_client.tracing import trace_metadata
@@ -443,25 +444,56 @@ class Client:
             raise ServiceError.from_grpc(exc) from exc
         return queue
 
-    def get_queue(self, queue: str, *, project: str | None = None) -> queues_pb2.Queue:
-        """GetQueue: `queue` is an id (in `project`, default the client's) or a full name."""
+    def get_queue(
+        self, queue: str, *, project: str | None = None, stats: bool = False
+    ) -> queues_pb2.Queue:
+        """GetQueue: `queue` is an id (in `project`, default the client's) or a
+        full name. `stats` asks for `Queue.stats` too (read_mask `stats`:
+        its waiting and running jobs, counted up to the server's limit)."""
         name = queue_path(queue, project or self.project)
         got: queues_pb2.Queue = self._transport.call(
-            self._transport.queues.GetQueue, queues_pb2.GetQueueRequest(name=name)
+            self._transport.queues.GetQueue,
+            queues_pb2.GetQueueRequest(name=name, read_mask=stats_mask(stats)),
         )
         return got
 
-    def list_queues(self, project: str | None = None) -> Iterator[queues_pb2.Queue]:
-        """The project's queues by id, `default` included (every page, lazily)."""
+    def list_queues(
+        self, project: str | None = None, *, stats: bool = False
+    ) -> Iterator[queues_pb2.Queue]:
+        """The project's queues by id, `default` included (every page, lazily);
+        with `Queue.stats` when `stats` (see get_queue)."""
         target = project or self.project
         if not target:
             raise ValueError("listing queues needs a project")
-        request = queues_pb2.ListQueuesRequest(parent=f"projects/{target}")
+        request = queues_pb2.ListQueuesRequest(
+            parent=f"projects/{target}", read_mask=stats_mask(stats)
+        )
         while True:
             response: queues_pb2.ListQueuesResponse = self._transport.call(
                 self._transport.queues.ListQueues, request
             )
             yield from response.queues
+            if not response.next_page_token:
+                return
+            request.page_token = response.next_page_token
+
+    def list_dead_letters(
+        self, project: str | None = None, *, page_size: int = 0
+    ) -> Iterator[queues_pb2.DeadLetter]:
+        """ListDeadLetters: the task messages given up on, newest first, of
+        `project` (default the client's; `-` for every project the caller may
+        see), every page lazily (`page_size`: per call, 0 for the server's)."""
+        target = project or self.project
+        if not target:
+            raise ValueError("listing dead letters needs a project (or '-')")
+        request = queues_pb2.ListDeadLettersRequest(
+            parent=f"projects/{target}", page_size=page_size
+        )
+        while True:
+            response: queues_pb2.ListDeadLettersResponse = self._transport.call(
+                self._transport.queues.ListDeadLetters, request
+            )
+            yield from response.dead_letters
             if not response.next_page_token:
                 return
             request.page_token = response.next_page_token

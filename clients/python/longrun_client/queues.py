@@ -167,3 +167,8 @@ def update_request(
         ),
         update_mask=mask,
     )
+
+
+def stats_mask(stats: bool) -> field_mask_pb2.FieldMask | None:
+    """The read_mask asking for `Queue.stats` (None: the queue alone)."""
+    return field_mask_pb2.FieldMask(paths=["stats"]) if stats else None

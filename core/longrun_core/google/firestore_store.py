@@ -130,7 +130,14 @@ from longrun_core.google.collection_client import TRANSIENT
 from longrun_core.google.list_values import DocValues, doc_position, value_fields
 from longrun_core.google.listen_stream import ListenStream
 from longrun_core.google.raw_firestore import RawFirestore
-from longrun_core.model import OperationRecord, State, WaitReason, evolve
+from longrun_core.model import (
+    OperationRecord,
+    State,
+    WaitReason,
+    attempts_from_text,
+    attempts_to_text,
+    evolve,
+)
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.queue import Transition
 from longrun_core.settings import BackendSettings
@@ -252,6 +259,8 @@ def to_document(rec: OperationRecord) -> dict[str, Any]:
             value = int(value)
         elif name in _DURATION_FIELDS and value is not None:
             value = value // _MICRO
+        elif name == "attempts":
+            value = attempts_to_text(value)
         doc[name] = value
     doc["done"] = rec.done
     doc[LABEL_PAIRS] = sorted(label_pair(k, v) for k, v in rec.labels.items())
@@ -275,6 +284,8 @@ def from_document(doc: dict[str, Any]) -> OperationRecord:
             value = None if value is None else timedelta(microseconds=int(value))
         elif name == "labels":
             value = {str(k): str(v) for k, v in (value or {}).items()}
+        elif name == "attempts":
+            value = attempts_from_text(value)
         elif name == "state":
             value = State(int(value))
         elif name == "wait_reason":

@@ -57,6 +57,10 @@ def span_record(span: ReadableSpan) -> dict[str, object]:
             for link in span.links
         ],
         "attributes": {k: v for k, v in (span.attributes or {}).items()},
+        "events": [
+            {"name": e.name, "time_ns": e.timestamp, "attributes": dict(e.attributes or {})}
+            for e in span.events
+        ],
         "status": span.status.status_code.name,
         "start_ns": span.start_time,
         "end_ns": span.end_time,

@@ -17,7 +17,14 @@ from longrun_core import transitions
 from longrun_core.clock import from_micros, to_micros
 from longrun_core.errors import AlreadyExists
 from longrun_core.filtering.index_terms import IndexTerms
-from longrun_core.model import OperationRecord, State, WaitReason, evolve
+from longrun_core.model import (
+    OperationRecord,
+    State,
+    WaitReason,
+    attempts_from_text,
+    attempts_to_text,
+    evolve,
+)
 from longrun_core.names import DEFAULT_PROJECT, parse_operation_name, watch_key
 from longrun_core.observability.trace_context import current_traceparent
 from longrun_core.queue import TaskMessage, Transition
@@ -98,6 +105,8 @@ ADDED_COLUMNS = {
     "trace": "TEXT",
     "first_attempt_trace": "TEXT",
     "rate_token_us": "INTEGER",
+    # The attempts history (model.attempts_to_text: compact JSON; NULL: none).
+    "attempts": "TEXT",
 }
 #: Indexes on added columns, created by `migrate` once the columns exist.
 #: A request id is unique within its project (the old index made it unique
@@ -138,6 +147,8 @@ def to_row(rec: OperationRecord) -> dict[str, Any]:
             row[_DURATION_FIELDS[name]] = None if value is None else value // _MICRO
         elif name == "labels":
             row["labels"] = json.dumps(dict(value), sort_keys=True)
+        elif name == "attempts":
+            row["attempts"] = attempts_to_text(value)
         elif name in ("state", "cancel_requested", "wait_reason"):
             row[name] = int(value)
         else:
@@ -158,6 +169,8 @@ def from_row(row: sqlite3.Row | tuple[Any, ...]) -> OperationRecord:
             values[name] = None if value is None else timedelta(microseconds=value)
         elif name == "labels":
             values[name] = json.loads(value)
+        elif name == "attempts":
+            values[name] = attempts_from_text(value)
         elif name == "state":
             values[name] = State(value)
         elif name == "wait_reason":

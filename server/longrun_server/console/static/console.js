@@ -206,6 +206,41 @@
     return Number.isNaN(date.getTime()) ? String(text) : date.toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
   }
 
+  // google.rpc.Code names, for the attempts timeline.
+  const RPC_CODES = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+    "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"];
+
+  function seconds(start, end) {
+    const ms = new Date(end).getTime() - new Date(start).getTime();
+    return Number.isNaN(ms) ? "" : " (" + (ms / 1000).toFixed(ms < 10000 ? 2 : 0) + " s)";
+  }
+
+  // One attempt (JobMetadata.attempts[i]) as a timeline item.
+  function attemptItem(attempt) {
+    const item = el("li");
+    item.className = "attempt";
+    const start = el("time", when(attempt.startTime));
+    start.dateTime = attempt.startTime || "";
+    item.append(el("span", "Attempt " + (attempt.attempt || 0) +
+      (attempt.worker ? " on " + attempt.worker : "") + ": "), start);
+    if (attempt.endTime) {
+      const end = el("time", when(attempt.endTime));
+      end.dateTime = attempt.endTime;
+      const code = attempt.code || 0;
+      const outcome = code === 0 ? "succeeded" : (RPC_CODES[code] || "code " + code);
+      item.append(el("span", " to "), end, el("span", seconds(attempt.startTime, attempt.endTime)),
+        el("span", " — " + outcome + (attempt.message ? ": " + attempt.message : ""),
+          code === 0 ? "attempt-ok" : "attempt-error"));
+      item.dataset.outcome = outcome;
+    } else {
+      item.append(el("span", " — running"));
+      item.dataset.outcome = "running";
+    }
+    return item;
+  }
+
   function labelsText(labels) {
     return Object.keys(labels || {})
       .sort()
@@ -451,6 +486,13 @@
         item.append(el("span", step[0] + ": "), time);
         return item;
       }));
+      const attempts = meta.attempts || [];
+      byId("attempt-timeline").replaceChildren.apply(byId("attempt-timeline"),
+        attempts.map(attemptItem));
+      const first = attempts.length ? attempts[0].attempt || 0 : 0;
+      byId("attempts-note").textContent = !attempts.length
+        ? "No attempt has started."
+        : first > 1 ? "Earlier attempts than " + first + " are not kept." : "";
       byId("result").textContent = op.error
         ? JSON.stringify({ error: op.error }, null, 2)
         : op.response
