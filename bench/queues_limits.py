@@ -10,10 +10,13 @@ Firestore + Pub/Sub.
 * `max_concurrent_per_key` 2 over 5 keys, 200 jobs: the highest concurrency
   per key. Target: exactly 2 for every key.
 * `max_dispatches_per_second` 20, `max_burst_size` 5, 400 jobs of 10 ms
-  enqueued at once (submitted to a paused queue, then resumed): the starts
-  the tasks stamp themselves. Targets: after the burst, every full 5-second
-  window starts 100 +- 5% jobs; no 1-second window (sliding) starts more
-  than 20 + 5.
+  enqueued at once (submitted to a paused queue, then resumed): the
+  dispatches, i.e. each attempt's start_time (stamped by the claim that
+  takes the token; the operation's metadata). Targets: after the burst,
+  every full 5-second window dispatches 100 +- 5% jobs; no 1-second window
+  (sliding) dispatches more than 20 + 5. The starts the tasks stamp
+  themselves are reported beside (each starts a variable time after its
+  dispatch).
 
     python -m bench.queues_limits [--quick] [--rate-only]
 """
@@ -26,11 +29,13 @@ import signal
 import tempfile
 import time
 import uuid
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from bench.common import Figure, longrun_service, note, standalone
 from bench.google_e2e import have_emulators
+from longrun.v1 import jobs_pb2
 from longrun_client import Client, JobOptions, LimitOptions
 
 NAME = "15 Queue limits"
@@ -179,22 +184,32 @@ def rate_scenario(backend: str, jobs: int) -> dict[str, Any]:
         started = time.monotonic()
         client.resume_queue("paced")
         failed = 0
+        dispatches: list[float] = []
         for name in names:
             op = client.wait(name, timeout=300)
             failed += op.HasField("error")
+            meta = jobs_pb2.JobMetadata()
+            if op.metadata.Unpack(meta) and meta.HasField("start_time"):
+                dispatches.append(meta.start_time.ToDatetime(tzinfo=UTC).timestamp())
         elapsed = time.monotonic() - started
         spans = read_spans(folder)
     starts = [s[2] for s in spans]
-    windows = five_second_windows(starts)
-    span = max(starts) - min(starts) if starts else 0.0
+    windows = five_second_windows(dispatches)
+    span = max(dispatches) - min(dispatches) if dispatches else 0.0
     return {
         "jobs": jobs,
         "attempts": len(spans),
+        "dispatched": len(dispatches),
         "failed": failed,
         "seconds": round(elapsed, 2),
-        "max_1s": most_in_window(starts, 1.0),
+        "max_1s": most_in_window(dispatches, 1.0),
         "windows_5s": windows,
-        "mean_rate_after_burst": round((len(starts) - BURST) / span, 2) if span else None,
+        "mean_rate_after_burst": round((len(dispatches) - BURST) / span, 2) if span else None,
+        # The tasks' own start stamps: each starts a variable time after its
+        # dispatch (the claim's commit returning, the worker's loop), which
+        # on a loaded emulator can bunch a few starts (reported, no target).
+        "task_starts_max_1s": most_in_window(starts, 1.0),
+        "task_starts_windows_5s": five_second_windows(starts),
     }
 
 
@@ -207,23 +222,23 @@ def rate_figure(backend: str, jobs: int) -> list[Figure]:
     return [
         Figure(
             benchmark=NAME,
-            figure=f"starts per 5 s window after the burst, rate 20/s burst 5, "
+            figure=f"dispatches per 5 s window after the burst, rate 20/s burst 5, "
             f"{WORKERS}x{SLOTS} slots, {jobs} jobs at once ({label}; worst shown)",
             value=max(windows, key=lambda w: abs(w - 100)) if windows else None,
-            unit="starts",
+            unit="dispatches",
             baseline_name="-",
             baseline=None,
             ratio=None,
             ratio_note="",
             target="100 +- 5% every window",
-            met=within and r["failed"] == 0 and r["attempts"] == jobs,
+            met=within and r["failed"] == 0 and r["dispatched"] == jobs,
             details=r,
         ),
         Figure(
             benchmark=NAME,
-            figure=f"most starts in any 1 s window, rate 20/s burst 5, {jobs} jobs ({label})",
+            figure=f"most dispatches in any 1 s window, rate 20/s burst 5, {jobs} jobs ({label})",
             value=r["max_1s"],
-            unit="starts",
+            unit="dispatches",
             baseline_name="-",
             baseline=None,
             ratio=None,
@@ -231,6 +246,19 @@ def rate_figure(backend: str, jobs: int) -> list[Figure]:
             target="<= 25 (20 + burst)",
             met=r["max_1s"] <= RATE + BURST and r["failed"] == 0,
             details={"jobs": jobs},
+        ),
+        Figure(
+            benchmark=NAME,
+            figure=f"most task-stamped starts in any 1 s window, same run ({label})",
+            value=r["task_starts_max_1s"],
+            unit="starts",
+            baseline_name="-",
+            baseline=None,
+            ratio=None,
+            ratio_note="",
+            target="reported (start jitter after dispatch)",
+            met=None,
+            details={"windows_5s": r["task_starts_windows_5s"]},
         ),
     ]
 

@@ -18,6 +18,7 @@ from longrun_core.model import OperationRecord, State, WaitReason
 from longrun_core.queues import ConcurrencyLimits, QueueConfig, RetryConfig, apply_update
 from longrun_core.rate_bucket import (
     RESERVED_BACKSTOP,
+    STALE_CLAIM_SLACK,
     TOKEN_GRACE,
     Granted,
     Refused,
@@ -110,6 +111,9 @@ def test_a_bucket_far_ahead_of_any_take_is_reset_not_obeyed() -> None:
     """A clock that jumped back (or a skewed writer) cannot stall the queue."""
     wild = T0 + timedelta(days=1)
     got = take(wild, T0, rate=20, burst=5, horizon=HORIZON)
+    assert got == Granted(start=T0, tat=T0 + 50 * MS)
+    just_beyond = T0 + HORIZON + 5 * 50 * MS + STALE_CLAIM_SLACK + MS
+    got = take(just_beyond, T0, rate=20, burst=5, horizon=HORIZON)
     assert got == Granted(start=T0, tat=T0 + 50 * MS)
     # Within what takes can write (horizon + burst intervals ahead), it is obeyed.
     near = T0 + HORIZON
@@ -303,6 +307,25 @@ def test_the_start_gate_admits_the_burst_then_one_per_interval_and_nothing_when_
     # A start_tat beyond anything starts can write (a clock jump) is reset.
     reset, new = gate(T0 + timedelta(hours=1), T0, rate=20, burst=5)
     assert reset and new == T0 + 50 * MS
+
+
+def test_a_claimer_whose_now_is_older_than_the_last_writers_obeys_the_gate() -> None:
+    """A claimer takes `now` before its read; the last writer's `now` may be
+    a slow round trip later. The gate that writer left saturated stays shut
+    for it (it was reopened, and 27 dispatches went out in one second at
+    20/s burst 5 on a loaded emulator)."""
+    writer_now = T0 + 300 * MS
+    start_tat = None
+    for _ in range(5):
+        admitted, start_tat = gate(start_tat, writer_now, rate=20, burst=5)
+        assert admitted
+    assert start_tat is not None
+    stale, when = gate(start_tat, T0, rate=20, burst=5)
+    assert not stale and when == writer_now + 50 * MS
+    # The same holds for the reservation bucket at the horizon's edge.
+    tat = writer_now + HORIZON + 5 * 50 * MS
+    got = take(tat, T0, rate=20, burst=5, horizon=HORIZON)
+    assert isinstance(got, Refused)
 
 
 def test_a_taken_over_attempt_with_no_token_writes_nothing() -> None:
