@@ -87,6 +87,7 @@ from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.types import BatchSettings, FlowControl
 
 from longrun_core.errors import StartupError, Unavailable
+from longrun_core.google.raw_pubsub import RawPubSub
 from longrun_core.queue import DeadLetter, Delivery, TaskMessage, TaskQueue, Transition
 from longrun_core.settings import BackendSettings
 from longrun_core.signing import (
@@ -307,6 +308,11 @@ class PubSubTaskQueue(TaskQueue):
         )
         self._subscriber: Any = subscriber or SubscriberClient()
         self._owns_clients = publisher is None and subscriber is None
+        #: The hot calls on raw protobufs (clients given by the caller keep
+        #: the library's calls: they may be test doubles).
+        self._raw: RawPubSub | None = (
+            RawPubSub(self._publisher, self._subscriber) if self._owns_clients else None
+        )
         self._publish_retry = _retry(PUBLISH_TIMEOUT)
         #: For the unary admin and pull calls.
         self._rpc = {"retry": _retry(RPC_TIMEOUT), "timeout": RPC_TIMEOUT}
@@ -454,6 +460,9 @@ class PubSubTaskQueue(TaskQueue):
         if self._closing:
             raise Unavailable("the Pub/Sub queue is closed")
         try:
+            if self._raw is not None:
+                await self._raw.publish(topic, data, attributes, PUBLISH_TIMEOUT)
+                return
             future = self._publisher.publish(
                 topic, data, retry=self._publish_retry, timeout=RPC_TIMEOUT, **attributes
             )
@@ -589,7 +598,13 @@ class PubSubTaskQueue(TaskQueue):
         if not batch:
             return []
         ack_ids = [item.raw.ack_id for item in batch]
-        modack = asyncio.ensure_future(asyncio.to_thread(self._modack_now, ack_ids))
+        modack = asyncio.ensure_future(
+            self._raw.modify_ack_deadline(
+                self.subscription_path, ack_ids, self.ack_deadline, RPC_TIMEOUT
+            )
+            if self._raw is not None
+            else asyncio.to_thread(self._modack_now, ack_ids)
+        )
         try:
             await asyncio.shield(modack)
         except asyncio.CancelledError:
@@ -653,7 +668,9 @@ class PubSubTaskQueue(TaskQueue):
         while True:
             wait = max(0.05, min(deadline - loop.time(), UNARY_PULL_WAIT))
             pulling = asyncio.ensure_future(
-                asyncio.to_thread(self._pull, self.subscription_path, max_messages, wait)
+                self._raw.pull(self.subscription_path, max_messages, wait)
+                if self._raw is not None
+                else asyncio.to_thread(self._pull, self.subscription_path, max_messages, wait)
             )
             try:
                 received = await asyncio.shield(pulling)
@@ -737,7 +754,14 @@ class PubSubTaskQueue(TaskQueue):
                 )
 
         try:
-            await asyncio.to_thread(call)
+            if self._raw is None:
+                await asyncio.to_thread(call)
+            elif deadline is None:
+                await self._raw.acknowledge(self.subscription_path, ack_ids, RPC_TIMEOUT)
+            else:
+                await self._raw.modify_ack_deadline(
+                    self.subscription_path, ack_ids, deadline, RPC_TIMEOUT
+                )
         except _FAILURES as exc:
             what = "ack" if deadline is None else f"modify_ack_deadline({deadline})"
             log.warning("%s of %d messages failed: %s", what, len(ack_ids), exc)
