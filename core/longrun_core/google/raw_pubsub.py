@@ -20,9 +20,6 @@ become `google.api_core.exceptions` like the library's.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,6 +27,8 @@ import grpc
 from google.api_core import exceptions as gexc
 from google.protobuf import empty_pb2
 from google.pubsub_v1.types import pubsub as pubsub_types
+
+from longrun_core.google import grpc_async
 
 _PublishRequest: Any = pubsub_types.PublishRequest.pb()
 _PublishResponse: Any = pubsub_types.PublishResponse.pb()
@@ -55,8 +54,6 @@ RETRIED = frozenset(
         grpc.StatusCode.UNKNOWN,
     }
 )
-_FIRST_PAUSE = 0.1
-_MAX_PAUSE = 5.0
 
 
 def api_error(exc: grpc.RpcError) -> Exception:
@@ -65,51 +62,15 @@ def api_error(exc: grpc.RpcError) -> Exception:
     return error
 
 
-async def _await(call: Any) -> Any:
-    """Await a grpc.Future on the running loop (cancelling it cancels the RPC)."""
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[Any] = loop.create_future()
-
-    def settle(done: Any) -> None:
-        if waiter.done():
-            return
-        try:
-            waiter.set_result(done.result())
-        except grpc.RpcError as exc:
-            waiter.set_exception(exc)
-        except grpc.FutureCancelledError:
-            waiter.cancel()
-
-    def on_done(done: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            loop.call_soon_threadsafe(settle, done)
-
-    call.add_done_callback(on_done)
-    try:
-        return await waiter
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
-
-
 async def retried(
     method: Any, request: Any, metadata: Sequence[tuple[str, str]], total: float
 ) -> Any:
-    """`method(request)` until it succeeds, fails with a code not in
-    `RETRIED`, or `total` seconds pass (then its last error, as an api_core
-    exception)."""
-    deadline = time.monotonic() + total
-    pause = _FIRST_PAUSE
-    while True:
-        left = max(deadline - time.monotonic(), 0.001)
-        try:
-            return await _await(method.future(request, timeout=left, metadata=metadata))
-        except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
-            if code not in RETRIED or time.monotonic() + pause >= deadline:
-                raise api_error(exc) from exc
-        await asyncio.sleep(pause)
-        pause = min(pause * 2.0, _MAX_PAUSE)
+    """`method(request)`, transient codes retried for up to `total` seconds;
+    a failure as the api_core exception the library would raise."""
+    try:
+        return await grpc_async.retried(method, request, metadata, total, RETRIED)
+    except grpc.RpcError as exc:
+        raise api_error(exc) from exc
 
 
 class RawPubSub:
@@ -160,7 +121,7 @@ class RawPubSub:
         request = _PullRequest(subscription=subscription, max_messages=max_messages)
         call = self._pull.future(request, timeout=wait, metadata=_routing(subscription))
         try:
-            response = await _await(call)
+            response = await grpc_async.await_call(call)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
                 return []
