@@ -470,18 +470,6 @@ class FirestoreOperationStore(OperationStore):
             # like a crash just after sending it (see Guarantees).
             raise Unavailable(f"Firestore did not answer within {self.call_timeout:g}s") from exc
 
-    async def _await(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`_call` for a call awaited on the loop (RawFirestore's *_async)."""
-        if self._closed:
-            raise Unavailable("the Firestore store is closed")
-        try:
-            async with asyncio.timeout(self.call_timeout):
-                return await call()
-        except _TRANSIENT as exc:
-            raise Unavailable(f"Firestore is unavailable: {exc}") from exc
-        except TimeoutError as exc:
-            raise Unavailable(f"Firestore did not answer within {self.call_timeout:g}s") from exc
-
     def _saw_server_time(self, value: Any) -> None:
         if isinstance(value, datetime):
             self._server_time = (_plain_datetime(value), time.monotonic())
@@ -548,7 +536,7 @@ class FirestoreOperationStore(OperationStore):
 
     async def _snapshot(self, op_id: str) -> Any:
         ref = self._ops.document(op_id)
-        snap = await self._await(functools.partial(self._raw.get_async, ref, self.call_timeout))
+        snap = await self._call(functools.partial(self._raw.get, ref, self.call_timeout))
         if snap.exists:
             self._remember(op_id, int(snap.get("version")), snap.update_time)
         else:
@@ -610,15 +598,9 @@ class FirestoreOperationStore(OperationStore):
             ref = self._ops.document(rec.id)
             doc = to_document(rec)
             try:
-                written = (
-                    await self._await(
-                        functools.partial(
-                            self._raw.commit_async,
-                            [self._raw.create_write(ref, doc)],
-                            self.call_timeout,
-                        )
-                    )
-                )[0]
+                written = await self._call(
+                    functools.partial(self._raw.create, ref, doc, self.call_timeout)
+                )
             except gexc.AlreadyExists as exc:
                 raise _exists(rec) from exc
             self._wrote(rec.id, rec.version, written)
@@ -653,8 +635,8 @@ class FirestoreOperationStore(OperationStore):
                 self._raw.create_write(op_ref, doc),
             ]
             try:
-                results = await self._await(
-                    functools.partial(self._raw.commit_async, writes, self.call_timeout)
+                results = await self._call(
+                    functools.partial(self._raw.commit, writes, self.call_timeout)
                 )
             except gexc.AlreadyExists:
                 pass  # the reservation or the operation id exists: find out which
@@ -702,12 +684,10 @@ class FirestoreOperationStore(OperationStore):
             update_time = seen[1]
         ref = self._ops.document(rec.id)
         write = functools.partial(
-            self._raw.commit_async,
-            [self._raw.update_write(ref, to_document(rec), update_time)],
-            self.call_timeout,
+            self._raw.update, ref, to_document(rec), update_time, self.call_timeout
         )
         try:
-            written = (await self._await(write))[0]
+            written = await self._call(write)
         except _STALE:
             self._seen.pop(rec.id, None)
             return False

@@ -74,12 +74,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
@@ -99,6 +101,7 @@ from longrun_core.signing import (
 )
 
 log = logging.getLogger("longrun.pubsub")
+T = TypeVar("T")
 
 #: Pub/Sub's bounds for ack deadlines and modify_ack_deadline.
 MIN_ACK_DEADLINE = 10
@@ -115,6 +118,8 @@ RPC_TIMEOUT = 30.0
 MALFORMED_REASON = "not a task message (needs attributes operation, task, attempt)"
 #: How a queue receives: a streaming pull (the default), or unary pulls.
 PULL_MODES = ("streaming", "unary")
+#: Threads running the raw publishes, acks and ack-deadline changes.
+CALL_THREADS = 8
 #: Longest single unary pull (a receive with a longer timeout pulls again).
 UNARY_PULL_WAIT = 10.0
 
@@ -283,6 +288,7 @@ class PubSubTaskQueue(TaskQueue):
         subscriber: Any | None = None,
         signing_keys: SigningKeys | None = None,
         rejections: Rejections | None = None,
+        call_threads: int = CALL_THREADS,
     ) -> None:
         if signing_keys is None:
             raise StartupError(KEYS_REQUIRED)
@@ -310,8 +316,13 @@ class PubSubTaskQueue(TaskQueue):
         self._owns_clients = publisher is None and subscriber is None
         #: The hot calls on raw protobufs (clients given by the caller keep
         #: the library's calls: they may be test doubles).
-        self._raw: RawPubSub | None = (
+        self._calls: RawPubSub | None = (
             RawPubSub(self._publisher, self._subscriber) if self._owns_clients else None
+        )
+        #: Runs the raw publishes, acks and ack-deadline changes (blocking
+        #: calls, each within its retry budget) off the loop's default executor.
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=call_threads, thread_name_prefix="pubsub"
         )
         self._publish_retry = _retry(PUBLISH_TIMEOUT)
         #: For the unary admin and pull calls.
@@ -435,12 +446,16 @@ class PubSubTaskQueue(TaskQueue):
             stream.cancel()
             with contextlib.suppress(Exception):
                 stream.result(timeout=30)
+        self._pool.shutdown(wait=False)
         if self._owns_clients:
             with contextlib.suppress(RuntimeError):
                 self._publisher.stop()
             with contextlib.suppress(Exception):
                 self._publisher.transport.close()
             self._subscriber.close()
+
+    async def _in_pool(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     # ---- publishing ----
 
@@ -460,8 +475,13 @@ class PubSubTaskQueue(TaskQueue):
         if self._closing:
             raise Unavailable("the Pub/Sub queue is closed")
         try:
-            if self._raw is not None:
-                await self._raw.publish(topic, data, attributes, PUBLISH_TIMEOUT)
+            if self._calls is not None:
+                async with asyncio.timeout(PUBLISH_TIMEOUT + 5):
+                    await self._in_pool(
+                        functools.partial(
+                            self._calls.publish, topic, data, attributes, PUBLISH_TIMEOUT
+                        )
+                    )
                 return
             future = self._publisher.publish(
                 topic, data, retry=self._publish_retry, timeout=RPC_TIMEOUT, **attributes
@@ -599,10 +619,16 @@ class PubSubTaskQueue(TaskQueue):
             return []
         ack_ids = [item.raw.ack_id for item in batch]
         modack = asyncio.ensure_future(
-            self._raw.modify_ack_deadline(
-                self.subscription_path, ack_ids, self.ack_deadline, RPC_TIMEOUT
+            self._in_pool(
+                functools.partial(
+                    self._calls.modify_ack_deadline,
+                    self.subscription_path,
+                    ack_ids,
+                    self.ack_deadline,
+                    RPC_TIMEOUT,
+                )
             )
-            if self._raw is not None
+            if self._calls is not None
             else asyncio.to_thread(self._modack_now, ack_ids)
         )
         try:
@@ -668,8 +694,8 @@ class PubSubTaskQueue(TaskQueue):
         while True:
             wait = max(0.05, min(deadline - loop.time(), UNARY_PULL_WAIT))
             pulling = asyncio.ensure_future(
-                self._raw.pull(self.subscription_path, max_messages, wait)
-                if self._raw is not None
+                asyncio.to_thread(self._calls.pull, self.subscription_path, max_messages, wait)
+                if self._calls is not None
                 else asyncio.to_thread(self._pull, self.subscription_path, max_messages, wait)
             )
             try:
@@ -754,13 +780,23 @@ class PubSubTaskQueue(TaskQueue):
                 )
 
         try:
-            if self._raw is None:
+            if self._calls is None:
                 await asyncio.to_thread(call)
             elif deadline is None:
-                await self._raw.acknowledge(self.subscription_path, ack_ids, RPC_TIMEOUT)
+                await self._in_pool(
+                    functools.partial(
+                        self._calls.acknowledge, self.subscription_path, ack_ids, RPC_TIMEOUT
+                    )
+                )
             else:
-                await self._raw.modify_ack_deadline(
-                    self.subscription_path, ack_ids, deadline, RPC_TIMEOUT
+                await self._in_pool(
+                    functools.partial(
+                        self._calls.modify_ack_deadline,
+                        self.subscription_path,
+                        ack_ids,
+                        deadline,
+                        RPC_TIMEOUT,
+                    )
                 )
         except _FAILURES as exc:
             what = "ack" if deadline is None else f"modify_ack_deadline({deadline})"

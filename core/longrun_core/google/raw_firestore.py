@@ -33,8 +33,6 @@ from google.cloud.firestore_v1.types import firestore as firestore_types
 from google.cloud.firestore_v1.types import write as write_types
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from longrun_core.google import grpc_async
-
 _Document: Any = document_types.Document.pb()
 _Value: Any = document_types.Value.pb()
 _Write: Any = write_types.Write.pb()
@@ -267,31 +265,3 @@ class RawFirestore:
     ) -> DatetimeWithNanoseconds:
         """One `create_write`; its update time (AlreadyExists if it exists)."""
         return self.commit([self.create_write(reference, fields)], timeout)[0]
-
-    # ---- the same calls awaited on the event loop (longrun_core.google.grpc_async) ----
-
-    async def get_async(self, reference: Any, timeout: float) -> RawSnapshot:
-        """`get`, awaited on the loop (no executor thread)."""
-        request = _GetDocumentRequest(name=reference._document_path)
-        try:
-            doc = await grpc_async.retried(
-                self._get, request, self._metadata, timeout, _RETRIED, multiplier=1.3
-            )
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
-                return RawSnapshot(reference, None)
-            raise _api_error(exc) from exc
-        return RawSnapshot(reference, doc)
-
-    async def commit_async(
-        self, writes: list[Any], timeout: float
-    ) -> list[DatetimeWithNanoseconds]:
-        """`commit`, awaited on the loop (no executor thread)."""
-        request = _CommitRequest(database=self._database, writes=writes)
-        try:
-            response = await grpc_async.retried(
-                self._commit, request, self._metadata, timeout, _RETRIED, multiplier=1.3
-            )
-        except grpc.RpcError as exc:
-            raise _api_error(exc) from exc
-        return [_time_of(result.update_time) for result in response.write_results]

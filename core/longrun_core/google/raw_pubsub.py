@@ -1,34 +1,36 @@
-"""The hot Pub/Sub calls of a job, on raw protobuf messages, awaited on the loop.
+"""The hot Pub/Sub calls of a job, on raw protobuf messages.
 
 Through google-cloud-pubsub a publish goes into the publisher's batching
-(a commit thread per batch, proto-plus wrappers, api_core retry wrappers),
-and each unary pull, ack and ack-deadline change of pull="unary" takes a
-thread of the default executor (`asyncio.to_thread`) and builds proto-plus
-requests and responses: a large part of the CPU of a no-op job on the Google
-path (docs/benchmarks.md). Here the same RPCs (`Publish`, `Pull`,
-`Acknowledge`, `ModifyAckDeadline`) go out on the clients' own channels (their
-credentials, their connections) with the raw `pubsub_v1` protobuf classes,
-as gRPC futures: no Python thread is held while a call is in flight (the
-channel's own completion thread resolves it and hands the result to the
-loop), so slow calls cannot exhaust an executor.
+(a commit thread started per batch, proto-plus wrappers, api_core retry
+wrappers), and each unary pull, ack and ack-deadline change of
+pull="unary" builds proto-plus requests and responses: a large part of the
+CPU of a no-op job on the Google path (docs/benchmarks.md). Here the same
+RPCs (`Publish`, `Pull`, `Acknowledge`, `ModifyAckDeadline`) go out on the
+clients' own channels (their credentials, their connections) with the raw
+`pubsub_v1` protobuf classes, as blocking calls: the queue runs them on a
+thread pool of its own (pubsub_queue), so slow publishes cannot hold the
+loop's default executor.
+
+(Not as `multicallable.future()` awaited on the loop: on a synchronous
+channel each such call that finds the channel idle starts a completion
+thread, and under load rounds of the benchmark stalled that way.)
 
 Semantics are the library's: transient codes are retried with backoff up to
-the call's total timeout (`retry=_retry(...)` in pubsub_queue), a pull is
-not retried (a DEADLINE_EXCEEDED pull is an empty one), and gRPC errors
-become `google.api_core.exceptions` like the library's.
+the call's total timeout (pubsub_queue's `_retry`), a pull is not retried
+(a DEADLINE_EXCEEDED pull is an empty one), and gRPC errors become
+`google.api_core.exceptions` like the library's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
 from google.api_core import exceptions as gexc
 from google.protobuf import empty_pb2
 from google.pubsub_v1.types import pubsub as pubsub_types
-
-from longrun_core.google import grpc_async
 
 _PublishRequest: Any = pubsub_types.PublishRequest.pb()
 _PublishResponse: Any = pubsub_types.PublishResponse.pb()
@@ -54,6 +56,8 @@ RETRIED = frozenset(
         grpc.StatusCode.UNKNOWN,
     }
 )
+_FIRST_PAUSE = 0.1
+_MAX_PAUSE = 5.0
 
 
 def api_error(exc: grpc.RpcError) -> Exception:
@@ -62,20 +66,29 @@ def api_error(exc: grpc.RpcError) -> Exception:
     return error
 
 
-async def retried(
-    method: Any, request: Any, metadata: Sequence[tuple[str, str]], total: float
+def retried(
+    method: Callable[..., Any], request: Any, metadata: Sequence[tuple[str, str]], total: float
 ) -> Any:
-    """`method(request)`, transient codes retried for up to `total` seconds;
-    a failure as the api_core exception the library would raise."""
-    try:
-        return await grpc_async.retried(method, request, metadata, total, RETRIED)
-    except grpc.RpcError as exc:
-        raise api_error(exc) from exc
+    """`method(request)` until it succeeds, fails with a code not in
+    `RETRIED`, or `total` seconds pass (then its last error, as an api_core
+    exception); pauses 0.1 s, doubling up to 5 s."""
+    deadline = time.monotonic() + total
+    pause = _FIRST_PAUSE
+    while True:
+        left = max(deadline - time.monotonic(), 0.001)
+        try:
+            return method(request, timeout=left, metadata=metadata)
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            if code not in RETRIED or time.monotonic() + pause >= deadline:
+                raise api_error(exc) from exc
+        time.sleep(pause)
+        pause = min(pause * 2.0, _MAX_PAUSE)
 
 
 class RawPubSub:
-    """Publish, Pull, Acknowledge and ModifyAckDeadline on the channels of a
-    PublisherClient and a SubscriberClient."""
+    """Publish, Pull, Acknowledge and ModifyAckDeadline (blocking) on the
+    channels of a PublisherClient and a SubscriberClient."""
 
     def __init__(self, publisher: Any, subscriber: Any) -> None:
         pub: grpc.Channel = publisher.transport.grpc_channel
@@ -101,45 +114,42 @@ class RawPubSub:
             response_deserializer=empty_pb2.Empty.FromString,
         )
 
-    async def publish(
-        self, topic: str, data: bytes, attributes: dict[str, str], total: float
-    ) -> str:
+    def publish(self, topic: str, data: bytes, attributes: dict[str, str], total: float) -> str:
         """Publish one message; its message id once the service accepted it."""
         request = _PublishRequest(topic=topic)
         message = request.messages.add()
         message.data = data
         message.attributes.update(attributes)
-        response = await retried(
+        response = retried(
             self._publish, request, (("x-goog-request-params", f"topic={topic}"),), total
         )
         return str(response.message_ids[0]) if response.message_ids else ""
 
-    async def pull(self, subscription: str, max_messages: int, wait: float) -> list[Any]:
+    def pull(self, subscription: str, max_messages: int, wait: float) -> list[Any]:
         """One Pull (not retried): the received messages (raw
         ReceivedMessage: ack_id, message, delivery_attempt); none when it
         waited `wait` seconds."""
         request = _PullRequest(subscription=subscription, max_messages=max_messages)
-        call = self._pull.future(request, timeout=wait, metadata=_routing(subscription))
         try:
-            response = await grpc_async.await_call(call)
+            response = self._pull(request, timeout=wait, metadata=_routing(subscription))
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
                 return []
             raise api_error(exc) from exc
         return list(response.received_messages)
 
-    async def acknowledge(self, subscription: str, ack_ids: Iterable[str], total: float) -> None:
+    def acknowledge(self, subscription: str, ack_ids: Iterable[str], total: float) -> None:
         request = _AcknowledgeRequest(subscription=subscription, ack_ids=list(ack_ids))
-        await retried(self._acknowledge, request, _routing(subscription), total)
+        retried(self._acknowledge, request, _routing(subscription), total)
 
-    async def modify_ack_deadline(
+    def modify_ack_deadline(
         self, subscription: str, ack_ids: Iterable[str], seconds: int, total: float
     ) -> None:
         request = _ModifyAckDeadlineRequest(
             subscription=subscription, ack_ids=list(ack_ids), ack_deadline_seconds=seconds
         )
-        await retried(self._modify, request, _routing(subscription), total)
+        retried(self._modify, request, _routing(subscription), total)
 
 
-def _routing(subscription: str) -> tuple[tuple[str, str]]:
-    return (("x-goog-request-params", f"subscription={subscription}"),)
+def _routing(resource: str) -> tuple[tuple[str, str]]:
+    return (("x-goog-request-params", f"subscription={resource}"),)
