@@ -54,8 +54,16 @@ Guarantees
     * Conflict: a leased message is not delivered to another consumer
       until its deadline passes.
     * Crash: `publish` returns once the service has accepted the message
-      (the publish future resolved); a failure raises `Unavailable` and the
-      message may or may not be enqueued (the sweeper republishes).
+      (its Publish call answered with a message id); a failure raises
+      `Unavailable` and the message may or may not be enqueued (the sweeper
+      republishes).
+
+Calls
+    Publish, the unary Pull, Acknowledge and ModifyAckDeadline go out on
+    the clients' channels with raw protobufs (longrun_core.google.raw_pubsub):
+    one Publish per message, on a pool of `call_threads` threads of the
+    queue's own (acks and ack-deadline changes too); pulls on the loop's
+    default executor. The streaming pull is the library's subscriber.
     * Dead letters: Pub/Sub forwards a message after max_delivery_attempts
       deliveries (`delivery_attempt` counts them; the minimum is 5, so
       max_deliveries below 5 acts as 5). `dead_letter` publishes a copy with
