@@ -359,6 +359,7 @@ class PubSubTaskQueue(TaskQueue):
             max_deliveries=settings.max_deliveries,
             concurrency=concurrency,
             pull=settings.pubsub_pull,
+            call_threads=settings.pubsub_call_threads,
             signing_keys=settings.message_signing_keys,
             rejections=rejections,
         )
