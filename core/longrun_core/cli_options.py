@@ -124,15 +124,6 @@ def backend_options(fn: F) -> F:
             help="Pub/Sub pull style; unary suits the emulator under faults.",
         ),
         click.option(
-            "--pubsub-call-threads",
-            type=click.IntRange(1, 256),
-            default=_D.pubsub_call_threads,
-            envvar="LONGRUN_PUBSUB_CALL_THREADS",
-            show_envvar=True,
-            show_default=True,
-            help="Threads running Pub/Sub publishes, acks and ack-deadline changes.",
-        ),
-        click.option(
             "--max-deliveries",
             type=int,
             default=_D.max_deliveries,
@@ -364,7 +355,6 @@ def backend_settings(kw: dict[str, Any]) -> BackendSettings:
         pubsub_subscription=kw.pop("pubsub_subscription"),
         pubsub_dead_letter_topic=kw.pop("pubsub_dead_letter_topic"),
         pubsub_pull=kw.pop("pubsub_pull"),
-        pubsub_call_threads=kw.pop("pubsub_call_threads"),
         max_deliveries=kw.pop("max_deliveries"),
         visibility_timeout=kw.pop("visibility_timeout"),
         cache_max_bytes=kw.pop("cache_max_bytes"),

@@ -51,8 +51,6 @@ class BackendSettings:
     #: "streaming" (production) or "unary" (synchronous pulls: immune to the
     #: emulator's habit of feeding a killed consumer's dead stream).
     pubsub_pull: str = "streaming"
-    #: Threads of a Pub/Sub queue running its publishes, acks and ack-deadline changes.
-    pubsub_call_threads: int = 8
     max_deliveries: int = 10
     #: Seconds a received message stays invisible to other consumers (the
     #: queue lease); workers extend it while a task runs.
@@ -108,7 +106,6 @@ class BackendSettings:
                 "LONGRUN_PUBSUB_DEAD_LETTER_TOPIC", d.pubsub_dead_letter_topic
             ),
             pubsub_pull=e.get("LONGRUN_PUBSUB_PULL", d.pubsub_pull),
-            pubsub_call_threads=int(e.get("LONGRUN_PUBSUB_CALL_THREADS", d.pubsub_call_threads)),
             max_deliveries=int(e.get("LONGRUN_MAX_DELIVERIES", d.max_deliveries)),
             visibility_timeout=float(e.get("LONGRUN_VISIBILITY_TIMEOUT", d.visibility_timeout)),
             cache_max_bytes=int(e.get("LONGRUN_CACHE_MAX_BYTES", d.cache_max_bytes)),

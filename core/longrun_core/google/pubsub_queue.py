@@ -54,16 +54,8 @@ Guarantees
     * Conflict: a leased message is not delivered to another consumer
       until its deadline passes.
     * Crash: `publish` returns once the service has accepted the message
-      (its Publish call answered with a message id); a failure raises
-      `Unavailable` and the message may or may not be enqueued (the sweeper
-      republishes).
-
-Calls
-    Publish, the unary Pull, Acknowledge and ModifyAckDeadline go out on
-    the clients' channels with raw protobufs (longrun_core.google.raw_pubsub):
-    one Publish per message, on a pool of `call_threads` threads of the
-    queue's own (acks and ack-deadline changes too); pulls on the loop's
-    default executor. The streaming pull is the library's subscriber.
+      (the publish future resolved); a failure raises `Unavailable` and the
+      message may or may not be enqueued (the sweeper republishes).
     * Dead letters: Pub/Sub forwards a message after max_delivery_attempts
       deliveries (`delivery_attempt` counts them; the minimum is 5, so
       max_deliveries below 5 acts as 5). `dead_letter` publishes a copy with
@@ -82,14 +74,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
@@ -97,7 +87,6 @@ from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.types import BatchSettings, FlowControl
 
 from longrun_core.errors import StartupError, Unavailable
-from longrun_core.google.raw_pubsub import RawPubSub
 from longrun_core.queue import DeadLetter, Delivery, TaskMessage, TaskQueue, Transition
 from longrun_core.settings import BackendSettings
 from longrun_core.signing import (
@@ -109,7 +98,6 @@ from longrun_core.signing import (
 )
 
 log = logging.getLogger("longrun.pubsub")
-T = TypeVar("T")
 
 #: Pub/Sub's bounds for ack deadlines and modify_ack_deadline.
 MIN_ACK_DEADLINE = 10
@@ -126,8 +114,6 @@ RPC_TIMEOUT = 30.0
 MALFORMED_REASON = "not a task message (needs attributes operation, task, attempt)"
 #: How a queue receives: a streaming pull (the default), or unary pulls.
 PULL_MODES = ("streaming", "unary")
-#: Threads running the raw publishes, acks and ack-deadline changes.
-CALL_THREADS = 8
 #: Longest single unary pull (a receive with a longer timeout pulls again).
 UNARY_PULL_WAIT = 10.0
 
@@ -296,7 +282,6 @@ class PubSubTaskQueue(TaskQueue):
         subscriber: Any | None = None,
         signing_keys: SigningKeys | None = None,
         rejections: Rejections | None = None,
-        call_threads: int = CALL_THREADS,
     ) -> None:
         if signing_keys is None:
             raise StartupError(KEYS_REQUIRED)
@@ -322,16 +307,6 @@ class PubSubTaskQueue(TaskQueue):
         )
         self._subscriber: Any = subscriber or SubscriberClient()
         self._owns_clients = publisher is None and subscriber is None
-        #: The hot calls on raw protobufs (clients given by the caller keep
-        #: the library's calls: they may be test doubles).
-        self._calls: RawPubSub | None = (
-            RawPubSub(self._publisher, self._subscriber) if self._owns_clients else None
-        )
-        #: Runs the raw publishes, acks and ack-deadline changes (blocking
-        #: calls, each within its retry budget) off the loop's default executor.
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=call_threads, thread_name_prefix="pubsub"
-        )
         self._publish_retry = _retry(PUBLISH_TIMEOUT)
         #: For the unary admin and pull calls.
         self._rpc = {"retry": _retry(RPC_TIMEOUT), "timeout": RPC_TIMEOUT}
@@ -359,7 +334,6 @@ class PubSubTaskQueue(TaskQueue):
             max_deliveries=settings.max_deliveries,
             concurrency=concurrency,
             pull=settings.pubsub_pull,
-            call_threads=settings.pubsub_call_threads,
             signing_keys=settings.message_signing_keys,
             rejections=rejections,
         )
@@ -455,16 +429,12 @@ class PubSubTaskQueue(TaskQueue):
             stream.cancel()
             with contextlib.suppress(Exception):
                 stream.result(timeout=30)
-        self._pool.shutdown(wait=False)
         if self._owns_clients:
             with contextlib.suppress(RuntimeError):
                 self._publisher.stop()
             with contextlib.suppress(Exception):
                 self._publisher.transport.close()
             self._subscriber.close()
-
-    async def _in_pool(self, call: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     # ---- publishing ----
 
@@ -484,14 +454,6 @@ class PubSubTaskQueue(TaskQueue):
         if self._closing:
             raise Unavailable("the Pub/Sub queue is closed")
         try:
-            if self._calls is not None:
-                async with asyncio.timeout(PUBLISH_TIMEOUT + 5):
-                    await self._in_pool(
-                        functools.partial(
-                            self._calls.publish, topic, data, attributes, PUBLISH_TIMEOUT
-                        )
-                    )
-                return
             future = self._publisher.publish(
                 topic, data, retry=self._publish_retry, timeout=RPC_TIMEOUT, **attributes
             )
@@ -627,19 +589,7 @@ class PubSubTaskQueue(TaskQueue):
         if not batch:
             return []
         ack_ids = [item.raw.ack_id for item in batch]
-        modack = asyncio.ensure_future(
-            self._in_pool(
-                functools.partial(
-                    self._calls.modify_ack_deadline,
-                    self.subscription_path,
-                    ack_ids,
-                    self.ack_deadline,
-                    RPC_TIMEOUT,
-                )
-            )
-            if self._calls is not None
-            else asyncio.to_thread(self._modack_now, ack_ids)
-        )
+        modack = asyncio.ensure_future(asyncio.to_thread(self._modack_now, ack_ids))
         try:
             await asyncio.shield(modack)
         except asyncio.CancelledError:
@@ -703,9 +653,7 @@ class PubSubTaskQueue(TaskQueue):
         while True:
             wait = max(0.05, min(deadline - loop.time(), UNARY_PULL_WAIT))
             pulling = asyncio.ensure_future(
-                asyncio.to_thread(self._calls.pull, self.subscription_path, max_messages, wait)
-                if self._calls is not None
-                else asyncio.to_thread(self._pull, self.subscription_path, max_messages, wait)
+                asyncio.to_thread(self._pull, self.subscription_path, max_messages, wait)
             )
             try:
                 received = await asyncio.shield(pulling)
@@ -789,24 +737,7 @@ class PubSubTaskQueue(TaskQueue):
                 )
 
         try:
-            if self._calls is None:
-                await asyncio.to_thread(call)
-            elif deadline is None:
-                await self._in_pool(
-                    functools.partial(
-                        self._calls.acknowledge, self.subscription_path, ack_ids, RPC_TIMEOUT
-                    )
-                )
-            else:
-                await self._in_pool(
-                    functools.partial(
-                        self._calls.modify_ack_deadline,
-                        self.subscription_path,
-                        ack_ids,
-                        deadline,
-                        RPC_TIMEOUT,
-                    )
-                )
+            await asyncio.to_thread(call)
         except _FAILURES as exc:
             what = "ack" if deadline is None else f"modify_ack_deadline({deadline})"
             log.warning("%s of %d messages failed: %s", what, len(ack_ids), exc)
