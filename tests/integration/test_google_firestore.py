@@ -159,69 +159,6 @@ async def test_update_after_delete_by_another_store_is_not_found(
     assert not await store._replace_if_version(replace(rec, version=2), expected_version=1)
 
 
-async def test_update_after_its_own_write_does_not_read(
-    store: FirestoreOperationStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    rec = make_record()
-    await store.create(rec)
-    claimed = await store.update(rec.name, lambda r: replace(r, progress_percent=10))
-    reads: list[str] = []
-    get = store._raw.get
-
-    def counting_get(ref: Any, timeout: float) -> Any:
-        reads.append(ref.id)
-        return get(ref, timeout)
-
-    monkeypatch.setattr(store._raw, "get", counting_get)
-    done = await store.update(
-        rec.name, lambda r: replace(r, progress_percent=r.progress_percent + 5)
-    )
-    assert reads == []
-    assert done.version == claimed.version + 1 == 3
-    stored = await store.get(rec.name)
-    assert (stored.progress_percent, stored.version) == (15, 3)
-    assert reads == [rec.id]
-
-
-async def test_update_on_a_stale_written_record_reads_and_applies_to_the_current(
-    store: FirestoreOperationStore, other: FirestoreOperationStore
-) -> None:
-    rec = make_record()
-    await store.create(rec)
-    await store.update(rec.name, lambda r: replace(r, progress_percent=10))  # cached: v2
-    await other.update(rec.name, lambda r: replace(r, progress_percent=50))  # now v3
-    seen: list[int] = []
-
-    def bump(r: OperationRecord) -> OperationRecord:
-        seen.append(r.progress_percent)
-        return replace(r, progress_percent=r.progress_percent + 1)
-
-    result = await store.update(rec.name, bump)
-    # Tried on the cached v2 (its write failed the update-time precondition),
-    # then on the current v3 read back.
-    assert seen == [10, 50]
-    assert (result.progress_percent, result.version) == (51, 4)
-    stored = await other.get(rec.name)
-    assert (stored.progress_percent, stored.version) == (51, 4)
-
-
-async def test_a_transition_refusing_the_cached_record_is_judged_on_the_current(
-    store: FirestoreOperationStore, other: FirestoreOperationStore
-) -> None:
-    rec = make_record()
-    await store.create(rec)
-    await store.update(rec.name, lambda r: replace(r, progress_percent=10))  # cached: 10
-    await other.update(rec.name, lambda r: replace(r, progress_percent=60))
-
-    def only_past_half(r: OperationRecord) -> OperationRecord:
-        if r.progress_percent < 50:
-            raise ValueError("not yet")
-        return replace(r, progress_percent=100)
-
-    result = await store.update(rec.name, only_past_half)
-    assert (result.progress_percent, result.version) == (100, 4)
-
-
 # ---- request ids ----
 
 

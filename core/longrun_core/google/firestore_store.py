@@ -207,12 +207,6 @@ CALL_TIMEOUT = 10.0
 LISTEN_READY_TIMEOUT = 10.0
 #: How many (version, update_time) pairs `_read` remembers for the CAS write.
 SEEN_CACHE_SIZE = 10_000
-#: Records this process wrote last, kept so that its next `update` of one
-#: (a worker's outcome after its claim) applies the transition to it and
-#: writes under the update-time precondition without reading first; a stale
-#: one fails the precondition and the update reads as usual. Small records only.
-WRITTEN_CACHE_SIZE = 512
-WRITTEN_CACHE_MAX_BYTES = 64 * 1024
 #: Firestore's largest document, and its largest single field value (the
 #: emulator enforces the latter; production both).
 MAX_DOCUMENT_BYTES = 1_048_576
@@ -422,7 +416,6 @@ class FirestoreOperationStore(OperationStore):
         #: take the pool's threads from the other verbs.
         self._scan_gate = asyncio.Semaphore(SCAN_CONCURRENCY)
         self._seen: collections.OrderedDict[str, tuple[int, Any]] = collections.OrderedDict()
-        self._written: collections.OrderedDict[str, OperationRecord] = collections.OrderedDict()
         self._listeners: dict[str, _Listener] = {}
         self._listen_channels: list[_ListenChannel] = []
         self.listeners_per_client = listeners_per_client
@@ -486,53 +479,6 @@ class FirestoreOperationStore(OperationStore):
         listener = self._listeners.get(watch_key(op_id))
         if listener is not None:
             listener.local_version = max(listener.local_version, version)
-
-    def _keep_written(self, rec: OperationRecord) -> None:
-        if rec.approx_bytes() > WRITTEN_CACHE_MAX_BYTES:
-            self._written.pop(rec.id, None)
-            return
-        self._written[rec.id] = rec
-        self._written.move_to_end(rec.id)
-        while len(self._written) > WRITTEN_CACHE_SIZE:
-            self._written.popitem(last=False)
-
-    def _last_written(self, op_id: str) -> OperationRecord | None:
-        """The record this process last wrote of `op_id`, if no read or
-        write it saw since has another version (it may still be stale: only
-        the update-time precondition of the next write can tell)."""
-        rec = self._written.get(op_id)
-        if rec is None:
-            return None
-        seen = self._seen.get(op_id)
-        if seen is None or seen[0] != rec.version:
-            del self._written[op_id]
-            return None
-        return rec
-
-    async def update(
-        self,
-        name: str,
-        transition: Callable[[OperationRecord], OperationRecord | None],
-    ) -> OperationRecord:
-        """`OperationStore.update`, first tried on the record this process
-        last wrote (no read): the write is guarded by that record's update
-        time, so if anyone wrote since, nothing lands and the usual
-        read-apply-write loop runs. A transition that finds nothing to do
-        or raises on the cached record goes the usual way too (the current
-        record decides)."""
-        parsed = parse_operation_name(name)
-        cached = self._last_written(parsed.id)
-        if cached is not None and in_project(cached, parsed):
-            try:
-                new = next_version(cached, transition)
-            except Exception:  # judged on a record that may be stale: read and see
-                new = None
-            if new is not None and await self._replace_if_version(
-                new, cached.version, previous=cached
-            ):
-                await self.on_written(cached.name)
-                return new
-        return await super().update(name, transition)
 
     async def _snapshot(self, op_id: str) -> Any:
         ref = self._ops.document(op_id)
@@ -692,7 +638,6 @@ class FirestoreOperationStore(OperationStore):
             self._seen.pop(rec.id, None)
             return False
         self._wrote(rec.id, rec.version, written)
-        self._keep_written(rec)
         return True
 
     async def claim_slot(
@@ -743,7 +688,6 @@ class FirestoreOperationStore(OperationStore):
                 )
                 continue
             self._wrote(new.id, new.version, results[-1].update_time)
-            self._keep_written(new)
             await self.on_written(new.name)
             if wait is not None:
                 raise wait
