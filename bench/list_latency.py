@@ -43,6 +43,7 @@ from longrun_core.names import COLLECTION
 from longrun_core.sqlite.db import SCHEMA
 from longrun_core.sqlite.store import _INSERT, migrate, to_row
 from longrun_core.store import Cursor, PageTokens
+from longrun_server.operations_service import token_binding
 
 NAME = "6 ListOperations"
 SECRET = b"bench-page-token-secret"
@@ -111,9 +112,9 @@ def measure(quick: bool, ops: int, profile: bool) -> dict[str, Any]:
         filled = time.monotonic() - t0
         middle = records[len(records) // 2]
         tokens = PageTokens(SECRET)
-        token = tokens.encode(Cursor.after(middle), f"{COLLECTION}\n")
+        token = tokens.encode(Cursor.after(middle), token_binding(None, ""))
         # Page 100 at the default page size (50) starts after the 4,950th newest.
-        page100 = tokens.encode(Cursor.after(records[99 * 50 - 1]), f"{COLLECTION}\n")
+        page100 = tokens.encode(Cursor.after(records[99 * 50 - 1]), token_binding(None, ""))
         svc = BenchService(workdir, env)
         try:
             svc.start_server()

@@ -139,7 +139,7 @@ class OperationsService(operations_pb2_grpc.OperationsServicer):
             projects = self.access.visible_projects(Permission.LIST)
         # A token pages one list: one project, or every visible one ("*"; who
         # may see what is asked again on every page), with one filter.
-        binding = f"{project or '*'}\n{flt.text if flt is not None else ''}"
+        binding = token_binding(project, flt.text if flt is not None else "")
         after = self.tokens.decode(request.page_token, binding) if request.page_token else None
         if projects is not None and not projects:
             return operations_pb2.ListOperationsResponse()  # the caller may see no project
@@ -263,3 +263,9 @@ def parse_list_filter(text: str) -> Filter | None:
             reason="FILTER_TOO_LONG",
         )
     return parse_filter(text)
+
+
+def token_binding(project: str | None, filter_text: str) -> str:
+    """What a page token is bound to: one project's list (None: every visible
+    project, "*") with one filter."""
+    return f"{project or '*'}\n{filter_text}"
