@@ -272,8 +272,15 @@ class Database:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise self._cannot_open(exc) from exc
+        # The marker first: it is written only once the file exists, so a
+        # marker seen before the file was looked for and found missing means
+        # the file was deleted. (Looked at the other way round, another
+        # process creating the file and its marker between the two looks
+        # read as a deletion: a test opening one new database from eight
+        # threads at once failed that way once in a few thousand rounds.)
+        marked = self.marker.exists()
         before = _identity(self.path)
-        if before is None and self.marker.exists():
+        if before is None and marked:
             raise StartupError(self._deleted_at_start())
         # Never create the file by accident: only when it is known to be new.
         conn = self._connect("rw" if before is not None else "rwc")
